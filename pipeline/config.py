@@ -1,0 +1,363 @@
+"""Typed configuration: the schema behind `conf/`, its validation, and stage entry points.
+
+One schema serves the three ways a stage runs:
+
+* `python -m pipeline.<stage> [overrides]` and Hydra multirun (`-m`): Hydra composes
+  `conf/config.yaml` with the overrides;
+* DVC: `dvc exp run -S ...` composes the same `conf/` into `params.yaml` and the stages
+  in `dvc.yaml` run `python -m pipeline.<stage> --params params.yaml`.
+
+Either way the composed config is merged into the dataclasses below (unknown keys and
+wrong types fail there) and every range is checked before the stage does any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = PROJECT_ROOT / "conf"
+
+FILL_MODES = ("nearest", "reflect", "wrap", "constant")
+MODEL_NAMES = ("xception", "mobilenet_v2", "efficientnet_b0", "small_cnn")
+STRATEGIES = ("auto", "none", "mirrored", "multi_worker")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key and what is allowed."""
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass
+class SplitConfig:
+    fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    respect_existing: bool = True
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if len(self.fractions) != 3:
+            found.append(("fractions", f"needs 3 numbers [train, val, test], got {list(self.fractions)}"))
+        elif any(f < 0 for f in self.fractions) or self.fractions[0] <= 0:
+            found.append(("fractions", f"each must be >= 0 and train > 0, got {list(self.fractions)}"))
+        elif not math.isclose(sum(self.fractions), 1.0, abs_tol=1e-6):
+            found.append(("fractions", f"must sum to 1, got {list(self.fractions)} (sum {sum(self.fractions):g})"))
+        return found
+
+
+@dataclass
+class DataConfig:
+    source: str = "https://github.com/alexeygrigorev/clothing-dataset-small/archive/refs/heads/master.zip"
+    sha256: Optional[str] = None
+    download_dir: str = "~/.cache/augment-pipeline"
+    image_size: list[int] = field(default_factory=lambda: [150, 150])  # [height, width], pixels
+    limit_per_class: Optional[int] = None
+    split: SplitConfig = field(default_factory=SplitConfig)
+    cache: str = "auto"
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if len(self.image_size) != 2 or any(s < 8 or s > 4096 for s in self.image_size):
+            found.append(("image_size", f"needs [height, width], each in 8..4096 pixels, got {list(self.image_size)}"))
+        if self.limit_per_class is not None and self.limit_per_class < 1:
+            found.append(("limit_per_class", f"must be >= 1 or null, got {self.limit_per_class}"))
+        if self.cache not in ("auto", "memory", "file"):
+            found.append(("cache", f"must be one of auto, memory, file, got {self.cache!r}"))
+        if self.sha256 is not None and (len(self.sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in self.sha256)):
+            found.append(("sha256", "must be a 64-character hex digest or null"))
+        return found
+
+
+@dataclass
+class RandomErasingConfig:
+    probability: float = 0.0  # chance that an image gets one erased rectangle
+    area: list[float] = field(default_factory=lambda: [0.02, 0.25])  # fraction of the image area
+    aspect: list[float] = field(default_factory=lambda: [0.3, 3.3])  # height / width of the rectangle
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if not 0 <= self.probability <= 1:
+            found.append(("probability", f"must be in [0, 1], got {self.probability}"))
+        if len(self.area) != 2 or not 0 < self.area[0] <= self.area[1] <= 1:
+            found.append(("area", f"needs [min, max] with 0 < min <= max <= 1, got {list(self.area)}"))
+        if len(self.aspect) != 2 or not 0 < self.aspect[0] <= self.aspect[1]:
+            found.append(("aspect", f"needs [min, max] with 0 < min <= max, got {list(self.aspect)}"))
+        return found
+
+
+@dataclass
+class RandAugmentConfig:
+    num_ops: int = 0  # operations per image; 0 switches RandAugment off
+    magnitude: float = 9.0  # 0..30, the paper's scale
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if not 0 <= self.num_ops <= 10:
+            found.append(("num_ops", f"must be in 0..10, got {self.num_ops}"))
+        if not 0 <= self.magnitude <= 30:
+            found.append(("magnitude", f"must be in [0, 30], got {self.magnitude}"))
+        return found
+
+
+@dataclass
+class AugmentationConfig:
+    """ImageDataGenerator's argument names and meaning, plus modern operations.
+
+    Geometry (one fused warp): rotation_range in degrees, uniform in (-r, r);
+    width/height_shift_range a fraction of the size when < 1, else pixels;
+    shear_range in degrees; zoom_range z means scale in [1-z, 1+z] (or a [lo, hi] pair),
+    x and y drawn independently, > 1 zooms out; flips with probability 0.5.
+    """
+
+    name: str = "none"
+    device: str = "auto"  # auto | data (tf.data, CPU) | model (inside the train step)
+    rotation_range: float = 0.0
+    width_shift_range: float = 0.0
+    height_shift_range: float = 0.0
+    shear_range: float = 0.0
+    zoom_range: Any = 0.0
+    horizontal_flip: bool = False
+    vertical_flip: bool = False
+    fill_mode: str = "nearest"
+    cval: float = 0.0  # fill value for fill_mode=constant, in pixel units 0..255
+    brightness_range: Optional[list[float]] = None  # multiplicative factor range, e.g. [0.8, 1.2]
+    channel_shift_range: float = 0.0  # added to every channel, pixel units 0..255
+    contrast_range: float = 0.0  # factor in [1-c, 1+c] around the image mean
+    saturation_range: float = 0.0  # factor in [1-s, 1+s]
+    hue_range: float = 0.0  # shift in turns of the colour wheel, uniform in (-h, h), at most 0.5
+    random_erasing: RandomErasingConfig = field(default_factory=RandomErasingConfig)
+    randaugment: RandAugmentConfig = field(default_factory=RandAugmentConfig)
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing; 0 = off
+    cutmix_alpha: float = 0.0
+
+    def zoom_bounds(self) -> tuple[float, float]:
+        """The zoom scale range [lo, hi] that `zoom_range` stands for."""
+        z = self.zoom_range
+        if isinstance(z, (int, float)):
+            return (1.0 - float(z), 1.0 + float(z))
+        return (float(z[0]), float(z[1]))
+
+    @property
+    def is_identity(self) -> bool:
+        """True when this preset changes no image (the plain `none` preset)."""
+        return self == AugmentationConfig(name=self.name, device=self.device, fill_mode=self.fill_mode, cval=self.cval)
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+
+        def non_negative(key: str, upper: float | None = None) -> None:
+            value = getattr(self, key)
+            if value < 0 or (upper is not None and value > upper):
+                bound = f"[0, {upper}]" if upper is not None else ">= 0"
+                found.append((key, f"must be {bound}, got {value}"))
+
+        non_negative("rotation_range", 360)
+        non_negative("width_shift_range")
+        non_negative("height_shift_range")
+        non_negative("shear_range", 89)
+        non_negative("channel_shift_range", 255)
+        non_negative("contrast_range", 1)
+        non_negative("saturation_range", 1)
+        non_negative("hue_range", 0.5)
+        non_negative("mixup_alpha")
+        non_negative("cutmix_alpha")
+        z = self.zoom_range
+        if isinstance(z, (int, float)):
+            if not 0 <= z < 1:
+                found.append(("zoom_range", f"a single number must be in [0, 1), got {z}"))
+        elif isinstance(z, (list, tuple)) or OmegaConf.is_list(z):
+            if len(z) != 2 or not 0 < z[0] <= z[1]:
+                found.append(("zoom_range", f"a pair needs 0 < lo <= hi, got {list(z)}"))
+        else:
+            found.append(("zoom_range", f"must be a number or a [lo, hi] pair, got {z!r}"))
+        if self.brightness_range is not None and (
+            len(self.brightness_range) != 2 or not 0 <= self.brightness_range[0] <= self.brightness_range[1]
+        ):
+            found.append(("brightness_range", f"needs [lo, hi] with 0 <= lo <= hi, got {list(self.brightness_range)}"))
+        if self.fill_mode not in FILL_MODES:
+            found.append(("fill_mode", f"must be one of {', '.join(FILL_MODES)}, got {self.fill_mode!r}"))
+        if self.device not in ("auto", "data", "model"):
+            found.append(("device", f"must be one of auto, data, model, got {self.device!r}"))
+        if self.mixup_alpha > 0 and self.cutmix_alpha > 0:
+            found.append(("cutmix_alpha", "use MixUp or CutMix, not both (set mixup_alpha=0 or cutmix_alpha=0)"))
+        return found
+
+
+@dataclass
+class ModelConfig:
+    name: str = "xception"
+    weights: Optional[str] = "imagenet"  # imagenet | null | path to a local weights file
+    trainable_base: bool = False
+    inner_units: int = 100
+    dropout: float = 0.2
+    learning_rate: float = 0.001
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if self.name not in MODEL_NAMES:
+            found.append(("name", f"must be one of {', '.join(MODEL_NAMES)}, got {self.name!r}"))
+        if self.inner_units < 0:
+            found.append(("inner_units", f"must be >= 0, got {self.inner_units}"))
+        if not 0 <= self.dropout < 1:
+            found.append(("dropout", f"must be in [0, 1), got {self.dropout}"))
+        if not 0 < self.learning_rate <= 1:
+            found.append(("learning_rate", f"must be in (0, 1], got {self.learning_rate}"))
+        return found
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    patience: int = 5
+    resume: bool = False
+    mixed_precision: bool = False
+    jit_compile: Any = "auto"  # auto | true | false
+    strategy: str = "auto"
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if self.epochs < 1:
+            found.append(("epochs", f"must be >= 1, got {self.epochs}"))
+        if not 1 <= self.batch_size <= 4096:
+            found.append(("batch_size", f"must be in 1..4096, got {self.batch_size}"))
+        if self.patience < 1:
+            found.append(("patience", f"must be >= 1, got {self.patience}"))
+        if self.jit_compile not in ("auto", True, False):
+            found.append(("jit_compile", f"must be auto, true or false, got {self.jit_compile!r}"))
+        if self.strategy not in STRATEGIES:
+            found.append(("strategy", f"must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"))
+        return found
+
+
+@dataclass
+class TrackingConfig:
+    uri: Optional[str] = None
+    experiment: str = "augmentation"
+    log_model: bool = True
+
+
+@dataclass
+class PathsConfig:
+    split_dir: str = "data/split"
+    reports_dir: str = "reports"
+    models_dir: str = "models"
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 42
+
+    def problems(self) -> list[tuple[str, str]]:
+        return [] if 0 <= self.seed < 2**31 else [("seed", f"must be in 0..2**31-1, got {self.seed}")]
+
+
+# ------------------------------------------------------------------ validation
+
+
+def _collect_problems(node: Any, prefix: str = "") -> list[str]:
+    found = []
+    if hasattr(node, "problems"):
+        found += [f"{prefix}{key}: {message}" for key, message in node.problems()]
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            found += _collect_problems(value, f"{prefix}{f.name}.")
+    return found
+
+
+def validate(raw: DictConfig | dict) -> Config:
+    """Merge a composed config into the schema and check every range.
+
+    Raises ConfigError naming each bad key; nothing else has happened yet.
+    """
+    if isinstance(raw, dict):
+        raw = OmegaConf.create(raw)
+    raw = OmegaConf.masked_copy(raw, [k for k in raw.keys() if k != "hydra"]) if "hydra" in raw else raw
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
+        config: Config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "?"
+        reason = str(error).splitlines()[0]
+        raise ConfigError(f"Invalid config key '{key}': {reason}") from None
+    problems = _collect_problems(config)
+    if problems:
+        raise ConfigError("Invalid config:\n  " + "\n  ".join(problems))
+    return config
+
+
+def compose(overrides: list[str] | None = None) -> Config:
+    """Compose `conf/` with Hydra's compose API (tests, notebooks) and validate it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        raw = hydra_compose(config_name="config", overrides=list(overrides or []))
+    return validate(raw)
+
+
+def to_dict(config: Config) -> dict:
+    """The config as plain Python data (for YAML dumps and MLflow params)."""
+    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+
+
+# ------------------------------------------------------------------ entry points
+
+
+def _fail(error: Exception) -> None:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+def stage_entry(task: Callable[[Config], Any]) -> Callable[[], Any]:
+    """Turn `task(config)` into a command line entry point.
+
+    `--params FILE [key=value ...]` loads an already composed config (DVC's params.yaml);
+    otherwise Hydra composes `conf/` with the command line (single run or `-m`).
+    """
+
+    def main() -> Any:
+        argv = sys.argv[1:]
+        if argv[:1] == ["--params"]:
+            if len(argv) < 2:
+                _fail(ConfigError("--params needs a file, e.g. --params params.yaml"))
+            try:
+                raw = OmegaConf.merge(OmegaConf.load(argv[1]), OmegaConf.from_dotlist(argv[2:]))
+                config = validate(raw)
+            except (ConfigError, OSError) as error:
+                _fail(error)
+            return task(config)
+
+        import hydra
+
+        @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+        def hydra_task(raw: DictConfig) -> Any:
+            try:
+                config = validate(raw)
+            except ConfigError as error:
+                from hydra.core.hydra_config import HydraConfig
+
+                if HydraConfig.get().mode.name == "RUN":
+                    _fail(error)
+                raise  # multirun: this job fails, the sweep goes on
+            return task(config)
+
+        return hydra_task()
+
+    return main

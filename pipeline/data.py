@@ -1,0 +1,419 @@
+"""The dataset on disk: fetching it, reading its layout, validating every image, splitting it.
+
+Layouts understood below the dataset root:
+
+* one folder per class (`root/<class>/<image>`): pooled and split by fractions;
+* pre-split (`root/{train,validation,test}/<class>/<image>`; `val`/`valid` also work):
+  kept as it is when `data.split.respect_existing`, else pooled.
+
+Nothing here drops a file silently: every file is either an image in a split, or listed
+in the report as skipped (with its reason), ignored (hidden/system files), a duplicate
+or a label conflict.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+import urllib.error
+import urllib.request
+import warnings
+import zipfile
+import zlib
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image, ImageFile
+from tqdm import tqdm
+
+SPLITS = ("train", "val", "test")
+SPLIT_FOLDER_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                      "validation": "val", "test": "test", "testing": "test"}
+SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
+MAX_PIXELS = 250_000_000  # larger images are skipped (decompression-bomb guard), not crashed on
+
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
+
+
+class DataError(RuntimeError):
+    """The dataset cannot be used as configured; the message says what to do."""
+
+
+# ------------------------------------------------------------------------ sources
+
+
+def resolve_source(source: str, download_dir: str, sha256: str | None = None) -> Path:
+    """Return a local folder holding the dataset named by `data.source`.
+
+    `source` is a folder, a local .zip/.tar.gz, or an http(s) URL of one (downloaded once
+    into `download_dir`, checked against `sha256` when given, extracted safely).
+    """
+    if source.startswith(("http://", "https://")):
+        cache = Path(download_dir).expanduser().resolve()
+        archive = cache / PurePosixPath(urllib.request.urlparse(source).path).name
+        if not archive.exists() or (sha256 and file_sha256(archive) != sha256.lower()):
+            download(source, archive)
+        return _extracted(archive, cache, sha256)
+    path = Path(source).expanduser().resolve()
+    if path.is_dir():
+        return _dataset_root(path)
+    if path.is_file() and _archive_kind(path):
+        return _extracted(path, Path(download_dir).expanduser().resolve(), sha256)
+    raise DataError(
+        f"data.source={source!r} is neither a folder, a .zip/.tar.gz archive nor an http(s) URL "
+        f"(resolved to {path}). Point it at the dataset folder, e.g. data.source=../shared/datasets/clothing-small"
+    )
+
+
+def download(url: str, target: Path, timeout_s: float = 30.0) -> None:
+    """Download `url` to `target` with a progress bar; a partial file never stays behind."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response, open(partial, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {target.name}") as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    except (urllib.error.URLError, TimeoutError, OSError) as error:
+        partial.unlink(missing_ok=True)
+        raise DataError(
+            f"Could not download data.source={url}: {getattr(error, 'reason', error)}. "
+            "If this machine is offline, fetch the archive elsewhere and pass a local copy: "
+            "data.source=<folder or archive>."
+        ) from None
+    partial.replace(target)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _archive_kind(path: Path) -> str | None:
+    name = path.name.lower()
+    if name.endswith(".zip"):
+        return "zip"
+    if name.endswith((".tar.gz", ".tgz", ".tar")):
+        return "tar"
+    return None
+
+
+def _extracted(archive: Path, cache: Path, sha256: str | None) -> Path:
+    if sha256:
+        actual = file_sha256(archive)
+        if actual != sha256.lower():
+            raise DataError(f"{archive} has sha256 {actual}, but data.sha256 is {sha256}. "
+                            "The download is damaged or the archive changed: delete it and retry, or fix data.sha256.")
+    target = cache / (archive.name.split(".")[0] + "-extracted")
+    marker = target / ".extracted"
+    if not marker.exists():
+        shutil.rmtree(target, ignore_errors=True)
+        safe_extract(archive, target)
+        marker.write_text(archive.name)
+    return _dataset_root(target)
+
+
+def safe_extract(archive: Path, target: Path) -> None:
+    """Extract a zip or tar archive, refusing any entry that would land outside `target`."""
+    target.mkdir(parents=True, exist_ok=True)
+    root = target.resolve()
+
+    def check(name: str) -> None:
+        pure = PurePosixPath(name.replace("\\", "/"))
+        if pure.is_absolute() or ".." in pure.parts or not (root / pure).resolve().is_relative_to(root):
+            raise DataError(f"{archive} holds an unsafe entry {name!r} (absolute path or '..'); nothing was extracted.")
+
+    if _archive_kind(archive) == "zip":
+        with zipfile.ZipFile(archive) as zf:
+            for name in zf.namelist():
+                check(name)
+            zf.extractall(root)
+    else:
+        with tarfile.open(archive) as tf:
+            members = tf.getmembers()
+            for member in members:
+                check(member.name)
+                if member.issym() or member.islnk():
+                    raise DataError(f"{archive} holds a link {member.name!r}; links are refused, nothing was extracted.")
+            tf.extractall(root, members=members, filter="data")
+
+
+def _dataset_root(path: Path) -> Path:
+    """Descend through single wrapper folders (as in GitHub archives)."""
+    while True:
+        children = [c for c in path.iterdir() if not _is_ignored(c.name)]
+        if len(children) == 1 and children[0].is_dir() and children[0].name.lower() not in SPLIT_FOLDER_NAMES:
+            path = children[0]
+        else:
+            return path
+
+
+# ------------------------------------------------------------------------ scanning
+
+
+@dataclass(frozen=True)
+class Candidate:
+    path: Path  # absolute
+    label: str
+    folder_split: str | None  # from a pre-split layout, else None
+
+
+def _is_ignored(name: str) -> bool:
+    return name.startswith(".") or name.lower() in SYSTEM_FILES or name == "__MACOSX"
+
+
+def scan(root: Path, respect_existing: bool) -> tuple[list[Candidate], list[str]]:
+    """List every file below `root` with its class; return (candidates, ignored paths)."""
+    top = {c.name.lower(): c for c in root.iterdir() if c.is_dir() and not _is_ignored(c.name)}
+    split_dirs = {SPLIT_FOLDER_NAMES[n]: d for n, d in top.items() if n in SPLIT_FOLDER_NAMES}
+    presplit = "train" in split_dirs and len(split_dirs) >= 2
+    if presplit and len(split_dirs) != len(top):
+        other = sorted(set(top) - {n for n in top if n in SPLIT_FOLDER_NAMES})
+        raise DataError(f"{root} mixes split folders ({', '.join(sorted(split_dirs))}) with other folders ({', '.join(other)}).")
+    groups = [(s, d) for s, d in sorted(split_dirs.items())] if presplit else [(None, root)]
+
+    candidates, ignored = [], []
+    for split, base in groups:
+        for class_dir in sorted(base.iterdir()):
+            if _is_ignored(class_dir.name):
+                ignored.append(str(class_dir))
+                continue
+            if not class_dir.is_dir():
+                ignored.append(str(class_dir))  # a loose file beside the class folders
+                continue
+            for file in sorted(class_dir.rglob("*")):
+                rel_parts = file.relative_to(class_dir).parts
+                if any(_is_ignored(p) for p in rel_parts):
+                    if file.is_file():
+                        ignored.append(str(file))
+                    continue
+                if file.is_file():
+                    candidates.append(Candidate(file, class_dir.name, split if respect_existing else None))
+    return candidates, sorted(ignored)
+
+
+# ------------------------------------------------------------------------ images
+
+
+def inspect_image(path: Path) -> tuple[str | None, str | None]:
+    """Fully decode one file. Returns (sha256 of the bytes, None) or (None, reason it is skipped)."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return None, f"unreadable: {error.strerror or error}"
+    if not data:
+        return None, "empty file (0 bytes)"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                if image.width < 1 or image.height < 1:
+                    return None, "image has no pixels"
+    except Image.UnidentifiedImageError:
+        return None, "not an image (no decoder recognises it)"
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return None, f"image too large (over {MAX_PIXELS:,} pixels)"
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        text = str(error)
+        reason = "truncated image" if "truncated" in text.lower() else "cannot decode"
+        return None, f"{reason}: {text}"
+    return hashlib.sha256(data).hexdigest(), None
+
+
+def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """Decode any image mode to RGB and resize it (bilinear) to size=(height, width).
+
+    Returns uint8 [height, width, 3]. Transparent pixels are composed over white.
+    Used by training, evaluation, preview and predict alike, so they see the same pixels.
+    """
+    with Image.open(path) as image:
+        image.load()
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, rgba)
+        rgb = image.convert("RGB")
+        height, width = size
+        if rgb.size != (width, height):
+            rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
+        return np.asarray(rgb, dtype=np.uint8)
+
+
+def validate_images(candidates: list[Candidate], workers: int = 4) -> list[tuple[str | None, str | None]]:
+    """Decode every candidate once, in threads (PIL releases the GIL), with a progress bar."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(tqdm(pool.map(inspect_image, [c.path for c in candidates]), total=len(candidates),
+                         desc="validate images", unit="img"))
+
+
+# ------------------------------------------------------------------------ splitting
+
+
+@dataclass
+class SplitResult:
+    rows: dict[str, list[tuple[str, str]]]  # split -> [(path, label)]
+    classes: list[str]
+    skipped: list[dict]
+    ignored: list[str]
+    duplicates: list[dict]
+    conflicts: list[dict]
+
+
+def split_dataset(candidates: list[Candidate], checks: list[tuple[str | None, str | None]], ignored: list[str],
+                  fractions: list[float], seed: int, limit_per_class: int | None = None) -> SplitResult:
+    """Assign every valid image to one split; duplicate groups stay together, conflicts go out."""
+    skipped = [{"path": str(c.path), "reason": reason} for c, (_, reason) in zip(candidates, checks) if reason]
+    valid = [(c, digest) for c, (digest, _) in zip(candidates, checks) if digest]
+
+    by_hash: dict[str, list[Candidate]] = defaultdict(list)
+    for c, digest in valid:
+        by_hash[digest].append(c)
+    conflicts, units = [], []  # a unit: one duplicate group (usually a single image)
+    for digest in sorted(by_hash):
+        group = by_hash[digest]
+        labels = sorted({c.label for c in group})
+        if len(labels) > 1:
+            conflicts.append({"sha256": digest, "labels": labels, "paths": sorted(str(c.path) for c in group)})
+        else:
+            units.append((digest, group))
+
+    classes = sorted({group[0].label for _, group in units})
+    if not classes:
+        raise DataError("No valid image was found: check data.source and the skipped list in reports/split_report.json.")
+
+    unit_split: dict[str, str] = {}
+    presplit = any(c.folder_split for c, _ in valid)
+    if presplit:
+        for digest, group in units:
+            votes = Counter(c.folder_split for c in group)
+            best = max(votes.values())
+            unit_split[digest] = next(s for s in SPLITS if votes.get(s) == best)
+    else:
+        by_class: dict[str, list[tuple[str, list[Candidate]]]] = defaultdict(list)
+        for digest, group in units:
+            by_class[group[0].label].append((digest, group))
+        for label in classes:
+            members = sorted(by_class[label], key=lambda u: str(u[1][0].path))
+            rng = np.random.default_rng([seed, zlib.crc32(label.encode())])
+            order = rng.permutation(len(members))
+            counts = _split_counts(len(members), fractions, label)
+            bounds = np.cumsum([0, *counts])
+            for split, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:]):
+                for i in order[lo:hi]:
+                    unit_split[members[i][0]] = split
+
+    rows: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
+    duplicates = []
+    for digest, group in units:
+        split = unit_split[digest]
+        rows[split] += [(str(c.path), c.label) for c in group]
+        if len(group) > 1:
+            moved = sorted(str(c.path) for c in group if c.folder_split and c.folder_split != split)
+            duplicates.append({"sha256": digest, "split": split, "paths": sorted(str(c.path) for c in group),
+                               "moved": moved})
+    for split in SPLITS:
+        rows[split].sort()
+        if limit_per_class:
+            rows[split] = _limit(rows[split], limit_per_class, seed)
+
+    expected = [s for s, f in zip(SPLITS, fractions) if f > 0] if not presplit else [s for s in SPLITS if rows[s]]
+    for label in classes:
+        missing = [s for s in expected if not any(lbl == label for _, lbl in rows[s])]
+        if missing:
+            raise DataError(f"Class '{label}' has no image in split(s) {', '.join(missing)}: it is too small to appear "
+                            "in every split. Add images, remove the class folder, or change data.split.fractions.")
+    return SplitResult(rows, classes, skipped, ignored, duplicates, conflicts)
+
+
+def _split_counts(n: int, fractions: list[float], label: str) -> list[int]:
+    needed = sum(1 for f in fractions if f > 0)
+    if n < needed:
+        raise DataError(f"Class '{label}' has {n} image(s), too few to appear in all {needed} splits; "
+                        "add images, remove the class folder, or change data.split.fractions.")
+    val = max(1, round(n * fractions[1])) if fractions[1] > 0 else 0
+    test = max(1, round(n * fractions[2])) if fractions[2] > 0 else 0
+    while n - val - test < 1:
+        if val >= test and val > 1:
+            val -= 1
+        else:
+            test -= 1
+    return [n - val - test, val, test]
+
+
+def _limit(rows: list[tuple[str, str]], per_class: int, seed: int) -> list[tuple[str, str]]:
+    by_class: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for row in rows:
+        by_class[row[1]].append(row)
+    kept = []
+    for label, members in by_class.items():
+        rng = np.random.default_rng([seed, zlib.crc32(label.encode())])
+        kept += [members[i] for i in sorted(rng.permutation(len(members))[:per_class])]
+    return sorted(kept)
+
+
+# ------------------------------------------------------------------------ manifests
+
+
+def write_split(result: SplitResult, split_dir: Path, report_path: Path, source: str) -> dict:
+    """Write the manifests, classes.json and the split report; return the report."""
+    split_dir.mkdir(parents=True, exist_ok=True)
+    for split, rows in result.rows.items():
+        with open(split_dir / f"{split}.csv", "w", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(["path", "label"])
+            writer.writerows(rows)
+    (split_dir / "classes.json").write_text(json.dumps(result.classes, indent=2) + "\n")
+    report = {
+        "source": source,
+        "classes": result.classes,
+        "counts": {s: len(rows) for s, rows in result.rows.items()},
+        "per_class": {s: dict(sorted(Counter(lbl for _, lbl in rows).items())) for s, rows in result.rows.items()},
+        "skipped": result.skipped,
+        "ignored": result.ignored,
+        "duplicates": result.duplicates,
+        "conflicts": result.conflicts,
+        "manifest_sha256": manifest_hash(split_dir),
+    }
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return report
+
+
+def manifest_hash(split_dir: Path) -> str:
+    """One hash over the three manifests and classes.json: the data version a run used."""
+    digest = hashlib.sha256()
+    for name in (*(f"{s}.csv" for s in SPLITS), "classes.json"):
+        digest.update(name.encode())
+        digest.update((Path(split_dir) / name).read_bytes())
+    return digest.hexdigest()
+
+
+def read_manifest(split_dir: str | Path, split: str) -> tuple[list[str], list[str]]:
+    """Return (paths, labels) of one split's manifest."""
+    path = Path(split_dir) / f"{split}.csv"
+    if not path.exists():
+        raise DataError(f"{path} is missing: run the split stage first (python -m pipeline.split or dvc repro).")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r["path"] for r in rows], [r["label"] for r in rows]
+
+
+def read_classes(split_dir: str | Path) -> list[str]:
+    path = Path(split_dir) / "classes.json"
+    if not path.exists():
+        raise DataError(f"{path} is missing: run the split stage first (python -m pipeline.split or dvc repro).")
+    return json.loads(path.read_text())

@@ -1,0 +1,112 @@
+"""tf.data input pipelines: decode once, cache, shuffle, batch, augment (train only), prefetch.
+
+Train-only augmentation is structural: `build_eval_dataset` takes no augmentation
+argument at all, so validation and test images are always the plain decoded pixels.
+
+Every dataset yields (images, labels): images float32 [batch, height, width, 3] in pixel
+units 0..255 (the model applies its own preprocessing), labels one-hot float32.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from pipeline.augmentation import BatchAugmenter, mix_batch
+from pipeline.config import AugmentationConfig
+from pipeline.data import load_image
+
+MEMORY_CACHE_LIMIT_BYTES = 4 * 1024**3  # decoded uint8 images above this go to a cache file
+
+
+@dataclass
+class ImageSet:
+    """One split: image paths, integer labels and the class list."""
+
+    paths: list[str]
+    labels: list[int]
+    classes: list[str]
+
+    @classmethod
+    def from_manifest(cls, paths: list[str], names: list[str], classes: list[str]) -> "ImageSet":
+        index = {name: i for i, name in enumerate(classes)}
+        return cls(list(paths), [index[n] for n in names], list(classes))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def decoded_dataset(images: ImageSet, image_size: tuple[int, int], cache: str = "auto") -> tf.data.Dataset:
+    """(uint8 image, one-hot label) pairs, decoded and resized once, then cached."""
+    height, width = image_size
+
+    def load(path):
+        image = tf.numpy_function(lambda p: load_image(p.decode(), (height, width)), [path], tf.uint8)
+        image.set_shape([height, width, 3])
+        return image
+
+    labels = tf.one_hot(np.asarray(images.labels, dtype=np.int32), len(images.classes))
+    ds = tf.data.Dataset.from_tensor_slices((images.paths, labels))
+    ds = ds.map(lambda p, y: (load(p), y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if cache == "auto":
+        cache = "memory" if len(images) * height * width * 3 <= MEMORY_CACHE_LIMIT_BYTES else "file"
+    return ds.cache() if cache == "memory" else ds.cache(_cache_file())
+
+
+def _cache_file() -> str:
+    folder = tempfile.mkdtemp(prefix="augment-cache-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return f"{folder}/images"
+
+
+def _to_float(images: tf.Tensor) -> tf.Tensor:
+    return tf.cast(images, tf.float32)
+
+
+def build_eval_dataset(images: ImageSet, image_size: tuple[int, int], batch_size: int,
+                       cache: str = "auto") -> tf.data.Dataset:
+    """Validation/test batches in manifest order: plain decode + resize, never augmented."""
+    ds = decoded_dataset(images, image_size, cache).batch(batch_size)
+    return ds.map(lambda x, y: (_to_float(x), y), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def steps_per_epoch(images: ImageSet, batch_size: int) -> int:
+    return -(-len(images) // batch_size)
+
+
+def build_train_dataset(images: ImageSet, image_size: tuple[int, int], batch_size: int,
+                        augmentation: AugmentationConfig, seed: int, start_epoch: int = 0,
+                        augment_images: bool = True, cache: str = "auto") -> tf.data.Dataset:
+    """An endless stream of shuffled, augmented training batches; pass `steps_per_epoch` to fit.
+
+    Each epoch is one reshuffled pass over the images (the last batch may be smaller).
+    Batch k of the stream (epoch = k // steps_per_epoch) is augmented with the stateless
+    seed [seed, k]: a fixed seed gives the same batches in any process, every epoch gets
+    new draws, and `start_epoch` resumes the stream exactly where an interrupted run was.
+    `augment_images=False` leaves the per-image augmentation to the model (device=model);
+    MixUp/CutMix always run here because they mix labels too.
+    """
+    augmenter = BatchAugmenter(augmentation, image_size)
+    ds = decoded_dataset(images, image_size, cache)
+    ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).batch(batch_size).repeat()
+    ds = ds.enumerate()
+    if start_epoch:
+        ds = ds.skip(start_epoch * steps_per_epoch(images, batch_size))
+
+    def draw(index, batch):
+        pixels, labels = batch
+        seed_pair = tf.stack([tf.constant(seed, tf.int64), index])
+        params = augmenter.sample(tf.shape(pixels)[0], seed_pair) if augment_images else {}
+        return pixels, labels, params, index
+
+    def augment(pixels, labels, params, index):
+        pixels = augmenter.apply(pixels, params) if augment_images else _to_float(pixels)
+        return mix_batch(pixels, labels, augmentation, tf.stack([tf.constant(seed + 1, tf.int64), index]))
+
+    ds = ds.map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)

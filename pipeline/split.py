@@ -1,0 +1,47 @@
+"""Stage `split`: validate every image of `data.source` and write the split manifests.
+
+    python -m pipeline.split data.source=../shared/datasets/clothing-small
+
+Writes <paths.split_dir>/{train,val,test}.csv (columns path,label), classes.json and
+<paths.reports_dir>/split_report.json (counts, per-class counts, skipped files with
+their reasons, ignored files, duplicate groups, label conflicts).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pipeline.config import Config, stage_entry
+from pipeline.data import DataError, resolve_source, scan, split_dataset, validate_images, write_split
+
+
+def run(config: Config) -> dict:
+    data = config.data
+    root = resolve_source(data.source, data.download_dir, data.sha256)
+    print(f"dataset: {root}")
+    candidates, ignored = scan(root, data.split.respect_existing)
+    checks = validate_images(candidates)
+    result = split_dataset(candidates, checks, ignored, list(data.split.fractions), config.seed, data.limit_per_class)
+    report = write_split(result, Path(config.paths.split_dir), Path(config.paths.reports_dir) / "split_report.json",
+                         data.source)
+    counts = ", ".join(f"{s} {n}" for s, n in report["counts"].items())
+    print(f"split: {counts} images in {len(report['classes'])} classes; skipped {len(report['skipped'])}, "
+          f"duplicate groups {len(report['duplicates'])}, label conflicts {len(report['conflicts'])}")
+    for item in report["skipped"]:
+        print(f"  skipped {item['path']}: {item['reason']}")
+    return report
+
+
+def _run_or_explain(config: Config) -> dict:
+    try:
+        return run(config)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+main = stage_entry(_run_or_explain)
+
+if __name__ == "__main__":
+    main()
