@@ -302,7 +302,7 @@ def mix_batch(images: tf.Tensor, labels: tf.Tensor, config: AugmentationConfig, 
     xs = tf.range(w, dtype=tf.float32)[None, None, :]
     box = ((ys >= y0[:, None, None]) & (ys < y1[:, None, None]) & (xs >= x0[:, None, None]) & (xs < x1[:, None, None]))
     mixed = tf.where(box[..., None], partner_images, images)
-    kept = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)  # label weight by the area actually kept
+    kept = 1.0 - tf.reduce_mean(tf.cast(box, tf.float32), axis=[1, 2])  # label weight: pixels actually kept
     return mixed, labels * kept[:, None] + partner_labels * (1 - kept[:, None])
 
 

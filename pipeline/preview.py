@@ -1,0 +1,33 @@
+"""Command `preview`: look at augmented images before choosing a preset (the lesson's advice).
+
+    python -m pipeline.preview augmentation=lesson data.source=../shared/datasets/clothing-small
+
+Writes <paths.reports_dir>/augmentation_preview_<preset>.png: rows of training images,
+each original followed by augmented variants, class names as labels; prints its path.
+Runs the split stage first when the manifests are missing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.config import Config, stage_entry
+from pipeline.visuals import augmentation_grid
+
+
+def run(config: Config, rows: int = 6, variants: int = 5) -> Path:
+    split_dir = Path(config.paths.split_dir)
+    if not (split_dir / "train.csv").exists():
+        from pipeline import split
+
+        split.run(config)
+    target = Path(config.paths.reports_dir) / f"augmentation_preview_{config.augmentation.name}.png"
+    augmentation_grid(config, target, rows=rows, variants=variants)
+    print(target.resolve())
+    return target
+
+
+main = stage_entry(run)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""The split stage: layouts, validation of every file, duplicates, determinism, sources."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import shutil
+import threading
+import zipfile
+from functools import partial
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pipeline import split
+from pipeline.config import compose
+from pipeline.data import DataError, safe_extract
+from tests.conftest import make_image, path_overrides
+
+
+def run_split(tmp_path: Path, source: Path | str, *overrides: str) -> dict:
+    overrides = [o for o in path_overrides(tmp_path) if not o.startswith("hydra.")] + list(overrides)
+    return split.run(compose([f"data.source={source}", *overrides]))
+
+
+def rows(tmp_path: Path, name: str) -> list[str]:
+    return (tmp_path / "split" / f"{name}.csv").read_text().splitlines()[1:]
+
+
+def build_damaged_tree(root: Path) -> dict:
+    """Every bad case the stage must survive; returns what the report must say."""
+    good = []
+    for c in ("shirt", "pants"):
+        for i in range(6):
+            good.append(make_image(root / c / f"{c}{i}.jpg", seed=hash((c, i)) % 1000, fmt="JPEG"))
+    good += [
+        make_image(root / "shirt" / "gray.png", mode="L", seed=1),
+        make_image(root / "shirt" / "alpha.PNG", mode="RGBA", seed=2),
+        make_image(root / "shirt" / "cmyk.JPG", mode="CMYK", seed=3, fmt="JPEG"),
+        make_image(root / "pants" / "palette.gif", mode="P", seed=4, fmt="GIF"),
+        make_image(root / "pants" / "bitmap.Bmp", seed=5, fmt="BMP"),
+        make_image(root / "pants" / "tiny.png", size=(1, 1), seed=6),
+        make_image(root / "pants" / "large.jpg", size=(4000, 3000), seed=7, fmt="JPEG"),
+    ]
+    (root / "shirt" / "empty.jpg").write_bytes(b"")
+    whole = (root / "shirt" / "shirt0.jpg").read_bytes()
+    (root / "shirt" / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    (root / "pants" / "garbage.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 10)
+    (root / "pants" / "notes.txt").write_text("not an image")
+    (root / "shirt" / ".DS_Store").write_bytes(b"\x00\x01")
+    (root / "pants" / "Thumbs.db").write_bytes(b"\x00\x01")
+    make_image(root / "pants" / ".hidden.jpg", seed=8, fmt="JPEG")
+    (root / "empty_class").mkdir()
+    shutil.copy(root / "shirt" / "shirt1.jpg", root / "shirt" / "shirt1_copy.jpg")  # duplicate
+    good.append(root / "shirt" / "shirt1_copy.jpg")
+    conflict = make_image(root / "shirt" / "both.jpg", seed=9, fmt="JPEG")
+    shutil.copy(conflict, root / "pants" / "both_again.jpg")  # same photo, two classes
+    bad = {"empty.jpg": "empty", "truncated.jpg": "truncated", "garbage.jpg": "", "notes.txt": "not an image"}
+    return {"good": good, "bad": bad, "conflict": [conflict, root / "pants" / "both_again.jpg"]}
+
+
+def test_damaged_tree_is_reported_and_nothing_lost(tmp_path):
+    root = tmp_path / "damaged"
+    expected = build_damaged_tree(root)
+    report = run_split(tmp_path, root)
+
+    skipped = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
+    assert set(skipped) == set(expected["bad"])
+    for name, word in expected["bad"].items():
+        assert word in skipped[name]
+    assert {Path(p).name for p in report["ignored"]} >= {".DS_Store", "Thumbs.db", ".hidden.jpg"}
+    assert report["classes"] == ["pants", "shirt"]  # the empty folder is no class
+
+    manifest = {line.split(",")[0] for s in ("train", "val", "test") for line in rows(tmp_path, s)}
+    assert manifest == {str(p.resolve()) for p in expected["good"]}  # every decodable image kept
+    assert sum(report["counts"].values()) == len(expected["good"])
+
+    [group] = report["duplicates"]
+    assert {Path(p).name for p in group["paths"]} == {"shirt1.jpg", "shirt1_copy.jpg"}
+    in_split = [s for s in ("train", "val", "test") if any("shirt1" in line for line in rows(tmp_path, s))]
+    assert in_split == [group["split"]]  # both copies in one split
+
+    [conflict] = report["conflicts"]
+    assert conflict["labels"] == ["pants", "shirt"]
+    assert not any("both" in line for s in ("train", "val", "test") for line in rows(tmp_path, s))
+
+
+def test_same_files_give_byte_identical_outputs_whatever_the_order(tmp_path):
+    first, second = tmp_path / "a" / "data", tmp_path / "b" / "data"
+    for c in ("x", "y", "z"):
+        for i in range(10):
+            make_image(first / c / f"{i}.png", seed=i + 100 * ord(c))
+    second.mkdir(parents=True)
+    for folder in sorted(first.iterdir(), reverse=True):  # different creation order
+        for file in sorted(folder.iterdir(), reverse=True):
+            (second / folder.name).mkdir(exist_ok=True)
+            shutil.copy(file, second / folder.name / file.name)
+    run_split(tmp_path / "a", first, "seed=7")
+    run_split(tmp_path / "b", second, "seed=7")
+    for name in ("train.csv", "val.csv", "test.csv", "classes.json"):
+        a = (tmp_path / "a" / "split" / name).read_text().replace(str(first), "ROOT")
+        b = (tmp_path / "b" / "split" / name).read_text().replace(str(second), "ROOT")
+        assert a == b
+    run_split(tmp_path / "a", first, "seed=7")
+    assert (tmp_path / "a" / "split" / "train.csv").read_text().count("\n") == 25  # header + 8 x 3
+
+
+def test_presplit_layout_kept_or_pooled(tmp_path):
+    root = tmp_path / "presplit"
+    for split_name, n in (("train", 8), ("validation", 2), ("test", 3)):
+        for c in ("a", "b"):
+            for i in range(n):
+                make_image(root / split_name / c / f"{i}.png", seed=hash((split_name, c, i)) % 10_000)
+    kept = run_split(tmp_path, root)
+    assert kept["counts"] == {"train": 16, "val": 4, "test": 6}
+    pooled = run_split(tmp_path, root, "data.split.respect_existing=false", "data.split.fractions=[0.5,0.25,0.25]")
+    assert pooled["counts"] == {"train": 14, "val": 6, "test": 6}  # per class 13 -> 7 + 3 + 3
+
+
+def test_class_too_small_for_every_split_is_an_error_naming_it(tmp_path):
+    root = tmp_path / "small"
+    for i in range(10):
+        make_image(root / "big" / f"{i}.png", seed=i)
+    make_image(root / "rare" / "only.png", seed=99)
+    with pytest.raises(DataError, match="'rare'"):
+        run_split(tmp_path, root)
+
+
+def test_limit_per_class(tmp_path, tiny_dataset):
+    report = run_split(tmp_path, tiny_dataset, "data.limit_per_class=2")
+    assert all(n <= 2 for split_counts in report["per_class"].values() for n in split_counts.values())
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """Serve tmp_path/www on 127.0.0.1 (a free port) for the download path."""
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield www, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_archive_url_is_downloaded_verified_and_extracted(tmp_path, tiny_dataset, http_folder):
+    www, url = http_folder
+    archive = www / "tiny.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for file in sorted(tiny_dataset.rglob("*.png")):
+            zf.write(file, f"tiny-main/{file.relative_to(tiny_dataset)}")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    report = run_split(tmp_path, f"{url}/tiny.zip", f"data.sha256={digest}")
+    assert sum(report["counts"].values()) == 36 and report["classes"] == ["cat", "dog", "fox"]
+
+    wrong = "0" * 64
+    (tmp_path / "downloads" / "tiny-extracted").rename(tmp_path / "old")
+    with pytest.raises(DataError, match="sha256"):
+        run_split(tmp_path, f"{url}/tiny.zip", f"data.sha256={wrong}")
+
+
+def test_unreachable_url_fails_fast_with_advice(tmp_path):
+    with pytest.raises(DataError, match="data.source="):
+        run_split(tmp_path, "http://127.0.0.1:9/missing.zip")
+    assert not list((tmp_path / "downloads").glob("*.part"))
+
+
+@pytest.mark.parametrize("entry", ["../escape.txt", "/abs/escape.txt"])
+def test_archive_entries_cannot_escape(tmp_path, entry):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ok/a.txt", "fine")
+        zf.writestr(entry, "evil")
+    with pytest.raises(DataError, match="unsafe"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_shared_clothing_dataset_counts(tmp_path, shared_dataset):
+    report = run_split(tmp_path, shared_dataset)
+    assert report["counts"] == {"train": 3068, "val": 341, "test": 372}
+    assert len(report["classes"]) == 10 and not report["skipped"]
+    for name, n in report["counts"].items():
+        assert len(rows(tmp_path, name)) == n
+    assert json.loads((tmp_path / "split" / "classes.json").read_text()) == report["classes"]
+    with Image.open(rows(tmp_path, "test")[0].split(",")[0]) as image:
+        assert image.size[0] > 0
