@@ -68,3 +68,26 @@ def training_curves(history: dict[str, list[float]], target: Path, title: str) -
     figure.savefig(target, dpi=90)
     plt.close(figure)
     return target
+
+
+def confusion_matrix_figure(actual: np.ndarray, predicted: np.ndarray, classes: list[str], target: Path) -> Path:
+    """Counts of (actual row, predicted column), annotated."""
+    n = len(classes)
+    counts = np.zeros((n, n), dtype=int)
+    np.add.at(counts, (actual, predicted), 1)
+    figure, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.55 * n))
+    ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    for i in range(n):
+        for j in range(n):
+            if counts[i, j]:
+                ax.text(j, i, counts[i, j], ha="center", va="center",
+                        color="white" if counts[i, j] > counts.max() / 2 else "black", fontsize=8)
+    figure.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target, dpi=90)
+    plt.close(figure)
+    return target

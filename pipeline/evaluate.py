@@ -1,0 +1,97 @@
+"""Stage `evaluate`: the trained model on the test split (never augmented).
+
+    python -m pipeline.evaluate
+
+Writes <paths.reports_dir>/metrics.json (accuracy, loss, macro F1, per-class precision
+and recall; DVC metrics) and confusion.csv (actual,predicted per image; DVC's confusion
+template), and logs test_* metrics and a confusion-matrix PNG to the training's MLflow run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+
+from pipeline import tracking
+from pipeline.config import Config, stage_entry
+from pipeline.data import DataError, read_classes, read_manifest
+from pipeline.datasets import ImageSet, build_eval_dataset
+from pipeline.visuals import confusion_matrix_figure
+
+
+def classification_metrics(actual: np.ndarray, predicted: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, macro F1 and per-class precision/recall from integer labels."""
+    per_class, f1s = {}, []
+    for i, name in enumerate(classes):
+        tp = int(np.sum((predicted == i) & (actual == i)))
+        precision = tp / max(int(np.sum(predicted == i)), 1)
+        recall = tp / max(int(np.sum(actual == i)), 1)
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": round(precision, 6), "recall": round(recall, 6), "f1": round(f1, 6),
+                           "support": int(np.sum(actual == i))}
+        f1s.append(f1)
+    return {"accuracy": round(float(np.mean(actual == predicted)), 6), "macro_f1": round(float(np.mean(f1s)), 6),
+            "per_class": per_class}
+
+
+def run(config: Config) -> dict:
+    reports = Path(config.paths.reports_dir)
+    classes = read_classes(config.paths.split_dir)
+    test_set = ImageSet.from_manifest(*read_manifest(config.paths.split_dir, "test"), classes)
+    model_path = Path(config.paths.models_dir) / "model.keras"
+    if not model_path.exists():
+        raise DataError(f"{model_path} is missing: run the train stage first (python -m pipeline.train or dvc repro).")
+    model = keras.models.load_model(model_path)
+    dataset = build_eval_dataset(test_set, tuple(config.data.image_size), config.train.batch_size)
+
+    probabilities = model.predict(dataset, verbose=0)
+    actual = np.asarray(test_set.labels)
+    predicted = probabilities.argmax(axis=1)
+    loss = float(keras.losses.CategoricalCrossentropy()(keras.ops.one_hot(actual, len(classes)), probabilities))
+    metrics = {"loss": round(loss, 6), **classification_metrics(actual, predicted, classes), "test_images": len(actual)}
+
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with open(reports / "confusion.csv", "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["actual", "predicted"])
+        writer.writerows((classes[a], classes[p]) for a, p in zip(actual, predicted))
+    figure = confusion_matrix_figure(actual, predicted, classes, reports / "confusion.png")
+    _log_to_training_run(config, reports, metrics, figure)
+    print(f"test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, loss {loss:.4f} "
+          f"on {len(actual)} images -> {reports / 'metrics.json'}")
+    return metrics
+
+
+def _log_to_training_run(config: Config, reports: Path, metrics: dict, figure: Path) -> None:
+    run_file = reports / "run.json"
+    if not run_file.exists():
+        print(f"note: {run_file} is missing, so the test metrics are not logged to MLflow")
+        return
+    run = json.loads(run_file.read_text())
+    mlflow.set_tracking_uri(run["tracking_uri"])
+    with mlflow.start_run(run_id=run["run_id"]):
+        mlflow.log_metrics({"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
+                            "test_macro_f1": metrics["macro_f1"]})
+        mlflow.log_artifact(str(figure))
+        mlflow.log_dict(metrics, "classification_report.json")
+
+
+def _run_or_explain(config: Config) -> dict:
+    try:
+        return run(config)
+    except (DataError, tracking.TrackingError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+main = stage_entry(_run_or_explain)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""MLflow: where runs go, what a run records, and a run that always ends in a final state.
+
+A run is FINISHED on success, FAILED on an exception and KILLED on Ctrl-C/SIGTERM: never
+left RUNNING, so one crashed job does not leave a sweep's table half-true.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from typing import Iterator
+
+import keras
+import mlflow
+
+from pipeline.config import PROJECT_ROOT, Config, to_dict
+
+
+class TrackingError(RuntimeError):
+    """The tracking server or store cannot be used; the message says what to do."""
+
+
+class RunKilled(KeyboardInterrupt):
+    """Raised inside training when the process receives SIGTERM."""
+
+
+def tracking_uri(config: Config) -> str:
+    """`tracking.uri`, else $MLFLOW_TRACKING_URI, else an absolute sqlite store at the project root."""
+    uri = config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+def connect(config: Config, timeout_s: float = 5.0) -> str:
+    """Point MLflow at the store and make sure it answers, before any training starts."""
+    uri = tracking_uri(config)
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+        except (urllib.error.URLError, TimeoutError, OSError) as error:
+            raise TrackingError(
+                f"The MLflow tracking server at {uri} does not answer ({getattr(error, 'reason', error)}). "
+                "Start it (mlflow server --host 127.0.0.1 --port 5000), fix tracking.uri / $MLFLOW_TRACKING_URI, "
+                f"or leave both unset to record into sqlite:///{PROJECT_ROOT / 'mlflow.db'}."
+            ) from None
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(config.tracking.experiment)
+    return uri
+
+
+def flat_params(config: Config) -> dict[str, str]:
+    """The whole config as dotted keys: augmentation.rotation_range -> '30'."""
+    flat: dict[str, str] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = str(node)
+
+    walk(to_dict(config), "")
+    return flat
+
+
+def git_state() -> dict[str, str]:
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    return {"git_commit": commit or "unknown", "git_dirty": str(bool(git("status", "--porcelain"))).lower()}
+
+
+def sweep_tags() -> dict[str, str]:
+    """Hydra's sweep folder and job number, when this run is part of a multirun."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra = HydraConfig.get()
+    except (ImportError, ValueError):
+        return {}
+    if hydra.mode.name != "MULTIRUN":
+        return {}
+    return {"sweep_id": str(hydra.sweep.dir), "sweep_job": str(hydra.job.num), "hydra_overrides": " ".join(hydra.overrides.task)}
+
+
+def run_tags(config: Config, manifest_sha256: str, device: str, placement: str) -> dict[str, str]:
+    import tensorflow as tf
+
+    return {
+        "augmentation": config.augmentation.name,
+        "augmented": str(not config.augmentation.is_identity).lower(),
+        "augmentation_placement": placement,
+        "model": config.model.name,
+        "seed": str(config.seed),
+        "data_manifest_sha256": manifest_sha256,
+        "device": device,
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "python_version": platform.python_version(),
+        **git_state(),
+        **sweep_tags(),
+    }
+
+
+@contextlib.contextmanager
+def tracked_run(run_name: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run that ends FINISHED, FAILED (exception) or KILLED (SIGINT/SIGTERM)."""
+
+    def on_sigterm(signum, frame):
+        raise RunKilled(f"received signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    run = mlflow.start_run(run_name=run_name)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.set_tag("end_reason", "interrupted (SIGINT/SIGTERM)")
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException as error:
+        mlflow.set_tag("end_reason", f"{type(error).__name__}: {error}"[:5000])
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def log_keras_model(model: keras.Model, image_size: tuple[int, int]) -> None:
+    """Log the model as `model/` of the run, with signature and input example.
+
+    `mlflow.keras.log_model(..., input_example=...)` in MLflow 3.17 writes the example
+    before creating its folder (FileNotFoundError), so the model is saved locally with
+    `mlflow.keras.save_model` and its folder logged; `runs:/<id>/model` loads the same.
+    """
+    import tempfile
+
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    example = np.full((1, *image_size, 3), 127.0, np.float32)
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    with tempfile.TemporaryDirectory() as scratch:
+        path = os.path.join(scratch, "model")
+        os.makedirs(path)
+        mlflow.keras.save_model(model, path, signature=signature, input_example=example)
+        mlflow.log_artifacts(path, artifact_path="model")
+
+
+class EpochMetricsLogger(keras.callbacks.Callback):
+    """Logs every epoch's metrics with step=epoch (1-based), plus lr, seconds and images/s."""
+
+    def __init__(self, images_per_epoch: int):
+        super().__init__()
+        self.images_per_epoch = images_per_epoch
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self._start
+        metrics = {k: float(v) for k, v in (logs or {}).items()}
+        metrics["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        metrics["epoch_seconds"] = seconds
+        metrics["train_images_per_second"] = self.images_per_epoch / seconds
+        mlflow.log_metrics(metrics, step=epoch + 1)
