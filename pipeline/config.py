@@ -23,16 +23,14 @@ from typing import Any, Callable, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pipeline.errors import ConfigError, UserError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_ROOT / "conf"
 
 FILL_MODES = ("nearest", "reflect", "wrap", "constant")
 MODEL_NAMES = ("xception", "mobilenet_v2", "efficientnet_b0", "small_cnn")
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker")
-
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message names the key and what is allowed."""
 
 
 # --------------------------------------------------------------------------- schema
@@ -246,6 +244,27 @@ class TrackingConfig:
     log_model: bool = True
 
 
+COMPARE_METRICS = ("auto", "test_accuracy", "best_val_accuracy")
+
+
+@dataclass
+class CompareConfig:
+    """`python -m pipeline.compare`: which runs, against which baseline, on which metric."""
+
+    baseline: str = "none"            # the preset every other group is compared with
+    metric: str = "auto"              # auto: test_accuracy when every compared run has it, else best_val_accuracy
+    confidence: float = 0.95          # of the interval on the difference
+    filter: Optional[str] = None      # an MLflow search filter, e.g. "params.`model.name` = 'small_cnn'"
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if self.metric not in COMPARE_METRICS:
+            found.append(("metric", f"must be one of {', '.join(COMPARE_METRICS)}, got {self.metric!r}"))
+        if not 0.5 <= self.confidence < 1:
+            found.append(("confidence", f"must be in [0.5, 1), got {self.confidence}"))
+        return found
+
+
 @dataclass
 class PathsConfig:
     split_dir: str = "data/split"
@@ -260,6 +279,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 42
 
@@ -320,9 +340,42 @@ def to_dict(config: Config) -> dict:
 # ------------------------------------------------------------------ entry points
 
 
-def _fail(error: Exception) -> None:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+def _in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().mode.name == "MULTIRUN"
+    except (ImportError, ValueError):
+        return False
+
+
+def _explained(job: Callable[[], Any]) -> Any:
+    """Run `job`; a UserError or an interruption becomes one line on stderr and an exit code.
+
+    In a Hydra multirun the error is re-raised instead: Hydra marks that job failed and
+    the sweep goes on with the next one.
+    """
+    try:
+        return job()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        if _in_multirun():
+            raise
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt as stop:
+        print(f"stopped ({stop or 'Ctrl-C'})", file=sys.stderr)
+        sys.exit(getattr(stop, "exit_code", 130))
+
+
+def _load_params(argv: list[str]) -> Config:
+    """`--params FILE [key=value ...]`: an already composed config (DVC's params.yaml)."""
+    if len(argv) < 2:
+        raise ConfigError("--params needs a file, e.g. --params params.yaml")
+    try:
+        raw = OmegaConf.merge(OmegaConf.load(argv[1]), OmegaConf.from_dotlist(argv[2:]))
+    except OSError as error:
+        raise ConfigError(f"cannot read {argv[1]}: {error.strerror or error}") from None
+    return validate(raw)
 
 
 def stage_entry(task: Callable[[Config], Any]) -> Callable[[], Any]:
@@ -330,33 +383,18 @@ def stage_entry(task: Callable[[Config], Any]) -> Callable[[], Any]:
 
     `--params FILE [key=value ...]` loads an already composed config (DVC's params.yaml);
     otherwise Hydra composes `conf/` with the command line (single run or `-m`).
+    Returns what `task` returns (Hydra's sweepers read it as the objective).
     """
 
     def main() -> Any:
-        argv = sys.argv[1:]
-        if argv[:1] == ["--params"]:
-            if len(argv) < 2:
-                _fail(ConfigError("--params needs a file, e.g. --params params.yaml"))
-            try:
-                raw = OmegaConf.merge(OmegaConf.load(argv[1]), OmegaConf.from_dotlist(argv[2:]))
-                config = validate(raw)
-            except (ConfigError, OSError) as error:
-                _fail(error)
-            return task(config)
+        if sys.argv[1:2] == ["--params"]:
+            return _explained(lambda: task(_load_params(sys.argv[1:])))
 
         import hydra
 
         @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
         def hydra_task(raw: DictConfig) -> Any:
-            try:
-                config = validate(raw)
-            except ConfigError as error:
-                from hydra.core.hydra_config import HydraConfig
-
-                if HydraConfig.get().mode.name == "RUN":
-                    _fail(error)
-                raise  # multirun: this job fails, the sweep goes on
-            return task(config)
+            return _explained(lambda: task(validate(raw)))
 
         return hydra_task()
 

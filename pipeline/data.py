@@ -33,6 +33,8 @@ import numpy as np
 from PIL import Image, ImageFile
 from tqdm import tqdm
 
+from pipeline.errors import DataError
+
 SPLITS = ("train", "val", "test")
 SPLIT_FOLDER_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                       "validation": "val", "test": "test", "testing": "test"}
@@ -41,10 +43,6 @@ MAX_PIXELS = 250_000_000  # larger images are skipped (decompression-bomb guard)
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
-
-
-class DataError(RuntimeError):
-    """The dataset cannot be used as configured; the message says what to do."""
 
 
 # ------------------------------------------------------------------------ sources

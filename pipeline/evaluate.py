@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import keras
 import mlflow
 import numpy as np
 
-from pipeline import tracking
 from pipeline.config import Config, stage_entry
-from pipeline.data import DataError, read_classes, read_manifest
+from pipeline.data import read_classes, read_manifest
 from pipeline.datasets import ImageSet, build_eval_dataset
+from pipeline.errors import DataError
 from pipeline.visuals import confusion_matrix_figure
 
 
@@ -83,15 +82,7 @@ def _log_to_training_run(config: Config, reports: Path, metrics: dict, figure: P
         mlflow.log_dict(metrics, "classification_report.json")
 
 
-def _run_or_explain(config: Config) -> dict:
-    try:
-        return run(config)
-    except (DataError, tracking.TrackingError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-
-
-main = stage_entry(_run_or_explain)
+main = stage_entry(run)
 
 if __name__ == "__main__":
     main()

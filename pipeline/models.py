@@ -14,6 +14,7 @@ from pathlib import Path
 import keras
 
 from pipeline.config import ModelConfig
+from pipeline.errors import ModelError
 
 BACKBONES = {
     "xception": ("Xception", "xception"),
@@ -21,10 +22,6 @@ BACKBONES = {
     "efficientnet_b0": ("EfficientNetB0", "efficientnet"),
 }
 WEIGHTS_HOST = "https://storage.googleapis.com/tensorflow/keras-applications/"
-
-
-class ModelError(RuntimeError):
-    """The model cannot be built as configured; the message says what to do."""
 
 
 def _preprocess(name: str, x):

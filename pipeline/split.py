@@ -9,11 +9,10 @@ their reasons, ignored files, duplicate groups, label conflicts).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from pipeline.config import Config, stage_entry
-from pipeline.data import DataError, resolve_source, scan, split_dataset, validate_images, write_split
+from pipeline.data import resolve_source, scan, split_dataset, validate_images, write_split
 
 
 def run(config: Config) -> dict:
@@ -33,15 +32,7 @@ def run(config: Config) -> dict:
     return report
 
 
-def _run_or_explain(config: Config) -> dict:
-    try:
-        return run(config)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-
-
-main = stage_entry(_run_or_explain)
+main = stage_entry(run)
 
 if __name__ == "__main__":
     main()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import time
@@ -20,14 +21,13 @@ import keras
 import mlflow
 
 from pipeline.config import PROJECT_ROOT, Config, to_dict
-
-
-class TrackingError(RuntimeError):
-    """The tracking server or store cannot be used; the message says what to do."""
+from pipeline.errors import TrackingError
 
 
 class RunKilled(KeyboardInterrupt):
-    """Raised inside training when the process receives SIGTERM."""
+    """Raised inside training when the process receives SIGTERM (exit code 143, as for SIGTERM)."""
+
+    exit_code = 143
 
 
 def tracking_uri(config: Config) -> str:
@@ -36,8 +36,11 @@ def tracking_uri(config: Config) -> str:
     return uri or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
-def connect(config: Config, timeout_s: float = 5.0) -> str:
-    """Point MLflow at the store and make sure it answers, before any training starts."""
+def connect(config: Config, timeout_s: float = 5.0, create_experiment: bool = True) -> str:
+    """Point MLflow at the store and make sure it answers, before any training starts.
+
+    `create_experiment=False` (readers such as compare) fails on a missing experiment instead.
+    """
     uri = tracking_uri(config)
     if uri.startswith(("http://", "https://")):
         try:
@@ -49,12 +52,18 @@ def connect(config: Config, timeout_s: float = 5.0) -> str:
                 f"or leave both unset to record into sqlite:///{PROJECT_ROOT / 'mlflow.db'}."
             ) from None
     mlflow.set_tracking_uri(uri)
+    if not create_experiment and mlflow.MlflowClient().get_experiment_by_name(config.tracking.experiment) is None:
+        raise TrackingError(f"MLflow experiment '{config.tracking.experiment}' does not exist at {uri}: train first "
+                            "(python -m pipeline.train ...) or set tracking.experiment / tracking.uri.")
     mlflow.set_experiment(config.tracking.experiment)
     return uri
 
 
 def flat_params(config: Config) -> dict[str, str]:
-    """The whole config as dotted keys: augmentation.rotation_range -> '30'."""
+    """The whole training config as dotted keys: augmentation.rotation_range -> '30'.
+
+    `compare.*` (settings of the comparison report, not of training) is left out.
+    """
     flat: dict[str, str] = {}
 
     def walk(node, prefix):
@@ -64,7 +73,7 @@ def flat_params(config: Config) -> dict[str, str]:
         else:
             flat[prefix[:-1]] = str(node)
 
-    walk(to_dict(config), "")
+    walk({k: v for k, v in to_dict(config).items() if k != "compare"}, "")
     return flat
 
 
@@ -133,8 +142,9 @@ def tracked_run(run_name: str | None = None) -> Iterator[mlflow.ActiveRun]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def log_keras_model(model: keras.Model, image_size: tuple[int, int]) -> None:
-    """Log the model as `model/` of the run, with signature and input example.
+def log_keras_model(model: keras.Model, image_size: tuple[int, int], classes_file: str | os.PathLike) -> None:
+    """Log the model as `model/` of the run, with signature, input example and classes.json
+    (the class names in output order, which `pipeline.predict` reads).
 
     `mlflow.keras.log_model(..., input_example=...)` in MLflow 3.17 writes the example
     before creating its folder (FileNotFoundError), so the model is saved locally with
@@ -151,6 +161,7 @@ def log_keras_model(model: keras.Model, image_size: tuple[int, int]) -> None:
         path = os.path.join(scratch, "model")
         os.makedirs(path)
         mlflow.keras.save_model(model, path, signature=signature, input_example=example)
+        shutil.copy(classes_file, os.path.join(path, "classes.json"))
         mlflow.log_artifacts(path, artifact_path="model")
 
 
@@ -172,3 +183,36 @@ class EpochMetricsLogger(keras.callbacks.Callback):
         metrics["epoch_seconds"] = seconds
         metrics["train_images_per_second"] = self.images_per_epoch / seconds
         mlflow.log_metrics(metrics, step=epoch + 1)
+
+
+def training_runs(experiment: str, search_filter: str | None = None,
+                  curves: tuple[str, ...] = ("val_accuracy", "val_loss")):
+    """The FINISHED training runs of `experiment` (with their per-epoch `curves`) and how many
+    other runs (FAILED, KILLED, RUNNING) were left out. Comparison runs are not training runs."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.comparison import RunSummary
+
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    runs, token = [], None
+    try:
+        while True:
+            page = client.search_runs([found.experiment_id], filter_string=search_filter or "", max_results=1000,
+                                      page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+    except MlflowException as error:
+        raise TrackingError(f"compare.filter={search_filter!r} is not a valid MLflow search filter: "
+                            f"{error.message}") from None
+    training = [r for r in runs if "augmentation" in r.data.tags and r.data.tags.get("run_kind") != "comparison"]
+    finished = [r for r in training if r.info.status == "FINISHED"]
+    summaries = []
+    for r in finished:
+        histories = {name: [m.value for m in sorted(client.get_metric_history(r.info.run_id, name),
+                                                    key=lambda m: m.step)] for name in curves}
+        summaries.append(RunSummary(r.info.run_id, r.data.tags["augmentation"], r.data.tags.get("seed", "?"),
+                                    dict(r.data.params), dict(r.data.metrics), histories))
+    return summaries, len(training) - len(finished)

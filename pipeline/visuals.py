@@ -1,10 +1,12 @@
-"""Pictures: the augmentation preview grid and training curves (matplotlib, no display)."""
+"""Pictures: the augmentation preview grid, training curves, confusion matrix and the comparison
+(matplotlib, no display)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -12,8 +14,17 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from pipeline.augmentation import BatchAugmenter  # noqa: E402
+from pipeline.comparison import Difference, Group, mean_curve  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.data import load_image, read_classes, read_manifest  # noqa: E402
+
+
+def _save(figure, target: Path, dpi: int = 90) -> Path:
+    figure.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target, dpi=dpi)
+    plt.close(figure)
+    return target
 
 
 def augmentation_grid(config: Config, target: Path, rows: int = 6, variants: int = 5) -> Path:
@@ -43,11 +54,7 @@ def augmentation_grid(config: Config, target: Path, rows: int = 6, variants: int
                 ax.set_title("original" if c == 0 else f"augmented {c}", fontsize=9)
         axes[r][0].set_ylabel(label, fontsize=10)
     figure.suptitle(f"augmentation={config.augmentation.name}  (train split only; seed {config.seed})", fontsize=11)
-    figure.tight_layout()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(target, dpi=80)
-    plt.close(figure)
-    return target
+    return _save(figure, target, dpi=80)
 
 
 def training_curves(history: dict[str, list[float]], target: Path, title: str) -> Path:
@@ -63,11 +70,7 @@ def training_curves(history: dict[str, list[float]], target: Path, title: str) -
         ax.grid(alpha=0.3)
         ax.legend()
     figure.suptitle(title)
-    figure.tight_layout()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(target, dpi=90)
-    plt.close(figure)
-    return target
+    return _save(figure, target)
 
 
 def confusion_matrix_figure(actual: np.ndarray, predicted: np.ndarray, classes: list[str], target: Path) -> Path:
@@ -86,8 +89,41 @@ def confusion_matrix_figure(actual: np.ndarray, predicted: np.ndarray, classes: 
             if counts[i, j]:
                 ax.text(j, i, counts[i, j], ha="center", va="center",
                         color="white" if counts[i, j] > counts.max() / 2 else "black", fontsize=8)
-    figure.tight_layout()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(target, dpi=90)
-    plt.close(figure)
-    return target
+    return _save(figure, target)
+
+
+def comparison_figure(groups: list[Group], differences: list[Difference], target: Path) -> Path:
+    """Validation accuracy and loss per epoch (mean line, band = +/- 1 std over seeds), one
+    colour per group; and each group's difference from the baseline with its interval."""
+    figure, axes = plt.subplots(1, 3, figsize=(16, 4.6), gridspec_kw={"width_ratios": [1, 1, 0.9]})
+    colours = plt.get_cmap("tab10")
+    for i, group in enumerate(groups):
+        for ax, metric in zip(axes[:2], ("val_accuracy", "val_loss")):
+            epochs, mean, std = mean_curve(group.runs, metric)
+            if len(epochs):
+                ax.plot(epochs, mean, color=colours(i % 10), marker="o", markersize=3,
+                        label=f"{group.label} (n={len(group.runs)})")
+                ax.fill_between(epochs, mean - std, mean + std, color=colours(i % 10), alpha=0.2)
+    for ax, metric in zip(axes[:2], ("val_accuracy", "val_loss")):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+
+    forest = axes[2]
+    for row, d in enumerate(differences):
+        colour = {"keep": "tab:green", "drop": "tab:red"}.get(d.verdict, "tab:gray")
+        if d.low is not None:
+            forest.plot([d.low * 100, d.high * 100], [row, row], color=colour, linewidth=3)
+        if not np.isnan(d.mean):
+            forest.plot(d.mean * 100, row, "o", color=colour)
+    forest.axvline(0, color="black", linewidth=1)
+    forest.set_yticks(range(len(differences)), [f"{d.group}\n{d.verdict}" for d in differences], fontsize=8)
+    forest.set_ylim(-0.7, max(len(differences), 1) - 0.3)
+    forest.invert_yaxis()
+    metric = differences[0].metric if differences else "accuracy"
+    forest.set_xlabel(f"{metric} minus baseline (points)")
+    forest.set_title("difference with interval", fontsize=10)
+    forest.grid(alpha=0.3, axis="x")
+    return _save(figure, target)

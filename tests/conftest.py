@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +64,49 @@ def path_overrides(tmp_path: Path) -> list[str]:
     return [f"paths.split_dir={tmp_path}/split", f"paths.reports_dir={tmp_path}/reports",
             f"paths.models_dir={tmp_path}/models", f"hydra.run.dir={tmp_path}/hydra",
             f"hydra.sweep.dir={tmp_path}/multirun", f"data.download_dir={tmp_path}/downloads"]
+
+
+def train_args(tmp_path: Path, uri: str, *extra: str) -> list[str]:
+    """A tiny, fast training: small_cnn on 32x32 images, 2 epochs, outputs under tmp_path."""
+    return ["model=small_cnn", "train.epochs=2", "train.batch_size=8", "data.image_size=[32,32]",
+            f"tracking.uri={uri}", *path_overrides(tmp_path), *extra]
+
+
+@pytest.fixture
+def split_done(tmp_path, tiny_dataset):
+    """tmp_path with the tiny dataset already split (train 30 / val 3 / test 3)."""
+    from pipeline import split
+    from pipeline.config import compose
+
+    overrides = [o for o in path_overrides(tmp_path) if not o.startswith("hydra.")]
+    split.run(compose([f"data.source={tiny_dataset}", *overrides]))
+    return tmp_path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination",
+         str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        server.kill()
+        pytest.fail("mlflow server did not start")
+    yield uri
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)

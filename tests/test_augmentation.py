@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import tensorflow as tf
 import yaml
 from PIL import Image
 
-from pipeline import preview, split
+from pipeline import preview
 from pipeline.augmentation import (BatchAugmenter, affine_matrices, augmentation_layer, mix_batch, sample_params,
                                    warp_images)
 from pipeline.config import compose

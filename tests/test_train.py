@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import split
-from pipeline.config import compose
-from tests.conftest import path_overrides, run_module
+from tests.conftest import free_port, make_image, run_module, train_args
 
 pytestmark = pytest.mark.slow
-
-
-def train_args(tmp_path: Path, uri: str, *extra: str) -> list[str]:
-    return ["model=small_cnn", "train.epochs=2", "train.batch_size=8", "data.image_size=[32,32]",
-            f"tracking.uri={uri}", *path_overrides(tmp_path), *extra]
-
-
-@pytest.fixture
-def split_done(tmp_path, tiny_dataset):
-    overrides = [o for o in path_overrides(tmp_path) if not o.startswith("hydra.")]
-    split.run(compose([f"data.source={tiny_dataset}", *overrides]))
-    return tmp_path
 
 
 def only_run(uri: str, experiment: str = "augmentation"):
@@ -41,7 +26,7 @@ def only_run(uri: str, experiment: str = "augmentation"):
     return client, runs[0]
 
 
-def test_training_run_is_recorded_in_sqlite(split_done):
+def test_training_run_is_recorded_and_its_model_predicts(split_done):
     tmp_path = split_done
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = run_module("pipeline.train", *train_args(tmp_path, uri, "augmentation=lesson"))
@@ -66,6 +51,22 @@ def test_training_run_is_recorded_in_sqlite(split_done):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert (tmp_path / "models" / "model.keras").exists()
     assert (tmp_path / "reports" / "history.csv").read_text().splitlines()[0].startswith("epoch,")
+
+    # predict: the saved file and the MLflow URI; a broken file gets its own error line
+    good = make_image(tmp_path / "mine" / "photo.webp", size=(64, 50), seed=7, pattern=1, fmt="WEBP")
+    broken = tmp_path / "mine" / "notes.jpg"
+    broken.write_text("not an image")
+    for model in (str(tmp_path / "models" / "model.keras"), f"runs:/{run.info.run_id}/model"):
+        result = run_module("pipeline.predict", model, str(good), str(broken), "--top-k", "2", "--json",
+                            env={"MLFLOW_TRACKING_URI": uri})
+        assert result.returncode == 1, result.stderr[-2000:]  # one file failed, the other was predicted
+        photo, notes = json.loads(result.stdout)
+        assert [name for name, _ in photo["top"]] != [] and len(photo["top"]) == 2
+        assert {name for name, _ in photo["top"]} <= {"cat", "dog", "fox"}
+        assert photo["top"][0][1] >= photo["top"][1][1] and 0 < sum(p for _, p in photo["top"]) <= 1.0 + 1e-6
+        assert "not an image" in notes["error"] and f"{broken}: not an image" in result.stderr
+    missing = run_module("pipeline.predict", str(tmp_path / "nope.keras"), str(good))
+    assert missing.returncode == 2 and "no such model file" in missing.stderr
 
 
 def test_failure_is_recorded_failed(split_done):
@@ -112,37 +113,6 @@ def test_sigterm_marks_the_run_killed_and_resume_continues(split_done):
     assert epochs == [done + 1, done + 2]  # continued, not restarted
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination",
-         str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        server.kill()
-        pytest.fail("mlflow server did not start")
-    yield uri
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
-
-
 def test_training_against_a_real_mlflow_server(split_done, mlflow_server):
     tmp_path = split_done
     result = run_module("pipeline.train", *train_args(tmp_path, mlflow_server, "augmentation=light"))
@@ -160,19 +130,27 @@ def test_dead_tracking_server_is_reported_before_training(split_done):
     assert not (tmp_path / "models" / "model.keras").exists()
 
 
-def test_multirun_gives_one_run_per_job(split_done):
+def test_multirun_gives_one_run_per_job_and_compare_reads_them(split_done):
     tmp_path = split_done
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    args = [a for a in train_args(tmp_path, uri, "train.epochs=1") if not a.startswith("hydra.run")]
-    result = run_module("pipeline.train", "-m", "augmentation=none,lesson", "seed=1,2", *args)
+    args = [a for a in train_args(tmp_path, uri, "train.epochs=2") if not a.startswith("hydra.run")]
+    result = run_module("pipeline.train", "-m", "augmentation=none,lesson", "seed=1,2,3", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("augmentation").experiment_id])
-    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}
     assert {(r.data.tags["augmentation"], r.data.tags["seed"]) for r in runs} == {
-        ("none", "1"), ("none", "2"), ("lesson", "1"), ("lesson", "2")}
+        (p, s) for p in ("none", "lesson") for s in ("1", "2", "3")}
     assert len({r.data.tags["sweep_id"] for r in runs}) == 1
-    assert len(list((tmp_path / "multirun").glob("*/models/model.keras"))) == 4  # own folder per job
+    assert len(list((tmp_path / "multirun").glob("*/models/model.keras"))) == 6  # own folder per job
+
+    report = run_module("pipeline.compare", f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/reports",
+                        f"hydra.run.dir={tmp_path}/hydra-compare")
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "| none | 3 | 1,2,3 |" in report.stdout and "| lesson | 3 | 1,2,3 |" in report.stdout
+    assert "paired t over 3 seeds" in report.stdout
+    assert any(f"**{verdict}**" in report.stdout for verdict in ("keep", "drop", "inconclusive"))
+    assert (tmp_path / "reports" / "comparison.png").stat().st_size > 10_000
 
 
 def test_offline_imagenet_weights_fail_fast_with_advice():

@@ -1,0 +1,119 @@
+"""Command `predict`: the top-k classes of your own images, from a trained model.
+
+    python -m pipeline.predict models/model.keras photo.jpg shirt.png
+    python -m pipeline.predict runs:/<run_id>/model photo.jpg --top-k 5 --json
+    python -m pipeline.predict models:/clothing/1 photos/*.webp
+
+MODEL is a saved Keras file or an MLflow model URI (runs:/..., models:/..., or a logged
+model folder; the tracking store is $MLFLOW_TRACKING_URI or the project's sqlite store).
+Images are decoded and resized exactly as in training (any format the split stage
+accepts; the model applies its own preprocessing). A file that is not a usable image
+gets an error line of its own; the others are still predicted. Exit code 1 if any image
+failed, 2 if the model cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data import inspect_image, load_image
+from pipeline.errors import ModelError, UserError
+
+
+def load_model_and_classes(source: str, classes_file: Path | None = None):
+    """(Keras model, class names in output order) from a .keras file or an MLflow model URI."""
+    import keras
+
+    local = Path(source)
+    if local.suffix == ".keras" or (local.exists() and local.is_file()):
+        if not local.is_file():
+            raise ModelError(f"{source}: no such model file. Train one first (python -m pipeline.train or dvc repro), "
+                             "or pass an MLflow model URI such as runs:/<run_id>/model.")
+        model, folder = keras.models.load_model(local), local.parent
+    else:
+        model, folder = _load_mlflow_model(source)
+    classes_file = classes_file or folder / "classes.json"
+    outputs = int(model.output_shape[-1])
+    if classes_file.is_file():
+        classes = json.loads(classes_file.read_text())
+    else:
+        print(f"note: {classes_file} not found; classes are shown by index (pass --classes FILE)", file=sys.stderr)
+        classes = [f"class_{i}" for i in range(outputs)]
+    if len(classes) != outputs:
+        raise ModelError(f"{classes_file} names {len(classes)} classes but the model has {outputs} outputs.")
+    return model, classes
+
+
+def _load_mlflow_model(uri: str):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.config import compose
+    from pipeline.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri(compose([])))
+    try:
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        return mlflow.keras.load_model(str(folder)), folder
+    except (MlflowException, OSError) as error:
+        raise ModelError(f"cannot load the model {uri!r} ({getattr(error, 'message', error)}). Give a .keras file or "
+                         f"an MLflow model URI (runs:/<run_id>/model) from the store {mlflow.get_tracking_uri()}; "
+                         "set $MLFLOW_TRACKING_URI for another store.") from None
+
+
+def predict_files(model, classes: list[str], files: list[str], top_k: int) -> list[dict]:
+    """One result per file: {"file", "top": [(class, probability), ...]} or {"file", "error"}."""
+    height, width = model.input_shape[1:3]
+    results, images, good = [], [], []
+    for name in files:
+        _, problem = inspect_image(Path(name))
+        if problem:
+            results.append({"file": name, "error": problem})
+            continue
+        images.append(load_image(name, (height, width)))
+        good.append(len(results))
+        results.append({"file": name})
+    if images:
+        probabilities = model.predict(np.stack(images).astype(np.float32), verbose=0)
+        for index, row in zip(good, probabilities):
+            best = np.argsort(row)[::-1][:top_k]
+            results[index]["top"] = [(classes[i], float(row[i])) for i in best]
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="models/model.keras or an MLflow model URI (runs:/<run_id>/model)")
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
+    parser.add_argument("--classes", type=Path, help="JSON list of class names (default: classes.json beside the model)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    args = parser.parse_args(argv)
+    if args.top_k < 1:
+        parser.error("--top-k must be >= 1")
+
+    try:
+        model, classes = load_model_and_classes(args.model, args.classes)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    results = predict_files(model, classes, args.images, min(args.top_k, len(classes)))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    for result in results:
+        if "error" in result:
+            print(f"error: {result['file']}: {result['error']}", file=sys.stderr)
+        elif not args.json:
+            ranked = "  ".join(f"{name} {p:.1%}" for name, p in result["top"])
+            print(f"{result['file']}: {ranked}")
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The seed-aware comparison: runs with known metrics in a real MLflow store -> exact means,
+intervals (checked against scipy's own t tests) and verdicts; the report files and run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from scipy import stats
+
+from pipeline import compare
+from pipeline.comparison import RunSummary, compare_with_baseline, group_runs, varied_settings
+from pipeline.config import compose
+from pipeline.errors import TrackingError
+from tests.conftest import run_module
+
+# preset -> {seed: (best_val_accuracy, test_accuracy)}
+KNOWN = {
+    "none": {"1": (0.80, 0.78), "2": (0.82, 0.80), "3": (0.81, 0.79)},
+    "lesson": {"1": (0.84, 0.82), "2": (0.85, 0.83), "3": (0.83, 0.84)},   # paired, clearly better
+    "strong": {"4": (0.71, 0.70), "5": (0.73, 0.72), "6": (0.72, 0.74)},   # other seeds: Welch, worse
+    "mixup": {"1": (0.82, 0.80), "2": (0.81, 0.79), "3": (0.80, 0.80)},    # straddles 0
+    "light": {"1": (0.83, 0.81)},                                          # one seed only
+}
+
+
+def log_known_runs(uri: str, experiment: str = "augmentation") -> None:
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment(experiment)
+    for preset, seeds in KNOWN.items():
+        for seed, (val, test) in seeds.items():
+            run = client.create_run(experiment_id, run_name=f"{preset}-{seed}",
+                                    tags={"augmentation": preset, "seed": seed})
+            rid = run.info.run_id
+            client.log_param(rid, "model.name", "small_cnn")
+            client.log_param(rid, "seed", seed)
+            client.log_param(rid, "augmentation.rotation_range", "0.0" if preset == "none" else "30.0")
+            for step, fraction in enumerate((0.5, 0.9, 1.0), start=1):
+                client.log_metric(rid, "val_accuracy", val * fraction, step=step)
+                client.log_metric(rid, "val_loss", 2.0 - val * fraction, step=step)
+            client.log_metric(rid, "best_val_accuracy", val)
+            client.log_metric(rid, "test_accuracy", test)
+            client.log_metric(rid, "best_epoch", 3)
+            client.set_terminated(rid, "FINISHED")
+    crashed = client.create_run(experiment_id, tags={"augmentation": "lesson", "seed": "9"})
+    client.log_metric(crashed.info.run_id, "test_accuracy", 0.10)
+    client.set_terminated(crashed.info.run_id, "FAILED")
+
+
+def test_means_intervals_and_verdicts_are_exact(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    log_known_runs(uri)
+    report = compare.run(compose([f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/reports"]))
+
+    assert report["metric"] == "test_accuracy"  # every run was evaluated
+    assert report["runs"] == 13 and report["runs_left_out"] == 1  # the FAILED run is not averaged in
+    groups = {g["group"]: g for g in report["groups"]}
+    assert set(groups) == set(KNOWN)  # rotation_range follows the preset: no extra grouping
+    none = groups["none"]
+    assert none["runs"] == 3 and none["seeds"] == "1,2,3"
+    assert none["best_val_accuracy_mean"] == pytest.approx(0.81, abs=1e-12)
+    assert none["best_val_accuracy_std"] == pytest.approx(0.01, abs=1e-12)
+    assert none["test_accuracy_mean"] == pytest.approx(0.79, abs=1e-12)
+    assert none["best_epoch_mean"] == 3
+    assert math.isnan(groups["light"]["test_accuracy_std"])  # one run has no spread
+
+    def test_values(preset):
+        return [KNOWN[preset][s][1] for s in sorted(KNOWN[preset])]
+
+    diffs = {d["group"]: d for d in report["differences"]}
+    lesson = diffs["lesson"]
+    expected = stats.ttest_rel(test_values("lesson"), test_values("none")).confidence_interval(0.95)
+    assert lesson["method"] == "paired t over 3 seeds"
+    assert lesson["mean"] == pytest.approx(0.04, abs=1e-12)
+    assert (lesson["low"], lesson["high"]) == pytest.approx((expected.low, expected.high), abs=1e-12)
+    assert lesson["verdict"] == "keep"
+
+    strong = diffs["strong"]
+    expected = stats.ttest_ind(test_values("strong"), test_values("none"), equal_var=False).confidence_interval(0.95)
+    assert strong["method"] == "Welch t"
+    assert strong["mean"] == pytest.approx(-0.07, abs=1e-12)
+    assert (strong["low"], strong["high"]) == pytest.approx((expected.low, expected.high), abs=1e-12)
+    assert strong["verdict"] == "drop"
+
+    assert diffs["mixup"]["verdict"] == "inconclusive" and diffs["mixup"]["low"] < 0 < diffs["mixup"]["high"]
+    light = diffs["light"]
+    assert light["verdict"] == "inconclusive" and light["low"] is None
+    assert "no repeats" in light["reason"]
+    assert light["mean"] == pytest.approx(0.81 - 0.79, abs=1e-12)
+
+    reports = tmp_path / "reports"
+    markdown = (reports / "comparison.md").read_text()
+    assert "| lesson | 3 | 1,2,3 | 84.00 ± 1.00 | 83.00 ± 1.00 | 3.0 |" in markdown
+    assert "**keep**" in markdown and "**drop**" in markdown and "no repeats" in markdown
+    assert json.loads((reports / "comparison.json").read_text())["differences"][0]["verdict"] in {
+        "keep", "drop", "inconclusive"}
+    assert (reports / "comparison.png").stat().st_size > 10_000
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("augmentation")
+    logged = client.search_runs([experiment.experiment_id], "tags.run_kind = 'comparison'")
+    assert len(logged) == 1
+    assert {a.path for a in client.list_artifacts(logged[0].info.run_id)} == {
+        "comparison.md", "comparison.png", "comparison.json"}
+    # A second comparison does not count the first one as a training run.
+    again = compare.run(compose([f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/again"]))
+    assert again["runs"] == 13
+
+
+def test_validation_accuracy_is_used_before_evaluate(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    log_known_runs(uri)
+    report = compare.run(compose([f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/r",
+                                  "compare.metric=best_val_accuracy", "compare.confidence=0.9",
+                                  "compare.filter=\"tags.augmentation LIKE '%e%'\""]))
+    assert report["metric"] == "best_val_accuracy" and report["runs"] == 6  # none and lesson match '%e%'
+    (lesson,) = report["differences"]
+    vals = [[KNOWN[p][s][0] for s in "123"] for p in ("lesson", "none")]
+    expected = stats.ttest_rel(*vals).confidence_interval(0.9)
+    assert (lesson["low"], lesson["high"]) == pytest.approx((expected.low, expected.high), abs=1e-12)
+
+
+def summary(preset, seed, **params):
+    return RunSummary(f"{preset}{seed}", preset, seed, {"seed": seed, **params}, {"test_accuracy": 0.5})
+
+
+def test_other_varied_settings_make_their_own_groups():
+    runs = [summary(p, s, **{"model.name": m, "augmentation.rotation_range": "30" if p == "lesson" else "0",
+                             "tracking.uri": f"file{s}"})
+            for p in ("none", "lesson") for s in ("1", "2") for m in ("small_cnn", "xception")]
+    assert varied_settings(runs) == ["model.name"]  # not rotation (the preset's), not seed/tracking
+    groups = group_runs(runs)
+    assert [(g.preset, g.settings["model.name"], len(g.runs)) for g in groups] == [
+        ("lesson", "small_cnn", 2), ("none", "small_cnn", 2), ("lesson", "xception", 2), ("none", "xception", 2)]
+
+
+def test_paired_interval_needs_the_same_seeds():
+    runs = [summary("none", "1"), summary("lesson", "1")]
+    none, lesson = sorted(group_runs(runs), key=lambda g: g.preset != "none")
+    result = compare_with_baseline(lesson, none, "test_accuracy", 0.95)
+    assert result.verdict == "inconclusive" and result.low is None and result.mean == 0.0
+
+
+def test_compare_command_explains_an_empty_or_missing_experiment(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = run_module("pipeline.compare", f"tracking.uri={uri}", "tracking.experiment=nothing-here",
+                        f"hydra.run.dir={tmp_path}/hydra", f"paths.reports_dir={tmp_path}/r")
+    assert result.returncode == 1 and "does not exist" in result.stderr and "train first" in result.stderr
+    mlflow.set_tracking_uri(uri)
+    mlflow.create_experiment("empty")
+    result = run_module("pipeline.compare", f"tracking.uri={uri}", "tracking.experiment=empty",
+                        f"hydra.run.dir={tmp_path}/hydra", f"paths.reports_dir={tmp_path}/r")
+    assert result.returncode == 1 and "No FINISHED training runs" in result.stderr
+    result = run_module("pipeline.compare", f"tracking.uri={uri}", "tracking.experiment=empty",
+                        "compare.filter=this is not a filter", f"hydra.run.dir={tmp_path}/hydra")
+    assert result.returncode == 1 and "compare.filter" in result.stderr
+    assert not (tmp_path / "r" / "comparison.md").exists()
+
+
+def test_curves_band_over_seeds():
+    from pipeline.comparison import mean_curve
+
+    runs = [RunSummary("a", "none", "1", {}, {}, {"val_accuracy": [0.2, 0.4, 0.6]}),
+            RunSummary("b", "none", "2", {}, {}, {"val_accuracy": [0.4, 0.6]})]  # stopped early
+    epochs, mean, std = mean_curve(runs, "val_accuracy")
+    assert list(epochs) == [1, 2, 3]
+    np.testing.assert_allclose(mean, [0.3, 0.5, 0.6])
+    np.testing.assert_allclose(std, [np.std([0.2, 0.4], ddof=1), np.std([0.4, 0.6], ddof=1), 0.0])
