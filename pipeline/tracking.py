@@ -15,6 +15,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Iterator
 
 import keras
@@ -30,10 +31,20 @@ class RunKilled(KeyboardInterrupt):
     exit_code = 143
 
 
+def store_root(project: Path = PROJECT_ROOT) -> Path:
+    """Where the default store lives: the project root, also when this code runs from DVC's
+    temporary copy of it (`dvc exp run --queue/--temp` work in <repo>/.dvc/tmp/exps/...)."""
+    parts = project.parts
+    for i in range(len(parts) - 2):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return project
+
+
 def tracking_uri(config: Config) -> str:
     """`tracking.uri`, else $MLFLOW_TRACKING_URI, else an absolute sqlite store at the project root."""
     uri = config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+    return uri or f"sqlite:///{store_root() / 'mlflow.db'}"
 
 
 def connect(config: Config, timeout_s: float = 5.0, create_experiment: bool = True) -> str:
@@ -49,7 +60,7 @@ def connect(config: Config, timeout_s: float = 5.0, create_experiment: bool = Tr
             raise TrackingError(
                 f"The MLflow tracking server at {uri} does not answer ({getattr(error, 'reason', error)}). "
                 "Start it (mlflow server --host 127.0.0.1 --port 5000), fix tracking.uri / $MLFLOW_TRACKING_URI, "
-                f"or leave both unset to record into sqlite:///{PROJECT_ROOT / 'mlflow.db'}."
+                f"or leave both unset to record into sqlite:///{store_root() / 'mlflow.db'}."
             ) from None
     mlflow.set_tracking_uri(uri)
     if not create_experiment and mlflow.MlflowClient().get_experiment_by_name(config.tracking.experiment) is None:
@@ -95,7 +106,12 @@ def sweep_tags() -> dict[str, str]:
         return {}
     if hydra.mode.name != "MULTIRUN":
         return {}
-    return {"sweep_id": str(hydra.sweep.dir), "sweep_job": str(hydra.job.num), "hydra_overrides": " ".join(hydra.overrides.task)}
+    tags = {"sweep_id": str(hydra.sweep.dir), "sweep_job": str(hydra.job.num),
+            "hydra_overrides": " ".join(hydra.overrides.task)}
+    study = hydra.sweeper.get("study_name")
+    if study:  # an Optuna search: group its trials under the study
+        tags["optuna_study"] = str(study)
+    return tags
 
 
 def run_tags(config: Config, manifest_sha256: str, device: str, placement: str) -> dict[str, str]:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
-import json
 import pytest
+from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT
 
@@ -16,7 +21,8 @@ pytestmark = pytest.mark.slow
 
 
 def sh(*args: str, cwd: Path) -> str:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t",
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # the venv's dvc
+           "TF_CPP_MIN_LOG_LEVEL": "3", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t",
            "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
     result = subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
@@ -57,3 +63,33 @@ def test_exp_run_repro_and_what_reruns(project, tiny_dataset, tmp_path):
     assert "Running stage 'split'" not in out  # augmentation re-runs train and evaluate only
     assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
     assert (project / "params.yaml").read_text().count("rotation_range: 30") == 1
+
+
+def test_queued_experiments_run_and_land_in_the_project_store(project, tiny_dataset):
+    """dvc exp run --queue with a Hydra sweep, dvc queue start, dvc exp show: no tracking.uri is
+    set, so the runs must reach <project>/mlflow.db although DVC runs them in temporary copies."""
+    settings = [f"data.source={tiny_dataset}", "model=small_cnn", "train.epochs=1", "train.batch_size=8",
+                "data.image_size=[32,32]"]
+    out = sh("dvc", "exp", "run", "--queue", *[a for s in settings for a in ("-S", s)],
+             "-S", "augmentation=none,lesson", cwd=project)
+    assert out.count("Queued experiment") == 2
+    sh("dvc", "queue", "start", "--jobs", "1", cwd=project)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = sh("dvc", "queue", "status", cwd=project)
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    assert status.count("Success") == 2, status + sh("dvc", "queue", "logs", status.split()[-1], cwd=project)
+
+    rows = list(csv.DictReader(io.StringIO(sh("dvc", "exp", "show", "--csv", cwd=project))))
+    experiments = [r for r in rows if r.get("Experiment")]
+    assert {r["augmentation.name"] for r in experiments} == {"none", "lesson"}
+    assert all(0 <= float(r["accuracy"]) <= 1 for r in experiments)
+
+    client = MlflowClient(f"sqlite:///{project}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("augmentation").experiment_id])
+    assert sorted(r.data.tags["augmentation"] for r in runs) == ["lesson", "none"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert all("test_accuracy" in r.data.metrics for r in runs)  # evaluate logged to the same runs
+    assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))  # no stray store in the copies

@@ -1,0 +1,73 @@
+"""The MLflow UI in a real headless Chromium: a plain and an augmented training run, tracked to a
+real `mlflow server`, are listed in the experiment and shown side by side in the compare view."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import run_module, train_args
+
+pytestmark = pytest.mark.slow
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+def system_chromium() -> str:
+    for name in BROWSERS:
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip("no Chromium found (looked for chromium, chromium-browser, google-chrome): "
+                "install Debian's package with `apt-get install chromium` (.ci/run does this when it can)")
+
+
+def ui_number(value: float) -> str:
+    """How the MLflow UI prints a metric: rounded to 3 decimals, no trailing zeros."""
+    return f"{round(value, 3):g}"
+
+
+def test_runs_and_their_val_accuracy_in_the_mlflow_ui(split_done, mlflow_server):
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    browser_path = system_chromium()
+    tmp_path = split_done
+    args = [a for a in train_args(tmp_path, mlflow_server, "train.epochs=1") if not a.startswith("hydra.run")]
+    trained = run_module("pipeline.train", "-m", "augmentation=none,lesson", *args)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("augmentation")
+    runs = {r.data.tags["augmentation"]: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"none", "lesson"}
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=browser_path,
+                                             args=["--no-sandbox", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+
+        page.goto(f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs", wait_until="load")
+        for run in runs.values():
+            page.get_by_text(run.info.run_name, exact=True).first.wait_for(timeout=60_000)
+        page.screenshot(path=str(tmp_path / "mlflow-runs.png"))
+
+        ids = json.dumps([r.info.run_id for r in runs.values()])
+        page.goto(f"{mlflow_server}/#/compare-runs?runs={ids}&experiments=[\"{experiment.experiment_id}\"]",
+                  wait_until="load")
+        page.get_by_text("Run details").first.wait_for(timeout=60_000)
+        for run in runs.values():
+            page.get_by_text(run.info.run_name, exact=True).first.wait_for(timeout=60_000)
+        page.get_by_text("val_accuracy", exact=True).last.wait_for(timeout=60_000)
+        page.screenshot(path=str(tmp_path / "mlflow-compare.png"), full_page=True)
+        shown = page.inner_text("body")
+        browser.close()
+
+    assert "Comparing 2 Runs from 1 Experiment" in shown
+    details = shown[shown.index("Run details"):]  # the table below the plots
+    parameters, metrics = details[details.index("Parameters"):details.index("Metrics")], details[details.index("Metrics"):]
+    assert "augmentation.name" in parameters and "lesson" in parameters and "none" in parameters
+    assert "val_accuracy" in metrics
+    for run in runs.values():
+        assert ui_number(run.data.metrics["val_accuracy"]) in metrics
+    assert (tmp_path / "mlflow-compare.png").stat().st_size > 20_000
