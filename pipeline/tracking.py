@@ -20,7 +20,9 @@ from typing import Iterator
 
 import keras
 import mlflow
+from mlflow.exceptions import MlflowException
 
+from pipeline.comparison import RunSummary
 from pipeline.config import PROJECT_ROOT, Config, to_dict
 from pipeline.errors import TrackingError
 
@@ -138,7 +140,7 @@ def tracked_run(run_name: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run that ends FINISHED, FAILED (exception) or KILLED (SIGINT/SIGTERM)."""
 
     def on_sigterm(signum, frame):
-        raise RunKilled(f"received signal {signum}")
+        raise RunKilled(f"received signal {signum}; the MLflow run is marked KILLED")
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     run = mlflow.start_run(run_name=run_name)
@@ -205,10 +207,6 @@ def training_runs(experiment: str, search_filter: str | None = None,
                   curves: tuple[str, ...] = ("val_accuracy", "val_loss")):
     """The FINISHED training runs of `experiment` (with their per-epoch `curves`) and how many
     other runs (FAILED, KILLED, RUNNING) were left out. Comparison runs are not training runs."""
-    from mlflow.exceptions import MlflowException
-
-    from pipeline.comparison import RunSummary
-
     client = mlflow.MlflowClient()
     found = client.get_experiment_by_name(experiment)
     runs, token = [], None

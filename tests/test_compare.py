@@ -15,7 +15,6 @@ from scipy import stats
 from pipeline import compare
 from pipeline.comparison import RunSummary, compare_with_baseline, group_runs, varied_settings
 from pipeline.config import compose
-from pipeline.errors import TrackingError
 from tests.conftest import run_module
 
 # preset -> {seed: (best_val_accuracy, test_accuracy)}
