@@ -65,11 +65,26 @@ def connect(config: Config, timeout_s: float = 5.0, create_experiment: bool = Tr
                 f"or leave both unset to record into sqlite:///{store_root() / 'mlflow.db'}."
             ) from None
     mlflow.set_tracking_uri(uri)
-    if not create_experiment and mlflow.MlflowClient().get_experiment_by_name(config.tracking.experiment) is None:
-        raise TrackingError(f"MLflow experiment '{config.tracking.experiment}' does not exist at {uri}: train first "
-                            "(python -m pipeline.train ...) or set tracking.experiment / tracking.uri.")
-    mlflow.set_experiment(config.tracking.experiment)
+    name = config.tracking.experiment
+    if mlflow.MlflowClient().get_experiment_by_name(name) is None:
+        if not create_experiment:
+            raise TrackingError(f"MLflow experiment '{name}' does not exist at {uri}: train first "
+                                "(python -m pipeline.train ...) or set tracking.experiment / tracking.uri.")
+        try:
+            mlflow.create_experiment(name, artifact_location=artifact_location(uri))
+        except MlflowException:
+            pass  # created meanwhile by another job
+    mlflow.set_experiment(name)
     return uri
+
+
+def artifact_location(uri: str) -> str | None:
+    """For a sqlite store, artifacts go to `mlruns/` beside the .db file, not into the working
+    directory of whichever run created the experiment (a Hydra job folder, or a temporary DVC
+    copy that is deleted afterwards). Servers choose for themselves (None)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlruns").as_uri()
+    return None
 
 
 def flat_params(config: Config) -> dict[str, str]:

@@ -35,6 +35,18 @@ def make_image(path: Path, size=(40, 30), seed=0, mode="RGB", fmt=None, pattern=
     return path
 
 
+@pytest.fixture(autouse=True)
+def no_leaked_tracking_uri():
+    """mlflow.set_tracking_uri also exports $MLFLOW_TRACKING_URI: without this, one test's store
+    would become the default of every later test's subprocesses."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
     """3 classes x 12 learnable images, one folder per class."""

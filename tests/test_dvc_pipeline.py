@@ -93,3 +93,6 @@ def test_queued_experiments_run_and_land_in_the_project_store(project, tiny_data
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert all("test_accuracy" in r.data.metrics for r in runs)  # evaluate logged to the same runs
     assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))  # no stray store in the copies
+    for run in runs:  # artifacts beside the store, not in the deleted copies
+        assert run.info.artifact_uri.startswith((project / "mlruns").as_uri())
+        assert (project / "mlruns" / run.info.run_id / "artifacts" / "model").is_dir()
