@@ -71,8 +71,8 @@ def main() -> None:
                      "tracking.log_model=false", f"data.source={args.data.resolve()}", f"data.limit_per_class={limit}",
                      f"paths.split_dir={workdir}/split", f"paths.reports_dir={workdir}/reports",
                      f"paths.models_dir={workdir}/models", *args.overrides]
-        run_split(compose(overrides))
         config = compose(overrides)
+        run_split(config)
         print(f"model {config.model.name}, {config.data.image_size[0]}x{config.data.image_size[1]}, "
               f"batch {config.train.batch_size}, device {devices.describe_device()}, "
               f"augmentation placement {devices.augmentation_placement(config.augmentation)}")

@@ -70,7 +70,6 @@ class Training:
     train_set: ImageSet
     val_set: ImageSet
     placement: str
-    replicas: int
     start_epoch: int
     best_weights: Path
     callbacks: list
@@ -83,7 +82,6 @@ def prepare_training(config: Config, strategy, models_dir: Path) -> Training:
     val_set = ImageSet.from_manifest(*read_manifest(split_dir, "val"), classes)
     image_size = tuple(config.data.image_size)
 
-    replicas = devices.replica_count(strategy)
     devices.configure_precision(config.train)
     placement = devices.augmentation_placement(config.augmentation)
     backup_dir = models_dir / "backup"
@@ -104,8 +102,7 @@ def prepare_training(config: Config, strategy, models_dir: Path) -> Training:
         keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=config.train.patience),
         keras.callbacks.BackupAndRestore(str(backup_dir)),
     ]
-    return Training(model, trainer, train_set, val_set, placement, replicas, resume_epoch(backup_dir), best_weights,
-                    callbacks)
+    return Training(model, trainer, train_set, val_set, placement, resume_epoch(backup_dir), best_weights, callbacks)
 
 
 def fit(config: Config, training: Training, extra_callbacks: list = ()) -> dict[str, list[float]]:
@@ -134,7 +131,7 @@ def run(config: Config) -> float:
     training = prepare_training(config, strategy, models_dir)
     if not chief:  # a helper in a cluster: same steps, nothing recorded
         history = fit(config, training)
-        return float(max(history.get("val_accuracy", [0.0])))
+        return best_of(history, training.start_epoch)[0]
 
     reports_dir.mkdir(parents=True, exist_ok=True)
     image_size = tuple(config.data.image_size)
@@ -146,7 +143,7 @@ def run(config: Config) -> float:
                            "train.start_epoch": training.start_epoch})
         mlflow.set_tags({**tracking.run_tags(config, manifest_hash(config.paths.split_dir), devices.describe_device(),
                                              training.placement),
-                         "replicas": str(training.replicas)})
+                         "replicas": str(devices.replica_count(strategy))})
         with tempfile.TemporaryDirectory() as scratch:
             config_file = Path(scratch) / "config.yaml"
             config_file.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
@@ -162,8 +159,7 @@ def run(config: Config) -> float:
         classes_path.write_text(json.dumps(training.train_set.classes) + "\n")
         mlflow.log_artifact(str(write_history(history, reports_dir / "history.csv", training.start_epoch)))
         mlflow.log_artifact(str(training_curves(history, reports_dir / "training_curves.png", run_name)))
-        best_val = float(max(history.get("val_accuracy", [0.0])))
-        best_epoch = int(np.argmax(history["val_accuracy"])) + 1 + training.start_epoch if history.get("val_accuracy") else 0
+        best_val, best_epoch = best_of(history, training.start_epoch)
         mlflow.log_metrics({"best_val_accuracy": best_val, "best_epoch": best_epoch})
         if config.tracking.log_model:  # the saved file, reloaded off the strategy: no cluster needed
             tracking.log_keras_model(keras.models.load_model(model_path), image_size, classes_path)
@@ -172,6 +168,15 @@ def run(config: Config) -> float:
              "best_val_accuracy": best_val, "best_epoch": best_epoch}, indent=2) + "\n")
     print(f"best val_accuracy {best_val:.4f} at epoch {best_epoch}; model {model_path}; MLflow run {active.info.run_id}")
     return best_val
+
+
+def best_of(history: dict[str, list[float]], start_epoch: int) -> tuple[float, int]:
+    """(best val_accuracy, its 1-based epoch) of this fit; (0.0, 0) when nothing was validated."""
+    accuracies = history.get("val_accuracy")
+    if not accuracies:
+        return 0.0, 0
+    best = int(np.argmax(accuracies))
+    return float(accuracies[best]), start_epoch + best + 1
 
 
 def write_history(history: dict[str, list[float]], target: Path, start_epoch: int) -> Path:
