@@ -1,6 +1,5 @@
-"""Experiment-tracked image-augmentation workflow (DVC + Hydra + Keras 3 + MLflow)."""
+"""Experiment-tracked image-augmentation workflow: DVC stages, Hydra configs, Keras 3, MLflow."""
 
-import os
+from pipeline.startup import quiet_tensorflow_start
 
-# Quieter TensorFlow start-up; the user's own setting wins.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+quiet_tensorflow_start()

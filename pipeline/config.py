@@ -14,12 +14,16 @@ wrong types fail there) and every range is checked before the stage does any wor
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import hashlib
+import json
 import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -314,6 +318,8 @@ def validate(raw: DictConfig | dict) -> Config:
         config: Config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"
+        if key not in SETTABLE_KEYS and key != "?":
+            raise ConfigError(unknown_key_message(key)) from None
         reason = str(error).splitlines()[0]
         raise ConfigError(f"Invalid config key '{key}': {reason}") from None
     problems = _collect_problems(config)
@@ -335,6 +341,36 @@ def compose(overrides: list[str] | None = None) -> Config:
 def to_dict(config: Config) -> dict:
     """The config as plain Python data (for YAML dumps and MLflow params)."""
     return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+
+
+def flatten(node: dict, prefix: str = "") -> dict[str, str]:
+    """Nested config data as dotted keys with string values: augmentation.rotation_range -> '30.0'."""
+    flat: dict[str, str] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = str(value)
+    return flat
+
+
+# Settings that do not change what is trained: where things go, how they are reported, and
+# how the data was found (the manifest hash stands for the data itself).
+NOT_IDENTITY = ("tracking.", "paths.", "compare.", "data.download_dir", "data.cache", "data.source", "data.sha256",
+                "train.resume")
+
+
+def training_identity(config: Config, manifest_sha256: str) -> dict[str, str]:
+    """Everything that makes a trained model what it is, as dotted keys, plus the data's manifest hash."""
+    flat = flatten(to_dict(config))
+    identity = {k: v for k, v in flat.items()
+                if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in NOT_IDENTITY)}
+    return {**identity, "data.manifest_sha256": manifest_sha256}
+
+
+def digest_of(values: dict[str, str]) -> str:
+    """A stable sha256 of string key/values (order-independent)."""
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
 # ------------------------------------------------------------------ entry points
@@ -367,15 +403,126 @@ def _explained(job: Callable[[], Any]) -> Any:
         sys.exit(getattr(stop, "exit_code", 130))
 
 
+def read_yaml_file(path: str | Path, what: str = "config file") -> DictConfig:
+    """A YAML mapping from `path`, or a ConfigError naming the file, the line and the fix."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read the {what} {path}: {error.strerror or error}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"the {what} {path} is not valid YAML{where}: {problem}. Fix that line "
+                          "(keys are `name: value`, nested keys indented by two spaces).") from None
+    if data is None:
+        raise ConfigError(f"the {what} {path} is empty. Write the composed config into it (dvc exp run does, "
+                          "see README 'Configuration'), or run without --params: python -m pipeline.<stage> key=value")
+    if not isinstance(data, dict):
+        raise ConfigError(f"the {what} {path} holds a {type(data).__name__}, not a mapping of config keys")
+    return OmegaConf.create(data)
+
+
+def apply_group_option(raw: DictConfig, group: str, option: str) -> DictConfig:
+    """`group=option` applied to a composed config, as Hydra would compose it.
+
+    A group's section is replaced by conf/<group>/<option>.yaml on its schema defaults;
+    an `@package _global_` file (experiment/) applies its `override /group: option`
+    defaults first, then merges its own keys at the root.
+    """
+    folder = CONF_DIR / group
+    path = folder / f"{option}.yaml"
+    if group == "hparams_search":
+        raise ConfigError(f"{group}={option} is a Hydra sweep: run it as python -m pipeline.train -m {group}={option}")
+    if not path.is_file():
+        options = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+        raise ConfigError(f"{group}={option}: there is no conf/{group}/{option}.yaml; the options are: {options}")
+    node = read_yaml_file(path)
+    defaults = node.pop("defaults", [])
+    if path.read_text().lstrip().startswith("# @package _global_"):
+        for entry in defaults:
+            for target, choice in (entry.items() if isinstance(entry, DictConfig) else []):
+                raw = apply_group_option(raw, target.split()[-1].strip("/"), choice)
+        return OmegaConf.merge(raw, node)
+    base = CONF_DIR / "schema" / f"{group}.yaml"
+    raw = OmegaConf.create({k: v for k, v in raw.items() if k != group})
+    return OmegaConf.merge(raw, {group: OmegaConf.merge(OmegaConf.load(base), node) if base.is_file() else node})
+
+
 def _load_params(argv: list[str]) -> Config:
-    """`--params FILE [key=value ...]`: an already composed config (DVC's params.yaml)."""
+    """`--params FILE [key=value | group=option ...]`: an already composed config (DVC's params.yaml).
+
+    `group=option` (e.g. model=small_cnn, experiment=cpu) replaces that group's section with
+    conf/<group>/<option>.yaml; `key=value` sets one key. Applied in the order given.
+    """
     if len(argv) < 2:
         raise ConfigError("--params needs a file, e.g. --params params.yaml")
-    try:
-        raw = OmegaConf.merge(OmegaConf.load(argv[1]), OmegaConf.from_dotlist(argv[2:]))
-    except OSError as error:
-        raise ConfigError(f"cannot read {argv[1]}: {error.strerror or error}") from None
+    raw = read_yaml_file(argv[1], "params file")
+    for override in argv[2:]:
+        key, sep, value = override.partition("=")
+        if not sep:
+            raise ConfigError(f"{override!r} is not an override: write key=value (e.g. train.epochs=3) "
+                              "or group=option (e.g. model=small_cnn)")
+        check_key(key)
+        if "." not in key and (CONF_DIR / key).is_dir():
+            raw = apply_group_option(raw, key, value)
+        else:
+            try:
+                raw = OmegaConf.merge(raw, OmegaConf.from_dotlist([override]))
+            except OmegaConfBaseException as error:
+                raise ConfigError(f"cannot apply {override!r}: {str(error).splitlines()[0]}") from None
     return validate(raw)
+
+
+# ------------------------------------------------------------------ key checks
+
+
+def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        keys.append(prefix + f.name)
+        if dataclasses.is_dataclass(value):
+            keys += _dotted_keys(value, f"{prefix}{f.name}.")
+    return keys
+
+
+SETTABLE_KEYS = frozenset(_dotted_keys(Config()))
+
+
+def unknown_key_message(key: str) -> str:
+    """'Unknown config key ...; did you mean ...?' with the closest settable key."""
+    parent = key.rpartition(".")[0]
+    siblings = [k for k in SETTABLE_KEYS if k.rpartition(".")[0] == parent]
+    close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6) or \
+        difflib.get_close_matches(key, sorted(SETTABLE_KEYS), n=1, cutoff=0.7)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return (f"Unknown config key '{key}': {hint}Every key is listed in pipeline/config.py "
+            "(the schema) and conf/schema/ (its defaults).")
+
+
+def check_key(key: str) -> None:
+    """Refuse a key that is neither a schema key nor a config group, suggesting the closest one."""
+    key = key.lstrip("+~")
+    if key.split(".")[0].split("/")[0] == "hydra" or "@" in key or "/" in key:
+        return  # Hydra's own settings and package/group paths: Hydra checks those
+    if "." not in key and (CONF_DIR / key).is_dir():
+        return  # a group choice: augmentation=lesson
+    parts = key.split(".")
+    for depth in range(len(parts), 0, -1):  # a.b.0 on a list-valued key a.b is fine
+        if ".".join(parts[:depth]) in SETTABLE_KEYS:
+            return
+    raise ConfigError(unknown_key_message(key))
+
+
+def check_command_line(args: list[str]) -> None:
+    """Check every `key=value` of a Hydra command line before Hydra composes it."""
+    for arg in args:
+        if not arg.startswith("-") and "=" in arg:
+            check_key(arg.split("=", 1)[0])
 
 
 def stage_entry(task: Callable[[Config], Any]) -> Callable[[], Any]:
@@ -390,6 +537,7 @@ def stage_entry(task: Callable[[Config], Any]) -> Callable[[], Any]:
         if sys.argv[1:2] == ["--params"]:
             return _explained(lambda: task(_load_params(sys.argv[1:])))
 
+        _explained(lambda: check_command_line(sys.argv[1:]))
         import hydra
 
         @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")

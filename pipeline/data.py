@@ -17,6 +17,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import shutil
 import tarfile
 import urllib.error
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 from tqdm import tqdm
 
 from pipeline.errors import DataError
@@ -39,6 +40,8 @@ SPLITS = ("train", "val", "test")
 SPLIT_FOLDER_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                       "validation": "val", "test": "test", "testing": "test"}
 SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
+LAYOUT_HELP = ("Expected one folder per class (<root>/<class>/<image>) or train/validation/test folders "
+               "each holding one folder per class; check data.source.")
 MAX_PIXELS = 250_000_000  # larger images are skipped (decompression-bomb guard), not crashed on
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -51,30 +54,48 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never h
 def resolve_source(source: str, download_dir: str, sha256: str | None = None) -> Path:
     """Return a local folder holding the dataset named by `data.source`.
 
-    `source` is a folder, a local .zip/.tar.gz, or an http(s) URL of one (downloaded once
-    into `download_dir`, checked against `sha256` when given, extracted safely).
+    `source` is a folder, a local .zip/.tar.gz, or an http(s) URL of one. The cache in
+    `download_dir` is keyed by content, never by file name:
+
+    * `downloads/<digest of the URL>/<name>`: a URL's archive, beside a record of its sha256.
+      It is downloaded again when that record is missing or no longer matches the file
+      (an interrupted or damaged copy), or when it does not match `data.sha256`;
+    * `extracted/<sha256 of the archive>/`: one extraction per archive content, so two
+      different `master.zip` never share one and a changed archive is extracted anew.
+      Extraction goes to a temporary folder that is renamed into place only when complete.
     """
+    cache = Path(download_dir).expanduser().resolve()
     if source.startswith(("http://", "https://")):
-        cache = Path(download_dir).expanduser().resolve()
-        archive = cache / PurePosixPath(urllib.request.urlparse(source).path).name
-        if not archive.exists() or (sha256 and file_sha256(archive) != sha256.lower()):
-            download(source, archive)
-        return _extracted(archive, cache, sha256)
+        return _extracted(_cached_download(source, cache, sha256), cache, sha256, downloaded=True)
     path = Path(source).expanduser().resolve()
     if path.is_dir():
         return _dataset_root(path)
     if path.is_file() and _archive_kind(path):
-        return _extracted(path, Path(download_dir).expanduser().resolve(), sha256)
+        return _extracted(path, cache, sha256, downloaded=False)
     raise DataError(
         f"data.source={source!r} is neither a folder, a .zip/.tar.gz archive nor an http(s) URL "
-        f"(resolved to {path}). Point it at the dataset folder, e.g. data.source=../shared/datasets/clothing-small"
+        f"(resolved to {path}). Point it at the dataset folder, e.g. data.source=/path/to/clothing-small"
     )
+
+
+def _cached_download(url: str, cache: Path, sha256: str | None) -> Path:
+    """The URL's archive in the cache, downloaded unless a validated copy is there."""
+    name = PurePosixPath(urllib.request.urlparse(url).path).name or "archive"
+    archive = cache / "downloads" / hashlib.sha256(url.encode()).hexdigest()[:24] / name
+    record = archive.with_name(archive.name + ".sha256")
+    if archive.is_file() and record.is_file():
+        actual = file_sha256(archive)
+        if actual == record.read_text().strip() and (not sha256 or actual == sha256.lower()):
+            return archive
+    download(url, archive)
+    record.write_text(file_sha256(archive) + "\n")
+    return archive
 
 
 def download(url: str, target: Path, timeout_s: float = 30.0) -> None:
     """Download `url` to `target` with a progress bar; a partial file never stays behind."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".part")
+    partial = target.with_name(f"{target.name}.part-{os.getpid()}")
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response, open(partial, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
@@ -109,18 +130,37 @@ def _archive_kind(path: Path) -> str | None:
     return None
 
 
-def _extracted(archive: Path, cache: Path, sha256: str | None) -> Path:
-    if sha256:
-        actual = file_sha256(archive)
-        if actual != sha256.lower():
-            raise DataError(f"{archive} has sha256 {actual}, but data.sha256 is {sha256}. "
-                            "The download is damaged or the archive changed: delete it and retry, or fix data.sha256.")
-    target = cache / (archive.name.split(".")[0] + "-extracted")
-    marker = target / ".extracted"
-    if not marker.exists():
-        shutil.rmtree(target, ignore_errors=True)
-        safe_extract(archive, target)
-        marker.write_text(archive.name)
+def _extracted(archive: Path, cache: Path, sha256: str | None, downloaded: bool) -> Path:
+    """The dataset root inside the extraction of `archive`, extracting it once per content."""
+    actual = file_sha256(archive)
+    if sha256 and actual != sha256.lower():
+        raise DataError(f"{archive} has sha256 {actual}, but data.sha256 is {sha256}. "
+                        "The download is damaged or the archive changed: delete it and retry, or fix data.sha256.")
+    target = cache / "extracted" / actual[:24]
+    if not (target / ".complete").exists():
+        shutil.rmtree(target, ignore_errors=True)  # left over from an older, interrupted layout
+        scratch = target.with_name(f".{target.name}.part-{os.getpid()}")
+        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            safe_extract(archive, scratch)
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as error:
+            shutil.rmtree(scratch, ignore_errors=True)
+            if downloaded:
+                archive.unlink(missing_ok=True)  # never keep a broken download: the next run fetches it again
+            again = "It was deleted from the cache; the next run downloads it again." if downloaded else \
+                "Replace it with a good copy, or point data.source at the extracted folder."
+            raise DataError(f"{archive} is not a readable {_archive_kind(archive)} archive ({error}). {again}") from None
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        (scratch / ".complete").write_text(f"{archive}\n")
+        try:
+            scratch.rename(target)
+        except OSError:  # another process finished the same extraction first
+            shutil.rmtree(scratch, ignore_errors=True)
+            if not (target / ".complete").exists():
+                shutil.rmtree(target, ignore_errors=True)
+                raise DataError(f"{target} is an incomplete extraction; it was removed, run again.") from None
     return _dataset_root(target)
 
 
@@ -150,10 +190,12 @@ def safe_extract(archive: Path, target: Path) -> None:
 
 
 def _dataset_root(path: Path) -> Path:
-    """Descend through single wrapper folders (as in GitHub archives)."""
+    """Descend through single wrapper folders (as in GitHub archives); a single folder that
+    holds images itself is a class, not a wrapper."""
     while True:
         children = [c for c in path.iterdir() if not _is_ignored(c.name)]
-        if len(children) == 1 and children[0].is_dir() and children[0].name.lower() not in SPLIT_FOLDER_NAMES:
+        if len(children) == 1 and children[0].is_dir() and children[0].name.lower() not in SPLIT_FOLDER_NAMES \
+                and any(c.is_dir() and not _is_ignored(c.name) for c in children[0].iterdir()):
             path = children[0]
         else:
             return path
@@ -207,7 +249,7 @@ def scan(root: Path, respect_existing: bool) -> tuple[list[Candidate], list[str]
 
 
 def inspect_image(path: Path) -> tuple[str | None, str | None]:
-    """Fully decode one file. Returns (sha256 of the bytes, None) or (None, reason it is skipped)."""
+    """Fully decode one file as training will. Returns (sha256 of the bytes, None) or (None, reason it is skipped)."""
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -218,8 +260,7 @@ def inspect_image(path: Path) -> tuple[str | None, str | None]:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                if image.width < 1 or image.height < 1:
+                if min(decode_rgb(image).size) < 1:
                     return None, "image has no pixels"
     except Image.UnidentifiedImageError:
         return None, "not an image (no decoder recognises it)"
@@ -232,23 +273,47 @@ def inspect_image(path: Path) -> tuple[str | None, str | None]:
     return hashlib.sha256(data).hexdigest(), None
 
 
-def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
-    """Decode any image mode to RGB and resize it (bilinear) to size=(height, width).
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit gray (Pillow opens it as one of these)
 
-    Returns uint8 [height, width, 3]. Transparent pixels are composed over white.
-    Used by training, evaluation, preview and predict alike, so they see the same pixels.
+
+def decode_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow image as an upright 8-bit RGB image: the one decoding every stage shares.
+
+    * EXIF orientation is applied (a phone photo taken upright stays upright);
+    * 16-bit gray (`I;16*`, and `I`, read as 0..65535) is scaled to 0..255, not clipped;
+      16-bit RGB PNG/TIFF Pillow already scales; float images (`F`) are read as 0..1
+      when their maximum is <= 1, else as 0..255;
+    * transparent pixels are composed over white; CMYK, palette and gray convert as usual.
+    """
+    image.load()
+    image = ImageOps.exif_transpose(image)
+    if image.mode in HIGH_DEPTH_MODES or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0
+        else:
+            scale = 255.0 / 65535.0
+        gray = np.clip(np.round(np.nan_to_num(values) * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """Decode (`decode_rgb`) and resize (bilinear) one image to size=(height, width).
+
+    Returns uint8 [height, width, 3]. Used by training, evaluation, preview and predict
+    alike, and the split stage validates with the same decoding: they see the same pixels.
     """
     with Image.open(path) as image:
-        image.load()
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, rgba)
-        rgb = image.convert("RGB")
-        height, width = size
-        if rgb.size != (width, height):
-            rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
-        return np.asarray(rgb, dtype=np.uint8)
+        rgb = decode_rgb(image)
+    height, width = size
+    if rgb.size != (width, height):
+        rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
 
 
 def validate_images(candidates: list[Candidate], workers: int = 4) -> list[tuple[str | None, str | None]]:
@@ -291,7 +356,12 @@ def split_dataset(candidates: list[Candidate], checks: list[tuple[str | None, st
 
     classes = sorted({group[0].label for _, group in units})
     if not classes:
-        raise DataError("No valid image was found: check data.source and the skipped list in reports/split_report.json.")
+        reasons = Counter(item["reason"].split(":")[0] for item in skipped)
+        seen = "; ".join(f"{n} {reason}" for reason, n in reasons.most_common(3)) or "no files at all"
+        raise DataError(f"No valid image was found ({len(candidates)} files: {seen}). " + LAYOUT_HELP)
+    if len(classes) < 2:
+        raise DataError(f"Only one class was found ({classes[0]}, {sum(len(g) for _, g in units)} images): "
+                        "a classifier needs at least two. " + LAYOUT_HELP)
 
     unit_split: dict[str, str] = {}
     presplit = any(c.folder_split for c, _ in valid)

@@ -17,13 +17,14 @@ from pipeline.data import resolve_source, scan, split_dataset, validate_images, 
 
 def run(config: Config) -> dict:
     data = config.data
+    report_path = Path(config.paths.reports_dir) / "split_report.json"
+    report_path.unlink(missing_ok=True)  # a failed split must not leave an earlier report behind
     root = resolve_source(data.source, data.download_dir, data.sha256)
     print(f"dataset: {root}")
     candidates, ignored = scan(root, data.split.respect_existing)
     checks = validate_images(candidates)
     result = split_dataset(candidates, checks, ignored, list(data.split.fractions), config.seed, data.limit_per_class)
-    report = write_split(result, Path(config.paths.split_dir), Path(config.paths.reports_dir) / "split_report.json",
-                         data.source)
+    report = write_split(result, Path(config.paths.split_dir), report_path, data.source)
     counts = ", ".join(f"{s} {n}" for s, n in report["counts"].items())
     print(f"split: {counts} images in {len(report['classes'])} classes; skipped {len(report['skipped'])}, "
           f"duplicate groups {len(report['duplicates'])}, label conflicts {len(report['conflicts'])}")

@@ -7,12 +7,12 @@ left RUNNING, so one crashed job does not leave a sweep's table half-true.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import platform
 import shutil
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,7 +23,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from pipeline.comparison import RunSummary
-from pipeline.config import PROJECT_ROOT, Config, to_dict
+from pipeline.config import PROJECT_ROOT, Config, flatten, to_dict
 from pipeline.errors import TrackingError
 
 
@@ -65,17 +65,47 @@ def connect(config: Config, timeout_s: float = 5.0, create_experiment: bool = Tr
                 f"or leave both unset to record into sqlite:///{store_root() / 'mlflow.db'}."
             ) from None
     mlflow.set_tracking_uri(uri)
-    name = config.tracking.experiment
+    with _store_lock(uri):  # a new sqlite store: one process creates its tables, the others wait
+        _ensure_experiment(config.tracking.experiment, uri, create_experiment)
+    mlflow.set_experiment(config.tracking.experiment)
+    return uri
+
+
+def _ensure_experiment(name: str, uri: str, create: bool) -> None:
     if mlflow.MlflowClient().get_experiment_by_name(name) is None:
-        if not create_experiment:
+        if not create:
             raise TrackingError(f"MLflow experiment '{name}' does not exist at {uri}: train first "
                                 "(python -m pipeline.train ...) or set tracking.experiment / tracking.uri.")
         try:
             mlflow.create_experiment(name, artifact_location=artifact_location(uri))
         except MlflowException:
             pass  # created meanwhile by another job
-    mlflow.set_experiment(name)
-    return uri
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """For a sqlite store: check it can be written (within seconds, naming the path), then hold
+    an exclusive lock on `<store>.lock` while the store and the experiment are created."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    store = Path(uri[len("sqlite:///"):])
+    folder = store.parent
+    advice = "Fix its permissions, or choose another store with tracking.uri=sqlite:////writable/path/mlflow.db."
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TrackingError(f"The MLflow store {store} cannot be created: {error.strerror or error}. {advice}") from None
+    if store.exists() and not os.access(store, os.R_OK | os.W_OK):
+        raise TrackingError(f"The MLflow store {store} is read-only for this user. {advice}")
+    if not os.access(folder, os.W_OK):  # sqlite writes its journal beside the store
+        raise TrackingError(f"The folder of the MLflow store {store} ({folder}) is read-only for this user. {advice}")
+    with open(store.with_name(store.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def artifact_location(uri: str) -> str | None:
@@ -88,21 +118,8 @@ def artifact_location(uri: str) -> str | None:
 
 
 def flat_params(config: Config) -> dict[str, str]:
-    """The whole training config as dotted keys: augmentation.rotation_range -> '30'.
-
-    `compare.*` (settings of the comparison report, not of training) is left out.
-    """
-    flat: dict[str, str] = {}
-
-    def walk(node, prefix):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            flat[prefix[:-1]] = str(node)
-
-    walk({k: v for k, v in to_dict(config).items() if k != "compare"}, "")
-    return flat
+    """The whole training config as dotted keys (`compare.*`, the report's settings, left out)."""
+    return flatten({k: v for k, v in to_dict(config).items() if k != "compare"})
 
 
 def git_state() -> dict[str, str]:
@@ -151,14 +168,22 @@ def run_tags(config: Config, manifest_sha256: str, device: str, placement: str) 
 
 
 @contextlib.contextmanager
-def tracked_run(run_name: str | None = None) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run that ends FINISHED, FAILED (exception) or KILLED (SIGINT/SIGTERM)."""
+def tracked_run(run_name: str | None = None, continue_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run that ends FINISHED, FAILED (exception) or KILLED (SIGINT/SIGTERM).
+
+    `continue_run_id` reopens that run (an interrupted training being resumed) when the
+    store has it; otherwise a new run starts.
+    """
 
     def on_sigterm(signum, frame):
         raise RunKilled(f"received signal {signum}; the MLflow run is marked KILLED")
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
-    run = mlflow.start_run(run_name=run_name)
+    if continue_run_id and not _run_exists(continue_run_id):
+        print(f"note: the interrupted MLflow run {continue_run_id} is not in {mlflow.get_tracking_uri()}; "
+              "the resumed training is recorded as a new run")
+        continue_run_id = None
+    run = mlflow.start_run(run_id=continue_run_id) if continue_run_id else mlflow.start_run(run_name=run_name)
     try:
         yield run
     except KeyboardInterrupt:
@@ -170,9 +195,33 @@ def tracked_run(run_name: str | None = None) -> Iterator[mlflow.ActiveRun]:
         mlflow.end_run(status="FAILED")
         raise
     else:
+        if continue_run_id:
+            mlflow.set_tag("end_reason", "finished after resuming")
         mlflow.end_run(status="FINISHED")
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _run_exists(run_id: str) -> bool:
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+        return True
+    except MlflowException:
+        return False
+
+
+def record_resume(epochs_done: int, history: list[dict[str, float]]) -> None:
+    """On the reopened run: note where it resumed, and log the finished epochs it lacks.
+
+    An epoch is logged right after its checkpoint is committed; a kill between the two
+    leaves the run one epoch short, which is filled in here, so steps neither repeat nor skip.
+    """
+    client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
+    logged = max((m.step for m in client.get_metric_history(run_id, "val_accuracy")), default=0)
+    for epoch in range(logged + 1, epochs_done + 1):
+        mlflow.log_metrics(history[epoch - 1], step=epoch)
+    earlier = mlflow.active_run().data.tags.get("resumed_at_epochs")
+    mlflow.set_tag("resumed_at_epochs", f"{earlier},{epochs_done}" if earlier else str(epochs_done))
 
 
 def log_keras_model(model: keras.Model, image_size: tuple[int, int], classes_file: str | os.PathLike) -> None:
@@ -196,26 +245,6 @@ def log_keras_model(model: keras.Model, image_size: tuple[int, int], classes_fil
         mlflow.keras.save_model(model, path, signature=signature, input_example=example)
         shutil.copy(classes_file, os.path.join(path, "classes.json"))
         mlflow.log_artifacts(path, artifact_path="model")
-
-
-class EpochMetricsLogger(keras.callbacks.Callback):
-    """Logs every epoch's metrics with step=epoch (1-based), plus lr, seconds and images/s."""
-
-    def __init__(self, images_per_epoch: int):
-        super().__init__()
-        self.images_per_epoch = images_per_epoch
-        self._start = 0.0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - self._start
-        metrics = {k: float(v) for k, v in (logs or {}).items()}
-        metrics["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        metrics["epoch_seconds"] = seconds
-        metrics["train_images_per_second"] = self.images_per_epoch / seconds
-        mlflow.log_metrics(metrics, step=epoch + 1)
 
 
 def training_runs(experiment: str, search_filter: str | None = None,

@@ -157,10 +157,101 @@ def test_archive_url_is_downloaded_verified_and_extracted(tmp_path, tiny_dataset
     report = run_split(tmp_path, f"{url}/tiny.zip", f"data.sha256={digest}")
     assert sum(report["counts"].values()) == 36 and report["classes"] == ["cat", "dog", "fox"]
 
-    wrong = "0" * 64
-    (tmp_path / "downloads" / "tiny-extracted").rename(tmp_path / "old")
+    wrong = "0" * 64  # the cached copy no longer validates: fetched again, then refused
     with pytest.raises(DataError, match="sha256"):
         run_split(tmp_path, f"{url}/tiny.zip", f"data.sha256={wrong}")
+
+
+def zip_tree(tree: Path, archive: Path, wrapper: str = "data-master") -> Path:
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive, "w") as zf:
+        for file in sorted(tree.rglob("*.png")):
+            zf.write(file, f"{wrapper}/{file.relative_to(tree)}")
+    return archive
+
+
+def two_datasets(tmp_path: Path) -> tuple[Path, Path]:
+    """Two different trees: 3 classes x 6 images, and 2 other classes x 9 images."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for c, name in enumerate(("cat", "dog", "fox")):
+        for i in range(6):
+            make_image(first / name / f"{i}.png", seed=1000 + 10 * c + i)
+    for c, name in enumerate(("shirt", "pants")):
+        for i in range(9):
+            make_image(second / name / f"{i}.png", seed=2000 + 10 * c + i)
+    return first, second
+
+
+def test_two_archives_with_one_name_keep_their_own_content(tmp_path):
+    first, second = two_datasets(tmp_path)
+    a = zip_tree(first, tmp_path / "a" / "master.zip")
+    b = zip_tree(second, tmp_path / "b" / "master.zip")
+    report_a = run_split(tmp_path, a)
+    report_b = run_split(tmp_path, b)
+    assert report_a["classes"] == ["cat", "dog", "fox"] and sum(report_a["counts"].values()) == 18
+    assert report_b["classes"] == ["pants", "shirt"] and sum(report_b["counts"].values()) == 18
+
+    zip_tree(first, a)  # the same file name, changed content: extracted anew
+    (tmp_path / "first" / "cat" / "0.png").unlink()
+    zip_tree(first, a)
+    assert sum(run_split(tmp_path, a)["counts"].values()) == 17
+
+
+def test_two_urls_with_one_name_and_a_damaged_download_are_fetched_again(tmp_path, http_folder):
+    www, url = http_folder
+    first, second = two_datasets(tmp_path)
+    zip_tree(first, www / "one" / "master.zip")
+    zip_tree(second, www / "two" / "master.zip")
+    assert run_split(tmp_path, f"{url}/one/master.zip")["classes"] == ["cat", "dog", "fox"]
+    assert run_split(tmp_path, f"{url}/two/master.zip")["classes"] == ["pants", "shirt"]
+
+    original = (www / "one" / "master.zip").read_bytes()
+    [cached] = [p for p in (tmp_path / "downloads" / "downloads").rglob("master.zip") if p.read_bytes() == original]
+    cached.write_bytes(original[:100])  # an interrupted copy that no longer matches its record
+    assert run_split(tmp_path, f"{url}/one/master.zip")["classes"] == ["cat", "dog", "fox"]
+    assert cached.read_bytes() == (www / "one" / "master.zip").read_bytes()
+
+
+@pytest.mark.parametrize("name", ["data.zip", "data.tar.gz"])
+def test_a_text_file_named_as_an_archive_is_a_clear_error_that_does_not_stick(tmp_path, name):
+    archive = tmp_path / name
+    archive.write_text("<html>404 Not Found</html>\n")
+    with pytest.raises(DataError, match="not a readable") as error:
+        run_split(tmp_path, archive)
+    assert str(archive) in str(error.value)
+    first, _ = two_datasets(tmp_path)
+    if name.endswith(".zip"):
+        zip_tree(first, archive)
+    else:
+        import tarfile
+        with tarfile.open(archive, "w:gz") as tf:
+            tf.add(first, arcname="data")
+    assert run_split(tmp_path, archive)["classes"] == ["cat", "dog", "fox"]  # the good copy is used
+
+
+def test_a_broken_download_is_deleted_so_the_next_run_fetches_it_again(tmp_path, http_folder):
+    www, url = http_folder
+    (www / "data.zip").write_text("not a zip")
+    with pytest.raises(DataError, match="next run downloads it again"):
+        run_split(tmp_path, f"{url}/data.zip")
+    assert not list((tmp_path / "downloads" / "downloads").rglob("data.zip"))
+    zip_tree(two_datasets(tmp_path)[0], www / "data.zip")
+    assert run_split(tmp_path, f"{url}/data.zip")["classes"] == ["cat", "dog", "fox"]
+
+
+@pytest.mark.parametrize("layout", ["folders", "presplit"])
+def test_one_class_is_not_a_classification_and_leaves_no_stale_report(tmp_path, tiny_dataset, layout):
+    report = tmp_path / "reports" / "split_report.json"
+    run_split(tmp_path, tiny_dataset)
+    assert report.exists()
+    root = tmp_path / "single"
+    for i in range(9):
+        parts = (("train", "validation", "test")[i % 3], "shirt") if layout == "presplit" else ("shirt",)
+        make_image(root.joinpath(*parts) / f"{i}.png", seed=500 + i)
+    with pytest.raises(DataError, match="Only one class was found \\(shirt, 9 images\\)") as error:
+        run_split(tmp_path, root)
+    assert "one folder per class" in str(error.value)
+    assert not report.exists()  # no earlier report left to mislead
 
 
 def test_unreachable_url_fails_fast_with_advice(tmp_path):

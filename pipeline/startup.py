@@ -1,0 +1,56 @@
+"""A quiet start: TensorFlow's start-up lines are dropped, its real warnings and errors kept.
+
+TensorFlow 2.21 writes half a dozen lines to stderr while it loads (the oneDNN notice,
+"Could not find cuda drivers", CPU-instruction advice, a failed `cuInit` on machines
+without a GPU). They come from C++ before its logging is set up, so TF_CPP_MIN_LOG_LEVEL
+does not stop them. Here file descriptor 2 is caught while TensorFlow loads and looks for
+GPUs; afterwards the lines that are not known start-up noise are written back to stderr.
+
+Set AUGMENT_PIPELINE_VERBOSE=1 to see everything (debugging a GPU set-up, say).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import warnings
+
+STARTUP_NOISE = (
+    "All log messages before absl::InitializeLog()",
+    "oneDNN custom operations are on",
+    "Could not find cuda drivers",
+    "This TensorFlow binary is optimized to use available CPU instructions",
+    "To enable the following instructions:",
+    "failed call to cuInit",
+    "Unable to register cuDNN factory",
+    "Unable to register cuFFT factory",
+    "Unable to register cuBLAS factory",
+    "computation placer already registered",
+    "TF-TRT Warning",
+)
+VERBOSE_VARIABLE = "AUGMENT_PIPELINE_VERBOSE"
+
+
+def quiet_tensorflow_start() -> None:
+    """Import TensorFlow and probe its devices with start-up noise filtered out of stderr."""
+    if os.environ.get(VERBOSE_VARIABLE) or "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # C++ INFO lines off; warnings and errors stay
+    warnings.filterwarnings("ignore", message=r".*`shuffle=True` was passed, but will be ignored")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices("GPU")  # the cuInit probe happens here
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        caught.seek(0)
+        kept = [line for line in caught.read().decode(errors="replace").splitlines(keepends=True)
+                if line.strip() and not any(noise in line for noise in STARTUP_NOISE)]
+    sys.stderr.write("".join(kept))
