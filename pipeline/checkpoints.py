@@ -99,6 +99,7 @@ class WorkFolder:
         elif not state.epochs_done:
             other = self._other_interrupted()
             if other is not None:
+                self.close(finished=True)  # leave nothing behind for a training that did not start
                 raise ConfigError(self._mismatch_message(other))
             print(f"note: train.resume=true, but no interrupted training is in {self.root}: starting at epoch 0")
         else:

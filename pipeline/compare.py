@@ -1,7 +1,7 @@
 """Command `compare`: does each augmentation help, over seeds? A report from the MLflow runs.
 
     python -m pipeline.compare
-    python -m pipeline.compare tracking.experiment=augmentation compare.filter="params.`model.name` = 'small_cnn'"
+    python -m pipeline.compare tracking.experiment=augmentation compare.filter="params.`model.name` = 'residual_cnn'"
 
 Reads the FINISHED training runs of `tracking.experiment`, groups them by augmentation
 preset (and any other setting that was varied), and writes to <paths.reports_dir>:

@@ -33,7 +33,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_ROOT / "conf"
 
 FILL_MODES = ("nearest", "reflect", "wrap", "constant")
-MODEL_NAMES = ("xception", "mobilenet_v2", "efficientnet_b0", "small_cnn")
+MODEL_NAMES = ("xception", "mobilenet_v2", "efficientnet_b0", "residual_cnn")
+LR_SCHEDULES = ("constant", "warmup_cosine")
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker")
 
 
@@ -149,6 +150,12 @@ class AugmentationConfig:
         return (float(z[0]), float(z[1]))
 
     @property
+    def label(self) -> str:
+        """The preset name runs are grouped by: `name`, except that a `none` that augments
+        (augmentation.rotation_range=10 on the default preset) is `custom`, never the plain baseline."""
+        return "custom" if self.name == "none" and not self.is_identity else self.name
+
+    @property
     def is_identity(self) -> bool:
         """True when this preset changes no image (the plain `none` preset)."""
         return self == AugmentationConfig(name=self.name, device=self.device, fill_mode=self.fill_mode, cval=self.cval)
@@ -220,14 +227,27 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
-    patience: int = 5
+    patience: int = 5                # epochs without a val_accuracy gain before stopping
     resume: bool = False
     mixed_precision: bool = False
-    jit_compile: Any = "auto"  # auto | true | false
+    jit_compile: Any = "auto"        # auto | true | false
     strategy: str = "auto"
+    lr_schedule: str = "constant"    # constant | warmup_cosine (peak: model.learning_rate)
+    warmup_epochs: int = 1           # linear warm-up of warmup_cosine, in epochs
+    weight_decay: float = 0.0        # decoupled (AdamW) weight decay; 0 = plain Adam
+    label_smoothing: float = 0.0     # of the cross-entropy targets, 0..1
+    cache_features: bool = True      # frozen backbone + no augmentation: compute its features once
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
+        if self.lr_schedule not in LR_SCHEDULES:
+            found.append(("lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"))
+        if self.warmup_epochs < 0:
+            found.append(("warmup_epochs", f"must be >= 0, got {self.warmup_epochs}"))
+        if not 0 <= self.weight_decay < 1:
+            found.append(("weight_decay", f"must be in [0, 1), got {self.weight_decay}"))
+        if not 0 <= self.label_smoothing < 1:
+            found.append(("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}"))
         if self.epochs < 1:
             found.append(("epochs", f"must be >= 1, got {self.epochs}"))
         if not 1 <= self.batch_size <= 4096:
@@ -258,7 +278,7 @@ class CompareConfig:
     baseline: str = "none"            # the preset every other group is compared with
     metric: str = "auto"              # auto: test_accuracy when every compared run has it, else best_val_accuracy
     confidence: float = 0.95          # of the interval on the difference
-    filter: Optional[str] = None      # an MLflow search filter, e.g. "params.`model.name` = 'small_cnn'"
+    filter: Optional[str] = None      # an MLflow search filter, e.g. "params.`model.name` = 'residual_cnn'"
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
@@ -455,7 +475,7 @@ def apply_group_option(raw: DictConfig, group: str, option: str) -> DictConfig:
 def _load_params(argv: list[str]) -> Config:
     """`--params FILE [key=value | group=option ...]`: an already composed config (DVC's params.yaml).
 
-    `group=option` (e.g. model=small_cnn, experiment=cpu) replaces that group's section with
+    `group=option` (e.g. model=residual_cnn, experiment=cpu) replaces that group's section with
     conf/<group>/<option>.yaml; `key=value` sets one key. Applied in the order given.
     """
     if len(argv) < 2:
@@ -465,7 +485,7 @@ def _load_params(argv: list[str]) -> Config:
         key, sep, value = override.partition("=")
         if not sep:
             raise ConfigError(f"{override!r} is not an override: write key=value (e.g. train.epochs=3) "
-                              "or group=option (e.g. model=small_cnn)")
+                              "or group=option (e.g. model=residual_cnn)")
         check_key(key)
         if "." not in key and (CONF_DIR / key).is_dir():
             raw = apply_group_option(raw, key, value)
@@ -491,6 +511,7 @@ def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
 
 
 SETTABLE_KEYS = frozenset(_dotted_keys(Config()))
+LEAF_KEYS = SETTABLE_KEYS - {k.rpartition(".")[0] for k in SETTABLE_KEYS}
 
 
 def unknown_key_message(key: str) -> str:
@@ -512,9 +533,8 @@ def check_key(key: str) -> None:
     if "." not in key and (CONF_DIR / key).is_dir():
         return  # a group choice: augmentation=lesson
     parts = key.split(".")
-    for depth in range(len(parts), 0, -1):  # a.b.0 on a list-valued key a.b is fine
-        if ".".join(parts[:depth]) in SETTABLE_KEYS:
-            return
+    if key in SETTABLE_KEYS or any(".".join(parts[:depth]) in LEAF_KEYS for depth in range(1, len(parts))):
+        return  # a key, or an item of a list-valued key (data.image_size.0)
     raise ConfigError(unknown_key_message(key))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 
@@ -110,3 +111,32 @@ def build_train_dataset(images: ImageSet, image_size: tuple[int, int], batch_siz
 
     ds = ds.map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+
+# ------------------------------------------------------------------ cached backbone features
+
+
+def backbone_features(features_model, images: ImageSet, image_size: tuple[int, int], batch_size: int,
+                      cache: str = "auto") -> np.ndarray:
+    """The frozen backbone's pooled features of every image, in manifest order (float32 [n, d]).
+
+    Without augmentation a frozen backbone maps each image to the same features every
+    epoch, so they are computed once and only the head trains on them."""
+    plain = build_eval_dataset(images, image_size, batch_size, cache)
+    return features_model.predict(plain, verbose=1 if sys.stdout.isatty() else 0).astype(np.float32)
+
+
+def build_feature_train_dataset(features: np.ndarray, images: ImageSet, batch_size: int, seed: int,
+                                start_epoch: int = 0) -> tf.data.Dataset:
+    """The endless, reshuffled stream of (features, one-hot label) batches; as `build_train_dataset`."""
+    labels = tf.one_hot(np.asarray(images.labels, dtype=np.int32), len(images.classes))
+    ds = tf.data.Dataset.from_tensor_slices((features, labels))
+    ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).batch(batch_size).repeat()
+    if start_epoch:
+        ds = ds.skip(start_epoch * steps_per_epoch(images, batch_size))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def build_feature_eval_dataset(features: np.ndarray, images: ImageSet, batch_size: int) -> tf.data.Dataset:
+    labels = tf.one_hot(np.asarray(images.labels, dtype=np.int32), len(images.classes))
+    return tf.data.Dataset.from_tensor_slices((features, labels)).batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -20,7 +20,7 @@ import numpy as np
 from pipeline.config import Config, stage_entry
 from pipeline.data import read_classes, read_manifest
 from pipeline.datasets import ImageSet, build_eval_dataset
-from pipeline.errors import DataError
+from pipeline.models import load_saved_model
 from pipeline.visuals import confusion_matrix_figure
 
 
@@ -43,10 +43,7 @@ def run(config: Config) -> dict:
     reports = Path(config.paths.reports_dir)
     classes = read_classes(config.paths.split_dir)
     test_set = ImageSet.from_manifest(*read_manifest(config.paths.split_dir, "test"), classes)
-    model_path = Path(config.paths.models_dir) / "model.keras"
-    if not model_path.exists():
-        raise DataError(f"{model_path} is missing: run the train stage first (python -m pipeline.train or dvc repro).")
-    model = keras.models.load_model(model_path)
+    model = load_saved_model(Path(config.paths.models_dir) / "model.keras")
     dataset = build_eval_dataset(test_set, tuple(config.data.image_size), config.train.batch_size)
 
     probabilities = model.predict(dataset, verbose=0)

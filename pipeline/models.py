@@ -1,4 +1,4 @@
-"""Classifiers: the lesson's Xception head and its siblings, plus a small CNN for CPUs.
+"""Classifiers: the lesson's Xception head and its siblings, plus a residual CNN trained from scratch on CPUs.
 
 Every model takes raw RGB pixels (float32, 0..255) and applies its own preprocessing as
 its first layers, so augmentation happens before preprocessing (as ImageDataGenerator
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import keras
 
-from pipeline.config import ModelConfig
+from pipeline.config import ModelConfig, TrainConfig
 from pipeline.errors import ModelError
 
 BACKBONES = {
@@ -52,7 +53,7 @@ def resolve_weights(weights: str | None, timeout_s: float = 5.0) -> str | None:
             f"model.weights=imagenet needs a download from {WEIGHTS_HOST} and this machine cannot reach it "
             f"({getattr(error, 'reason', error)}). Use model.weights=null to train from random weights, or "
             f"model.weights=/path/to/<model>_weights_tf_dim_ordering_tf_kernels_notop.h5 (a local copy; "
-            f"Keras also looks in {cache}/models). Offline, model=small_cnn needs no weights at all."
+            f"Keras also looks in {cache}/models). Offline, model=residual_cnn needs no weights at all."
         ) from None
     return "imagenet"
 
@@ -62,16 +63,49 @@ def _cached_imagenet(name: str) -> bool:
     return folder.is_dir() and any(name in f.name for f in folder.iterdir())
 
 
+RESIDUAL_STAGES = ((64, 2), (128, 2), (256, 1))  # (filters, blocks); each stage halves the resolution
+
+
+def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, relu: bool = True):
+    x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)  # statistics that keep up with ~100 steps an epoch
+    return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+
+def _residual_block(x, filters: int, stride: int, name: str):
+    """A ResNet basic block: two 3x3 convolutions beside a shortcut (a 1x1 projection where the shape changes)."""
+    shortcut = x if stride == 1 and x.shape[-1] == filters else _conv_bn(x, filters, 1, stride, f"{name}_shortcut",
+                                                                         relu=False)
+    x = _conv_bn(x, filters, 3, stride, f"{name}_a")
+    x = _conv_bn(x, filters, 3, 1, f"{name}_b", relu=False)
+    return keras.layers.ReLU(name=f"{name}_out")(keras.layers.Add(name=f"{name}_add")([x, shortcut]))
+
+
+def residual_cnn_features(x):
+    """The from-scratch CPU backbone: a stem of two 3x3 convolutions (32 filters, the first with
+    stride 2), three residual stages (64, 128, 256 filters; 2, 2, 1 blocks; each starting with
+    stride 2) with BatchNorm, global average pooling. About 1.6 M parameters; at 96x96 pixels
+    about 0.2 G multiply-adds per image."""
+    x = _conv_bn(x, 32, 3, 2, "stem1")
+    x = _conv_bn(x, 32, 3, 1, "stem2")
+    for i, (filters, blocks) in enumerate(RESIDUAL_STAGES, start=1):
+        for j in range(blocks):
+            x = _residual_block(x, filters, 2 if j == 0 else 1, f"stage{i}_block{j + 1}")
+    return keras.layers.GlobalAveragePooling2D(name="pool")(x)
+
+
 def build_model(config: ModelConfig, num_classes: int, image_size: tuple[int, int]) -> keras.Model:
-    """Raw pixels -> preprocessing -> backbone -> pooling -> dense -> dropout -> softmax."""
+    """Raw pixels -> preprocessing -> backbone -> pooling -> dense -> dropout -> softmax.
+
+    Built as two parts, `features` (pixels to pooled features) and `head` (features to class
+    probabilities), called in turn: a frozen backbone's features can then be computed once and
+    the head trained on them alone (`datasets.feature_cache`), while the saved model stays whole.
+    """
     height, width = image_size
     inputs = keras.Input((height, width, 3), name="image")
     x = _preprocess(config.name, inputs)
-    if config.name == "small_cnn":
-        for filters in (32, 64, 128):
-            x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-            x = keras.layers.MaxPooling2D()(x)
-        x = keras.layers.GlobalAveragePooling2D()(x)
+    if config.name == "residual_cnn":
+        pooled = residual_cnn_features(x)
     else:
         class_name, module = BACKBONES[config.name]
         cached = config.weights == "imagenet" and _cached_imagenet(module)
@@ -79,16 +113,58 @@ def build_model(config: ModelConfig, num_classes: int, image_size: tuple[int, in
         base = getattr(keras.applications, class_name)(include_top=False, weights=weights,
                                                         input_shape=(height, width, 3))
         base.trainable = config.trainable_base
-        x = base(x, training=config.trainable_base)
-        x = keras.layers.GlobalAveragePooling2D()(x)
+        pooled = keras.layers.GlobalAveragePooling2D(name="pool")(base(x, training=config.trainable_base))
+    features = keras.Model(inputs, pooled, name="features")
+
+    head_inputs = keras.Input(features.output_shape[1:], name="pooled_features")
+    x = head_inputs
     if config.inner_units:
         x = keras.layers.Dense(config.inner_units, activation="relu", name="inner")(x)
     x = keras.layers.Dropout(config.dropout)(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="classes")(x)
-    return keras.Model(inputs, outputs, name=config.name)
+    head = keras.Model(head_inputs, outputs, name="head")
+    return keras.Model(inputs, head(features(inputs)), name=config.name)
 
 
-def compile_model(model: keras.Model, config: ModelConfig, jit_compile) -> keras.Model:
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                  loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"], jit_compile=jit_compile)
+def frozen_backbone(config: ModelConfig) -> bool:
+    """True when training cannot change the `features` part (a pretrained-style base kept frozen)."""
+    return config.name != "residual_cnn" and not config.trainable_base
+
+
+def load_saved_model(path: str | Path) -> keras.Model:
+    """A model saved by the train stage (`.keras`), or a ModelError that says what is wrong with the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file. Train one first (python -m pipeline.train or dvc repro), "
+                         "or pass an MLflow model URI such as runs:/<run_id>/model.")
+    if not zipfile.is_zipfile(path):
+        raise ModelError(f"{path} exists but is not a Keras model file (a .keras file is a zip archive; this one is "
+                         f"{path.stat().st_size} bytes of something else, perhaps damaged or cut short). "
+                         "Train again (python -m pipeline.train) or restore the file.")
+    try:
+        return keras.models.load_model(path)
+    except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as error:
+        raise ModelError(f"{path} cannot be loaded as a Keras model ({str(error).splitlines()[0]}). "
+                         "It may be damaged or saved by another Keras version: train again.") from None
+
+
+def learning_rate_schedule(peak: float, train: TrainConfig, steps_per_epoch: int):
+    """`constant`: `peak` throughout. `warmup_cosine`: linear warm-up from peak/10 to `peak` over
+    `train.warmup_epochs`, then cosine decay to 0 at the last step of `train.epochs`."""
+    if train.lr_schedule == "constant":
+        return peak
+    total = max(1, train.epochs * steps_per_epoch)
+    warmup = min(total - 1, train.warmup_epochs * steps_per_epoch)
+    return keras.optimizers.schedules.CosineDecay(peak / 10, decay_steps=total - warmup, alpha=0.0,
+                                                  warmup_target=peak, warmup_steps=warmup)
+
+
+def compile_model(model: keras.Model, config: ModelConfig, train: TrainConfig, steps_per_epoch: int,
+                  jit_compile) -> keras.Model:
+    """Adam (AdamW when `train.weight_decay` > 0) on the schedule, cross-entropy with label smoothing."""
+    rate = learning_rate_schedule(config.learning_rate, train, steps_per_epoch)
+    optimizer = (keras.optimizers.AdamW(rate, weight_decay=train.weight_decay) if train.weight_decay > 0
+                 else keras.optimizers.Adam(rate))
+    model.compile(optimizer=optimizer, loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
+                  metrics=["accuracy"], jit_compile=jit_compile)
     return model

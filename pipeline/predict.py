@@ -27,14 +27,11 @@ from pipeline.errors import ModelError, UserError
 
 def load_model_and_classes(source: str, classes_file: Path | None = None):
     """(Keras model, class names in output order) from a .keras file or an MLflow model URI."""
-    import keras
+    from pipeline.models import load_saved_model
 
     local = Path(source)
     if local.suffix == ".keras" or (local.exists() and local.is_file()):
-        if not local.is_file():
-            raise ModelError(f"{source}: no such model file. Train one first (python -m pipeline.train or dvc repro), "
-                             "or pass an MLflow model URI such as runs:/<run_id>/model.")
-        model, folder = keras.models.load_model(local), local.parent
+        model, folder = load_saved_model(local), local.parent
     else:
         model, folder = _load_mlflow_model(source)
     classes_file = classes_file or folder / "classes.json"

@@ -152,7 +152,7 @@ def run_tags(config: Config, manifest_sha256: str, device: str, placement: str) 
     import tensorflow as tf
 
     return {
-        "augmentation": config.augmentation.name,
+        "augmentation": config.augmentation.label,
         "augmented": str(not config.augmentation.is_identity).lower(),
         "augmentation_placement": placement,
         "model": config.model.name,

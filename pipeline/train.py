@@ -1,6 +1,6 @@
 """Stage `train`: fit a classifier on the train split, augmented or plain, tracked in MLflow.
 
-    python -m pipeline.train model=small_cnn augmentation=lesson train.epochs=2
+    python -m pipeline.train experiment=cpu augmentation=lesson
     python -m pipeline.train -m augmentation=none,lesson seed=1,2,3     # a sweep
 
 Writes <paths.models_dir>/model.keras (the best epoch by val_accuracy) and classes.json,
@@ -27,8 +27,9 @@ from pipeline.augmentation import augmentation_layer
 from pipeline.checkpoints import SavedState, TrainingState, WorkFolder, write_atomically
 from pipeline.config import Config, stage_entry, to_dict, training_identity
 from pipeline.data import manifest_hash, read_classes, read_manifest
-from pipeline.datasets import ImageSet, build_eval_dataset, build_train_dataset, steps_per_epoch
-from pipeline.models import build_model, compile_model
+from pipeline.datasets import (ImageSet, backbone_features, build_eval_dataset, build_feature_eval_dataset,
+                               build_feature_train_dataset, build_train_dataset, steps_per_epoch)
+from pipeline.models import build_model, compile_model, frozen_backbone
 from pipeline.visuals import augmentation_grid, training_curves
 
 
@@ -64,6 +65,7 @@ class Training:
     val_set: ImageSet
     placement: str
     replicas: int           # of the distribution strategy
+    features: keras.Model | None = None  # set when the frozen backbone's features are cached: `trainer` is the head
 
 
 def prepare_training(config: Config, strategy) -> Training:
@@ -75,23 +77,34 @@ def prepare_training(config: Config, strategy) -> Training:
 
     devices.configure_precision(config.train)
     placement = devices.augmentation_placement(config.augmentation)
+    cached = config.train.cache_features and frozen_backbone(config.model) and config.augmentation.is_identity
     with strategy.scope():
         model = build_model(config.model, len(classes), image_size)
-        trainer = model
+        trainer = model.get_layer("head") if cached else model
         if placement == "model" and not config.augmentation.is_identity:
             trainer = keras.Sequential([keras.Input((*image_size, 3)), augmentation_layer(config.augmentation, config.seed),
                                         model], name="augmented_training")
-        compile_model(trainer, config.model, devices.jit_setting(config.train))
-    return Training(model, trainer, train_set, val_set, placement, devices.replica_count(strategy))
+        compile_model(trainer, config.model, config.train, steps_per_epoch(train_set, config.train.batch_size),
+                      devices.jit_setting(config.train))
+    return Training(model, trainer, train_set, val_set, placement, devices.replica_count(strategy),
+                    model.get_layer("features") if cached else None)
 
 
 def fit(config: Config, training: Training, callbacks: list = (), start_epoch: int = 0) -> None:
     """Keras fit on the augmented train stream from `start_epoch`, validated on plain images."""
     image_size, batch = tuple(config.data.image_size), config.train.batch_size
-    train_ds = build_train_dataset(training.train_set, image_size, batch, config.augmentation, config.seed,
-                                   start_epoch=start_epoch, augment_images=training.placement == "data",
-                                   cache=config.data.cache)
-    val_ds = build_eval_dataset(training.val_set, image_size, batch, cache=config.data.cache)
+    if training.features is not None:
+        print(f"frozen backbone, no augmentation: its features are computed once ({len(training.train_set)} train, "
+              f"{len(training.val_set)} val images) and only the head trains (train.cache_features=false: off)")
+        train_features, val_features = (backbone_features(training.features, images, image_size, batch, config.data.cache)
+                                        for images in (training.train_set, training.val_set))
+        train_ds = build_feature_train_dataset(train_features, training.train_set, batch, config.seed, start_epoch)
+        val_ds = build_feature_eval_dataset(val_features, training.val_set, batch)
+    else:
+        train_ds = build_train_dataset(training.train_set, image_size, batch, config.augmentation, config.seed,
+                                       start_epoch=start_epoch, augment_images=training.placement == "data",
+                                       cache=config.data.cache)
+        val_ds = build_eval_dataset(training.val_set, image_size, batch, cache=config.data.cache)
     training.trainer.fit(
         train_ds, validation_data=val_ds, epochs=config.train.epochs, initial_epoch=start_epoch,
         steps_per_epoch=steps_per_epoch(training.train_set, batch), callbacks=list(callbacks),
@@ -127,7 +140,7 @@ def record_training(config: Config, training: Training, work: WorkFolder, state:
                     models_dir: Path, reports_dir: Path, data_hash: str) -> float:
     """Train as one MLflow run (the interrupted run itself when resuming); write the stage's outputs."""
     reports_dir.mkdir(parents=True, exist_ok=True)
-    run_name = f"{config.augmentation.name}-{config.model.name}-seed{config.seed}"
+    run_name = f"{config.augmentation.label}-{config.model.name}-seed{config.seed}"
     with tracking.tracked_run(run_name=run_name, continue_run_id=state.mlflow_run_id) as active:
         if active.info.run_id == state.mlflow_run_id:
             tracking.record_resume(state.epochs_done, state.history)

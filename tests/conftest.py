@@ -79,8 +79,8 @@ def path_overrides(tmp_path: Path) -> list[str]:
 
 
 def train_args(tmp_path: Path, uri: str, *extra: str) -> list[str]:
-    """A tiny, fast training: small_cnn on 32x32 images, 2 epochs, outputs under tmp_path."""
-    return ["model=small_cnn", "train.epochs=2", "train.batch_size=8", "data.image_size=[32,32]",
+    """A tiny, fast training: residual_cnn on 32x32 images, 2 epochs, outputs under tmp_path."""
+    return ["model=residual_cnn", "train.epochs=2", "train.batch_size=8", "data.image_size=[32,32]",
             f"tracking.uri={uri}", *path_overrides(tmp_path), *extra]
 
 

@@ -35,7 +35,7 @@ def log_known_runs(uri: str, experiment: str = "augmentation") -> None:
             run = client.create_run(experiment_id, run_name=f"{preset}-{seed}",
                                     tags={"augmentation": preset, "seed": seed})
             rid = run.info.run_id
-            client.log_param(rid, "model.name", "small_cnn")
+            client.log_param(rid, "model.name", "residual_cnn")
             client.log_param(rid, "seed", seed)
             client.log_param(rid, "augmentation.rotation_range", "0.0" if preset == "none" else "30.0")
             for step, fraction in enumerate((0.5, 0.9, 1.0), start=1):
@@ -130,11 +130,11 @@ def summary(preset, seed, **params):
 def test_other_varied_settings_make_their_own_groups():
     runs = [summary(p, s, **{"model.name": m, "augmentation.rotation_range": "30" if p == "lesson" else "0",
                              "tracking.uri": f"file{s}"})
-            for p in ("none", "lesson") for s in ("1", "2") for m in ("small_cnn", "xception")]
+            for p in ("none", "lesson") for s in ("1", "2") for m in ("residual_cnn", "xception")]
     assert varied_settings(runs) == ["model.name"]  # not rotation (the preset's), not seed/tracking
     groups = group_runs(runs)
     assert [(g.preset, g.settings["model.name"], len(g.runs)) for g in groups] == [
-        ("lesson", "small_cnn", 2), ("none", "small_cnn", 2), ("lesson", "xception", 2), ("none", "xception", 2)]
+        ("lesson", "residual_cnn", 2), ("none", "residual_cnn", 2), ("lesson", "xception", 2), ("none", "xception", 2)]
 
 
 def test_paired_interval_needs_the_same_seeds():

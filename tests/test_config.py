@@ -67,3 +67,76 @@ def test_params_file_mode_applies_overrides_and_validates(tmp_path):
     bad = run_module("pipeline.split", "--params", str(params), "data.split.fractions=[0.9,0.9,0.1]")
     assert bad.returncode != 0 and "data.split.fractions" in bad.stderr
     assert os.path.exists(params)
+
+
+@pytest.mark.parametrize("group, schema", [("augmentation", "AugmentationConfig"), ("model", "ModelConfig")])
+def test_schema_defaults_file_mirrors_the_dataclass(group, schema):
+    from omegaconf import OmegaConf
+
+    import pipeline.config as config_module
+
+    on_disk = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "schema" / f"{group}.yaml"))
+    expected = OmegaConf.to_container(OmegaConf.structured(getattr(config_module, schema)))
+    expected["name"] = "???"  # every preset must name itself
+    assert on_disk == expected
+
+
+@pytest.mark.parametrize("overrides, key, value", [
+    (["augmentation.rotation_range=10"], "rotation_range", 10.0),
+    (["augmentation=lesson", "augmentation.horizontal_flip=true"], "horizontal_flip", True),
+    (["augmentation=mixup", "augmentation.random_erasing.probability=0.3"], "random_erasing", 0.3),
+    (["model=residual_cnn", "model.trainable_base=false"], "trainable_base", False),
+])
+def test_every_schema_key_is_settable_on_every_preset(overrides, key, value):
+    config = compose(overrides)
+    section = config.model if overrides[0].startswith("model") else config.augmentation
+    found = getattr(section, key)
+    assert (found.probability if key == "random_erasing" else found) == value
+
+
+def test_a_misspelt_key_is_refused_naming_the_right_one(tmp_path):
+    result = run_module("pipeline.train", "augmentation.rotaton_range=10", *path_overrides(tmp_path))
+    assert result.returncode == 2
+    assert "augmentation.rotaton_range" in result.stderr and "did you mean 'augmentation.rotation_range'" in result.stderr
+    assert "Traceback" not in result.stderr
+    typo_group = run_module("pipeline.split", "augmentaton=lesson", *path_overrides(tmp_path))
+    assert typo_group.returncode == 2 and "did you mean 'augmentation'" in typo_group.stderr
+
+
+def test_params_file_takes_group_overrides(tmp_path):
+    from pipeline.config import _load_params
+
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    config = _load_params(["--params", str(params), "model=residual_cnn", "augmentation=lesson",
+                           "augmentation.horizontal_flip=true", "train.epochs=3"])
+    assert config.model.name == "residual_cnn" and config.model.weights is None
+    assert config.augmentation.rotation_range == 30 and config.augmentation.horizontal_flip
+    assert config.train.epochs == 3
+    lesson = _load_params(["--params", str(params), "experiment=lesson"])
+    assert lesson.augmentation.name == "lesson" and lesson.train.epochs == 50
+    with pytest.raises(ConfigError, match="the options are: .*residual_cnn"):
+        _load_params(["--params", str(params), "model=resnet9000"])
+    with pytest.raises(ConfigError, match="did you mean 'train.epochs'"):
+        _load_params(["--params", str(params), "train.epoch=3"])
+
+
+@pytest.mark.parametrize("content, complaint", [
+    ("", "is empty"),
+    ("data:\n  source: [unclosed\n", "not valid YAML at line"),
+    ("- just\n- a list\n", "not a mapping"),
+])
+def test_broken_or_empty_params_file_gives_one_clear_line(tmp_path, content, complaint):
+    params = tmp_path / "params.yaml"
+    params.write_text(content)
+    result = run_module("pipeline.split", "--params", str(params))
+    assert result.returncode == 2
+    assert complaint in result.stderr and str(params) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_an_augmenting_none_is_never_labelled_as_the_plain_baseline():
+    assert compose([]).augmentation.label == "none"
+    assert compose(["augmentation.rotation_range=10"]).augmentation.label == "custom"
+    assert compose(["augmentation=lesson", "augmentation.vertical_flip=false"]).augmentation.label == "lesson"

@@ -79,7 +79,8 @@ def test_multi_worker_strategy_with_two_local_workers(split_done):
     model = keras.models.load_model(tmp_path / "models" / "model.keras")
     assert np.allclose(model.predict(np.zeros((1, 32, 32, 3), np.float32), verbose=0).sum(), 1.0, atol=1e-5)
     helper = tmp_path / "models" / "workers" / "worker-1"
-    assert (helper / "best.weights.h5").exists() and not (helper / "model.keras").exists()
+    assert helper.is_dir() and not (helper / "model.keras").exists()  # it checkpointed there, saved no model
+    assert not list(helper.glob("work/*/state.json"))  # and its finished work folder is gone
 
 
 @pytest.mark.parametrize("tf_config, complaint", [

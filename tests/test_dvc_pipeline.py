@@ -46,7 +46,7 @@ def project(tmp_path) -> Path:
 
 
 def test_exp_run_repro_and_what_reruns(project, tiny_dataset, tmp_path):
-    settings = [f"data.source={tiny_dataset}", "model=small_cnn", "train.epochs=1", "train.batch_size=8",
+    settings = [f"data.source={tiny_dataset}", "model=residual_cnn", "train.epochs=1", "train.batch_size=8",
                 "data.image_size=[32,32]", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]
     out = sh("dvc", "exp", "run", *[a for s in settings for a in ("-S", s)], cwd=project)
     for stage in ("split", "train", "evaluate"):
@@ -66,14 +66,14 @@ def test_exp_run_repro_and_what_reruns(project, tiny_dataset, tmp_path):
 
 
 def test_queued_experiments_run_and_land_in_the_project_store(project, tiny_dataset):
-    """dvc exp run --queue with a Hydra sweep, dvc queue start, dvc exp show: no tracking.uri is
+    """dvc exp run --queue with a Hydra sweep, dvc queue start -j 2, dvc exp show: no tracking.uri is
     set, so the runs must reach <project>/mlflow.db although DVC runs them in temporary copies."""
-    settings = [f"data.source={tiny_dataset}", "model=small_cnn", "train.epochs=1", "train.batch_size=8",
+    settings = [f"data.source={tiny_dataset}", "model=residual_cnn", "train.epochs=1", "train.batch_size=8",
                 "data.image_size=[32,32]"]
     out = sh("dvc", "exp", "run", "--queue", *[a for s in settings for a in ("-S", s)],
              "-S", "augmentation=none,lesson", cwd=project)
     assert out.count("Queued experiment") == 2
-    sh("dvc", "queue", "start", "--jobs", "1", cwd=project)
+    sh("dvc", "queue", "start", "--jobs", "2", cwd=project)  # two at once on a brand-new store
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         status = sh("dvc", "queue", "status", cwd=project)

@@ -35,7 +35,7 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
     client, run = only_run(uri)
     assert run.info.status == "FINISHED"
     assert run.data.params["augmentation.rotation_range"] == "30.0"
-    assert run.data.params["model.name"] == "small_cnn" and run.data.params["data.classes"] == "cat,dog,fox"
+    assert run.data.params["model.name"] == "residual_cnn" and run.data.params["data.classes"] == "cat,dog,fox"
     assert run.data.tags["augmentation"] == "lesson" and run.data.tags["augmented"] == "true"
     assert len(run.data.tags["data_manifest_sha256"]) == 64 and run.data.tags["git_commit"]
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
@@ -95,22 +95,120 @@ def start_and_stop_after(args: list[str], epoch_line: str) -> subprocess.Popen:
     return process
 
 
-def test_sigterm_marks_the_run_killed_and_resume_continues(split_done):
+def work_state(tmp_path) -> dict:
+    [state] = (tmp_path / "models" / "work").glob("*/state.json")
+    return json.loads(state.read_text())
+
+
+def val_accuracy_of(model_path, tmp_path) -> float:
+    """The saved model's accuracy on the val split, computed here from the images."""
+    import keras
+
+    from pipeline.data import load_image, read_classes, read_manifest
+
+    paths, labels = read_manifest(tmp_path / "split", "val")
+    classes = read_classes(tmp_path / "split")
+    images = np.stack([load_image(p, (32, 32)) for p in paths]).astype(np.float32)
+    predicted = keras.models.load_model(model_path).predict(images, verbose=0).argmax(axis=1)
+    return float(np.mean(predicted == np.array([classes.index(label) for label in labels])))
+
+
+def test_sigterm_marks_the_run_killed_and_resume_is_the_same_run(split_done):
     tmp_path = split_done
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    long_run = train_args(tmp_path, uri, "train.epochs=200", "train.patience=200", "train.resume=true")
-    process = start_and_stop_after(long_run, "Epoch 3/")
+    long_run = train_args(tmp_path, uri, "train.epochs=200", "train.patience=200", "model.learning_rate=0.003")
+    process = start_and_stop_after(long_run, "Epoch 4/")
     assert process.returncode != 0
-    _, run = only_run(uri)
+    client, run = only_run(uri)
     assert run.info.status == "KILLED"
-    assert (tmp_path / "models" / "backup" / "training_metadata.json").exists()
+    before = work_state(tmp_path)
+    done = before["epochs_done"]
+    assert done >= 3 and len(before["history"]) == done
+    best_before = max(row["val_accuracy"] for row in before["history"])
 
-    done = len(MlflowClient(uri).get_metric_history(run.info.run_id, "val_accuracy"))
-    assert done >= 2
-    resumed = run_module("pipeline.train", *train_args(tmp_path, uri, f"train.epochs={done + 2}", "train.resume=true"))
+    # resumed with another seed or preset: refused, naming the keys, nothing trained
+    for other in (["seed=7"], ["augmentation=lesson"]):
+        refused = run_module("pipeline.train", *train_args(tmp_path, uri, f"train.epochs={done + 2}",
+                                                           "model.learning_rate=0.003", "train.resume=true", *other))
+        assert refused.returncode == 2 and "another configuration" in refused.stderr
+        assert ("seed: 42 there, 7 now" if other == ["seed=7"] else "augmentation.name: none there, lesson now") \
+            in refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert work_state(tmp_path)["epochs_done"] == done
+
+    resumed = run_module("pipeline.train", *train_args(tmp_path, uri, f"train.epochs={done + 2}",
+                                                       "model.learning_rate=0.003", "train.resume=true"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming from epoch {done}" in resumed.stdout
+    client, run = only_run(uri)  # the same MLflow run, continued
+    assert run.info.status == "FINISHED" and run.data.tags["resumed_at_epochs"] == str(done)
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+    assert steps == list(range(1, done + 3))  # neither repeated nor skipped
     epochs = [int(line.split(",")[0]) for line in (tmp_path / "reports" / "history.csv").read_text().splitlines()[1:]]
-    assert epochs == [done + 1, done + 2]  # continued, not restarted
+    assert epochs == list(range(1, done + 3))  # every epoch, also those before the interruption
+    best = run.data.metrics["best_val_accuracy"]
+    assert best >= best_before
+    assert val_accuracy_of(tmp_path / "models" / "model.keras", tmp_path) == pytest.approx(best)
+    assert not list((tmp_path / "models").glob("work/*"))  # finished: nothing left to resume
+
+
+def test_a_damaged_checkpoint_is_a_clear_error(split_done):
+    tmp_path = split_done
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    process = start_and_stop_after(train_args(tmp_path, uri, "train.epochs=200", "train.patience=200"), "Epoch 3/")
+    assert process.returncode != 0
+    [folder] = (tmp_path / "models" / "work").iterdir()
+    (folder / ".tmp-999-last-e0099.weights.h5").write_bytes(b"")  # kill -9 in mid-write: never named, ignored
+    last = folder / work_state(tmp_path)["last_weights"]
+    last.write_bytes(last.read_bytes()[:200])  # a committed file damaged afterwards (disk trouble)
+    resumed = run_module("pipeline.train", *train_args(tmp_path, uri, "train.epochs=6", "train.resume=true"))
+    assert resumed.returncode == 1
+    assert f"the checkpoint {last} cannot be read" in resumed.stderr and "train.resume=false" in resumed.stderr
+    assert "Traceback" not in resumed.stderr
+    again = run_module("pipeline.train", *train_args(tmp_path, uri, "train.epochs=2"))  # resume=false starts afresh
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "discarding the interrupted state" in again.stdout
+
+
+def test_two_trainings_at_once_on_a_new_store_both_finish(split_done):
+    tmp_path = split_done
+    uri = f"sqlite:///{tmp_path}/fresh.db"
+    env = {**os.environ}
+    processes = [subprocess.Popen([sys.executable, "-m", "pipeline.train", *train_args(tmp_path, uri, f"seed={seed}",
+                                                                                         "train.epochs=3")],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for seed in (1, 2)]
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    for p, output in zip(processes, outputs):
+        assert p.returncode == 0, output[-3000:]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("augmentation").experiment_id])
+    assert sorted(r.data.tags["seed"] for r in runs) == ["1", "2"]
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_accuracy")] == [1, 2, 3]
+
+
+def test_a_store_that_cannot_be_written_fails_at_once_naming_it(split_done):
+    tmp_path = split_done
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the store's folder should be")
+    store = blocker / "mlflow.db"
+    result = run_module("pipeline.train", *train_args(tmp_path, f"sqlite:///{store}"))
+    assert result.returncode == 1
+    assert f"The MLflow store {store} cannot be created" in result.stderr and "tracking.uri" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_damaged_model_file_is_explained(tmp_path):
+    from tests.conftest import make_image
+
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"\x00" * 64)
+    photo = make_image(tmp_path / "photo.png", seed=1)
+    result = run_module("pipeline.predict", str(model), str(photo))
+    assert result.returncode == 2
+    assert f"{model} exists but is not a Keras model file" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_training_against_a_real_mlflow_server(split_done, mlflow_server):
@@ -164,3 +262,35 @@ def test_offline_imagenet_weights_fail_fast_with_advice():
     assert time.perf_counter() - start < 30  # never hangs
     with pytest.raises(ModelError, match="no such file"):
         resolve_weights("/nonexistent/weights.h5")
+
+
+def test_plain_runs_of_a_frozen_backbone_train_the_head_on_cached_features(split_done):
+    """A frozen backbone without augmentation: features once, head only; the saved whole model
+    predicts what base + trained head predicted during training."""
+    import keras
+
+    from pipeline.data import load_image, read_classes, read_manifest
+    from pipeline.datasets import ImageSet, backbone_features
+
+    tmp_path = split_done
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [a if a != "model=residual_cnn" else "model=mobilenet_v2" for a in train_args(tmp_path, uri)]
+    result = run_module("pipeline.train", *args, "model.weights=null", "train.epochs=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "its features are computed once" in result.stdout
+
+    model = keras.models.load_model(tmp_path / "models" / "model.keras")
+    val = ImageSet.from_manifest(*read_manifest(tmp_path / "split", "val"), read_classes(tmp_path / "split"))
+    features = backbone_features(model.get_layer("features"), val, (32, 32), 8)  # the training-time path
+    from_cache = model.get_layer("head").predict(features, verbose=0)
+    images = np.stack([load_image(p, (32, 32)) for p in val.paths]).astype(np.float32)
+    whole = model.predict(images, verbose=0)
+    np.testing.assert_allclose(whole, from_cache, atol=1e-5)
+
+    _, run = only_run(uri)
+    assert run.data.params["train.cache_features"] == "True"
+    accuracy = float(np.mean(whole.argmax(axis=1) == np.array(val.labels)))
+    assert accuracy == pytest.approx(run.data.metrics["best_val_accuracy"])  # measured on cached features
+
+    uncached = run_module("pipeline.train", *args, "model.weights=null", "train.epochs=1", "train.cache_features=false")
+    assert uncached.returncode == 0 and "computed once" not in uncached.stdout

@@ -1,0 +1,54 @@
+"""Models and their training settings: the residual CNN, the two-part layout, the schedule."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.config import ConfigError, compose
+from pipeline.models import build_model, compile_model, frozen_backbone, learning_rate_schedule
+
+
+def test_residual_cnn_is_whole_and_two_parts():
+    config = compose(["experiment=cpu"])
+    model = build_model(config.model, 10, (96, 96))
+    assert 1.2e6 < model.count_params() < 2.0e6
+    assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.get_layer("features").layers)
+    assert any(isinstance(layer, keras.layers.Add) for layer in model.get_layer("features").layers)  # residual
+    images = np.random.default_rng(0).uniform(0, 255, (4, 96, 96, 3)).astype(np.float32)
+    whole = model.predict(images, verbose=0)
+    parts = model.get_layer("head").predict(model.get_layer("features").predict(images, verbose=0), verbose=0)
+    np.testing.assert_allclose(whole, parts, atol=1e-6)
+    np.testing.assert_allclose(whole.sum(axis=1), 1.0, atol=1e-5)
+    assert not frozen_backbone(config.model)  # trained from scratch: never a feature cache
+    assert frozen_backbone(compose(["model=xception"]).model)
+    assert not frozen_backbone(compose(["model=xception", "model.trainable_base=true"]).model)
+
+
+def test_warmup_cosine_rises_then_decays_to_zero():
+    train = compose(["train.lr_schedule=warmup_cosine", "train.epochs=10", "train.warmup_epochs=2"]).train
+    schedule = learning_rate_schedule(0.002, train, steps_per_epoch=50)
+    at = {step: float(schedule(step)) for step in (0, 50, 100, 300, 499, 500)}
+    assert at[0] == pytest.approx(0.0002)
+    assert at[0] < at[50] < at[100] == pytest.approx(0.002)  # warm-up ends at the peak
+    assert at[100] > at[300] > at[499] > at[500] - 1e-12 and at[500] == pytest.approx(0.0, abs=1e-9)
+    constant = compose([]).train
+    assert learning_rate_schedule(0.001, constant, steps_per_epoch=50) == 0.001
+
+
+def test_weight_decay_and_label_smoothing_reach_the_optimizer_and_loss():
+    config = compose(["experiment=cpu"])
+    model = compile_model(build_model(config.model, 3, (32, 32)), config.model, config.train, 10, False)
+    assert isinstance(model.optimizer, keras.optimizers.AdamW) and model.optimizer.weight_decay == pytest.approx(0.05)
+    assert model.loss.label_smoothing == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.lr_schedule=linear", "train.lr_schedule"),
+    ("train.weight_decay=-1", "train.weight_decay"),
+    ("train.label_smoothing=1.5", "train.label_smoothing"),
+])
+def test_training_keys_are_validated(override, key):
+    with pytest.raises(ConfigError, match=key):
+        compose([override])
