@@ -34,10 +34,13 @@ VERBOSE_VARIABLE = "AUGMENT_PIPELINE_VERBOSE"
 
 def quiet_tensorflow_start() -> None:
     """Import TensorFlow and probe its devices with start-up noise filtered out of stderr."""
-    if os.environ.get(VERBOSE_VARIABLE) or "tensorflow" in sys.modules:
+    if os.environ.get(VERBOSE_VARIABLE):
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # C++ INFO lines off; warnings and errors stay
+    # Keras warns on every fit that tf.data ignores `shuffle`; ours are shuffled in the dataset itself.
     warnings.filterwarnings("ignore", message=r".*`shuffle=True` was passed, but will be ignored")
+    if "tensorflow" in sys.modules:
+        return  # loaded already (a script that imported it first): its start-up lines are out
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # C++ INFO lines off; warnings and errors stay
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as caught:
