@@ -25,7 +25,7 @@ import yaml
 from pipeline import devices, tracking
 from pipeline.augmentation import augmentation_layer
 from pipeline.checkpoints import SavedState, TrainingState, WorkFolder, write_atomically
-from pipeline.config import Config, stage_entry, to_dict, training_identity
+from pipeline.config import Config, digest_of, stage_entry, to_dict, training_identity
 from pipeline.data import manifest_hash, read_classes, read_manifest
 from pipeline.datasets import (ImageSet, backbone_features, build_eval_dataset, build_feature_eval_dataset,
                                build_feature_train_dataset, build_train_dataset, steps_per_epoch)
@@ -151,7 +151,8 @@ def record_training(config: Config, training: Training, work: WorkFolder, state:
                                "data.classes": ",".join(training.train_set.classes),
                                "train.start_epoch": state.epochs_done})
             mlflow.set_tags({**tracking.run_tags(config, data_hash, devices.describe_device(), training.placement),
-                             "replicas": str(training.replicas)})
+                             "replicas": str(training.replicas),
+                             "config_hash": digest_of(work.identity)})  # same hash = same trained model
             with tempfile.TemporaryDirectory() as scratch:
                 config_file = Path(scratch) / "config.yaml"
                 config_file.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -38,6 +38,7 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
     assert run.data.params["model.name"] == "residual_cnn" and run.data.params["data.classes"] == "cat,dog,fox"
     assert run.data.tags["augmentation"] == "lesson" and run.data.tags["augmented"] == "true"
     assert len(run.data.tags["data_manifest_sha256"]) == 64 and run.data.tags["git_commit"]
+    assert len(run.data.tags["config_hash"]) == 64
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert [m.step for m in history] == [1, 2]
     for metric in ("loss", "accuracy", "val_loss", "learning_rate", "epoch_seconds", "train_images_per_second"):
