@@ -57,6 +57,10 @@ class SavedState:
     best_weights: str | None = None
     mlflow_run_id: str | None = None
 
+    def patience_exhausted(self, patience: int) -> bool:
+        """True when `patience` epochs have passed since the best one (early stopping)."""
+        return bool(self.best_epoch) and self.epochs_done - self.best_epoch >= patience
+
 
 class WorkFolder:
     """The work folder of one training configuration, locked for as long as it is open."""
@@ -240,5 +244,5 @@ class TrainingState(keras.callbacks.Callback):
         self.folder.commit(self.state, self.model, epoch + 1, metrics, improved)
         if self.on_commit is not None:
             self.on_commit(epoch + 1, metrics)
-        if self.state.best_epoch and epoch + 1 - self.state.best_epoch >= self.patience:
+        if self.state.patience_exhausted(self.patience):
             self.model.stop_training = True

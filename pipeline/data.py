@@ -66,30 +66,32 @@ def resolve_source(source: str, download_dir: str, sha256: str | None = None) ->
     """
     cache = Path(download_dir).expanduser().resolve()
     if source.startswith(("http://", "https://")):
-        return _extracted(_cached_download(source, cache, sha256), cache, sha256, downloaded=True)
+        archive, digest = _cached_download(source, cache, sha256)
+        return _extracted(archive, digest, cache, sha256, downloaded=True)
     path = Path(source).expanduser().resolve()
     if path.is_dir():
         return _dataset_root(path)
     if path.is_file() and _archive_kind(path):
-        return _extracted(path, cache, sha256, downloaded=False)
+        return _extracted(path, file_sha256(path), cache, sha256, downloaded=False)
     raise DataError(
         f"data.source={source!r} is neither a folder, a .zip/.tar.gz archive nor an http(s) URL "
         f"(resolved to {path}). Point it at the dataset folder, e.g. data.source=/path/to/clothing-small"
     )
 
 
-def _cached_download(url: str, cache: Path, sha256: str | None) -> Path:
-    """The URL's archive in the cache, downloaded unless a validated copy is there."""
+def _cached_download(url: str, cache: Path, sha256: str | None) -> tuple[Path, str]:
+    """(the URL's archive in the cache, its sha256), downloaded unless a validated copy is there."""
     name = PurePosixPath(urllib.request.urlparse(url).path).name or "archive"
     archive = cache / "downloads" / hashlib.sha256(url.encode()).hexdigest()[:24] / name
     record = archive.with_name(archive.name + ".sha256")
     if archive.is_file() and record.is_file():
         actual = file_sha256(archive)
         if actual == record.read_text().strip() and (not sha256 or actual == sha256.lower()):
-            return archive
+            return archive, actual
     download(url, archive)
-    record.write_text(file_sha256(archive) + "\n")
-    return archive
+    actual = file_sha256(archive)
+    record.write_text(actual + "\n")
+    return archive, actual
 
 
 def download(url: str, target: Path, timeout_s: float = 30.0) -> None:
@@ -130,9 +132,8 @@ def _archive_kind(path: Path) -> str | None:
     return None
 
 
-def _extracted(archive: Path, cache: Path, sha256: str | None, downloaded: bool) -> Path:
-    """The dataset root inside the extraction of `archive`, extracting it once per content."""
-    actual = file_sha256(archive)
+def _extracted(archive: Path, actual: str, cache: Path, sha256: str | None, downloaded: bool) -> Path:
+    """The dataset root inside the extraction of `archive` (whose sha256 is `actual`), extracted once per content."""
     if sha256 and actual != sha256.lower():
         raise DataError(f"{archive} has sha256 {actual}, but data.sha256 is {sha256}. "
                         "The download is damaged or the archive changed: delete it and retry, or fix data.sha256.")

@@ -41,6 +41,10 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def one_hot_labels(self) -> tf.Tensor:
+        """The labels as one-hot float32 [n, classes]."""
+        return tf.one_hot(np.asarray(self.labels, dtype=np.int32), len(self.classes))
+
 
 def decoded_dataset(images: ImageSet, image_size: tuple[int, int], cache: str = "auto") -> tf.data.Dataset:
     """(uint8 image, one-hot label) pairs, decoded and resized once, then cached."""
@@ -51,7 +55,7 @@ def decoded_dataset(images: ImageSet, image_size: tuple[int, int], cache: str = 
         image.set_shape([height, width, 3])
         return image
 
-    labels = tf.one_hot(np.asarray(images.labels, dtype=np.int32), len(images.classes))
+    labels = images.one_hot_labels()
     ds = tf.data.Dataset.from_tensor_slices((images.paths, labels))
     ds = ds.map(lambda p, y: (load(p), y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if cache == "auto":
@@ -129,7 +133,7 @@ def backbone_features(features_model, images: ImageSet, image_size: tuple[int, i
 def build_feature_train_dataset(features: np.ndarray, images: ImageSet, batch_size: int, seed: int,
                                 start_epoch: int = 0) -> tf.data.Dataset:
     """The endless, reshuffled stream of (features, one-hot label) batches; as `build_train_dataset`."""
-    labels = tf.one_hot(np.asarray(images.labels, dtype=np.int32), len(images.classes))
+    labels = images.one_hot_labels()
     ds = tf.data.Dataset.from_tensor_slices((features, labels))
     ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).batch(batch_size).repeat()
     if start_epoch:
@@ -138,5 +142,5 @@ def build_feature_train_dataset(features: np.ndarray, images: ImageSet, batch_si
 
 
 def build_feature_eval_dataset(features: np.ndarray, images: ImageSet, batch_size: int) -> tf.data.Dataset:
-    labels = tf.one_hot(np.asarray(images.labels, dtype=np.int32), len(images.classes))
+    labels = images.one_hot_labels()
     return tf.data.Dataset.from_tensor_slices((features, labels)).batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -114,7 +114,7 @@ def fit(config: Config, training: Training, callbacks: list = (), start_epoch: i
 def train_from_state(config: Config, training: Training, work: WorkFolder, state: SavedState, on_commit=None) -> None:
     """Fit from where `state` stopped (checkpoint every epoch), then load the best epoch's weights."""
     checkpoints = TrainingState(work, state, config.train.patience, len(training.train_set), on_commit)
-    if not (state.best_epoch and state.epochs_done - state.best_epoch >= config.train.patience):
+    if not state.patience_exhausted(config.train.patience):
         fit(config, training, [checkpoints], start_epoch=state.epochs_done)
     if state.best_weights:
         work.load_weights(training.trainer, state.best_weights)
