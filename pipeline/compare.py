@@ -6,10 +6,15 @@
 Reads the FINISHED training runs of `tracking.experiment`, groups them by augmentation
 preset (and any other setting that was varied), and writes to <paths.reports_dir>:
 comparison.md (the tables and verdicts, also printed), comparison.png (curves with bands
-over seeds, and the differences with their intervals) and comparison.json (the same
+over seeds, every seed's difference and the intervals) and comparison.json (the same
 numbers, for scripts). They are also logged as the artifacts of a comparison run in the
 same MLflow experiment (tag run_kind=comparison; later comparisons skip it).
-Statistics and verdict rules: pipeline/comparison.py.
+Ablation runs (`augmentation.ablate=<operation>`) get a table of their own: each
+operation's contribution to its preset.
+
+A Hydra multirun of `pipeline.train` ends with this comparison over the runs of that sweep
+(`CompareAfterSweep`; compare.after_sweep=false turns it off).
+Statistics and verdict rules: pipeline/comparison.py and pipeline/statistics.py.
 """
 
 from __future__ import annotations
@@ -20,40 +25,70 @@ import time
 from pathlib import Path
 
 import mlflow
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 from pipeline import tracking
-from pipeline.comparison import choose_metric, compare_groups, group_runs, group_table
-from pipeline.config import Config, stage_entry
-from pipeline.errors import TrackingError
+from pipeline.comparison import (SEEDS_ADVISED, ablation_contributions, choose_metric, compare_groups, group_runs,
+                                 group_table)
+from pipeline.config import Config, stage_entry, validate
+from pipeline.errors import TrackingError, UserError
 from pipeline.visuals import comparison_figure
 
 
-def run(config: Config) -> dict:
+def run(config: Config, run_ids: set[str] | None = None) -> dict:
+    """Compare the FINISHED training runs of the experiment (only `run_ids`, when given)."""
     settings = config.compare
     tracking.connect(config, create_experiment=False)
-    runs, left_out = tracking.training_runs(config.tracking.experiment, settings.filter)
+    runs, left_out = tracking.training_runs(config.tracking.experiment, settings.filter, run_ids)
     if not runs:
         raise TrackingError(f"No FINISHED training runs in experiment '{config.tracking.experiment}'"
                             f"{' matching compare.filter' if settings.filter else ''} ({left_out} other runs): "
-                            "train some first, e.g. python -m pipeline.train -m augmentation=none,lesson seed=1,2,3")
+                            "train some first, e.g. python -m pipeline.train -m augmentation=none,lesson "
+                            "seed=1,2,3,4,5")
     groups = group_runs(runs)
     metric = choose_metric(settings.metric, groups)
-    differences = compare_groups(groups, settings.baseline, metric, settings.confidence)
+    differences = compare_groups(groups, settings.baseline, metric, settings.confidence, settings.power)
+    ablations = ablation_contributions(groups, metric, settings.confidence, settings.power)
     report = {"experiment": config.tracking.experiment, "filter": settings.filter, "metric": metric,
-              "baseline": settings.baseline, "confidence": settings.confidence, "runs": len(runs),
-              "runs_left_out": left_out, "groups": group_table(groups),
-              "differences": [vars(d) for d in differences]}
+              "baseline": settings.baseline, "confidence": settings.confidence, "power": settings.power,
+              "runs": sum(len(g.runs) for g in groups), "runs_left_out": left_out,
+              "repeats_dropped": sum(g.repeats_dropped for g in groups), "groups": group_table(groups),
+              "differences": [vars(d) for d in differences], "ablations": [vars(d) for d in ablations]}
 
     reports = Path(config.paths.reports_dir)
     reports.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(report)
     (reports / "comparison.md").write_text(markdown)
     (reports / "comparison.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n")
-    comparison_figure(groups, differences, reports / "comparison.png")
+    comparison_figure(groups, differences + ablations, reports / "comparison.png")
     print(markdown)
     log_comparison_run(report, reports)
     print(f"-> {reports / 'comparison.md'}, {reports / 'comparison.png'}, {reports / 'comparison.json'}")
     return report
+
+
+class CompareAfterSweep(Callback):
+    """Hydra callback: when a multirun of `pipeline.train` ends, compare the runs of that sweep
+    (trained or skipped as already FINISHED: every job's reports/run.json names its run) and
+    print the verdict table. Registered in conf/config.yaml; compare.after_sweep=false: off."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        settings = validate(config)
+        if not settings.compare.after_sweep:
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        run_ids = set()
+        for record in sweep_dir.glob("**/reports/run.json"):
+            run_ids.add(json.loads(record.read_text())["run_id"])
+        if not run_ids:
+            return
+        print(f"\n== comparison of the {len(run_ids)} runs of this sweep ({sweep_dir}) ==")
+        settings.paths.reports_dir = str(sweep_dir / "comparison")
+        try:
+            run(settings, run_ids)
+        except UserError as error:  # the sweep itself succeeded: say why there is no comparison
+            print(f"no comparison: {error}")
 
 
 def log_comparison_run(report: dict, reports: Path) -> None:
@@ -65,6 +100,9 @@ def log_comparison_run(report: dict, reports: Path) -> None:
         for d in report["differences"]:
             if not math.isnan(d["mean"]):
                 mlflow.log_metric(_metric_key(f"diff {d['group']}"), d["mean"])
+        for d in report["ablations"]:
+            if not math.isnan(d["mean"]):
+                mlflow.log_metric(_metric_key(f"contribution {d['group']}"), d["mean"])
         for file in ("comparison.md", "comparison.png", "comparison.json"):
             mlflow.log_artifact(str(reports / file))
 
@@ -84,32 +122,71 @@ def _percent(mean: float, std: float, n: int) -> str:
     return f"{mean * 100:.2f}" + ("" if math.isnan(std) else f" ± {std * 100:.2f}")
 
 
+def _interval(low: float | None, high: float | None) -> str:
+    return "-" if low is None else f"[{_points(low)}, {_points(high)}]"
+
+
+def _difference_rows(differences: list[dict]) -> list[str]:
+    rows = []
+    for d in differences:
+        p = "-" if d["p_value"] is None else f"{d['p_value']:.3f}"
+        wins = "-" if d["probability_of_improvement"] is None else f"{d['probability_of_improvement']:.2f}"
+        rows.append(f"| {d['group']} | {d['baseline']} | {_points(d['mean'])} | {_interval(d['t_low'], d['t_high'])} "
+                    f"| {_interval(d['bootstrap_low'], d['bootstrap_high'])} | {p} | {wins} | {d['method']} "
+                    f"| **{d['verdict']}**: {d['reason']} |")
+    return rows
+
+
+DIFFERENCE_HEADER = ["| {what} | vs | difference | t interval | bootstrap interval | permutation p | P(better) "
+                     "| method | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+
+
 def render_markdown(report: dict) -> str:
-    """The report as markdown: groups (accuracy in %, mean ± std over seeds), then the verdicts."""
+    """The report as markdown: groups (accuracy in %, mean ± std over seeds), the verdicts
+    against the baseline, each ablated operation's contribution, and notes on the evidence."""
     lines = [f"# Augmentation comparison: experiment `{report['experiment']}`", "",
              f"{report['runs']} finished runs"
              + (f" ({report['runs_left_out']} failed/killed/running runs left out)" if report["runs_left_out"] else "")
              + (f", filter `{report['filter']}`" if report["filter"] else "") + ".", "",
-             "| group | runs | seeds | best val accuracy % | test accuracy % | epochs to best |",
-             "|---|---|---|---|---|---|"]
+             "| group | runs | seeds | best val accuracy % | test accuracy % | epochs to best | best at last epoch |",
+             "|---|---|---|---|---|---|---|"]
     for g in report["groups"]:
         epochs = "-" if math.isnan(g["best_epoch_mean"]) else f"{g['best_epoch_mean']:.1f}"
         lines.append(f"| {g['group']} | {g['runs']} | {g['seeds']} "
                      f"| {_percent(g['best_val_accuracy_mean'], g['best_val_accuracy_std'], g['best_val_accuracy_n'])} "
                      f"| {_percent(g['test_accuracy_mean'], g['test_accuracy_std'], g['test_accuracy_n'])} "
-                     f"| {epochs} |")
-    lines += ["", f"## Against `{report['baseline']}`: {report['metric']}, "
-                  f"difference in points with a {report['confidence']:.0%} interval", "",
-              "| group | vs | difference | interval | method | verdict |", "|---|---|---|---|---|---|"]
-    for d in report["differences"]:
-        interval = "-" if d["low"] is None else f"[{_points(d['low'])}, {_points(d['high'])}]"
-        lines.append(f"| {d['group']} | {d['baseline']} | {_points(d['mean'])} | {interval} | {d['method']} "
-                     f"| **{d['verdict']}**: {d['reason']} |")
+                     f"| {epochs} | {g['not_converged']} of {g['runs']} |")
+    lines += ["", f"## Against `{report['baseline']}`: {report['metric']}, difference in points, "
+                  f"{report['confidence']:.0%} intervals", "", *[h.format(what="group") for h in DIFFERENCE_HEADER]]
+    lines += _difference_rows(report["differences"])
     if not report["differences"]:
-        lines.append(f"| (no group to compare with `{report['baseline']}`) | | | | | |")
-    lines += ["", "keep: the whole interval is above 0; drop: below 0; inconclusive: it includes 0, or there are "
-                  "too few runs. One run per setting cannot tell a 2-point gain from noise: run several seeds.", ""]
-    return "\n".join(lines)
+        lines.append(f"| (no group to compare with `{report['baseline']}`) | | | | | | | | |")
+    if report["ablations"]:
+        lines += ["", f"## Which operation helps: the full preset minus the preset without it, {report['metric']}", "",
+                  *[h.format(what="operation") for h in DIFFERENCE_HEADER]]
+        lines += _difference_rows(report["ablations"])
+    lines += ["", "keep: the whole interval (the union of the t and bootstrap intervals) is above 0; drop: below 0; "
+                  "inconclusive: it includes 0, or there are too few runs. P(better): the share of seeds on which "
+                  "the group beats the baseline. An ablation's keep means the operation helps its preset.", ""]
+    lines += [f"- {note}" for note in evidence_notes(report)]
+    return "\n".join(lines) + "\n"
+
+
+def evidence_notes(report: dict) -> list[str]:
+    """What limits the evidence: repeated runs left out, runs still improving, too few seeds."""
+    notes = []
+    if report["repeats_dropped"]:
+        notes.append(f"{report['repeats_dropped']} repeated run(s) of a seed already counted were left out "
+                     "(the latest FINISHED run of each group and seed is used).")
+    for g in report["groups"]:
+        if g["not_converged"]:
+            notes.append(f"{g['group']}: {g['not_converged']} of {g['runs']} runs had their best epoch last, so they "
+                         "were still improving: train longer (train.epochs) for a fair verdict.")
+    few = [g["group"] for g in report["groups"] if g["runs"] < SEEDS_ADVISED]
+    if few:
+        notes.append(f"fewer than {SEEDS_ADVISED} seeds in {', '.join(few)}: use at least {SEEDS_ADVISED} "
+                     f"(seed=1,2,3,4,5); with fewer the intervals are wide and a 5-point gain can look like noise.")
+    return notes
 
 
 def _json_safe(value):

@@ -1,18 +1,23 @@
-"""Does an augmentation help? Group tracked runs, summarise them over seeds, compare with the baseline.
+"""Does an augmentation help, and which of its operations? Group tracked runs, summarise them
+over seeds, compare each with the baseline.
 
 One run's accuracy is noisy: on the clothing dataset one validation image is worth 0.29
 points and a single run's standard error near 85% is about 1.9 points. So each group
-(augmentation preset, plus any other setting that was varied) is summarised over its
-seeds, and each augmented group is compared with the baseline group (`none`) of the
-same other settings by a confidence interval on the difference in accuracy:
+(augmentation preset, plus any other setting that was varied) is summarised over its seeds,
+and each augmented group is compared with the baseline group (`none`) of the same other
+settings (statistics: pipeline/statistics.py):
 
 - paired by seed when the seeds of one group are all among the other's, and >= 2 (same
-  init, same shuffling: pairing removes that shared noise): Student t on the per-seed
-  differences;
-- otherwise Welch's t interval on the two groups' means (needs >= 2 runs in each);
+  init, same shuffling: pairing removes that shared noise): Student-t and bootstrap
+  intervals on the per-seed differences, a sign-flip permutation p-value, the share of
+  seeds on which the group wins;
+- otherwise unpaired: Welch's t and a two-sample bootstrap (needs >= 2 runs in each);
 - with fewer runs there is no interval and the verdict says so.
 
-Verdict: `keep` when the whole interval is above 0, `drop` when below, else `inconclusive`.
+Verdict: `keep` when the union of the two intervals is above 0, `drop` when below, else
+`inconclusive`, with the number of seeds that would resolve the observed difference.
+An ablation (`augmentation.ablate=<operation>`, preset label `<preset>-no-<operation>`) is
+compared with its full preset instead: the operation's contribution is full minus ablated.
 All accuracies are fractions in [0, 1]; differences are in fraction units (0.02 = 2 points).
 """
 
@@ -22,10 +27,13 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats
+
+from pipeline import statistics
+
+SEEDS_ADVISED = 5  # the fewest seeds per group a study should have; fewer are flagged in the report
 
 # Params that differ between the runs of one group by design, or do not change the model.
-NOT_GROUPING = ("seed", "train.resume", "train.start_epoch", "train.epochs", "tracking.", "paths.", "data.download_dir",
+NOT_GROUPING = ("seed", "train.resume", "train.rerun", "train.start_epoch", "train.epochs", "tracking.", "paths.", "data.download_dir",
                 "data.cache", "augmentation.name")
 
 
@@ -39,6 +47,19 @@ class RunSummary:
     params: dict[str, str]
     metrics: dict[str, float]
     curves: dict[str, list[float]] = field(default_factory=dict)  # val_accuracy / val_loss per epoch
+    started_ms: int = 0  # start time, to keep the latest of repeated runs
+
+    @property
+    def ablated(self) -> str | None:
+        """The operation this run removed from its preset (`augmentation.ablate`), if any."""
+        value = self.params.get("augmentation.ablate")
+        return None if value in (None, "", "None", "null") else value
+
+    @property
+    def converged(self) -> bool | None:
+        """False when the best epoch was the last one trained (still improving); None if unknown."""
+        epochs = len(self.curves.get("val_accuracy", []))
+        return None if "best_epoch" not in self.metrics or not epochs else self.metrics["best_epoch"] < epochs
 
 
 @dataclass
@@ -46,6 +67,7 @@ class Group:
     preset: str
     settings: dict[str, str]  # the other varied params, same for every run of the group
     runs: list[RunSummary]
+    repeats_dropped: int = 0  # earlier runs of a seed already in the group (a sweep run twice)
 
     @property
     def label(self) -> str:
@@ -65,12 +87,22 @@ class Difference:
     metric: str
     n_group: int
     n_baseline: int
-    method: str            # "paired t over N seeds", "Welch t", or "none"
+    method: str            # "paired over N seeds", "unpaired (Welch) over N and M runs", or "none"
     mean: float
-    low: float | None
-    high: float | None
-    verdict: str           # keep | drop | inconclusive
-    reason: str
+    low: float | None = None             # the verdict's interval: the union of the t and bootstrap intervals
+    high: float | None = None
+    t_low: float | None = None           # Student t (paired) or Welch t (unpaired)
+    t_high: float | None = None
+    bootstrap_low: float | None = None   # percentile bootstrap, 10,000 seeded resamples
+    bootstrap_high: float | None = None
+    p_value: float | None = None         # exact permutation test (sign flips when paired)
+    probability_of_improvement: float | None = None
+    spread: float = math.nan             # std of the per-seed differences (paired)
+    seeds_needed: int | None = None      # seeds that would resolve the observed difference
+    seeds_needed_1pt: int | None = None  # ... and a 1-point difference
+    verdict: str = "inconclusive"        # keep | drop | inconclusive
+    reason: str = ""
+    per_seed: dict[str, float] = field(default_factory=dict)  # seed -> difference (paired)
 
 
 def _is_grouping_key(key: str) -> bool:
@@ -97,13 +129,23 @@ def varied_settings(runs: list[RunSummary]) -> list[str]:
 
 
 def group_runs(runs: list[RunSummary]) -> list[Group]:
-    """Groups by preset and every other varied setting, the baseline-like order kept stable."""
+    """Groups by preset and every other varied setting, the baseline-like order kept stable.
+
+    Each seed counts once per group: of repeated runs (the same sweep run twice, or the same
+    preset and seed with another `train.epochs`) the latest is kept, the others counted in
+    `repeats_dropped`.
+    """
     keys = varied_settings(runs)
     groups: dict[tuple, Group] = {}
-    for r in runs:
+    for r in sorted(runs, key=lambda r: r.started_ms, reverse=True):
         settings = {k: r.params.get(k, "") for k in keys}
-        key = (r.preset, *settings.values())
-        groups.setdefault(key, Group(r.preset, settings, [])).runs.append(r)
+        group = groups.setdefault((r.preset, *settings.values()), Group(r.preset, settings, []))
+        if any(kept.seed == r.seed for kept in group.runs):
+            group.repeats_dropped += 1
+        else:
+            group.runs.append(r)
+    for group in groups.values():
+        group.runs.sort(key=lambda r: (len(r.seed), r.seed))  # 2 before 10
     return sorted(groups.values(), key=lambda g: (tuple(g.settings.values()), g.preset))
 
 
@@ -121,43 +163,64 @@ def choose_metric(requested: str, groups: list[Group]) -> str:
     return "test_accuracy" if every_run and all("test_accuracy" in r.metrics for r in every_run) else "best_val_accuracy"
 
 
-def compare_with_baseline(group: Group, baseline: Group, metric: str, confidence: float) -> Difference:
+def compare_with_baseline(group: Group, baseline: Group, metric: str, confidence: float,
+                          power: float = 0.8) -> Difference:
+    """`group` minus `baseline` on `metric`: paired by seed where possible (see the module doc)."""
     ours, theirs = group.values(metric), baseline.values(metric)
     common = sorted(set(ours) & set(theirs))
-
-    def result(method, mean, low, high, verdict, reason):
-        return Difference(group.label, baseline.label, metric, len(ours), len(theirs), method, mean, low, high,
-                          verdict, reason)
-
+    result = Difference(group.label, baseline.label, metric, len(ours), len(theirs), "none", math.nan)
     if not ours or not theirs:
-        return result("none", math.nan, None, None, "inconclusive", f"no {metric} in one of the groups")
+        result.reason = f"no {metric} in one of the groups"
+        return result
     if len(common) >= 2 and len(common) >= min(len(ours), len(theirs)):
-        differences = np.array([ours[s] - theirs[s] for s in common])
-        n = len(differences)
-        mean = float(differences.mean())
-        half = float(stats.t.ppf((1 + confidence) / 2, n - 1) * differences.std(ddof=1) / math.sqrt(n))
-        method = f"paired t over {n} seeds"
+        differences = [ours[s] - theirs[s] for s in common]
+        result.per_seed = dict(zip(common, differences))
+        result.method = f"paired over {len(common)} seeds"
+        result.mean, result.spread = mean_std(differences)
+        result.t_low, result.t_high = statistics.t_interval(differences, confidence)
+        result.bootstrap_low, result.bootstrap_high = statistics.bootstrap_interval(differences, confidence)
+        result.p_value = statistics.sign_flip_p_value(differences)
+        result.probability_of_improvement = statistics.probability_of_improvement(differences)
     elif len(ours) >= 2 and len(theirs) >= 2:
-        a, b = np.array(list(ours.values())), np.array(list(theirs.values()))
-        va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-        mean = float(a.mean() - b.mean())
-        se = math.sqrt(va + vb)
-        dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if se > 0 else len(a) + len(b) - 2
-        half = float(stats.t.ppf((1 + confidence) / 2, dof) * se)
-        method = "Welch t"
+        a, b = list(ours.values()), list(theirs.values())
+        result.method = f"unpaired (Welch) over {len(a)} and {len(b)} runs"
+        result.mean = float(np.mean(a) - np.mean(b))
+        result.spread = math.sqrt(np.var(a, ddof=1) + np.var(b, ddof=1))  # of one run's difference from another
+        result.t_low, result.t_high = statistics.welch_interval(a, b, confidence)
+        result.bootstrap_low, result.bootstrap_high = statistics.bootstrap_interval_unpaired(a, b, confidence)
+        result.p_value = statistics.label_permutation_p_value(a, b)
+        result.probability_of_improvement = statistics.probability_of_improvement_unpaired(a, b)
     else:
-        mean = float(np.mean(list(ours.values())) - np.mean(list(theirs.values())))
-        return result("none", mean, None, None, "inconclusive",
-                      f"inconclusive: no repeats ({len(ours)} and {len(theirs)} run(s)); "
-                      "run >= 2 seeds per group, e.g. seed=1,2,3")
-    low, high = mean - half, mean + half
-    if low > 0:
-        verdict, reason = "keep", f"the whole {confidence:.0%} interval is above 0"
-    elif high < 0:
-        verdict, reason = "drop", f"the whole {confidence:.0%} interval is below 0"
+        result.mean = float(np.mean(list(ours.values())) - np.mean(list(theirs.values())))
+        result.reason = (f"no repeats ({len(ours)} and {len(theirs)} run(s)); run >= {SEEDS_ADVISED} seeds per group, "
+                         f"e.g. seed={','.join(map(str, range(1, SEEDS_ADVISED + 1)))}")
+        return result
+    # The verdict's interval: the union of both, i.e. the more conservative at each end.
+    result.low, result.high = min(result.t_low, result.bootstrap_low), max(result.t_high, result.bootstrap_high)
+    result.seeds_needed = statistics.seeds_needed(result.spread, result.mean, confidence, power)
+    result.seeds_needed_1pt = statistics.seeds_needed(result.spread, 0.01, confidence, power)
+    if result.low > 0:
+        result.verdict, result.reason = "keep", f"the whole {confidence:.0%} interval is above 0"
+    elif result.high < 0:
+        result.verdict, result.reason = "drop", f"the whole {confidence:.0%} interval is below 0"
     else:
-        verdict, reason = "inconclusive", f"the {confidence:.0%} interval includes 0: more seeds or epochs"
-    return result(method, mean, low, high, verdict, reason)
+        result.reason = f"the {confidence:.0%} interval includes 0; " + seeds_advice(result, power)
+    return result
+
+
+def seeds_advice(d: Difference, power: float) -> str:
+    """What would resolve an inconclusive difference, from the observed spread of the differences."""
+    spread = f"with this spread ({d.spread * 100:.2f} points"
+    if d.method.startswith("paired"):
+        spread += f" between seeds' differences, {len(d.per_seed)} seeds)"
+    else:
+        spread += " between two runs' difference)"
+
+    def resolve(n: int | None, effect: float) -> str:
+        size = f"a {abs(effect) * 100:.2f}-point {'gain' if effect > 0 else 'loss'}"
+        return f"about {n} seeds would resolve {size}" if n else f"not even {statistics.MOST_SEEDS_ADVISED} seeds would resolve {size}"
+
+    return f"{spread}, {resolve(d.seeds_needed, d.mean)}, {d.seeds_needed_1pt or 'over 1000'} a 1-point one ({power:.0%} power)"
 
 
 def baseline_for(group: Group, groups: list[Group], baseline_preset: str) -> Group | None:
@@ -168,8 +231,8 @@ def baseline_for(group: Group, groups: list[Group], baseline_preset: str) -> Gro
     return None
 
 
-def compare_groups(groups: list[Group], baseline_preset: str, metric: str,
-                   confidence: float) -> list[Difference]:
+def compare_groups(groups: list[Group], baseline_preset: str, metric: str, confidence: float,
+                   power: float = 0.8) -> list[Difference]:
     differences = []
     for group in groups:
         if group.preset == baseline_preset:
@@ -177,19 +240,47 @@ def compare_groups(groups: list[Group], baseline_preset: str, metric: str,
         baseline = baseline_for(group, groups, baseline_preset)
         if baseline is None:
             differences.append(Difference(group.label, f"{baseline_preset} (missing)", metric, len(group.runs), 0,
-                                          "none", math.nan, None, None, "inconclusive",
-                                          f"no '{baseline_preset}' runs with the same settings to compare with"))
+                                          "none", math.nan, reason=f"no '{baseline_preset}' runs with the same "
+                                                                   "settings to compare with"))
         else:
-            differences.append(compare_with_baseline(group, baseline, metric, confidence))
+            differences.append(compare_with_baseline(group, baseline, metric, confidence, power))
     return differences
 
 
+def ablation_contributions(groups: list[Group], metric: str, confidence: float,
+                           power: float = 0.8) -> list[Difference]:
+    """Each ablated operation's contribution: the full preset minus the preset without it,
+    paired by seed. keep: the operation helps; drop: the preset is better without it."""
+    contributions = []
+    for ablated in groups:
+        operation = ablated.runs[0].ablated
+        if operation is None:
+            continue
+        full_name = ablated.preset.rsplit(f"-no-{operation}", 1)[0]
+        full = next((g for g in groups if g.preset == full_name and g.settings == ablated.settings), None)
+        if full is None:
+            contributions.append(Difference(operation, f"{full_name} (missing)", metric, 0, len(ablated.runs), "none",
+                                            math.nan, reason=f"no runs of the full preset '{full_name}' with the "
+                                                             "same settings: add augmentation.ablate=none to the sweep"))
+            continue
+        difference = compare_with_baseline(full, ablated, metric, confidence, power)
+        difference.group = operation
+        if difference.verdict == "keep":
+            difference.reason = f"{full_name} is better with {operation} ({difference.reason})"
+        elif difference.verdict == "drop":
+            difference.reason = f"{full_name} is better without {operation} ({difference.reason})"
+        contributions.append(difference)
+    return contributions
+
+
 def group_table(groups: list[Group]) -> list[dict]:
-    """Per group: runs, seeds, best val / test accuracy mean and std, epochs to best."""
+    """Per group: runs, seeds, best val / test accuracy mean and std, epochs to best, and how
+    many runs were still improving at their last epoch."""
     rows = []
     for g in groups:
         row = {"group": g.label, "preset": g.preset, **g.settings, "runs": len(g.runs),
-               "seeds": ",".join(sorted(r.seed for r in g.runs))}
+               "seeds": ",".join(r.seed for r in g.runs), "repeats_dropped": g.repeats_dropped,
+               "not_converged": sum(r.converged is False for r in g.runs)}
         for metric in ("best_val_accuracy", "test_accuracy", "best_epoch"):
             values = list(g.values(metric).values())
             row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std(values) if values else (math.nan, math.nan)

@@ -111,6 +111,20 @@ class RandAugmentConfig:
         return found
 
 
+# The operations an ablation can remove (augmentation.ablate=<operation>), each with the
+# settings that switch it off.
+ABLATABLE = {
+    "rotation": {"rotation_range": 0.0}, "width_shift": {"width_shift_range": 0.0},
+    "height_shift": {"height_shift_range": 0.0}, "shear": {"shear_range": 0.0}, "zoom": {"zoom_range": 0.0},
+    "horizontal_flip": {"horizontal_flip": False}, "vertical_flip": {"vertical_flip": False},
+    "brightness": {"brightness_range": None}, "channel_shift": {"channel_shift_range": 0.0},
+    "contrast": {"contrast_range": 0.0}, "saturation": {"saturation_range": 0.0}, "hue": {"hue_range": 0.0},
+    "random_erasing": {"random_erasing": RandomErasingConfig()}, "randaugment": {"randaugment": RandAugmentConfig()},
+    "mixup": {"mixup_alpha": 0.0}, "cutmix": {"cutmix_alpha": 0.0},
+}
+NO_ABLATION = (None, "none")
+
+
 @dataclass
 class AugmentationConfig:
     """ImageDataGenerator's argument names and meaning, plus modern operations.
@@ -141,6 +155,24 @@ class AugmentationConfig:
     randaugment: RandAugmentConfig = field(default_factory=RandAugmentConfig)
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing; 0 = off
     cutmix_alpha: float = 0.0
+    ablate: Optional[str] = None  # an operation to remove (ABLATABLE), named in the label: lesson-no-rotation
+
+    def without(self, operation: str) -> "AugmentationConfig":
+        """This preset with `operation` switched off."""
+        return dataclasses.replace(self, **ABLATABLE[operation])
+
+    def active_operations(self) -> list[str]:
+        """The operations this preset uses, in ABLATABLE's order (what an ablation can remove)."""
+        return [op for op in ABLATABLE if self.without(op) != self]
+
+    def with_ablation_applied(self) -> "AugmentationConfig":
+        """The preset an ablation trains: `ablate` switched off and the name `<name>-no-<ablate>`.
+        Idempotent, so an applied config can be validated again (a logged config.yaml)."""
+        if self.ablate in NO_ABLATION:
+            return dataclasses.replace(self, ablate=None)
+        suffix = f"-no-{self.ablate}"
+        return self.without(self.ablate) if self.name.endswith(suffix) else dataclasses.replace(
+            self.without(self.ablate), name=self.name + suffix)
 
     def zoom_bounds(self) -> tuple[float, float]:
         """The zoom scale range [lo, hi] that `zoom_range` stands for."""
@@ -158,7 +190,8 @@ class AugmentationConfig:
     @property
     def is_identity(self) -> bool:
         """True when this preset changes no image (the plain `none` preset)."""
-        return self == AugmentationConfig(name=self.name, device=self.device, fill_mode=self.fill_mode, cval=self.cval)
+        return self == AugmentationConfig(name=self.name, device=self.device, fill_mode=self.fill_mode, cval=self.cval,
+                                          ablate=self.ablate)
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
@@ -198,6 +231,13 @@ class AugmentationConfig:
             found.append(("device", f"must be one of auto, data, model, got {self.device!r}"))
         if self.mixup_alpha > 0 and self.cutmix_alpha > 0:
             found.append(("cutmix_alpha", "use MixUp or CutMix, not both (set mixup_alpha=0 or cutmix_alpha=0)"))
+        if self.ablate not in NO_ABLATION:
+            active = ", ".join(self.active_operations()) or "none"
+            if self.ablate not in ABLATABLE:
+                found.append(("ablate", f"must be none or an operation ({', '.join(ABLATABLE)}), got {self.ablate!r}"))
+            elif self.ablate not in self.active_operations() and not self.name.endswith(f"-no-{self.ablate}"):
+                found.append(("ablate", f"preset {self.name} does not use {self.ablate}, so there is nothing to "
+                                        f"remove; its operations: {active}"))
         return found
 
 
@@ -229,6 +269,7 @@ class TrainConfig:
     batch_size: int = 32
     patience: int = 5                # epochs without a val_accuracy gain before stopping
     resume: bool = False
+    rerun: bool = False              # in a multirun, train even if this configuration has a FINISHED run
     mixed_precision: bool = False
     jit_compile: Any = "auto"        # auto | true | false
     strategy: str = "auto"
@@ -279,6 +320,8 @@ class CompareConfig:
     metric: str = "auto"              # auto: test_accuracy when every compared run has it, else best_val_accuracy
     confidence: float = 0.95          # of the interval on the difference
     filter: Optional[str] = None      # an MLflow search filter, e.g. "params.`model.name` = 'residual_cnn'"
+    power: float = 0.8                # for the seeds-needed advice: chance that a study of that size resolves it
+    after_sweep: bool = True          # compare the runs of a multirun when it ends (its verdict table)
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
@@ -286,6 +329,8 @@ class CompareConfig:
             found.append(("metric", f"must be one of {', '.join(COMPARE_METRICS)}, got {self.metric!r}"))
         if not 0.5 <= self.confidence < 1:
             found.append(("confidence", f"must be in [0.5, 1), got {self.confidence}"))
+        if not 0.5 <= self.power < 1:
+            found.append(("power", f"must be in [0.5, 1), got {self.power}"))
         return found
 
 
@@ -345,6 +390,7 @@ def validate(raw: DictConfig | dict) -> Config:
     problems = _collect_problems(config)
     if problems:
         raise ConfigError("Invalid config:\n  " + "\n  ".join(problems))
+    config.augmentation = config.augmentation.with_ablation_applied()
     return config
 
 
@@ -377,7 +423,7 @@ def flatten(node: dict, prefix: str = "") -> dict[str, str]:
 # Settings that do not change what is trained: where things go, how they are reported, and
 # how the data was found (the manifest hash stands for the data itself).
 NOT_IDENTITY = ("tracking.", "paths.", "compare.", "data.download_dir", "data.cache", "data.source", "data.sha256",
-                "train.resume")
+                "train.resume", "train.rerun")
 
 
 def training_identity(config: Config, manifest_sha256: str) -> dict[str, str]:
@@ -396,7 +442,8 @@ def digest_of(values: dict[str, str]) -> str:
 # ------------------------------------------------------------------ entry points
 
 
-def _in_multirun() -> bool:
+def in_multirun() -> bool:
+    """True inside a job of a Hydra multirun (-m)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -415,7 +462,7 @@ def _explained(job: Callable[[], Any]) -> Any:
         return job()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
-        if _in_multirun():
+        if in_multirun():
             raise
         sys.exit(error.exit_code)
     except KeyboardInterrupt as stop:

@@ -74,6 +74,11 @@ def cluster_config() -> dict:
     return spec
 
 
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """True when this process is one of several training one model together (TF_CONFIG)."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """True for the one process that records to MLflow and writes the model (always, off a cluster)."""
     return bool(strategy.extended.should_checkpoint)

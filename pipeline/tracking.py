@@ -247,10 +247,11 @@ def log_keras_model(model: keras.Model, image_size: tuple[int, int], classes_fil
         mlflow.log_artifacts(path, artifact_path="model")
 
 
-def training_runs(experiment: str, search_filter: str | None = None,
+def training_runs(experiment: str, search_filter: str | None = None, run_ids: set[str] | None = None,
                   curves: tuple[str, ...] = ("val_accuracy", "val_loss")):
-    """The FINISHED training runs of `experiment` (with their per-epoch `curves`) and how many
-    other runs (FAILED, KILLED, RUNNING) were left out. Comparison runs are not training runs."""
+    """The FINISHED training runs of `experiment` (with their per-epoch `curves`), only those in
+    `run_ids` when given, and how many other runs (FAILED, KILLED, RUNNING) were left out.
+    Comparison runs are not training runs."""
     client = mlflow.MlflowClient()
     found = client.get_experiment_by_name(experiment)
     runs, token = [], None
@@ -265,12 +266,24 @@ def training_runs(experiment: str, search_filter: str | None = None,
     except MlflowException as error:
         raise TrackingError(f"compare.filter={search_filter!r} is not a valid MLflow search filter: "
                             f"{error.message}") from None
-    training = [r for r in runs if "augmentation" in r.data.tags and r.data.tags.get("run_kind") != "comparison"]
+    training = [r for r in runs if "augmentation" in r.data.tags and r.data.tags.get("run_kind") != "comparison"
+                and (run_ids is None or r.info.run_id in run_ids)]
     finished = [r for r in training if r.info.status == "FINISHED"]
     summaries = []
     for r in finished:
         histories = {name: [m.value for m in sorted(client.get_metric_history(r.info.run_id, name),
                                                     key=lambda m: m.step)] for name in curves}
         summaries.append(RunSummary(r.info.run_id, r.data.tags["augmentation"], r.data.tags.get("seed", "?"),
-                                    dict(r.data.params), dict(r.data.metrics), histories))
+                                    dict(r.data.params), dict(r.data.metrics), histories, r.info.start_time or 0))
     return summaries, len(training) - len(finished)
+
+
+def finished_run_with(experiment_name: str, config_hash: str) -> mlflow.entities.Run | None:
+    """The latest FINISHED training run of the experiment tagged with `config_hash` (None if none)."""
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return None
+    found = mlflow.MlflowClient().search_runs(
+        [experiment.experiment_id], f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return found[0] if found else None

@@ -5,7 +5,9 @@
 
 Writes <paths.models_dir>/model.keras (the best epoch by val_accuracy) and classes.json,
 <paths.reports_dir>/history.csv and run.json (the MLflow run, for `evaluate`).
-In a Hydra multirun each job writes into its own job folder instead.
+In a Hydra multirun each job writes into its own job folder instead, and a job whose
+configuration (tag config_hash) already has a FINISHED run is skipped (`train.rerun=true`
+trains it again): an interrupted sweep resumes by running the same command again.
 Returns the best val_accuracy (the objective of Optuna sweeps).
 """
 
@@ -25,7 +27,7 @@ import yaml
 from pipeline import devices, tracking
 from pipeline.augmentation import augmentation_layer
 from pipeline.checkpoints import SavedState, TrainingState, WorkFolder, write_atomically
-from pipeline.config import Config, digest_of, stage_entry, to_dict, training_identity
+from pipeline.config import Config, digest_of, in_multirun, stage_entry, to_dict, training_identity
 from pipeline.data import manifest_hash, read_classes, read_manifest
 from pipeline.datasets import (ImageSet, backbone_features, build_eval_dataset, build_feature_eval_dataset,
                                build_feature_train_dataset, build_train_dataset, steps_per_epoch)
@@ -33,26 +35,25 @@ from pipeline.models import build_model, compile_model, frozen_backbone
 from pipeline.visuals import augmentation_grid, training_curves
 
 
-def output_dirs(config: Config, chief: bool = True) -> tuple[Path, Path]:
-    """(models dir, reports dir): the configured ones, or the job folder in a multirun.
+def output_dirs(config: Config, chief: bool = True) -> tuple[Path, Path, Path]:
+    """(models dir, reports dir, work root): the configured ones, or the job folder in a multirun.
 
+    The work root holds the per-configuration checkpoint folders (`WorkFolder`); it stays
+    `paths.models_dir` in a multirun, so that a sweep run again finds its interrupted jobs.
     The non-chief processes of a multi-worker cluster write their checkpoints into
     `<models>/workers/<type>-<index>` so that no two processes write the same file.
     """
-    models_dir, reports_dir = Path(config.paths.models_dir), Path(config.paths.reports_dir)
-    try:
+    work_root = models_dir = Path(config.paths.models_dir)
+    reports_dir = Path(config.paths.reports_dir)
+    if in_multirun():
         from hydra.core.hydra_config import HydraConfig
 
-        hydra = HydraConfig.get()
-        if hydra.mode.name == "MULTIRUN":
-            job_dir = Path(hydra.runtime.output_dir)
-            models_dir, reports_dir = job_dir / "models", job_dir / "reports"
-    except (ImportError, ValueError):
-        pass
+        job_dir = Path(HydraConfig.get().runtime.output_dir)
+        models_dir, reports_dir = job_dir / "models", job_dir / "reports"
     if not chief:
         task = devices.cluster_config()["task"]
-        models_dir = models_dir / "workers" / f"{task['type']}-{task['index']}"
-    return models_dir, reports_dir
+        work_root = models_dir = work_root / "workers" / f"{task['type']}-{task['index']}"
+    return models_dir, reports_dir, work_root
 
 
 @dataclass
@@ -125,15 +126,34 @@ def run(config: Config) -> float:
     keras.utils.set_random_seed(config.seed)
     chief = devices.is_chief(strategy)
     uri = tracking.connect(config) if chief else None  # a dead server fails here, before any work
-    models_dir, reports_dir = output_dirs(config, chief)
+    models_dir, reports_dir, work_root = output_dirs(config, chief)
     data_hash = manifest_hash(config.paths.split_dir)
-    work = WorkFolder(models_dir, training_identity(config, data_hash))
+    identity = training_identity(config, data_hash)
+    if in_multirun() and not config.train.rerun and not devices.is_multi_worker(strategy):
+        finished = tracking.finished_run_with(config.tracking.experiment, digest_of(identity))
+        if finished:
+            return skip_finished(finished, reports_dir, uri)
+    work = WorkFolder(work_root, identity)
     with work.opened(config.train.resume) as state:
         training = prepare_training(config, strategy)
         if not chief:  # a helper in a cluster: same steps, nothing recorded
             train_from_state(config, training, work, state)
             return state.best_val_accuracy or 0.0
         return record_training(config, training, work, state, uri, models_dir, reports_dir, data_hash)
+
+
+def skip_finished(finished: mlflow.entities.Run, reports_dir: Path, uri: str) -> float:
+    """A sweep job whose configuration was trained already: name that run, return its objective.
+    Its run.json points at the earlier run, so the end-of-sweep comparison includes it."""
+    best_val = finished.data.metrics.get("best_val_accuracy", 0.0)
+    print(f"skip: this configuration already has the FINISHED MLflow run {finished.info.run_id} "
+          f"({finished.info.run_name}, best val_accuracy {best_val:.4f}); train.rerun=true trains it again")
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically(reports_dir / "run.json", json.dumps(
+        {"run_id": finished.info.run_id, "experiment_id": finished.info.experiment_id, "tracking_uri": uri,
+         "best_val_accuracy": best_val, "best_epoch": finished.data.metrics.get("best_epoch"), "skipped": True},
+        indent=2) + "\n")
+    return best_val
 
 
 def record_training(config: Config, training: Training, work: WorkFolder, state: SavedState, uri: str,
@@ -144,6 +164,7 @@ def record_training(config: Config, training: Training, work: WorkFolder, state:
     with tracking.tracked_run(run_name=run_name, continue_run_id=state.mlflow_run_id) as active:
         if active.info.run_id == state.mlflow_run_id:
             tracking.record_resume(state.epochs_done, state.history)
+            mlflow.set_tag("config_hash", digest_of(work.identity))  # train.epochs may have changed
         else:
             state.mlflow_run_id = active.info.run_id
             mlflow.log_params(tracking.flat_params(config))

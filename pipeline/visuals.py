@@ -94,7 +94,8 @@ def confusion_matrix_figure(actual: np.ndarray, predicted: np.ndarray, classes: 
 
 def comparison_figure(groups: list[Group], differences: list[Difference], target: Path) -> Path:
     """Validation accuracy and loss per epoch (mean line, band = +/- 1 std over seeds), one
-    colour per group; and each group's difference from the baseline with its interval."""
+    colour per group; and each difference (from the baseline, or an ablated operation's
+    contribution) with its interval, its mean and every seed's own difference as a dot."""
     figure, axes = plt.subplots(1, 3, figsize=(16, 4.6), gridspec_kw={"width_ratios": [1, 1, 0.9]})
     colours = plt.get_cmap("tab10")
     for i, group in enumerate(groups):
@@ -115,15 +116,19 @@ def comparison_figure(groups: list[Group], differences: list[Difference], target
     for row, d in enumerate(differences):
         colour = {"keep": "tab:green", "drop": "tab:red"}.get(d.verdict, "tab:gray")
         if d.low is not None:
-            forest.plot([d.low * 100, d.high * 100], [row, row], color=colour, linewidth=3)
+            forest.plot([d.low * 100, d.high * 100], [row, row], color=colour, linewidth=3, alpha=0.6)
         if not np.isnan(d.mean):
-            forest.plot(d.mean * 100, row, "o", color=colour)
+            forest.plot(d.mean * 100, row, "D", color=colour, markersize=7)
+        seeds = np.array(list(d.per_seed.values())) * 100
+        forest.plot(seeds, row + np.linspace(-0.22, 0.22, len(seeds)) if len(seeds) > 1 else [row] * len(seeds),
+                    "o", color="black", markersize=3.5, alpha=0.7)
     forest.axvline(0, color="black", linewidth=1)
-    forest.set_yticks(range(len(differences)), [f"{d.group}\n{d.verdict}" for d in differences], fontsize=8)
+    forest.set_yticks(range(len(differences)), [f"{d.group} vs {d.baseline}\n{d.verdict}" for d in differences],
+                      fontsize=8)
     forest.set_ylim(-0.7, max(len(differences), 1) - 0.3)
     forest.invert_yaxis()
     metric = differences[0].metric if differences else "accuracy"
     forest.set_xlabel(f"{metric} minus baseline (points)")
-    forest.set_title("difference with interval", fontsize=10)
+    forest.set_title("difference: interval, mean (diamond), each seed (dots)", fontsize=10)
     forest.grid(alpha=0.3, axis="x")
     return _save(figure, target)

@@ -38,12 +38,14 @@ def log_known_runs(uri: str, experiment: str = "augmentation") -> None:
             client.log_param(rid, "model.name", "residual_cnn")
             client.log_param(rid, "seed", seed)
             client.log_param(rid, "augmentation.rotation_range", "0.0" if preset == "none" else "30.0")
-            for step, fraction in enumerate((0.5, 0.9, 1.0), start=1):
+            still_improving = preset == "lesson"  # its best epoch is its last
+            fractions = (0.5, 0.9, 0.98, 1.0) if still_improving else (0.5, 0.9, 1.0, 0.98)
+            for step, fraction in enumerate(fractions, start=1):
                 client.log_metric(rid, "val_accuracy", val * fraction, step=step)
                 client.log_metric(rid, "val_loss", 2.0 - val * fraction, step=step)
             client.log_metric(rid, "best_val_accuracy", val)
             client.log_metric(rid, "test_accuracy", test)
-            client.log_metric(rid, "best_epoch", 3)
+            client.log_metric(rid, "best_epoch", 4 if still_improving else 3)
             client.set_terminated(rid, "FINISHED")
     crashed = client.create_run(experiment_id, tags={"augmentation": "lesson", "seed": "9"})
     client.log_metric(crashed.info.run_id, "test_accuracy", 0.10)
@@ -73,19 +75,33 @@ def test_means_intervals_and_verdicts_are_exact(tmp_path):
     diffs = {d["group"]: d for d in report["differences"]}
     lesson = diffs["lesson"]
     expected = stats.ttest_rel(test_values("lesson"), test_values("none")).confidence_interval(0.95)
-    assert lesson["method"] == "paired t over 3 seeds"
+    assert lesson["method"] == "paired over 3 seeds"
     assert lesson["mean"] == pytest.approx(0.04, abs=1e-12)
-    assert (lesson["low"], lesson["high"]) == pytest.approx((expected.low, expected.high), abs=1e-12)
+    assert (lesson["t_low"], lesson["t_high"]) == pytest.approx((expected.low, expected.high), abs=1e-12)
+    assert lesson["per_seed"] == pytest.approx({"1": 0.04, "2": 0.03, "3": 0.05})
+    assert lesson["p_value"] == pytest.approx(2 / 8)  # all three seeds agree: the smallest p 3 seeds allow
+    assert lesson["probability_of_improvement"] == 1.0
+    # the bootstrap of 3 points stays within them; the verdict's interval is the union of both
+    assert 0.03 - 1e-12 <= lesson["bootstrap_low"] <= lesson["bootstrap_high"] <= 0.05 + 1e-12
+    assert (lesson["low"], lesson["high"]) == (min(lesson["t_low"], lesson["bootstrap_low"]),
+                                               max(lesson["t_high"], lesson["bootstrap_high"]))
     assert lesson["verdict"] == "keep"
 
     strong = diffs["strong"]
     expected = stats.ttest_ind(test_values("strong"), test_values("none"), equal_var=False).confidence_interval(0.95)
-    assert strong["method"] == "Welch t"
+    assert strong["method"] == "unpaired (Welch) over 3 and 3 runs"
     assert strong["mean"] == pytest.approx(-0.07, abs=1e-12)
-    assert (strong["low"], strong["high"]) == pytest.approx((expected.low, expected.high), abs=1e-12)
+    assert (strong["t_low"], strong["t_high"]) == pytest.approx((expected.low, expected.high), abs=1e-12)
+    assert strong["p_value"] == pytest.approx(2 / 20)  # of the C(6,3) = 20 splits, only the observed one and its mirror
+    assert strong["probability_of_improvement"] == 0.0
     assert strong["verdict"] == "drop"
 
-    assert diffs["mixup"]["verdict"] == "inconclusive" and diffs["mixup"]["low"] < 0 < diffs["mixup"]["high"]
+    mixup = diffs["mixup"]  # test accuracy differences +0.02, -0.01, +0.01: mean 0.00667, sd 0.01528
+    assert mixup["verdict"] == "inconclusive" and mixup["low"] < 0 < mixup["high"]
+    assert mixup["spread"] == pytest.approx(math.sqrt(((0.02 - 0.02 / 3) ** 2 + (-0.01 - 0.02 / 3) ** 2
+                                                       + (0.01 - 0.02 / 3) ** 2) / 2), abs=1e-12)
+    assert mixup["seeds_needed"] > 5 and mixup["seeds_needed_1pt"] < mixup["seeds_needed"]
+    assert f"about {mixup['seeds_needed']} seeds would resolve a 0.67-point gain" in mixup["reason"]
     light = diffs["light"]
     assert light["verdict"] == "inconclusive" and light["low"] is None
     assert "no repeats" in light["reason"]
@@ -93,8 +109,11 @@ def test_means_intervals_and_verdicts_are_exact(tmp_path):
 
     reports = tmp_path / "reports"
     markdown = (reports / "comparison.md").read_text()
-    assert "| lesson | 3 | 1,2,3 | 84.00 ± 1.00 | 83.00 ± 1.00 | 3.0 |" in markdown
+    assert "| lesson | 3 | 1,2,3 | 84.00 ± 1.00 | 83.00 ± 1.00 | 4.0 | 3 of 3 |" in markdown
+    assert "| none | 3 | 1,2,3 | 81.00 ± 1.00 | 79.00 ± 1.00 | 3.0 | 0 of 3 |" in markdown
     assert "**keep**" in markdown and "**drop**" in markdown and "no repeats" in markdown
+    assert "lesson: 3 of 3 runs had their best epoch last" in markdown and "none: " not in markdown
+    assert "fewer than 5 seeds" in markdown
     assert json.loads((reports / "comparison.json").read_text())["differences"][0]["verdict"] in {
         "keep", "drop", "inconclusive"}
     assert (reports / "comparison.png").stat().st_size > 10_000
@@ -120,7 +139,7 @@ def test_validation_accuracy_is_used_before_evaluate(tmp_path):
     (lesson,) = report["differences"]
     vals = [[KNOWN[p][s][0] for s in "123"] for p in ("lesson", "none")]
     expected = stats.ttest_rel(*vals).confidence_interval(0.9)
-    assert (lesson["low"], lesson["high"]) == pytest.approx((expected.low, expected.high), abs=1e-12)
+    assert (lesson["t_low"], lesson["t_high"]) == pytest.approx((expected.low, expected.high), abs=1e-12)
 
 
 def summary(preset, seed, **params):

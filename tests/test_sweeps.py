@@ -1,15 +1,23 @@
 """Augmentation search and sweep hygiene: an Optuna study over augmentation, a failing job
-in a sweep, a re-run sweep - all against one real MLflow store."""
+in a sweep, an interrupted sweep run again, an ablation sweep and the comparison at the end
+of a sweep - all against one real MLflow store."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run_module, train_args
+from tests.conftest import ROOT, run_module, train_args
 
 pytestmark = pytest.mark.slow
 
@@ -21,8 +29,10 @@ def sweep_args(tmp_path: Path, uri: str, *extra: str) -> list[str]:
 
 
 def all_runs(uri: str):
+    """The training runs of the store (not the comparison runs that end a sweep)."""
     client = MlflowClient(uri)
-    return client.search_runs([client.get_experiment_by_name("augmentation").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("augmentation").experiment_id])
+    return [r for r in runs if r.data.tags.get("run_kind") != "comparison"]
 
 
 def test_optuna_search_over_augmentation(split_done):
@@ -46,6 +56,17 @@ def test_optuna_search_over_augmentation(split_done):
     (results,) = (tmp_path / "multirun").glob("*/optimization_results.yaml")
     best = yaml.safe_load(results.read_text())
     assert best["best_value"] == pytest.approx(max(r.data.metrics["best_val_accuracy"] for r in runs))
+    assert "comparison of the" not in result.stdout  # trials are not presets: no end-of-sweep comparison
+
+    # The same search again (same sampler seed, same trials): every trial is found FINISHED and
+    # its recorded objective returned; nothing is trained twice.
+    again = run_module("pipeline.train", "-m", "hparams_search=augmentation", "hydra.sweeper.n_trials=3",
+                       *sweep_args(tmp_path, uri))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("skip: this configuration already has the FINISHED MLflow run") == 3
+    assert len(all_runs(uri)) == 3
+    (first, second) = sorted((tmp_path / "multirun").glob("*/optimization_results.yaml"))
+    assert yaml.safe_load(second.read_text())["best_value"] == pytest.approx(best["best_value"])
 
 
 def test_a_failing_job_does_not_sink_the_sweep_and_reruns_add_runs(split_done):
@@ -65,9 +86,87 @@ def test_a_failing_job_does_not_sink_the_sweep_and_reruns_add_runs(split_done):
     failed = next(r for r in runs if r.info.status == "FAILED")
     assert "end_reason" in failed.data.tags
 
-    second = run_module("pipeline.train", "-m", *args)  # the same sweep again
-    assert second.returncode != 0
+    second = run_module("pipeline.train", "-m", *args)  # the same sweep again: the failed job is tried again,
+    assert second.returncode != 0                         # the finished one skipped
+    assert "skip: this configuration already has the FINISHED MLflow run" in second.stdout
     runs = all_runs(uri)
-    assert len(runs) == 4 and len({r.info.run_id for r in runs}) == 4  # earlier runs kept
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED", "FINISHED"]
     assert len({r.data.tags["sweep_id"] for r in runs}) == 2
-    assert len(list((tmp_path / "multirun").glob("*/1/models/model.keras"))) == 2  # two sweep folders
+    assert len(list((tmp_path / "multirun").glob("*/1/models/model.keras"))) == 1  # trained once
+
+    third = run_module("pipeline.train", "-m", *args, "train.rerun=true")  # ... unless asked to train it again
+    assert third.returncode != 0
+    assert [r.info.status for r in all_runs(uri)].count("FINISHED") == 2
+
+
+def finished_runs(uri: str) -> list:
+    return [r for r in all_runs(uri) if r.info.status == "FINISHED"]
+
+
+def run_statuses(db: Path) -> list[str]:
+    """The runs' statuses, read straight from sqlite: an MLflow client here would race the
+    sweep's own creation of the store's tables."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+            return [status for (status,) in connection.execute("SELECT status FROM runs")]
+    except sqlite3.OperationalError:  # not created yet
+        return []
+
+
+def test_an_interrupted_sweep_resumes_with_the_same_command(split_done):
+    """2 presets x 2 seeds, SIGTERM while the third job trains, the same command again:
+    exactly one FINISHED run per configuration, and the sweep ends with the comparison."""
+    tmp_path = split_done
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    command = [sys.executable, "-m", "pipeline.train", "-m", "augmentation=none,lesson", "seed=1,2",
+               *sweep_args(tmp_path, uri, "train.epochs=3")]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    sweep = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and sweep.poll() is None:
+        time.sleep(1)
+        statuses = run_statuses(tmp_path / "mlflow.db")
+        if statuses.count("FINISHED") >= 2 and "RUNNING" in statuses:
+            break
+    sweep.send_signal(signal.SIGTERM)
+    output = sweep.communicate(timeout=120)[0]
+    assert sweep.returncode != 0, output[-3000:]
+    interrupted = all_runs(uri)
+    assert len(finished_runs(uri)) == 2 and "KILLED" in {r.info.status for r in interrupted}, output[-3000:]
+
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("skip: this configuration already has the FINISHED MLflow run") == 2
+    finished = finished_runs(uri)
+    assert len(finished) == 4
+    assert len({r.data.tags["config_hash"] for r in finished}) == 4
+    assert {(r.data.tags["augmentation"], r.data.tags["seed"]) for r in finished} == {
+        (p, s) for p in ("none", "lesson") for s in ("1", "2")}
+    # the end-of-sweep comparison covers all four runs, the two skipped ones included
+    assert "comparison of the 4 runs of this sweep" in again.stdout
+    assert "## Against `none`" in again.stdout and "| lesson | none |" in again.stdout
+    (report,) = (tmp_path / "multirun").glob("*/comparison/comparison.json")
+    assert json.loads(report.read_text())["runs"] == 4
+
+
+def test_an_ablation_sweep_reports_each_operation(split_done):
+    """augmentation.ablate over the preset's operations: each operation's contribution, paired by seed."""
+    tmp_path = split_done
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = run_module("pipeline.train", "-m", "augmentation=lesson", "augmentation.ablate=none,rotation,zoom",
+                        "seed=1,2", *sweep_args(tmp_path, uri))
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = finished_runs(uri)
+    assert sorted({r.data.tags["augmentation"] for r in runs}) == ["lesson", "lesson-no-rotation", "lesson-no-zoom"]
+    no_rotation = [r for r in runs if r.data.tags["augmentation"] == "lesson-no-rotation"]
+    assert {r.data.params["augmentation.rotation_range"] for r in no_rotation} == {"0.0"}
+    assert {r.data.params["augmentation.zoom_range"] for r in no_rotation} == {"0.1"}
+    assert "## Which operation helps" in result.stdout
+    (report,) = (tmp_path / "multirun").glob("*/comparison/comparison.json")
+    ablations = {a["group"]: a for a in json.loads(report.read_text())["ablations"]}
+    assert set(ablations) == {"rotation", "zoom"}
+    assert ablations["rotation"]["baseline"] == "lesson-no-rotation"
+    assert ablations["rotation"]["method"] == "paired over 2 seeds"
+    by_seed = {(r.data.tags["augmentation"], r.data.tags["seed"]): r.data.metrics["best_val_accuracy"] for r in runs}
+    assert ablations["zoom"]["per_seed"] == pytest.approx(
+        {s: by_seed[("lesson", s)] - by_seed[("lesson-no-zoom", s)] for s in ("1", "2")})
