@@ -8,7 +8,9 @@ preset (and any other setting that was varied), and writes to <paths.reports_dir
 comparison.md (the tables and verdicts, also printed), comparison.png (curves with bands
 over seeds, every seed's difference and the intervals) and comparison.json (the same
 numbers, for scripts). They are also logged as the artifacts of a comparison run in the
-same MLflow experiment (tag run_kind=comparison; later comparisons skip it).
+experiment `<tracking.experiment>-comparisons` (tag run_kind=comparison). With
+compare.register=true a `keep` verdict registers the winning group's best model
+(alias `champion`, see tracking.register_champion).
 Ablation runs (`augmentation.ablate=<operation>`) get a table of their own: each
 operation's contribution to its preset.
 
@@ -63,9 +65,27 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
     (reports / "comparison.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n")
     comparison_figure(groups, differences + ablations, reports / "comparison.png")
     print(markdown)
-    log_comparison_run(report, reports)
+    if settings.register:
+        print(register_winner(config, groups, differences, metric))
+    experiment_id = log_comparison_run(config.tracking.experiment, report, reports)
     print(f"-> {reports / 'comparison.md'}, {reports / 'comparison.png'}, {reports / 'comparison.json'}")
+    print(tracking.ui_hint(tracking.tracking_uri(config), experiment_id) + "   (this comparison)")
     return report
+
+
+def register_winner(config: Config, groups: list, differences: list, metric: str) -> str:
+    """compare.register=true: the best run of the group with the largest `keep` difference
+    becomes a registered model version; the alias `champion` moves to it only if its group is
+    better than the current champion's."""
+    kept = [d for d in differences if d.verdict == "keep"]
+    if not kept:
+        return "registry: nothing registered, no group has a keep verdict"
+    winner = max(kept, key=lambda d: d.mean)
+    group = next(g for g in groups if g.label == winner.group)
+    values = group.values(metric)
+    best_run = max((r for r in group.runs if r.seed in values), key=lambda r: values[r.seed])
+    group_mean = sum(values.values()) / len(values)
+    return tracking.register_champion(config.tracking.model_name, best_run.run_id, group.label, metric, group_mean)
 
 
 class CompareAfterSweep(Callback):
@@ -91,10 +111,15 @@ class CompareAfterSweep(Callback):
             print(f"no comparison: {error}")
 
 
-def log_comparison_run(report: dict, reports: Path) -> None:
+def log_comparison_run(experiment: str, report: dict, reports: Path) -> str:
+    """The report as a run of its own experiment (`<experiment>-comparisons`, so that it never
+    sits among the training runs); returns that experiment's id."""
     name = time.strftime("comparison-%Y%m%d-%H%M%S")
+    target = mlflow.set_experiment(tracking.comparisons_experiment(experiment))
+    if target.tags.get(tracking.EXPERIMENT_KIND[0]) is None:
+        mlflow.MlflowClient().set_experiment_tag(target.experiment_id, *tracking.EXPERIMENT_KIND)
     with mlflow.start_run(run_name=name, tags={"run_kind": "comparison", "metric": report["metric"],
-                                               "baseline": report["baseline"]}):
+                                               "baseline": report["baseline"], "compared_experiment": experiment}):
         mlflow.log_params({"filter": report["filter"] or "", "confidence": report["confidence"],
                            "runs": report["runs"]})
         for d in report["differences"]:
@@ -105,6 +130,7 @@ def log_comparison_run(report: dict, reports: Path) -> None:
                 mlflow.log_metric(_metric_key(f"contribution {d['group']}"), d["mean"])
         for file in ("comparison.md", "comparison.png", "comparison.json"):
             mlflow.log_artifact(str(reports / file))
+    return target.experiment_id
 
 
 def _metric_key(text: str) -> str:

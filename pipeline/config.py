@@ -307,6 +307,19 @@ class TrackingConfig:
     uri: Optional[str] = None
     experiment: str = "augmentation"
     log_model: bool = True
+    registered_model: Optional[str] = None  # the registry name for compare.register; null: the experiment's name
+    system_metrics: bool = True              # CPU, memory, GPU of training runs as system/* metrics
+    system_metrics_interval_s: float = 10.0  # between samples, seconds
+
+    def problems(self) -> list[tuple[str, str]]:
+        if not 0.1 <= self.system_metrics_interval_s <= 3600:
+            return [("system_metrics_interval_s", f"must be in [0.1, 3600] seconds, got {self.system_metrics_interval_s}")]
+        return []
+
+    @property
+    def model_name(self) -> str:
+        """The registered model's name."""
+        return self.registered_model or self.experiment
 
 
 COMPARE_METRICS = ("auto", "test_accuracy", "best_val_accuracy")
@@ -322,6 +335,7 @@ class CompareConfig:
     filter: Optional[str] = None      # an MLflow search filter, e.g. "params.`model.name` = 'residual_cnn'"
     power: float = 0.8                # for the seeds-needed advice: chance that a study of that size resolves it
     after_sweep: bool = True          # compare the runs of a multirun when it ends (its verdict table)
+    register: bool = False            # on a keep verdict: register the winning group's best model, alias champion
 
     def problems(self) -> list[tuple[str, str]]:
         found = []

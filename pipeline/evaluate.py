@@ -73,8 +73,12 @@ def _log_to_training_run(config: Config, reports: Path, metrics: dict, figure: P
     run = json.loads(run_file.read_text())
     mlflow.set_tracking_uri(run["tracking_uri"])
     with mlflow.start_run(run_id=run["run_id"]):
+        # measured on the test dataset, by the run's LoggedModel: the model's page shows them
+        test_dataset = next((d for d in mlflow.get_run(run["run_id"]).inputs.dataset_inputs
+                             if any(t.key == "mlflow.data.context" and t.value == "testing" for t in d.tags)), None)
         mlflow.log_metrics({"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
-                            "test_macro_f1": metrics["macro_f1"]})
+                            "test_macro_f1": metrics["macro_f1"]}, model_id=run.get("model_id"),
+                           dataset=test_dataset.dataset if test_dataset else None)
         mlflow.log_artifact(str(figure))
         mlflow.log_dict(metrics, "classification_report.json")
 

@@ -24,6 +24,11 @@ def run(config: Config, rows: int = 6, variants: int = 5) -> Path:
     target = Path(config.paths.reports_dir) / f"augmentation_preview_{config.augmentation.name}.png"
     augmentation_grid(config, target, rows=rows, variants=variants)
     print(target.resolve())
+    operations = config.augmentation.active_operations()
+    if len(operations) > 1:  # which of them helps? the ablation sweep that answers it
+        print(f"operations of {config.augmentation.name}: {', '.join(operations)}; which of them helps:\n"
+              f"  python -m pipeline.train -m augmentation={config.augmentation.name} "
+              f"augmentation.ablate=none,{','.join(operations)} seed=1,2,3,4,5")
     return target
 
 

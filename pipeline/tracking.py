@@ -2,6 +2,9 @@
 
 A run is FINISHED on success, FAILED on an exception and KILLED on Ctrl-C/SIGTERM: never
 left RUNNING, so one crashed job does not leave a sweep's table half-true.
+In MLflow 3's own vocabulary a training run has inputs (the train/val/test manifests as
+datasets) and an output (a LoggedModel, linked at the best epoch's step); the experiment is
+tagged as model development so that the UI opens on its runs, not on an empty traces page.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Iterator
 
 import keras
 import mlflow
+from mlflow.entities import LoggedModelOutput, Metric
 from mlflow.exceptions import MlflowException
 
 from pipeline.comparison import RunSummary
@@ -71,13 +75,33 @@ def connect(config: Config, timeout_s: float = 5.0, create_experiment: bool = Tr
     return uri
 
 
+# The UI's mode for classic training (MLflow 3 opens experiments in its GenAI mode otherwise).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def experiment_link(uri: str, experiment_id: str) -> str:
+    """The experiment's runs in the MLflow UI, in its model-training mode."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def ui_hint(uri: str, experiment_id: str) -> str:
+    """One line telling where to look at the runs: the link, and for a local store the command first."""
+    link = experiment_link(uri, experiment_id)
+    return f"MLflow UI: {link}" if uri.startswith(("http://", "https://")) else (
+        f"MLflow UI: mlflow ui --backend-store-uri {uri}   then open {link}")
+
+
 def _ensure_experiment(name: str, uri: str, create: bool) -> None:
-    if mlflow.MlflowClient().get_experiment_by_name(name) is None:
+    found = mlflow.MlflowClient().get_experiment_by_name(name)
+    if found is not None and found.tags.get(EXPERIMENT_KIND[0]) is None:
+        mlflow.MlflowClient().set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
+    if found is None:
         if not create:
             raise TrackingError(f"MLflow experiment '{name}' does not exist at {uri}: train first "
                                 "(python -m pipeline.train ...) or set tracking.experiment / tracking.uri.")
         try:
-            mlflow.create_experiment(name, artifact_location=artifact_location(uri))
+            mlflow.create_experiment(name, artifact_location=artifact_location(uri), tags=dict([EXPERIMENT_KIND]))
         except MlflowException:
             pass  # created meanwhile by another job
 
@@ -168,11 +192,14 @@ def run_tags(config: Config, manifest_sha256: str, device: str, placement: str) 
 
 
 @contextlib.contextmanager
-def tracked_run(run_name: str | None = None, continue_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+def tracked_run(run_name: str | None = None, continue_run_id: str | None = None,
+                system_metrics_interval_s: float | None = None) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run that ends FINISHED, FAILED (exception) or KILLED (SIGINT/SIGTERM).
 
     `continue_run_id` reopens that run (an interrupted training being resumed) when the
-    store has it; otherwise a new run starts.
+    store has it; otherwise a new run starts. With `system_metrics_interval_s`, MLflow samples
+    CPU, memory, disk, network (psutil) and GPUs (nvidia-ml-py) every that many seconds into
+    `system/*` metrics; in a multi-worker cluster they are tagged with this node's task.
     """
 
     def on_sigterm(signum, frame):
@@ -183,7 +210,16 @@ def tracked_run(run_name: str | None = None, continue_run_id: str | None = None)
         print(f"note: the interrupted MLflow run {continue_run_id} is not in {mlflow.get_tracking_uri()}; "
               "the resumed training is recorded as a new run")
         continue_run_id = None
-    run = mlflow.start_run(run_id=continue_run_id) if continue_run_id else mlflow.start_run(run_name=run_name)
+    system_metrics = system_metrics_interval_s is not None
+    if system_metrics:
+        from mlflow import system_metrics as sampler
+
+        sampler.set_system_metrics_sampling_interval(system_metrics_interval_s)
+        task = _cluster_task()
+        if task:
+            sampler.set_system_metrics_node_id(task)
+    run = (mlflow.start_run(run_id=continue_run_id, log_system_metrics=system_metrics) if continue_run_id
+           else mlflow.start_run(run_name=run_name, log_system_metrics=system_metrics))
     try:
         yield run
     except KeyboardInterrupt:
@@ -200,6 +236,17 @@ def tracked_run(run_name: str | None = None, continue_run_id: str | None = None)
         mlflow.end_run(status="FINISHED")
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _cluster_task() -> str | None:
+    """`worker-0` etc. from $TF_CONFIG in a multi-worker cluster, else None."""
+    import json
+
+    try:
+        task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+        return f"{task['type']}-{task['index']}"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _run_exists(run_id: str) -> bool:
@@ -224,27 +271,68 @@ def record_resume(epochs_done: int, history: list[dict[str, float]]) -> None:
     mlflow.set_tag("resumed_at_epochs", f"{earlier},{epochs_done}" if earlier else str(epochs_done))
 
 
-def log_keras_model(model: keras.Model, image_size: tuple[int, int], classes_file: str | os.PathLike) -> None:
-    """Log the model as `model/` of the run, with signature, input example and classes.json
-    (the class names in output order, which `pipeline.predict` reads).
+def log_data_inputs(split_dir: Path) -> None:
+    """The run's train, validation and test manifests as MLflow datasets (the UI's Datasets
+    column), named after the folder the images come from (e.g. clothing-small-train), each with
+    its manifest file's sha256 as digest (MLflow's own digest reads only the first 10,000 rows)."""
+    import hashlib
 
-    `mlflow.keras.log_model(..., input_example=...)` in MLflow 3.17 writes the example
-    before creating its folder (FileNotFoundError), so the model is saved locally with
-    `mlflow.keras.save_model` and its folder logged; `runs:/<id>/model` loads the same.
+    import pandas as pd
+
+    frames = {split: pd.read_csv(Path(split_dir) / f"{split}.csv") for split in ("train", "val", "test")}
+    root = os.path.commonpath([os.path.dirname(p) for frame in frames.values() for p in frame["path"]])
+    name = Path(root).name or "data"
+    for split, context in (("train", "training"), ("val", "validation"), ("test", "testing")):
+        digest = hashlib.sha256((Path(split_dir) / f"{split}.csv").read_bytes()).hexdigest()[:16]
+        dataset = mlflow.data.from_pandas(frames[split], source=root, targets="label", name=f"{name}-{split}",
+                                          digest=digest)
+        mlflow.log_input(dataset, context=context)
+
+
+def log_keras_model(model: keras.Model, image_size: tuple[int, int], classes_file: str | os.PathLike,
+                    best_epoch: int) -> str:
+    """Log the model as the run's LoggedModel `model` (READY), with signature, input example
+    and classes.json (the class names in output order, which `pipeline.predict` reads), linked
+    to the run at the best epoch's step, whose metrics become the model's. Returns its model id;
+    `models:/<id>` and `runs:/<run id>/model` both load it.
+
+    `mlflow.keras.log_model(..., input_example=...)` in MLflow 3.17 writes the example before
+    creating its folder (mlflow#16183), so the model is saved into a folder made here and
+    uploaded with `log_model_artifacts`; a failed upload leaves the LoggedModel FAILED.
     """
     import tempfile
 
     import numpy as np
     from mlflow.models import infer_signature
 
+    run_id = mlflow.active_run().info.run_id
     example = np.full((1, *image_size, 3), 127.0, np.float32)
     signature = infer_signature(example, model.predict(example, verbose=0))
-    with tempfile.TemporaryDirectory() as scratch:
-        path = os.path.join(scratch, "model")
-        os.makedirs(path)
-        mlflow.keras.save_model(model, path, signature=signature, input_example=example)
-        shutil.copy(classes_file, os.path.join(path, "classes.json"))
-        mlflow.log_artifacts(path, artifact_path="model")
+    logged = mlflow.initialize_logged_model(name="model", source_run_id=run_id, model_type="keras")
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            path = os.path.join(scratch, "model")
+            os.makedirs(path)
+            mlflow.keras.save_model(model, path, signature=signature, input_example=example)
+            shutil.copy(classes_file, os.path.join(path, "classes.json"))
+            mlflow.MlflowClient().log_model_artifacts(logged.model_id, path)
+    except BaseException:
+        mlflow.finalize_logged_model(logged.model_id, "FAILED")
+        raise
+    mlflow.finalize_logged_model(logged.model_id, "READY")
+    mlflow.log_outputs([LoggedModelOutput(logged.model_id, step=best_epoch)])
+    link_step_metrics(run_id, logged.model_id, best_epoch)
+    return logged.model_id
+
+
+def link_step_metrics(run_id: str, model_id: str, step: int) -> None:
+    """Make the run's metrics at `step` the model's too (as `mlflow.<flavor>.log_model(step=)`
+    does): the same values and timestamps, so the run's own history gains no duplicates."""
+    client = mlflow.MlflowClient()
+    linked = [Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, run_id=run_id)
+              for key in client.get_run(run_id).data.metrics
+              for m in client.get_metric_history(run_id, key) if m.step == step]
+    client.log_batch(run_id, metrics=linked)
 
 
 def training_runs(experiment: str, search_filter: str | None = None, run_ids: set[str] | None = None,
@@ -287,3 +375,41 @@ def finished_run_with(experiment_name: str, config_hash: str) -> mlflow.entities
         [experiment.experiment_id], f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=1)
     return found[0] if found else None
+
+
+def comparisons_experiment(experiment: str) -> str:
+    """Comparison runs live in their own experiment, beside the training runs they compare."""
+    return f"{experiment}-comparisons"
+
+
+def register_champion(model_name: str, run_id: str, group: str, metric: str, group_mean: float) -> str:
+    """Register the LoggedModel of `run_id` as a version of `model_name` (once per run) and give it
+    the alias `champion` when there is none yet or the current champion's group scored lower on
+    the same metric. Returns a one-line account of what happened."""
+    client = mlflow.MlflowClient()
+    models = [m for m in mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
+              if str(m.status) in ("READY", "LoggedModelStatus.READY")]
+    if not models:
+        raise TrackingError(f"run {run_id} has no READY logged model to register (trained with tracking.log_model=false?)")
+    try:
+        client.create_registered_model(model_name, tags={"created_by": "pipeline.compare"})
+    except MlflowException:
+        pass  # exists
+    version = next((v for v in client.search_model_versions(f"name = '{model_name}'") if v.run_id == run_id), None)
+    if version is None:
+        version = mlflow.register_model(f"models:/{models[0].model_id}", model_name,
+                                        tags={"group": group, "metric": metric, "group_mean": f"{group_mean:.6f}"})
+    try:
+        champion = client.get_model_version_by_alias(model_name, "champion")
+    except MlflowException:
+        champion = None
+    where = f"models:/{model_name}@champion"
+    if champion is not None and champion.version == version.version:
+        return f"registry: {model_name} version {version.version} ({group}) is already the champion: {where}"
+    if champion is None or (champion.tags.get("metric") == metric
+                            and float(champion.tags.get("group_mean", "-inf")) < group_mean):
+        client.set_registered_model_alias(model_name, "champion", version.version)
+        return f"registry: {model_name} version {version.version} ({group}, {metric} {group_mean:.4f}) is the champion: {where}"
+    return (f"registry: {model_name} version {version.version} ({group}, {metric} {group_mean:.4f}) registered; the "
+            f"champion stays version {champion.version} ({champion.tags.get('group')}, "
+            f"{champion.tags.get('metric')} {champion.tags.get('group_mean')})")

@@ -161,7 +161,8 @@ def record_training(config: Config, training: Training, work: WorkFolder, state:
     """Train as one MLflow run (the interrupted run itself when resuming); write the stage's outputs."""
     reports_dir.mkdir(parents=True, exist_ok=True)
     run_name = f"{config.augmentation.label}-{config.model.name}-seed{config.seed}"
-    with tracking.tracked_run(run_name=run_name, continue_run_id=state.mlflow_run_id) as active:
+    interval = config.tracking.system_metrics_interval_s if config.tracking.system_metrics else None
+    with tracking.tracked_run(run_name, state.mlflow_run_id, system_metrics_interval_s=interval) as active:
         if active.info.run_id == state.mlflow_run_id:
             tracking.record_resume(state.epochs_done, state.history)
             mlflow.set_tag("config_hash", digest_of(work.identity))  # train.epochs may have changed
@@ -174,6 +175,7 @@ def record_training(config: Config, training: Training, work: WorkFolder, state:
             mlflow.set_tags({**tracking.run_tags(config, data_hash, devices.describe_device(), training.placement),
                              "replicas": str(training.replicas),
                              "config_hash": digest_of(work.identity)})  # same hash = same trained model
+            tracking.log_data_inputs(Path(config.paths.split_dir))
             with tempfile.TemporaryDirectory() as scratch:
                 config_file = Path(scratch) / "config.yaml"
                 config_file.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
@@ -196,12 +198,16 @@ def record_training(config: Config, training: Training, work: WorkFolder, state:
         mlflow.log_artifact(str(training_curves(curves, reports_dir / "training_curves.png", run_name)))
         best_val, best_epoch = state.best_val_accuracy or 0.0, state.best_epoch
         mlflow.log_metrics({"best_val_accuracy": best_val, "best_epoch": best_epoch})
+        model_id = None
         if config.tracking.log_model:  # the saved file, reloaded off the strategy: no cluster needed
-            tracking.log_keras_model(keras.models.load_model(model_path), tuple(config.data.image_size), classes_path)
+            model_id = tracking.log_keras_model(keras.models.load_model(model_path), tuple(config.data.image_size),
+                                                classes_path, best_epoch)
         write_atomically(reports_dir / "run.json", json.dumps(
             {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id, "tracking_uri": uri,
-             "best_val_accuracy": best_val, "best_epoch": best_epoch}, indent=2) + "\n")
-    print(f"best val_accuracy {best_val:.4f} at epoch {best_epoch}; model {model_path}; MLflow run {active.info.run_id}")
+             "model_id": model_id, "best_val_accuracy": best_val, "best_epoch": best_epoch}, indent=2) + "\n")
+    print(f"best val_accuracy {best_val:.4f} at epoch {best_epoch}; model {model_path}; MLflow run {active.info.run_id}"
+          + (f", model models:/{model_id}" if model_id else ""))
+    print(tracking.ui_hint(uri, active.info.experiment_id))
     return best_val
 
 

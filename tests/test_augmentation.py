@@ -198,10 +198,30 @@ def test_batch_augmenter_identity_for_none():
                                   tf.cast(images, tf.float32).numpy())
 
 
-def test_preview_writes_a_png_grid(tmp_path, tiny_dataset):
+def test_preview_writes_a_png_grid(tmp_path, tiny_dataset, capsys):
     overrides = [o for o in path_overrides(tmp_path) if not o.startswith("hydra.")]
     config = compose([f"data.source={tiny_dataset}", "augmentation=lesson", *overrides])
     target = preview.run(config, rows=3, variants=4)
     with Image.open(target) as image:
         assert image.format == "PNG" and image.width > 400 and image.height > 200
     assert (tmp_path / "split" / "train.csv").exists()  # split ran first
+    # ... and it names the ablation sweep over the preset's operations
+    assert ("augmentation=lesson augmentation.ablate=none,rotation,width_shift,height_shift,shear,zoom,vertical_flip"
+            in capsys.readouterr().out)
+
+
+def test_an_ablated_operation_is_off_and_the_rest_unchanged():
+    full = compose(["augmentation=lesson"]).augmentation
+    no_rotation = compose(["augmentation=lesson", "augmentation.ablate=rotation"]).augmentation
+    assert no_rotation.label == "lesson-no-rotation" and not no_rotation.is_identity
+    assert no_rotation.rotation_range == 0 and no_rotation.active_operations() == full.active_operations()[1:]
+    images = tf.cast(tf.random.uniform([4, 32, 32, 3], 0, 255, dtype=tf.int32), tf.uint8)
+    seeds = tf.constant([7, 7])
+    only_rotation = compose(["augmentation=none", "augmentation.rotation_range=30"]).augmentation
+    rotated = BatchAugmenter(only_rotation, (32, 32))(images, seeds).numpy()
+    assert not np.array_equal(rotated, tf.cast(images, tf.float32).numpy())
+    # the only operation ablated: nothing changes the images any more
+    nothing = compose(["augmentation=none", "augmentation.rotation_range=30", "augmentation.ablate=rotation"])
+    assert nothing.augmentation.is_identity
+    np.testing.assert_array_equal(BatchAugmenter(nothing.augmentation, (32, 32))(images, seeds).numpy(),
+                                  tf.cast(images, tf.float32).numpy())

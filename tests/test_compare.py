@@ -15,7 +15,7 @@ from scipy import stats
 from pipeline import compare
 from pipeline.comparison import RunSummary, compare_with_baseline, group_runs, varied_settings
 from pipeline.config import compose
-from tests.conftest import run_module
+from tests.conftest import make_image, run_module
 
 # preset -> {seed: (best_val_accuracy, test_accuracy)}
 KNOWN = {
@@ -119,9 +119,10 @@ def test_means_intervals_and_verdicts_are_exact(tmp_path):
     assert (reports / "comparison.png").stat().st_size > 10_000
 
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("augmentation")
+    experiment = client.get_experiment_by_name("augmentation-comparisons")  # not among the training runs
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     logged = client.search_runs([experiment.experiment_id], "tags.run_kind = 'comparison'")
-    assert len(logged) == 1
+    assert len(logged) == 1 and logged[0].data.tags["compared_experiment"] == "augmentation"
     assert {a.path for a in client.list_artifacts(logged[0].info.run_id)} == {
         "comparison.md", "comparison.png", "comparison.json"}
     # A second comparison does not count the first one as a training run.
@@ -188,3 +189,71 @@ def test_curves_band_over_seeds():
     assert list(epochs) == [1, 2, 3]
     np.testing.assert_allclose(mean, [0.3, 0.5, 0.6])
     np.testing.assert_allclose(std, [np.std([0.2, 0.4], ddof=1), np.std([0.4, 0.6], ddof=1), 0.0])
+
+
+def log_tiny_models(uri: str, preset: str, tmp_path) -> None:
+    """A real (tiny) Keras model as the LoggedModel of each FINISHED run of `preset`."""
+    import keras
+
+    from pipeline import tracking
+
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
+    classes = tmp_path / "classes.json"
+    classes.write_text('["cat", "dog", "fox"]')
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.set_experiment("augmentation")
+    client = MlflowClient(uri)
+    for run in client.search_runs([experiment.experiment_id], f"tags.augmentation = '{preset}'"):
+        if run.info.status == "FINISHED":
+            with mlflow.start_run(run_id=run.info.run_id):
+                tracking.log_keras_model(model, (8, 8), classes, best_epoch=3)
+
+
+def test_a_keep_verdict_registers_the_champion(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    log_known_runs(uri)
+    log_tiny_models(uri, "lesson", tmp_path)
+    args = [f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/reports", "compare.register=true"]
+    result = run_module("pipeline.compare", *args, f"hydra.run.dir={tmp_path}/hydra")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "is the champion: models:/augmentation@champion" in result.stdout
+    client = MlflowClient(uri)
+    champion = client.get_model_version_by_alias("augmentation", "champion")
+    best_lesson = max((r for r in client.search_runs([client.get_experiment_by_name("augmentation").experiment_id],
+                                                     "tags.augmentation = 'lesson' and attributes.status = 'FINISHED'")),
+                      key=lambda r: r.data.metrics["test_accuracy"])
+    assert champion.run_id == best_lesson.info.run_id and champion.tags["group"] == "lesson"
+    # the comparison run sits in its own experiment, not among the training runs
+    (comparison,) = client.search_runs([client.get_experiment_by_name("augmentation-comparisons").experiment_id])
+    assert comparison.data.tags["run_kind"] == "comparison"
+    assert "augmentation-comparisons" not in {r.data.tags.get("compared_experiment") for r in client.search_runs(
+        [client.get_experiment_by_name("augmentation").experiment_id])}
+
+    again = run_module("pipeline.compare", *args, f"hydra.run.dir={tmp_path}/hydra")
+    assert "is already the champion" in again.stdout
+    assert len(client.search_model_versions("name = 'augmentation'")) == 1  # a run is registered once
+
+    # a better group takes the alias; a worse one is registered without it
+    experiment_id = client.get_experiment_by_name("augmentation").experiment_id
+    for seed, test in (("1", 0.90), ("2", 0.91), ("3", 0.92)):
+        run = client.create_run(experiment_id, tags={"augmentation": "strong", "seed": seed})
+        client.log_param(run.info.run_id, "seed", seed)
+        client.log_param(run.info.run_id, "model.name", "residual_cnn")
+        client.log_param(run.info.run_id, "augmentation.rotation_range", "30.0")
+        client.log_metric(run.info.run_id, "test_accuracy", test)
+        client.log_metric(run.info.run_id, "best_val_accuracy", test)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    log_tiny_models(uri, "strong", tmp_path)
+    for extra, expected in ((["compare.filter=\"tags.seed != '4' and tags.seed != '5' and tags.seed != '6'\""],
+                             "(strong, test_accuracy 0.9100) is the champion"),
+                            (["compare.filter=\"tags.augmentation != 'strong'\""], "the champion stays version 2")):
+        result = run_module("pipeline.compare", *args, *extra, f"hydra.run.dir={tmp_path}/hydra")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert expected in result.stdout, result.stdout[-2000:]
+    assert client.get_model_version_by_alias("augmentation", "champion").tags["group"] == "strong"
+
+    photo = make_image(tmp_path / "photo.png", size=(8, 8), seed=3)
+    predicted = run_module("pipeline.predict", "models:/augmentation@champion", str(photo), "--json",
+                           env={"MLFLOW_TRACKING_URI": uri})
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert {name for name, _ in json.loads(predicted.stdout)[0]["top"]} <= {"cat", "dog", "fox"}

@@ -7,7 +7,7 @@ import os
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, compose, validate
+from pipeline.config import ConfigError, compose, to_dict, training_identity, validate
 from tests.conftest import ROOT, path_overrides, run_module
 
 
@@ -140,3 +140,18 @@ def test_an_augmenting_none_is_never_labelled_as_the_plain_baseline():
     assert compose([]).augmentation.label == "none"
     assert compose(["augmentation.rotation_range=10"]).augmentation.label == "custom"
     assert compose(["augmentation=lesson", "augmentation.vertical_flip=false"]).augmentation.label == "lesson"
+
+
+def test_ablate_names_an_operation_the_preset_uses():
+    with pytest.raises(ConfigError, match="preset lesson does not use brightness.*its operations: rotation, "
+                                          "width_shift, height_shift, shear, zoom, vertical_flip"):
+        compose(["augmentation=lesson", "augmentation.ablate=brightness"])
+    with pytest.raises(ConfigError, match="augmentation.ablate: must be none or an operation"):
+        compose(["augmentation=lesson", "augmentation.ablate=rotate"])
+    assert compose(["augmentation=lesson", "augmentation.ablate=none"]).augmentation.ablate is None
+    applied = compose(["augmentation=lesson", "augmentation.ablate=zoom"])
+    assert (applied.augmentation.name, applied.augmentation.zoom_range) == ("lesson-no-zoom", 0.0)
+    again = validate(to_dict(applied))  # a logged config.yaml validates to the same config
+    assert again.augmentation == applied.augmentation
+    # the ablated run is another configuration than the full preset
+    assert training_identity(applied, "x") != training_identity(compose(["augmentation=lesson"]), "x")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -29,7 +30,8 @@ def only_run(uri: str, experiment: str = "augmentation"):
 def test_training_run_is_recorded_and_its_model_predicts(split_done):
     tmp_path = split_done
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = run_module("pipeline.train", *train_args(tmp_path, uri, "augmentation=lesson"))
+    result = run_module("pipeline.train", *train_args(tmp_path, uri, "augmentation=lesson",
+                                                      "tracking.system_metrics_interval_s=0.5"))
     assert result.returncode == 0, result.stderr[-3000:]
 
     client, run = only_run(uri)
@@ -44,12 +46,45 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
     for metric in ("loss", "accuracy", "val_loss", "learning_rate", "epoch_seconds", "train_images_per_second"):
         assert len(client.get_metric_history(run.info.run_id, metric)) == 2
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "augmentation_preview.png", "history.csv", "training_curves.png", "model"} <= artifacts
+    assert {"config.yaml", "augmentation_preview.png", "history.csv", "training_curves.png"} <= artifacts
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics)  # system metrics, psutil
 
+    # MLflow 3's vocabulary: the experiment is model development, the UI link lands on its runs
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" in result.stdout
+    # ... the manifests are the run's datasets, digests from the files themselves
+    inputs = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset
+              for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation", "testing"}
+    assert inputs["training"].name == "tiny-train" and inputs["testing"].name == "tiny-test"
+    assert inputs["training"].digest == hashlib.sha256((tmp_path / "split" / "train.csv").read_bytes()).hexdigest()[:16]
+    # ... and the model is one READY LoggedModel, linked at the best epoch, with that epoch's metrics
     mlflow.set_tracking_uri(uri)
-    loaded = mlflow.keras.load_model(f"runs:/{run.info.run_id}/model")
-    probabilities = loaded.predict(np.full((2, 32, 32, 3), 100.0, np.float32), verbose=0)
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    (logged,) = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list")
+    assert str(logged.status).endswith("READY") and logged.source_run_id == run.info.run_id
+    best_epoch = int(run.data.metrics["best_epoch"])
+    assert [(o.model_id, o.step) for o in run.outputs.model_outputs] == [(logged.model_id, best_epoch)]
+    model_metrics = {m.key: m for m in mlflow.get_logged_model(logged.model_id).metrics}
+    assert model_metrics["val_accuracy"].value == pytest.approx(run.data.metrics["best_val_accuracy"])
+    assert model_metrics["val_accuracy"].step == best_epoch
+    assert json.loads((tmp_path / "reports" / "run.json").read_text())["model_id"] == logged.model_id
+    for model_uri in (f"runs:/{run.info.run_id}/model", f"models:/{logged.model_id}"):
+        loaded = mlflow.keras.load_model(model_uri)
+        probabilities = loaded.predict(np.full((2, 32, 32, 3), 100.0, np.float32), verbose=0)
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    folder = mlflow.artifacts.download_artifacts(f"models:/{logged.model_id}")
+    assert {"MLmodel", "classes.json", "input_example.json"} <= set(os.listdir(folder))
+
+    # evaluate: the test metrics belong to the model and to the test dataset
+    evaluated = run_module("pipeline.evaluate", *[a for a in train_args(tmp_path, uri) if a.startswith("paths.")],
+                           "data.image_size=[32,32]")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    model_metrics = {m.key: m for m in mlflow.get_logged_model(logged.model_id).metrics}
+    assert model_metrics["test_accuracy"].dataset_name == "tiny-test"
+    assert model_metrics["test_accuracy"].dataset_digest == inputs["testing"].digest
+    assert model_metrics["test_accuracy"].value == pytest.approx(
+        json.loads((tmp_path / "reports" / "metrics.json").read_text())["accuracy"])
     assert (tmp_path / "models" / "model.keras").exists()
     assert (tmp_path / "reports" / "history.csv").read_text().splitlines()[0].startswith("epoch,")
 
