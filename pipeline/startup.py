@@ -11,6 +11,7 @@ Set AUGMENT_PIPELINE_VERBOSE=1 to see everything (debugging a GPU set-up, say).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -38,6 +39,8 @@ def quiet_tensorflow_start() -> None:
         return
     # Keras warns on every fit that tf.data ignores `shuffle`; ours are shuffled in the dataset itself.
     warnings.filterwarnings("ignore", message=r".*`shuffle=True` was passed, but will be ignored")
+    # MLflow's system-metrics monitor announces itself at INFO on every run (and that it found no GPU).
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     if "tensorflow" in sys.modules:
         return  # loaded already (a script that imported it first): its start-up lines are out
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # C++ INFO lines off; warnings and errors stay

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -284,8 +285,10 @@ def log_data_inputs(split_dir: Path) -> None:
     name = Path(root).name or "data"
     for split, context in (("train", "training"), ("val", "validation"), ("test", "testing")):
         digest = hashlib.sha256((Path(split_dir) / f"{split}.csv").read_bytes()).hexdigest()[:16]
-        dataset = mlflow.data.from_pandas(frames[split], source=root, targets="label", name=f"{name}-{split}",
-                                          digest=digest)
+        with warnings.catch_warnings():  # a local folder "can be interpreted in multiple ways": it is a folder
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(frames[split], source=root, targets="label", name=f"{name}-{split}",
+                                              digest=digest)
         mlflow.log_input(dataset, context=context)
 
 

@@ -257,3 +257,19 @@ def test_a_keep_verdict_registers_the_champion(tmp_path):
                            env={"MLFLOW_TRACKING_URI": uri})
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert {name for name, _ in json.loads(predicted.stdout)[0]["top"]} <= {"cat", "dog", "fox"}
+
+
+def test_a_failed_model_upload_leaves_the_logged_model_failed(tmp_path):
+    import keras
+
+    from pipeline import tracking
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = mlflow.set_experiment("augmentation")
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    with mlflow.start_run():
+        mlflow.log_metric("val_accuracy", 0.5, step=1)
+        with pytest.raises(FileNotFoundError):
+            tracking.log_keras_model(model, (8, 8), tmp_path / "no-classes.json", best_epoch=1)
+    (logged,) = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list")
+    assert str(logged.status).endswith("FAILED")

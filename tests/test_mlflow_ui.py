@@ -47,7 +47,10 @@ def test_runs_and_their_val_accuracy_in_the_mlflow_ui(split_done, mlflow_server)
                                              args=["--no-sandbox", "--disable-dev-shm-usage"])
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
 
-        page.goto(f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs", wait_until="load")
+        # the link training prints lands on the runs, in the UI's model-training mode
+        link = f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+        assert f"MLflow UI: {link}" in trained.stdout
+        page.goto(link, wait_until="load")
         for run in runs.values():
             page.get_by_text(run.info.run_name, exact=True).first.wait_for(timeout=60_000)
         page.screenshot(path=str(tmp_path / "mlflow-runs.png"))

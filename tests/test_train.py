@@ -75,6 +75,15 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     folder = mlflow.artifacts.download_artifacts(f"models:/{logged.model_id}")
     assert {"MLmodel", "classes.json", "input_example.json"} <= set(os.listdir(folder))
+    # ... and MLflow's own CLI serves it
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"inputs": np.full((1, 32, 32, 3), 100.0).tolist()}))
+    served = subprocess.run([os.path.join(os.path.dirname(sys.executable), "mlflow"), "models", "predict", "-m",
+                             f"runs:/{run.info.run_id}/model", "--env-manager", "local", "-i", str(request), "-t", "json"],
+                            env={**os.environ, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True, timeout=300)
+    assert served.returncode == 0, served.stderr[-2000:]
+    (answer,) = json.loads(served.stdout.strip().splitlines()[-1])["predictions"]
+    np.testing.assert_allclose(answer, probabilities[0], atol=1e-5)
 
     # evaluate: the test metrics belong to the model and to the test dataset
     evaluated = run_module("pipeline.evaluate", *[a for a in train_args(tmp_path, uri) if a.startswith("paths.")],
