@@ -9,6 +9,7 @@ tagged as model development so that the UI opens on its runs, not on an empty tr
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import os
@@ -16,7 +17,9 @@ import platform
 import shutil
 import signal
 import subprocess
+import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
@@ -24,8 +27,11 @@ from typing import Iterator
 
 import keras
 import mlflow
+from hydra.experimental.callback import Callback
 from mlflow.entities import LoggedModelOutput, Metric
 from mlflow.exceptions import MlflowException
+
+from omegaconf import DictConfig
 
 from pipeline.comparison import RunSummary
 from pipeline.config import PROJECT_ROOT, Config, flatten, to_dict
@@ -61,19 +67,71 @@ def connect(config: Config, timeout_s: float = 5.0, create_experiment: bool = Tr
     """
     uri = tracking_uri(config)
     if uri.startswith(("http://", "https://")):
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
-        except (urllib.error.URLError, TimeoutError, OSError) as error:
-            raise TrackingError(
-                f"The MLflow tracking server at {uri} does not answer ({getattr(error, 'reason', error)}). "
-                "Start it (mlflow server --host 127.0.0.1 --port 5000), fix tracking.uri / $MLFLOW_TRACKING_URI, "
-                f"or leave both unset to record into sqlite:///{store_root() / 'mlflow.db'}."
-            ) from None
+        check_server(uri, timeout_s)
     mlflow.set_tracking_uri(uri)
-    with _store_lock(uri):  # a new sqlite store: one process creates its tables, the others wait
+    with store_lock(uri):  # a new sqlite store: one process creates its tables, the others wait
         _ensure_experiment(config.tracking.experiment, uri, create_experiment)
     mlflow.set_experiment(config.tracking.experiment)
     return uri
+
+
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def check_server(uri: str, timeout_s: float) -> None:
+    """A tracking server answers, and lets us in: "server down" and "wrong or missing
+    credentials" each get their own one-line advice, within `timeout_s` seconds."""
+    if "@" in urllib.parse.urlsplit(uri).netloc:
+        raise TrackingError(f"tracking.uri holds credentials ({uri.split('@')[-1]}): a URI is logged and shared. "
+                            f"Set {CREDENTIALS[0]} and {CREDENTIALS[1]} in the environment instead.")
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+    except (urllib.error.URLError, TimeoutError, OSError) as error:
+        raise TrackingError(
+            f"The MLflow tracking server at {uri} does not answer ({getattr(error, 'reason', error)}). "
+            "Start it (mlflow server --host 127.0.0.1 --port 5000), fix tracking.uri / $MLFLOW_TRACKING_URI, "
+            f"or leave both unset to record into sqlite:///{store_root() / 'mlflow.db'}."
+        ) from None
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password = (os.environ.get(name) for name in CREDENTIALS)
+    if user:
+        token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        urllib.request.urlopen(request, timeout=timeout_s).close()
+    except urllib.error.HTTPError as error:
+        if error.code == 401:
+            who = f"refuses user '{user}': wrong password or unknown user" if user else "asks for credentials"
+            raise TrackingError(f"The MLflow tracking server at {uri} {who}. Set {CREDENTIALS[0]} and "
+                                f"{CREDENTIALS[1]} in the environment of every job (never in a config file); "
+                                "the server's admin creates users.") from None
+        if error.code == 403:
+            raise TrackingError(f"The MLflow tracking server at {uri} lets user '{user}' in but not read experiments: "
+                                "ask its admin for a permission.") from None
+        raise TrackingError(f"The MLflow tracking server at {uri} answers HTTP {error.code} ({error.reason}).") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as error:
+        raise TrackingError(f"The MLflow tracking server at {uri} stopped answering ({error}).") from None
+
+
+# Launchers whose jobs run on other machines: they cannot share a sqlite file.
+REMOTE_LAUNCHERS = ("SlurmLauncher", "RayAWSLauncher")
+
+
+class StoreReachableFromJobs(Callback):
+    """Hydra callback: before a sweep's jobs are sent to other machines, make sure they can
+    record there - a tracking server, not this machine's sqlite file. Fails at once, before
+    anything is submitted."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        launcher = str(config.hydra.launcher.get("_target_", ""))
+        if not any(name in launcher for name in REMOTE_LAUNCHERS):
+            return
+        uri = config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+        if not uri.startswith(("http://", "https://")):
+            print(f"error: the jobs of hydra/launcher={launcher.rsplit('.', 1)[-1]} run on other machines and cannot "
+                  f"write this machine's store ({uri or 'the default sqlite file'}). Start a tracking server "
+                  "(README, 'On a cluster') and pass tracking.uri=http://<server>:5000.", file=sys.stderr)
+            raise SystemExit(2)
 
 
 # The UI's mode for classic training (MLflow 3 opens experiments in its GenAI mode otherwise).
@@ -108,7 +166,7 @@ def _ensure_experiment(name: str, uri: str, create: bool) -> None:
 
 
 @contextlib.contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
+def store_lock(uri: str) -> Iterator[None]:
     """For a sqlite store: check it can be written (within seconds, naming the path), then hold
     an exclusive lock on `<store>.lock` while the store and the experiment are created."""
     if not uri.startswith("sqlite:///"):
