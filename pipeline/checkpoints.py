@@ -76,11 +76,13 @@ class WorkFolder:
 
     # ------------------------------------------------------------------ opening
 
-    def open(self, resume: bool) -> SavedState:
+    def open(self, resume: bool, refuse_other: bool = True) -> SavedState:
         """Lock the folder and return the state to start from (empty unless resuming).
 
         resume=False discards this config's earlier state; resume=True continues it, and
-        refuses (naming the keys) when the only interrupted state is another config's.
+        (with `refuse_other`) refuses, naming the keys, when the only interrupted state is
+        another config's. A sweep passes refuse_other=False: its jobs that never started begin
+        at epoch 0 beside the interrupted ones.
         """
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock_file = open(self.path / "lock", "w")
@@ -101,11 +103,12 @@ class WorkFolder:
             self._clear()
             state = SavedState()
         elif not state.epochs_done:
-            other = self._other_interrupted()
+            other = self._other_interrupted() if refuse_other else None
             if other is not None:
                 self.close(finished=True)  # leave nothing behind for a training that did not start
                 raise ConfigError(self._mismatch_message(other))
-            print(f"note: train.resume=true, but no interrupted training is in {self.root}: starting at epoch 0")
+            print(f"note: train.resume=true, but no interrupted training of this configuration is in {self.root}: "
+                  "starting at epoch 0")
         else:
             print(f"resuming from epoch {state.epochs_done} (best val_accuracy so far {state.best_val_accuracy:.4f} "
                   f"at epoch {state.best_epoch}) in {self.path}")
@@ -114,9 +117,9 @@ class WorkFolder:
         return state
 
     @contextlib.contextmanager
-    def opened(self, resume: bool) -> Iterator[SavedState]:
+    def opened(self, resume: bool, refuse_other: bool = True) -> Iterator[SavedState]:
         """`open` ... `close`: the folder is removed when the block finishes, kept when it fails."""
-        state = self.open(resume)
+        state = self.open(resume, refuse_other)
         try:
             yield state
         except BaseException:

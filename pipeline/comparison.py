@@ -33,8 +33,8 @@ from pipeline import statistics
 SEEDS_ADVISED = 5  # the fewest seeds per group a study should have; fewer are flagged in the report
 
 # Params that differ between the runs of one group by design, or do not change the model.
-NOT_GROUPING = ("seed", "train.resume", "train.rerun", "train.start_epoch", "train.epochs", "tracking.", "paths.", "data.download_dir",
-                "data.cache", "augmentation.name")
+NOT_GROUPING = ("seed", "train.resume", "train.rerun", "train.start_epoch", "train.epochs", "tracking.", "paths.",
+                "data.download_dir", "data.cache", "augmentation.name")
 
 
 @dataclass
@@ -218,9 +218,12 @@ def seeds_advice(d: Difference, power: float) -> str:
 
     def resolve(n: int | None, effect: float) -> str:
         size = f"a {abs(effect) * 100:.2f}-point {'gain' if effect > 0 else 'loss'}"
-        return f"about {n} seeds would resolve {size}" if n else f"not even {statistics.MOST_SEEDS_ADVISED} seeds would resolve {size}"
+        if n:
+            return f"about {n} seeds would resolve {size}"
+        return f"not even {statistics.MOST_SEEDS_ADVISED} seeds would resolve {size}"
 
-    return f"{spread}, {resolve(d.seeds_needed, d.mean)}, {d.seeds_needed_1pt or 'over 1000'} a 1-point one ({power:.0%} power)"
+    one_point = d.seeds_needed_1pt or f"over {statistics.MOST_SEEDS_ADVISED}"
+    return f"{spread}, {resolve(d.seeds_needed, d.mean)}, {one_point} a 1-point one ({power:.0%} power)"
 
 
 def baseline_for(group: Group, groups: list[Group], baseline_preset: str) -> Group | None:
@@ -259,9 +262,10 @@ def ablation_contributions(groups: list[Group], metric: str, confidence: float,
         full_name = ablated.preset.rsplit(f"-no-{operation}", 1)[0]
         full = next((g for g in groups if g.preset == full_name and g.settings == ablated.settings), None)
         if full is None:
+            reason = (f"no runs of the full preset '{full_name}' with the same settings: "
+                      "add augmentation.ablate=none to the sweep")
             contributions.append(Difference(operation, f"{full_name} (missing)", metric, 0, len(ablated.runs), "none",
-                                            math.nan, reason=f"no runs of the full preset '{full_name}' with the "
-                                                             "same settings: add augmentation.ablate=none to the sweep"))
+                                            math.nan, reason=reason))
             continue
         difference = compare_with_baseline(full, ablated, metric, confidence, power)
         difference.group = operation

@@ -313,7 +313,8 @@ class TrackingConfig:
 
     def problems(self) -> list[tuple[str, str]]:
         if not 0.1 <= self.system_metrics_interval_s <= 3600:
-            return [("system_metrics_interval_s", f"must be in [0.1, 3600] seconds, got {self.system_metrics_interval_s}")]
+            return [("system_metrics_interval_s",
+                     f"must be in [0.1, 3600] seconds, got {self.system_metrics_interval_s}")]
         return []
 
     @property

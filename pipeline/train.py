@@ -134,7 +134,7 @@ def run(config: Config) -> float:
         if finished:
             return skip_finished(finished, reports_dir, uri)
     work = WorkFolder(work_root, identity)
-    with work.opened(config.train.resume) as state:
+    with work.opened(config.train.resume, refuse_other=not in_multirun()) as state:
         training = prepare_training(config, strategy)
         if not chief:  # a helper in a cluster: same steps, nothing recorded
             train_from_state(config, training, work, state)

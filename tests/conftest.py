@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -101,14 +103,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
+@contextlib.contextmanager
+def running_mlflow_server(tmp_path: Path, *options: str, env: dict | None = None) -> Iterator[str]:
+    """A real `mlflow server [options]` on 127.0.0.1 with its store in tmp_path; yields its URI."""
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, "-m", "mlflow", "server", *options, "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination",
          str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     for _ in range(120):
         try:
@@ -118,7 +122,29 @@ def mlflow_server(tmp_path):
             time.sleep(0.5)
     else:
         server.kill()
-        pytest.fail("mlflow server did not start")
-    yield uri
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
+        pytest.fail(f"mlflow server {' '.join(options)} did not start")
+    try:
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    with running_mlflow_server(tmp_path) as uri:
+        yield uri
+
+
+def sweep_args(tmp_path: Path, uri: str, *extra: str) -> list[str]:
+    """train_args for a 1-epoch multirun: each sweep gets its own timestamped folder, as by default."""
+    return [a for a in train_args(tmp_path, uri, "train.epochs=1", *extra) if not a.startswith("hydra.")] + [
+        f"hydra.sweep.dir={tmp_path}/multirun/${{now:%H-%M-%S-%f}}"]
+
+
+def training_runs(uri: str) -> list:
+    """The training runs of the store's `augmentation` experiment, in every state."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    return client.search_runs([client.get_experiment_by_name("augmentation").experiment_id])

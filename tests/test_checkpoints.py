@@ -56,6 +56,11 @@ def test_a_resume_with_another_config_names_the_differing_keys(tmp_path):
     with pytest.raises(ConfigError) as error:
         other.open(resume=True)
     assert "augmentation.name: none there, lesson now" in str(error.value) and "seed: 1 there, 7 now" in str(error.value)
+    # in a sweep (refuse_other=False) the job that never started simply starts, and leaves the other alone
+    assert other.open(resume=True, refuse_other=False).epochs_done == 0
+    other.close(finished=True)
+    assert folder.open(resume=True).epochs_done == 1
+    folder.close(finished=True)
 
 
 def test_the_same_configuration_twice_at_once_is_refused(tmp_path):

@@ -5,32 +5,18 @@ study, and a tracking server with MLflow's basic auth - all real processes."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
 
 from pipeline.search import study_storage
-from tests.conftest import ROOT, free_port, run_module, train_args
+from tests.conftest import (ROOT, free_port, run_module, running_mlflow_server, sweep_args, train_args,
+                            training_runs)
 
 pytestmark = pytest.mark.slow
-
-
-def sweep_args(tmp_path: Path, uri: str, *extra: str) -> list[str]:
-    return [a for a in train_args(tmp_path, uri, "train.epochs=1", *extra) if not a.startswith("hydra.")] + [
-        f"hydra.sweep.dir={tmp_path}/multirun/${{now:%H-%M-%S-%f}}"]
-
-
-def training_runs(uri: str) -> list:
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("augmentation").experiment_id])
-    return [r for r in runs if r.data.tags.get("run_kind") != "comparison"]
 
 
 def test_a_sweep_through_the_submitit_launcher(split_done):
@@ -99,27 +85,10 @@ def auth_server(tmp_path):
     config.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{tmp_path}/auth.db\n"
                       "admin_username = admin\n"
                       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    port = free_port()
-    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-admin-pw",
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-admin-pw",
            "MLFLOW_FLASK_SERVER_SECRET_KEY": "a-test-only-secret"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
-         "--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        server.kill()
-        pytest.fail("mlflow server --app-name basic-auth did not start")
-    yield uri
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
+    with running_mlflow_server(tmp_path, "--app-name", "basic-auth", env=env) as uri:
+        yield uri
 
 
 def test_a_server_with_basic_auth_lets_in_only_who_it_knows(split_done, auth_server):

@@ -15,24 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, run_module, train_args
+from tests.conftest import ROOT, run_module, sweep_args, training_runs
 
 pytestmark = pytest.mark.slow
-
-
-def sweep_args(tmp_path: Path, uri: str, *extra: str) -> list[str]:
-    """train_args for a multirun: each sweep gets its own timestamped folder, as by default."""
-    return [a for a in train_args(tmp_path, uri, "train.epochs=1", *extra) if not a.startswith("hydra.")] + [
-        f"hydra.sweep.dir={tmp_path}/multirun/${{now:%H-%M-%S-%f}}"]
-
-
-def all_runs(uri: str):
-    """The training runs of the store (not the comparison runs that end a sweep)."""
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("augmentation").experiment_id])
-    return [r for r in runs if r.data.tags.get("run_kind") != "comparison"]
 
 
 def test_optuna_search_over_augmentation(split_done):
@@ -43,7 +29,7 @@ def test_optuna_search_over_augmentation(split_done):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Best parameters: {'augmentation.rotation_range'" in result.stdout + result.stderr
 
-    runs = all_runs(uri)
+    runs = training_runs(uri)
     assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.tags["optuna_study"] for r in runs} == {"augmentation-search"}
     assert len({r.data.tags["sweep_id"] for r in runs}) == 1
@@ -64,7 +50,7 @@ def test_optuna_search_over_augmentation(split_done):
                        *sweep_args(tmp_path, uri))
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("skip: this configuration already has the FINISHED MLflow run") == 3
-    assert len(all_runs(uri)) == 3
+    assert len(training_runs(uri)) == 3
     (first, second) = sorted((tmp_path / "multirun").glob("*/optimization_results.yaml"))
     assert yaml.safe_load(second.read_text())["best_value"] == pytest.approx(best["best_value"])
 
@@ -81,7 +67,7 @@ def test_a_failing_job_does_not_sink_the_sweep_and_reruns_add_runs(split_done):
     args = sweep_args(tmp_path, uri, "augmentation=lesson") + [f"paths.split_dir={broken},{tmp_path}/split"]
     first = run_module("pipeline.train", "-m", *args)
     assert first.returncode != 0  # the sweep reports the failure ...
-    runs = all_runs(uri)
+    runs = training_runs(uri)
     assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]  # ... after the next job still ran
     failed = next(r for r in runs if r.info.status == "FAILED")
     assert "end_reason" in failed.data.tags
@@ -89,18 +75,18 @@ def test_a_failing_job_does_not_sink_the_sweep_and_reruns_add_runs(split_done):
     second = run_module("pipeline.train", "-m", *args)  # the same sweep again: the failed job is tried again,
     assert second.returncode != 0                         # the finished one skipped
     assert "skip: this configuration already has the FINISHED MLflow run" in second.stdout
-    runs = all_runs(uri)
+    runs = training_runs(uri)
     assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED", "FINISHED"]
     assert len({r.data.tags["sweep_id"] for r in runs}) == 2
     assert len(list((tmp_path / "multirun").glob("*/1/models/model.keras"))) == 1  # trained once
 
     third = run_module("pipeline.train", "-m", *args, "train.rerun=true")  # ... unless asked to train it again
     assert third.returncode != 0
-    assert [r.info.status for r in all_runs(uri)].count("FINISHED") == 2
+    assert [r.info.status for r in training_runs(uri)].count("FINISHED") == 2
 
 
 def finished_runs(uri: str) -> list:
-    return [r for r in all_runs(uri) if r.info.status == "FINISHED"]
+    return [r for r in training_runs(uri) if r.info.status == "FINISHED"]
 
 
 def run_statuses(db: Path) -> list[str]:
@@ -131,7 +117,7 @@ def test_an_interrupted_sweep_resumes_with_the_same_command(split_done):
     sweep.send_signal(signal.SIGTERM)
     output = sweep.communicate(timeout=120)[0]
     assert sweep.returncode != 0, output[-3000:]
-    interrupted = all_runs(uri)
+    interrupted = training_runs(uri)
     assert len(finished_runs(uri)) == 2 and "KILLED" in {r.info.status for r in interrupted}, output[-3000:]
 
     again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
