@@ -95,4 +95,7 @@ def test_queued_experiments_run_and_land_in_the_project_store(project, tiny_data
     assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))  # no stray store in the copies
     for run in runs:  # artifacts beside the store, not in the deleted copies
         assert run.info.artifact_uri.startswith((project / "mlruns").as_uri())
-        assert (project / "mlruns" / run.info.run_id / "artifacts" / "model").is_dir()
+        (output,) = run.outputs.model_outputs
+        model = client.get_logged_model(output.model_id)
+        assert model.artifact_location.startswith((project / "mlruns").as_uri())
+        assert (Path(model.artifact_location.removeprefix("file://")) / "MLmodel").is_file()

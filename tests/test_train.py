@@ -291,7 +291,7 @@ def test_multirun_gives_one_run_per_job_and_compare_reads_them(split_done):
                         f"hydra.run.dir={tmp_path}/hydra-compare")
     assert report.returncode == 0, report.stderr[-3000:]
     assert "| none | 3 | 1,2,3 |" in report.stdout and "| lesson | 3 | 1,2,3 |" in report.stdout
-    assert "paired t over 3 seeds" in report.stdout
+    assert "paired over 3 seeds" in report.stdout
     assert any(f"**{verdict}**" in report.stdout for verdict in ("keep", "drop", "inconclusive"))
     assert (tmp_path / "reports" / "comparison.png").stat().st_size > 10_000
 
