@@ -35,6 +35,7 @@ from pipeline.comparison import (SEEDS_ADVISED, ablation_contributions, choose_m
                                  group_table)
 from pipeline.config import Config, stage_entry, validate
 from pipeline.errors import TrackingError, UserError
+from pipeline.statistics import MOST_SEEDS_ADVISED
 from pipeline.visuals import comparison_figure
 
 
@@ -157,14 +158,16 @@ def _difference_rows(differences: list[dict]) -> list[str]:
     for d in differences:
         p = "-" if d["p_value"] is None else f"{d['p_value']:.3f}"
         wins = "-" if d["probability_of_improvement"] is None else f"{d['probability_of_improvement']:.2f}"
+        seeds = "-" if d["low"] is None else " / ".join(
+            str(n) if n else f">{MOST_SEEDS_ADVISED}" for n in (d["seeds_needed"], d["seeds_needed_1pt"]))
         rows.append(f"| {d['group']} | {d['baseline']} | {_points(d['mean'])} | {_interval(d['t_low'], d['t_high'])} "
-                    f"| {_interval(d['bootstrap_low'], d['bootstrap_high'])} | {p} | {wins} | {d['method']} "
+                    f"| {_interval(d['bootstrap_low'], d['bootstrap_high'])} | {p} | {wins} | {seeds} | {d['method']} "
                     f"| **{d['verdict']}**: {d['reason']} |")
     return rows
 
 
 DIFFERENCE_HEADER = ["| {what} | vs | difference | t interval | bootstrap interval | permutation p | P(better) "
-                     "| method | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+                     "| seeds to resolve it / 1 point | method | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
 
 
 def render_markdown(report: dict) -> str:
@@ -186,14 +189,16 @@ def render_markdown(report: dict) -> str:
                   f"{report['confidence']:.0%} intervals", "", *[h.format(what="group") for h in DIFFERENCE_HEADER]]
     lines += _difference_rows(report["differences"])
     if not report["differences"]:
-        lines.append(f"| (no group to compare with `{report['baseline']}`) | | | | | | | | |")
+        lines.append(f"| (no group to compare with `{report['baseline']}`) | | | | | | | | | |")
     if report["ablations"]:
         lines += ["", f"## Which operation helps: the full preset minus the preset without it, {report['metric']}", "",
                   *[h.format(what="operation") for h in DIFFERENCE_HEADER]]
         lines += _difference_rows(report["ablations"])
     lines += ["", "keep: the whole interval (the union of the t and bootstrap intervals) is above 0; drop: below 0; "
                   "inconclusive: it includes 0, or there are too few runs. P(better): the share of seeds on which "
-                  "the group beats the baseline. An ablation's keep means the operation helps its preset.", ""]
+                  "the group beats the baseline. Seeds to resolve it: how many seeds per group would resolve this "
+                  f"difference, and a 1-point one, at {report['confidence']:.0%} with {report['power']:.0%} power, "
+                  "given the spread seen. An ablation's keep means the operation helps its preset.", ""]
     lines += [f"- {note}" for note in evidence_notes(report)]
     return "\n".join(lines) + "\n"
 

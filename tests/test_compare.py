@@ -114,6 +114,8 @@ def test_means_intervals_and_verdicts_are_exact(tmp_path):
     assert "**keep**" in markdown and "**drop**" in markdown and "no repeats" in markdown
     assert "lesson: 3 of 3 runs had their best epoch last" in markdown and "none: " not in markdown
     assert "fewer than 5 seeds" in markdown
+    mixup_row = next(line for line in markdown.splitlines() if line.startswith("| mixup | none |"))
+    assert f"| {mixup['seeds_needed']} / {mixup['seeds_needed_1pt']} |" in mixup_row  # the advice, in every row
     assert json.loads((reports / "comparison.json").read_text())["differences"][0]["verdict"] in {
         "keep", "drop", "inconclusive"}
     assert (reports / "comparison.png").stat().st_size > 10_000
