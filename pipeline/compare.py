@@ -68,7 +68,7 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
     print(markdown)
     if settings.register:
         print(register_winner(config, groups, differences, metric))
-    experiment_id = log_comparison_run(config.tracking.experiment, report, reports)
+    experiment_id = log_comparison_run(config, report, reports)
     print(f"-> {reports / 'comparison.md'}, {reports / 'comparison.png'}, {reports / 'comparison.json'}")
     print(tracking.ui_hint(tracking.tracking_uri(config), experiment_id) + "   (this comparison)")
     return report
@@ -112,13 +112,12 @@ class CompareAfterSweep(Callback):
             print(f"no comparison: {error}")
 
 
-def log_comparison_run(experiment: str, report: dict, reports: Path) -> str:
+def log_comparison_run(config: Config, report: dict, reports: Path) -> str:
     """The report as a run of its own experiment (`<experiment>-comparisons`, so that it never
     sits among the training runs); returns that experiment's id."""
     name = time.strftime("comparison-%Y%m%d-%H%M%S")
-    target = mlflow.set_experiment(tracking.comparisons_experiment(experiment))
-    if target.tags.get(tracking.EXPERIMENT_KIND[0]) is None:
-        mlflow.MlflowClient().set_experiment_tag(target.experiment_id, *tracking.EXPERIMENT_KIND)
+    experiment = config.tracking.experiment
+    target = tracking.use_experiment(tracking.comparisons_experiment(experiment), tracking.tracking_uri(config))
     with mlflow.start_run(run_name=name, tags={"run_kind": "comparison", "metric": report["metric"],
                                                "baseline": report["baseline"], "compared_experiment": experiment}):
         mlflow.log_params({"filter": report["filter"] or "", "confidence": report["confidence"],

@@ -74,6 +74,12 @@ def cluster_config() -> dict:
     return spec
 
 
+def task_name() -> str:
+    """This process's task in a multi-worker cluster, e.g. `worker-0` (from $TF_CONFIG)."""
+    task = cluster_config()["task"]
+    return f"{task['type']}-{task['index']}"
+
+
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
     """True when this process is one of several training one model together (TF_CONFIG)."""
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)

@@ -28,9 +28,8 @@ from typing import Iterator
 import keras
 import mlflow
 from hydra.experimental.callback import Callback
-from mlflow.entities import LoggedModelOutput, Metric
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
 from mlflow.exceptions import MlflowException
-
 from omegaconf import DictConfig
 
 from pipeline.comparison import RunSummary
@@ -69,10 +68,16 @@ def connect(config: Config, timeout_s: float = 5.0, create_experiment: bool = Tr
     if uri.startswith(("http://", "https://")):
         check_server(uri, timeout_s)
     mlflow.set_tracking_uri(uri)
-    with store_lock(uri):  # a new sqlite store: one process creates its tables, the others wait
-        _ensure_experiment(config.tracking.experiment, uri, create_experiment)
-    mlflow.set_experiment(config.tracking.experiment)
+    use_experiment(config.tracking.experiment, uri, create_experiment)
     return uri
+
+
+def use_experiment(name: str, uri: str, create: bool = True) -> mlflow.entities.Experiment:
+    """Make `name` the active experiment of the store at `uri`: created if missing (with
+    `create`, its artifacts beside the store) and tagged for the UI's model-training mode."""
+    with store_lock(uri):  # a new sqlite store: one process creates its tables, the others wait
+        _ensure_experiment(name, uri, create)
+    return mlflow.set_experiment(name)
 
 
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
@@ -252,13 +257,13 @@ def run_tags(config: Config, manifest_sha256: str, device: str, placement: str) 
 
 @contextlib.contextmanager
 def tracked_run(run_name: str | None = None, continue_run_id: str | None = None,
-                system_metrics_interval_s: float | None = None) -> Iterator[mlflow.ActiveRun]:
+                system_metrics_interval_s: float | None = None, node: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run that ends FINISHED, FAILED (exception) or KILLED (SIGINT/SIGTERM).
 
     `continue_run_id` reopens that run (an interrupted training being resumed) when the
     store has it; otherwise a new run starts. With `system_metrics_interval_s`, MLflow samples
     CPU, memory, disk, network (psutil) and GPUs (nvidia-ml-py) every that many seconds into
-    `system/*` metrics; in a multi-worker cluster they are tagged with this node's task.
+    `system/*` metrics, tagged with `node` (this process's task in a multi-worker cluster).
     """
 
     def on_sigterm(signum, frame):
@@ -274,9 +279,8 @@ def tracked_run(run_name: str | None = None, continue_run_id: str | None = None,
         from mlflow import system_metrics as sampler
 
         sampler.set_system_metrics_sampling_interval(system_metrics_interval_s)
-        task = _cluster_task()
-        if task:
-            sampler.set_system_metrics_node_id(task)
+        if node:
+            sampler.set_system_metrics_node_id(node)
     run = (mlflow.start_run(run_id=continue_run_id, log_system_metrics=system_metrics) if continue_run_id
            else mlflow.start_run(run_name=run_name, log_system_metrics=system_metrics))
     try:
@@ -295,17 +299,6 @@ def tracked_run(run_name: str | None = None, continue_run_id: str | None = None,
         mlflow.end_run(status="FINISHED")
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _cluster_task() -> str | None:
-    """`worker-0` etc. from $TF_CONFIG in a multi-worker cluster, else None."""
-    import json
-
-    try:
-        task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
-        return f"{task['type']}-{task['index']}"
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
 
 
 def _run_exists(run_id: str) -> bool:
@@ -449,7 +442,7 @@ def register_champion(model_name: str, run_id: str, group: str, metric: str, gro
     the same metric. Returns a one-line account of what happened."""
     client = mlflow.MlflowClient()
     models = [m for m in mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
-              if str(m.status) in ("READY", "LoggedModelStatus.READY")]
+              if m.status == LoggedModelStatus.READY]
     if not models:
         raise TrackingError(f"run {run_id} has no READY logged model to register (trained with tracking.log_model=false?)")
     try:

@@ -51,8 +51,7 @@ def output_dirs(config: Config, chief: bool = True) -> tuple[Path, Path, Path]:
         job_dir = Path(HydraConfig.get().runtime.output_dir)
         models_dir, reports_dir = job_dir / "models", job_dir / "reports"
     if not chief:
-        task = devices.cluster_config()["task"]
-        work_root = models_dir = work_root / "workers" / f"{task['type']}-{task['index']}"
+        work_root = models_dir = work_root / "workers" / devices.task_name()
     return models_dir, reports_dir, work_root
 
 
@@ -67,6 +66,7 @@ class Training:
     placement: str
     replicas: int           # of the distribution strategy
     features: keras.Model | None = None  # set when the frozen backbone's features are cached: `trainer` is the head
+    node: str | None = None  # this process's task in a multi-worker cluster (worker-0), else None
 
 
 def prepare_training(config: Config, strategy) -> Training:
@@ -88,7 +88,8 @@ def prepare_training(config: Config, strategy) -> Training:
         compile_model(trainer, config.model, config.train, steps_per_epoch(train_set, config.train.batch_size),
                       devices.jit_setting(config.train))
     return Training(model, trainer, train_set, val_set, placement, devices.replica_count(strategy),
-                    model.get_layer("features") if cached else None)
+                    model.get_layer("features") if cached else None,
+                    devices.task_name() if devices.is_multi_worker(strategy) else None)
 
 
 def fit(config: Config, training: Training, callbacks: list = (), start_epoch: int = 0) -> None:
@@ -148,11 +149,8 @@ def skip_finished(finished: mlflow.entities.Run, reports_dir: Path, uri: str) ->
     best_val = finished.data.metrics.get("best_val_accuracy", 0.0)
     print(f"skip: this configuration already has the FINISHED MLflow run {finished.info.run_id} "
           f"({finished.info.run_name}, best val_accuracy {best_val:.4f}); train.rerun=true trains it again")
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(reports_dir / "run.json", json.dumps(
-        {"run_id": finished.info.run_id, "experiment_id": finished.info.experiment_id, "tracking_uri": uri,
-         "best_val_accuracy": best_val, "best_epoch": finished.data.metrics.get("best_epoch"), "skipped": True},
-        indent=2) + "\n")
+    write_run_record(reports_dir, finished.info, uri, None, best_val, finished.data.metrics.get("best_epoch"),
+                     skipped=True)
     return best_val
 
 
@@ -162,7 +160,8 @@ def record_training(config: Config, training: Training, work: WorkFolder, state:
     reports_dir.mkdir(parents=True, exist_ok=True)
     run_name = f"{config.augmentation.label}-{config.model.name}-seed{config.seed}"
     interval = config.tracking.system_metrics_interval_s if config.tracking.system_metrics else None
-    with tracking.tracked_run(run_name, state.mlflow_run_id, system_metrics_interval_s=interval) as active:
+    with tracking.tracked_run(run_name, state.mlflow_run_id, system_metrics_interval_s=interval,
+                              node=training.node) as active:
         if active.info.run_id == state.mlflow_run_id:
             tracking.record_resume(state.epochs_done, state.history)
             mlflow.set_tag("config_hash", digest_of(work.identity))  # train.epochs may have changed
@@ -202,13 +201,20 @@ def record_training(config: Config, training: Training, work: WorkFolder, state:
         if config.tracking.log_model:  # the saved file, reloaded off the strategy: no cluster needed
             model_id = tracking.log_keras_model(keras.models.load_model(model_path), tuple(config.data.image_size),
                                                 classes_path, best_epoch)
-        write_atomically(reports_dir / "run.json", json.dumps(
-            {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id, "tracking_uri": uri,
-             "model_id": model_id, "best_val_accuracy": best_val, "best_epoch": best_epoch}, indent=2) + "\n")
+        write_run_record(reports_dir, active.info, uri, model_id, best_val, best_epoch)
     print(f"best val_accuracy {best_val:.4f} at epoch {best_epoch}; model {model_path}; MLflow run {active.info.run_id}"
           + (f", model models:/{model_id}" if model_id else ""))
     print(tracking.ui_hint(uri, active.info.experiment_id))
     return best_val
+
+
+def write_run_record(reports_dir: Path, run: mlflow.entities.RunInfo, uri: str, model_id: str | None,
+                     best_val: float, best_epoch: float | None, **extra) -> None:
+    """run.json: the MLflow run behind this stage's outputs, for `evaluate` and the end-of-sweep comparison."""
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically(reports_dir / "run.json", json.dumps(
+        {"run_id": run.run_id, "experiment_id": run.experiment_id, "tracking_uri": uri, "model_id": model_id,
+         "best_val_accuracy": best_val, "best_epoch": best_epoch, **extra}, indent=2) + "\n")
 
 
 def write_history(history: list[dict[str, float]], target: Path) -> Path:
