@@ -35,6 +35,7 @@ CONF_DIR = PROJECT_ROOT / "conf"
 FILL_MODES = ("nearest", "reflect", "wrap", "constant")
 MODEL_NAMES = ("xception", "mobilenet_v2", "efficientnet_b0", "residual_cnn")
 LR_SCHEDULES = ("constant", "warmup_cosine")
+OPTIMIZERS = ("adam", "sgd")
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker")
 
 
@@ -273,14 +274,17 @@ class TrainConfig:
     mixed_precision: bool = False
     jit_compile: Any = "auto"        # auto | true | false
     strategy: str = "auto"
+    optimizer: str = "adam"          # adam (AdamW when weight_decay > 0) | sgd (Nesterov momentum 0.9)
     lr_schedule: str = "constant"    # constant | warmup_cosine (peak: model.learning_rate)
     warmup_epochs: int = 1           # linear warm-up of warmup_cosine, in epochs
-    weight_decay: float = 0.0        # decoupled (AdamW) weight decay; 0 = plain Adam
+    weight_decay: float = 0.0        # decoupled weight decay, per unit of learning rate; 0 = none
     label_smoothing: float = 0.0     # of the cross-entropy targets, 0..1
     cache_features: bool = True      # frozen backbone + no augmentation: compute its features once
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
+        if self.optimizer not in OPTIMIZERS:
+            found.append(("optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"))
         if self.lr_schedule not in LR_SCHEDULES:
             found.append(("lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"))
         if self.warmup_epochs < 0:

@@ -161,10 +161,15 @@ def learning_rate_schedule(peak: float, train: TrainConfig, steps_per_epoch: int
 
 def compile_model(model: keras.Model, config: ModelConfig, train: TrainConfig, steps_per_epoch: int,
                   jit_compile) -> keras.Model:
-    """Adam (AdamW when `train.weight_decay` > 0) on the schedule, cross-entropy with label smoothing."""
+    """Adam (AdamW when `train.weight_decay` > 0) or SGD with Nesterov momentum 0.9, on the schedule;
+    cross-entropy with label smoothing. Weight decay is decoupled: each step shrinks a weight by
+    learning rate x weight_decay of itself (for SGD the same as an L2 penalty of that coefficient)."""
     rate = learning_rate_schedule(config.learning_rate, train, steps_per_epoch)
-    optimizer = (keras.optimizers.AdamW(rate, weight_decay=train.weight_decay) if train.weight_decay > 0
-                 else keras.optimizers.Adam(rate))
+    decay = train.weight_decay or None
+    if train.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(rate, momentum=0.9, nesterov=True, weight_decay=decay)
+    else:
+        optimizer = keras.optimizers.AdamW(rate, weight_decay=decay) if decay else keras.optimizers.Adam(rate)
     model.compile(optimizer=optimizer, loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
                   metrics=["accuracy"], jit_compile=jit_compile)
     return model
