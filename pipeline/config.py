@@ -33,7 +33,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_ROOT / "conf"
 
 FILL_MODES = ("nearest", "reflect", "wrap", "constant")
-MODEL_NAMES = ("xception", "mobilenet_v2", "efficientnet_b0", "residual_cnn")
+MODEL_NAMES = ("xception", "mobilenet_v2", "efficientnet_b0", "efficientnet_lite0", "residual_cnn")
 LR_SCHEDULES = ("constant", "warmup_cosine")
 OPTIMIZERS = ("adam", "sgd")
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker")
@@ -244,17 +244,41 @@ class AugmentationConfig:
 
 @dataclass
 class ModelConfig:
+    """A classifier: a backbone (pretrained or from scratch) under the lesson's head.
+
+    A pretrained base runs in inference mode (its BatchNorm statistics never move). It is
+    frozen, trained whole (`trainable_base`), or fine-tuned from one of its layers on
+    (`fine_tune_from`, a layer-name prefix such as `block12` of efficientnet_lite0 or
+    `block13` of xception) at its own `fine_tune_learning_rate`; BatchNorm stays frozen.
+    """
+
     name: str = "xception"
     weights: Optional[str] = "imagenet"  # imagenet | null | path to a local weights file
     trainable_base: bool = False
     inner_units: int = 100
     dropout: float = 0.2
-    learning_rate: float = 0.001
+    learning_rate: float = 0.001          # of the head (and of a base trained whole)
+    fine_tune_from: Optional[str] = None  # unfreeze the base from the first layer named <prefix>... on
+    fine_tune_learning_rate: float = 1e-5  # of the unfrozen base layers
+
+    @property
+    def pretrained(self) -> bool:
+        """True for a backbone that starts from trained weights (ImageNet or a file)."""
+        return self.name != "residual_cnn" and self.weights not in (None, "null", "none")
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
         if self.name not in MODEL_NAMES:
             found.append(("name", f"must be one of {', '.join(MODEL_NAMES)}, got {self.name!r}"))
+        if self.fine_tune_from is not None:
+            if self.name == "residual_cnn":
+                found.append(("fine_tune_from", "residual_cnn trains from scratch, whole: there is no pretrained "
+                                                "base to fine-tune (set model.fine_tune_from=null)"))
+            elif self.trainable_base:
+                found.append(("fine_tune_from", "model.trainable_base=true already trains the whole base: "
+                                                "use one of the two"))
+        if not 0 < self.fine_tune_learning_rate <= 1:
+            found.append(("fine_tune_learning_rate", f"must be in (0, 1], got {self.fine_tune_learning_rate}"))
         if self.inner_units < 0:
             found.append(("inner_units", f"must be >= 0, got {self.inner_units}"))
         if not 0 <= self.dropout < 1:

@@ -3,6 +3,11 @@
 Every model takes raw RGB pixels (float32, 0..255) and applies its own preprocessing as
 its first layers, so augmentation happens before preprocessing (as ImageDataGenerator
 did) and a saved model predicts straight from decoded images.
+
+Transfer learning follows the Keras guide: a pretrained base is called in inference mode
+(`base(x, training=False)`), so its BatchNorm statistics never move, whether the base is
+frozen, trained whole or fine-tuned from one of its layers on (`model.fine_tune_from`,
+at `model.fine_tune_learning_rate`, with its BatchNorm layers kept frozen).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 
 import keras
 
+from pipeline import efficientnet_lite
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.errors import ModelError
 
@@ -28,7 +34,7 @@ WEIGHTS_HOST = "https://storage.googleapis.com/tensorflow/keras-applications/"
 def _preprocess(name: str, x):
     if name in ("xception", "mobilenet_v2"):  # their preprocess_input: scale to [-1, 1]
         return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(x)
-    if name == "efficientnet_b0":  # EfficientNet rescales inside the network
+    if name in ("efficientnet_b0", "efficientnet_lite0"):  # these rescale inside the network
         return x
     return keras.layers.Rescaling(1 / 255.0, name="preprocess")(x)
 
@@ -94,6 +100,40 @@ def residual_cnn_features(x):
     return keras.layers.GlobalAveragePooling2D(name="pool")(x)
 
 
+def pretrained_base(config: ModelConfig, image_size: tuple[int, int]) -> keras.Model:
+    """The backbone with its configured weights (ImageNet, a local file, or none), without its top."""
+    height, width = image_size
+    if config.name == "efficientnet_lite0":  # ImageNet weights from a package: nothing to download
+        base = efficientnet_lite.efficientnet_lite0((height, width, 3))
+        if config.weights == "imagenet":
+            efficientnet_lite.load_imagenet_weights(base)
+        elif local_file := resolve_weights(config.weights):
+            base.load_weights(local_file)
+        return base
+    class_name, module = BACKBONES[config.name]
+    cached = config.weights == "imagenet" and _cached_imagenet(module)
+    weights = "imagenet" if cached else resolve_weights(config.weights)
+    return getattr(keras.applications, class_name)(include_top=False, weights=weights, input_shape=(height, width, 3))
+
+
+def set_trainable_layers(base: keras.Model, config: ModelConfig) -> None:
+    """Freeze the base, train it whole (`trainable_base`), or fine-tune it from the first layer
+    whose name starts with `fine_tune_from` on; fine-tuned BatchNorm layers stay frozen."""
+    if config.fine_tune_from is None:
+        base.trainable = config.trainable_base
+        return
+    names = [layer.name for layer in base.layers]
+    start = next((i for i, name in enumerate(names) if name.startswith(config.fine_tune_from)), None)
+    if start is None:
+        starts = sorted({name.split("_")[0] for name in names if name.startswith("block")},
+                        key=lambda n: (len(n), n))
+        raise ModelError(f"model.fine_tune_from={config.fine_tune_from!r}: no layer of the {config.name} base starts "
+                         f"with that name. Its blocks: {', '.join(starts) or '-'} (layers: {names[1]} ... {names[-1]}).")
+    base.trainable = True
+    for i, layer in enumerate(base.layers):
+        layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
+
+
 def build_model(config: ModelConfig, num_classes: int, image_size: tuple[int, int]) -> keras.Model:
     """Raw pixels -> preprocessing -> backbone -> pooling -> dense -> dropout -> softmax.
 
@@ -107,13 +147,11 @@ def build_model(config: ModelConfig, num_classes: int, image_size: tuple[int, in
     if config.name == "residual_cnn":
         pooled = residual_cnn_features(x)
     else:
-        class_name, module = BACKBONES[config.name]
-        cached = config.weights == "imagenet" and _cached_imagenet(module)
-        weights = "imagenet" if cached else resolve_weights(config.weights)
-        base = getattr(keras.applications, class_name)(include_top=False, weights=weights,
-                                                        input_shape=(height, width, 3))
-        base.trainable = config.trainable_base
-        pooled = keras.layers.GlobalAveragePooling2D(name="pool")(base(x, training=config.trainable_base))
+        base = pretrained_base(config, image_size)
+        set_trainable_layers(base, config)
+        # A pretrained base runs in inference mode; one trained from scratch updates its BatchNorm.
+        pooled = keras.layers.GlobalAveragePooling2D(name="pool")(
+            base(x, training=config.trainable_base and not config.pretrained))
     features = keras.Model(inputs, pooled, name="features")
 
     head_inputs = keras.Input(features.output_shape[1:], name="pooled_features")
@@ -128,7 +166,14 @@ def build_model(config: ModelConfig, num_classes: int, image_size: tuple[int, in
 
 def frozen_backbone(config: ModelConfig) -> bool:
     """True when training cannot change the `features` part (a pretrained-style base kept frozen)."""
-    return config.name != "residual_cnn" and not config.trainable_base
+    return config.name != "residual_cnn" and not config.trainable_base and config.fine_tune_from is None
+
+
+def fine_tuned_variables(model: keras.Model) -> list:
+    """The trainable variables of the base inside `features` (those that `fine_tune_from` unfroze)."""
+    features = model.get_layer("features")
+    bases = [layer for layer in features.layers if isinstance(layer, keras.Model)]
+    return [v for base in bases for v in base.trainable_variables]
 
 
 def load_saved_model(path: str | Path) -> keras.Model:
@@ -146,6 +191,34 @@ def load_saved_model(path: str | Path) -> keras.Model:
     except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as error:
         raise ModelError(f"{path} cannot be loaded as a Keras model ({str(error).splitlines()[0]}). "
                          "It may be damaged or saved by another Keras version: train again.") from None
+
+
+def _saved_model(trainer: keras.Model) -> keras.Model:
+    """The classifier inside a trainer (itself, or the model behind an augmentation layer)."""
+    return next((layer for layer in trainer.layers if isinstance(layer, keras.Model) and layer.name != "head"
+                 and any(inner.name == "features" for inner in layer.layers)), trainer)
+
+
+def scale_learning_rate(optimizer: keras.optimizers.Optimizer, variables: list, factor: float) -> None:
+    """Make `optimizer` step `variables` at `factor` x its learning rate (schedule included),
+    the other variables at the rate itself; weight decay is kept off `variables`.
+
+    Keras 3 has no per-variable learning rate, so this instance's `update_step` scales the
+    rate it is given for those variables. The optimizer's class and config stay Keras' own:
+    a saved model loads anywhere.
+    """
+    if not variables:
+        return
+    keys = {optimizer._var_key(v) for v in variables}
+    plain_step = optimizer.update_step
+
+    def update_step(gradient, variable, learning_rate):
+        if optimizer._var_key(variable) in keys:
+            learning_rate = learning_rate * factor
+        return plain_step(gradient, variable, learning_rate)
+
+    optimizer.update_step = update_step
+    optimizer.exclude_from_weight_decay(var_list=variables)
 
 
 def learning_rate_schedule(peak: float, train: TrainConfig, steps_per_epoch: int):
@@ -170,6 +243,9 @@ def compile_model(model: keras.Model, config: ModelConfig, train: TrainConfig, s
         optimizer = keras.optimizers.SGD(rate, momentum=0.9, nesterov=True, weight_decay=decay)
     else:
         optimizer = keras.optimizers.AdamW(rate, weight_decay=decay) if decay else keras.optimizers.Adam(rate)
+    if config.fine_tune_from is not None:
+        scale_learning_rate(optimizer, fine_tuned_variables(_saved_model(model)),
+                            config.fine_tune_learning_rate / config.learning_rate)
     model.compile(optimizer=optimizer, loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
                   metrics=["accuracy"], jit_compile=jit_compile)
     return model

@@ -1,6 +1,6 @@
 """Stage `train`: fit a classifier on the train split, augmented or plain, tracked in MLflow.
 
-    python -m pipeline.train experiment=cpu augmentation=lesson
+    python -m pipeline.train experiment=cpu augmentation=lesson     # frozen ImageNet EfficientNet-Lite0
     python -m pipeline.train -m augmentation=none,lesson seed=1,2,3     # a sweep
 
 Writes <paths.models_dir>/model.keras (the best epoch by val_accuracy) and classes.json,
@@ -87,8 +87,10 @@ def prepare_training(config: Config, strategy) -> Training:
                                         model], name="augmented_training")
         compile_model(trainer, config.model, config.train, steps_per_epoch(train_set, config.train.batch_size),
                       devices.jit_setting(config.train))
-    return Training(model, trainer, train_set, val_set, placement, devices.replica_count(strategy),
-                    model.get_layer("features") if cached else None,
+    features = model.get_layer("features") if cached else None
+    if features is not None:
+        features.jit_compile = devices.jit_setting(config.train)  # its predict pass: no XLA on a CPU
+    return Training(model, trainer, train_set, val_set, placement, devices.replica_count(strategy), features,
                     devices.task_name() if devices.is_multi_worker(strategy) else None)
 
 

@@ -11,7 +11,7 @@ from pipeline.models import build_model, compile_model, frozen_backbone, learnin
 
 
 def test_residual_cnn_is_whole_and_two_parts():
-    config = compose(["experiment=cpu"])
+    config = compose(["experiment=scratch"])
     model = build_model(config.model, 10, (96, 96))
     assert 1.2e6 < model.count_params() < 2.0e6
     assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.get_layer("features").layers)
@@ -38,7 +38,7 @@ def test_warmup_cosine_rises_then_decays_to_zero():
 
 
 def test_optimizer_weight_decay_and_label_smoothing_reach_the_training():
-    config = compose(["experiment=cpu"])
+    config = compose(["experiment=scratch"])
     model = compile_model(build_model(config.model, 3, (32, 32)), config.model, config.train, 10, False)
     assert isinstance(model.optimizer, keras.optimizers.AdamW) and model.optimizer.weight_decay == pytest.approx(0.05)
     assert model.loss.label_smoothing == pytest.approx(0.1)
@@ -57,3 +57,12 @@ def test_optimizer_weight_decay_and_label_smoothing_reach_the_training():
 def test_training_keys_are_validated(override, key):
     with pytest.raises(ConfigError, match=key):
         compose([override])
+
+
+def test_xla_is_off_on_a_cpu_unless_asked():
+    from pipeline import devices
+
+    if devices.gpus():
+        pytest.skip("this machine has a GPU, where train.jit_compile=auto compiles with XLA")
+    assert devices.jit_setting(compose([]).train) is False
+    assert devices.jit_setting(compose(["train.jit_compile=true"]).train) is True
