@@ -215,7 +215,7 @@ def evidence_notes(report: dict) -> list[str]:
     few = [g["group"] for g in report["groups"] if g["runs"] < SEEDS_ADVISED]
     if few:
         notes.append(f"fewer than {SEEDS_ADVISED} seeds in {', '.join(few)}: use at least {SEEDS_ADVISED} "
-                     f"(seed=1,2,3,4,5); with fewer the intervals are wide and a 5-point gain can look like noise.")
+                     f"(seed=1,2,3,4,5); fewer give wide intervals, and below 3 there is no verdict at all.")
     return notes
 
 

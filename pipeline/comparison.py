@@ -15,7 +15,13 @@ settings (statistics: pipeline/statistics.py):
 - with fewer runs there is no interval and the verdict says so.
 
 Verdict: `keep` when the union of the two intervals is above 0, `drop` when below, else
-`inconclusive`, with the number of seeds that would resolve the observed difference.
+`inconclusive`, with the number of seeds that would resolve the observed difference. A
+verdict also needs evidence: at least `MIN_SEEDS_FOR_VERDICT` seeds (runs per group when
+unpaired) and some spread between them. Two seeds, or seeds that all differ by exactly the
+same amount, give an interval of (almost) no width that measures nothing: inconclusive,
+saying why. The permutation p-value is reported beside the verdict but is not part of the
+rule: with 5 seeds the exact sign-flip p cannot go below 0.0625, so a rule asking p < 0.05
+would call every 5-seed study inconclusive.
 An ablation (`augmentation.ablate=<operation>`, preset label `<preset>-no-<operation>`) is
 compared with its full preset instead: the operation's contribution is full minus ablated.
 All accuracies are fractions in [0, 1]; differences are in fraction units (0.02 = 2 points).
@@ -31,6 +37,7 @@ import numpy as np
 from pipeline import statistics
 
 SEEDS_ADVISED = 5  # the fewest seeds per group a study should have; fewer are flagged in the report
+MIN_SEEDS_FOR_VERDICT = 3  # below this, never keep or drop
 
 # Params that differ between the runs of one group by design, or do not change the model.
 NOT_GROUPING = ("seed", "train.resume", "train.rerun", "train.start_epoch", "train.epochs", "tracking.", "paths.",
@@ -173,6 +180,7 @@ def compare_with_baseline(group: Group, baseline: Group, metric: str, confidence
         result.reason = f"no {metric} in one of the groups"
         return result
     if len(common) >= 2 and len(common) >= min(len(ours), len(theirs)):
+        evidence = len(common)
         differences = [ours[s] - theirs[s] for s in common]
         result.per_seed = dict(zip(common, differences))
         result.method = f"paired over {len(common)} seeds"
@@ -183,6 +191,7 @@ def compare_with_baseline(group: Group, baseline: Group, metric: str, confidence
         result.probability_of_improvement = statistics.probability_of_improvement(differences)
     elif len(ours) >= 2 and len(theirs) >= 2:
         a, b = list(ours.values()), list(theirs.values())
+        evidence = min(len(a), len(b))
         result.method = f"unpaired (Welch) over {len(a)} and {len(b)} runs"
         result.mean = float(np.mean(a) - np.mean(b))
         result.spread = math.sqrt(np.var(a, ddof=1) + np.var(b, ddof=1))  # of one run's difference from another
@@ -199,7 +208,13 @@ def compare_with_baseline(group: Group, baseline: Group, metric: str, confidence
     result.low, result.high = min(result.t_low, result.bootstrap_low), max(result.t_high, result.bootstrap_high)
     result.seeds_needed = statistics.seeds_needed(result.spread, result.mean, confidence, power)
     result.seeds_needed_1pt = statistics.seeds_needed(result.spread, 0.01, confidence, power)
-    if result.low > 0:
+    if evidence < MIN_SEEDS_FOR_VERDICT:
+        result.reason = (f"too few seeds ({evidence}): a verdict needs >= {MIN_SEEDS_FOR_VERDICT}, and "
+                         f"{SEEDS_ADVISED} are advised (seed={','.join(map(str, range(1, SEEDS_ADVISED + 1)))})")
+    elif not result.spread > 1e-12:
+        result.reason = ("zero spread: every seed gave the same difference, so no interval can be estimated "
+                         f"from them (each is {result.mean * 100:+.2f} points); add seeds")
+    elif result.low > 0:
         result.verdict, result.reason = "keep", f"the whole {confidence:.0%} interval is above 0"
     elif result.high < 0:
         result.verdict, result.reason = "drop", f"the whole {confidence:.0%} interval is below 0"

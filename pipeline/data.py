@@ -281,17 +281,22 @@ def decode_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow image as an upright 8-bit RGB image: the one decoding every stage shares.
 
     * EXIF orientation is applied (a phone photo taken upright stays upright);
-    * 16-bit gray (`I;16*`, and `I`, read as 0..65535) is scaled to 0..255, not clipped;
-      16-bit RGB PNG/TIFF Pillow already scales; float images (`F`) are read as 0..1
-      when their maximum is <= 1, else as 0..255;
+    * 16-bit gray (`I;16*`) is scaled from 0..65535 to 0..255, not clipped; 32-bit integer
+      gray (`I`) from the smallest of 0..255, 0..65535 and 0..2**32-1 that holds its values
+      (the file's bit depth says nothing of the range its writer used); 16-bit RGB PNG/TIFF
+      Pillow already scales; float images (`F`) are read as 0..1 when their maximum is <= 1,
+      else as 0..255;
     * transparent pixels are composed over white; CMYK, palette and gray convert as usual.
     """
     image.load()
     image = ImageOps.exif_transpose(image)
     if image.mode in HIGH_DEPTH_MODES or image.mode == "F":
         values = np.asarray(image, dtype=np.float64)
+        largest = float(np.nanmax(values)) if values.size else 0.0
         if image.mode == "F":
-            scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0
+            scale = 255.0 if largest <= 1.0 else 1.0
+        elif image.mode == "I":
+            scale = 255.0 / (255.0 if largest <= 255 else 65535.0 if largest <= 65535 else 2.0**32 - 1)
         else:
             scale = 255.0 / 65535.0
         gray = np.clip(np.round(np.nan_to_num(values) * scale), 0, 255).astype(np.uint8)

@@ -44,7 +44,11 @@ def run(config: Config) -> dict:
     classes = read_classes(config.paths.split_dir)
     test_set = ImageSet.from_manifest(*read_manifest(config.paths.split_dir, "test"), classes)
     model = load_saved_model(Path(config.paths.models_dir) / "model.keras")
-    dataset = build_eval_dataset(test_set, tuple(config.data.image_size), config.train.batch_size)
+    image_size = tuple(model.input_shape[1:3])  # the size it was trained at, whatever data.image_size says now
+    if image_size != tuple(config.data.image_size):
+        print(f"note: the model takes {image_size[0]}x{image_size[1]} images (data.image_size is "
+              f"{config.data.image_size[0]}x{config.data.image_size[1]}): evaluating at the model's size")
+    dataset = build_eval_dataset(test_set, image_size, config.train.batch_size)
 
     probabilities = model.predict(dataset, verbose=0)
     actual = np.asarray(test_set.labels)

@@ -29,6 +29,7 @@ from pipeline.augmentation import augmentation_layer
 from pipeline.checkpoints import SavedState, TrainingState, WorkFolder, write_atomically
 from pipeline.config import Config, digest_of, in_multirun, stage_entry, to_dict, training_identity
 from pipeline.data import manifest_hash, read_classes, read_manifest
+from pipeline.errors import DataError
 from pipeline.datasets import (ImageSet, backbone_features, build_eval_dataset, build_feature_eval_dataset,
                                build_feature_train_dataset, build_train_dataset, steps_per_epoch)
 from pipeline.models import build_model, compile_model, frozen_backbone
@@ -127,6 +128,7 @@ def train_from_state(config: Config, training: Training, work: WorkFolder, state
 def run(config: Config) -> float:
     strategy = devices.make_strategy(config.train)  # first: a multi-worker strategy must precede other TF work
     keras.utils.set_random_seed(config.seed)
+    require_images(config.paths.split_dir)  # before anything is recorded
     chief = devices.is_chief(strategy)
     uri = tracking.connect(config) if chief else None  # a dead server fails here, before any work
     models_dir, reports_dir, work_root = output_dirs(config, chief)
@@ -143,6 +145,16 @@ def run(config: Config) -> float:
             train_from_state(config, training, work, state)
             return state.best_val_accuracy or 0.0
         return record_training(config, training, work, state, uri, models_dir, reports_dir, data_hash)
+
+
+def require_images(split_dir: str) -> None:
+    """Training needs train images, and validation images to choose its best epoch and to stop early."""
+    for split in ("train", "val"):
+        if not read_manifest(split_dir, split)[0]:
+            raise DataError(f"{split_dir}/{split}.csv lists no images: training needs a {split} split to "
+                            + ("learn from" if split == "train" else "pick its best epoch and stop early")
+                            + ". Give it a share in data.split.fractions (e.g. [0.8,0.1,0.1]), or a "
+                            + "validation/ folder in a pre-split dataset, and run the split stage again.")
 
 
 def skip_finished(finished: mlflow.entities.Run, reports_dir: Path, uri: str) -> float:

@@ -275,3 +275,26 @@ def test_a_failed_model_upload_leaves_the_logged_model_failed(tmp_path):
             tracking.log_keras_model(model, (8, 8), tmp_path / "no-classes.json", best_epoch=1)
     (logged,) = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list")
     assert str(logged.status).endswith("FAILED")
+
+
+def _paired(differences: list[float], base: float = 0.80) -> tuple:
+    """(lesson group, none group) whose per-seed test accuracy differences are `differences`."""
+    runs = []
+    for i, difference in enumerate(differences, start=1):
+        runs += [summary("none", str(i)), summary("lesson", str(i))]
+        runs[-2].metrics["test_accuracy"], runs[-1].metrics["test_accuracy"] = base, base + difference
+    none, lesson = sorted(group_runs(runs), key=lambda g: g.preset != "none")
+    return lesson, none
+
+
+def test_a_verdict_needs_three_seeds_and_some_spread():
+    one_image = 1 / 341  # one validation image: 0.29 points
+    two_seeds = compare_with_baseline(*_paired([one_image, one_image]), "test_accuracy", 0.95)
+    assert two_seeds.low == pytest.approx(one_image) == two_seeds.high  # a zero-width interval above 0 ...
+    assert two_seeds.verdict == "inconclusive" and "too few seeds (2)" in two_seeds.reason  # ... is no evidence
+    same_three = compare_with_baseline(*_paired([one_image] * 3), "test_accuracy", 0.95)
+    assert same_three.verdict == "inconclusive" and "zero spread" in same_three.reason and "+0.29 points" in same_three.reason
+    three = compare_with_baseline(*_paired([0.03, 0.04, 0.05]), "test_accuracy", 0.95)
+    assert three.verdict == "keep" and three.low > 0  # three seeds that agree, with spread: a verdict
+    worse = compare_with_baseline(*_paired([-0.03, -0.04, -0.05, -0.02, -0.06]), "test_accuracy", 0.95)
+    assert worse.verdict == "drop" and worse.p_value == pytest.approx(2 / 32)  # drop although p > 0.05

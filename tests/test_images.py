@@ -78,6 +78,18 @@ def test_16bit_images_decode_to_the_same_picture_as_8bit(tmp_path, kind):
     assert mean_abs_difference(decoded, reference) < 2
 
 
+@pytest.mark.parametrize("top", [255, 65535])
+def test_32bit_integer_gray_is_scaled_by_the_range_it_holds(tmp_path, top):
+    reference = gray(reference_photo())
+    values = np.round(reference.astype(np.float64) * top / 255).astype(np.int32)
+    path = tmp_path / "gray32.tif"
+    Image.fromarray(values, "I").save(path)  # Pillow mode I: 32-bit signed integer
+    with Image.open(path) as image:
+        assert image.mode == "I"
+    decoded = load_image(path, SIZE)
+    assert mean_abs_difference(decoded[..., 0], reference) < 2  # not almost black (mean 0.3 when read as 16-bit)
+
+
 def test_exif_orientation_is_applied(tmp_path):
     photo = reference_photo()  # landscape 128 x 96
     stored = Image.fromarray(photo).rotate(90, expand=True)  # how a camera stores a turned photo

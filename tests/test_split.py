@@ -280,3 +280,16 @@ def test_shared_clothing_dataset_counts(tmp_path, shared_dataset):
     assert json.loads((tmp_path / "split" / "classes.json").read_text()) == report["classes"]
     with Image.open(rows(tmp_path, "test")[0].split(",")[0]) as image:
         assert image.size[0] > 0
+
+
+def test_training_refuses_a_split_without_validation_images(tmp_path, tiny_dataset):
+    from pipeline import train
+
+    run_split(tmp_path, tiny_dataset, "data.split.fractions=[1,0,0]")
+    assert len(rows(tmp_path, "train")) == 36 and not rows(tmp_path, "val")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    config = compose([f"data.source={tiny_dataset}", f"tracking.uri={uri}", "model=residual_cnn",
+                      *[o for o in path_overrides(tmp_path) if not o.startswith("hydra.")]])
+    with pytest.raises(DataError, match=r"val\.csv lists no images.*data\.split\.fractions"):
+        train.run(config)
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "models").exists()  # nothing recorded
