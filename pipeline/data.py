@@ -334,7 +334,7 @@ def validate_images(candidates: list[Candidate], workers: int = 4) -> list[tuple
 
 @dataclass
 class SplitResult:
-    rows: dict[str, list[tuple[str, str]]]  # split -> [(path, label)]
+    rows: dict[str, list[tuple[str, str, str]]]  # split -> [(path, label, sha256)]
     classes: list[str]
     skipped: list[dict]
     ignored: list[str]
@@ -390,11 +390,11 @@ def split_dataset(candidates: list[Candidate], checks: list[tuple[str | None, st
                 for i in order[lo:hi]:
                     unit_split[members[i][0]] = split
 
-    rows: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
+    rows: dict[str, list[tuple[str, str, str]]] = {s: [] for s in SPLITS}  # (path, label, sha256 of the file)
     duplicates = []
     for digest, group in units:
         split = unit_split[digest]
-        rows[split] += [(str(c.path), c.label) for c in group]
+        rows[split] += [(str(c.path), c.label, digest) for c in group]
         if len(group) > 1:
             moved = sorted(str(c.path) for c in group if c.folder_split and c.folder_split != split)
             duplicates.append({"sha256": digest, "split": split, "paths": sorted(str(c.path) for c in group),
@@ -406,7 +406,7 @@ def split_dataset(candidates: list[Candidate], checks: list[tuple[str | None, st
 
     expected = [s for s, f in zip(SPLITS, fractions) if f > 0] if not presplit else [s for s in SPLITS if rows[s]]
     for label in classes:
-        missing = [s for s in expected if not any(lbl == label for _, lbl in rows[s])]
+        missing = [s for s in expected if not any(row[1] == label for row in rows[s])]
         if missing:
             raise DataError(f"Class '{label}' has no image in split(s) {', '.join(missing)}: it is too small to appear "
                             "in every split. Add images, remove the class folder, or change data.split.fractions.")
@@ -428,8 +428,8 @@ def _split_counts(n: int, fractions: list[float], label: str) -> list[int]:
     return [n - val - test, val, test]
 
 
-def _limit(rows: list[tuple[str, str]], per_class: int, seed: int) -> list[tuple[str, str]]:
-    by_class: dict[str, list[tuple[str, str]]] = defaultdict(list)
+def _limit(rows: list[tuple[str, str, str]], per_class: int, seed: int) -> list[tuple[str, str, str]]:
+    by_class: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
     for row in rows:
         by_class[row[1]].append(row)
     kept = []
@@ -443,19 +443,23 @@ def _limit(rows: list[tuple[str, str]], per_class: int, seed: int) -> list[tuple
 
 
 def write_split(result: SplitResult, split_dir: Path, report_path: Path, source: str) -> dict:
-    """Write the manifests, classes.json and the split report; return the report."""
+    """Write the manifests, classes.json and the split report; return the report.
+
+    A manifest row is path,label,sha256: the file's content hash makes the manifest - and so
+    `manifest_hash`, each run's data identity and DVC's view of `data/split` - change when an
+    image is edited in place, not only when files are added, removed or relabelled."""
     split_dir.mkdir(parents=True, exist_ok=True)
     for split, rows in result.rows.items():
         with open(split_dir / f"{split}.csv", "w", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(["path", "label"])
+            writer.writerow(["path", "label", "sha256"])
             writer.writerows(rows)
     (split_dir / "classes.json").write_text(json.dumps(result.classes, indent=2) + "\n")
     report = {
         "source": source,
         "classes": result.classes,
         "counts": {s: len(rows) for s, rows in result.rows.items()},
-        "per_class": {s: dict(sorted(Counter(lbl for _, lbl in rows).items())) for s, rows in result.rows.items()},
+        "per_class": {s: dict(sorted(Counter(row[1] for row in rows).items())) for s, rows in result.rows.items()},
         "skipped": result.skipped,
         "ignored": result.ignored,
         "duplicates": result.duplicates,

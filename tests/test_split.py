@@ -293,3 +293,26 @@ def test_training_refuses_a_split_without_validation_images(tmp_path, tiny_datas
     with pytest.raises(DataError, match=r"val\.csv lists no images.*data\.split\.fractions"):
         train.run(config)
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "models").exists()  # nothing recorded
+
+
+def test_an_image_edited_in_place_changes_the_data_identity(tmp_path, tiny_dataset):
+    from pipeline.data import manifest_hash
+
+    before = run_split(tmp_path, tiny_dataset)["manifest_sha256"]
+    assert before == manifest_hash(tmp_path / "split")
+    edited = next(line.split(",")[0] for line in rows(tmp_path, "train"))
+    make_image(Path(edited), size=(48, 40), seed=999, pattern=0)  # new pixels, same name and label
+    after = run_split(tmp_path, tiny_dataset)["manifest_sha256"]
+    assert after != before and after == manifest_hash(tmp_path / "split")
+    changed = [line for line in rows(tmp_path, "train") if line.startswith(edited + ",")]
+    assert changed and changed[0].split(",")[2] == hashlib.sha256(Path(edited).read_bytes()).hexdigest()
+
+
+def test_a_failed_split_leaves_no_earlier_manifests(tmp_path, tiny_dataset):
+    run_split(tmp_path, tiny_dataset)
+    assert (tmp_path / "split" / "train.csv").exists()
+    with pytest.raises(DataError):
+        run_split(tmp_path, tmp_path / "no-such-folder")
+    assert not any((tmp_path / "split" / name).exists() for name in ("train.csv", "val.csv", "test.csv",
+                                                                   "classes.json"))
+    assert not (tmp_path / "reports" / "split_report.json").exists()
