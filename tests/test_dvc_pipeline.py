@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, make_image
 
 pytestmark = pytest.mark.slow
 
@@ -54,15 +54,23 @@ def test_exp_run_repro_and_what_reruns(project, tiny_dataset, tmp_path):
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     assert 0 <= metrics["accuracy"] <= 1 and "macro_f1" in metrics
 
-    assert "up to date" in sh("dvc", "repro", cwd=project)  # a second run does nothing
+    manifests = {p.name: p.read_bytes() for p in (project / "data" / "split").iterdir()}
+    again = sh("dvc", "repro", cwd=project)  # split re-reads the images; nothing changed, so nothing else runs
+    assert "Running stage 'train'" not in again and "Running stage 'evaluate'" not in again
+    assert {p.name: p.read_bytes() for p in (project / "data" / "split").iterdir()} == manifests
     shown = sh("dvc", "metrics", "show", cwd=project)
     assert "accuracy" in shown
     sh("dvc", "plots", "show", "--json", cwd=project)
 
     out = sh("dvc", "exp", "run", *[a for s in settings for a in ("-S", s)], "-S", "augmentation=lesson", cwd=project)
-    assert "Running stage 'split'" not in out  # augmentation re-runs train and evaluate only
     assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
+    assert {p.name: p.read_bytes() for p in (project / "data" / "split").iterdir()} == manifests  # same data
     assert (project / "params.yaml").read_text().count("rotation_range: 30") == 1
+
+    # An image edited in place (same name, same label): the next repro trains and evaluates again.
+    make_image(tiny_dataset / "cat" / "cat_00.png", size=(48, 40), seed=999, pattern=0)
+    out = sh("dvc", "repro", cwd=project)
+    assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
 
 
 def test_queued_experiments_run_and_land_in_the_project_store(project, tiny_dataset):
