@@ -1,13 +1,15 @@
-"""Does the CPU setup learn? `experiment=cpu`, plain, through the stages' own code.
+"""Does a CPU setup learn? `experiment=cpu` (or another), plain, through the stages' own code.
 
     python bench/learn_cpu.py --data ../shared/datasets/clothing-small
-    python bench/learn_cpu.py --data ../shared/datasets/clothing-small augmentation=lesson train.epochs=30
+    python bench/learn_cpu.py --data ../shared/datasets/clothing-small augmentation=lesson
+    python bench/learn_cpu.py --data ../shared/datasets/clothing-small --experiment scratch
 
-Splits the dataset, trains with `experiment=cpu` (plus any Hydra overrides given) via the
+Splits the dataset, trains with `experiment=<--experiment>` (plus any Hydra overrides) via the
 train stage's `run`, evaluates on the test split via the evaluate stage's `run`, all in a
-temporary folder with its own MLflow store. Prints the training minutes, the best val
-accuracy and the test accuracy; last line: best_val_accuracy=<x>  (goal >= 0.80 within 15
-minutes of training on 2 CPU cores).
+temporary folder with its own MLflow store. Prints the training minutes, the test accuracy
+and, last, best_val_accuracy=<x>. Goals on 2 CPU cores: `experiment=cpu` test accuracy
+>= 0.83 within 5 minutes; `experiment=scratch` best val >= 0.80 within 15 minutes (not met:
+docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from pipeline.config import compose
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="dataset folder (data.source)")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides on top of experiment=cpu")
+    parser.add_argument("--experiment", default="cpu", help="conf/experiment/<name>.yaml (default: cpu)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides on top of the experiment")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
-        config = compose(["experiment=cpu", f"data.source={args.data.resolve()}", f"paths.split_dir={scratch}/split",
+        config = compose([f"experiment={args.experiment}", f"data.source={args.data.resolve()}", f"paths.split_dir={scratch}/split",
                           f"paths.reports_dir={scratch}/reports", f"paths.models_dir={scratch}/models",
                           f"tracking.uri=sqlite:///{scratch}/mlflow.db", "tracking.log_model=false", *args.overrides])
         split.run(config)

@@ -5,22 +5,25 @@
 
 Three figures for `experiment=cpu` (frozen EfficientNet-Lite0, 150x150, batch 32):
 
-1. Images per second through the frozen base (its `features` part, Keras `predict`), as a
-   plain tf.function and compiled with XLA, and what that is in multiply-adds per second
+1. Images per second through the frozen base (its `features` part), as a plain tf.function
+   and compiled with XLA, and what that is in multiply-adds per second
    against what these cores reach on a large float32 matrix product (their practical peak).
 2. Seconds per training epoch with `augmentation=lesson` and with `augmentation=none`, both
    with the feature cache off, so that every epoch runs the base on every image: the ratio
    is the augmentation's own cost (goal <= 1.10). Through the training stage's own code.
-3. augment_overhead_ratio=<lesson / none> on the last line.
+3. augment_overhead_ratio=<lesson / none> on the last line: the median over `--rounds` pairs
+   of back-to-back timings (a shared machine's speed drifts by 15-25% between minutes).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import pipeline  # noqa: F401 - first, so that TensorFlow starts quietly
 import keras
 import numpy as np
 import tensorflow as tf
@@ -49,14 +52,15 @@ def multiply_adds(model: keras.Model) -> int:
     return total
 
 
-def images_per_second(features: keras.Model, images: np.ndarray, jit: bool, batches: int) -> float:
-    features.jit_compile = jit
-    features.predict_function = None  # rebuild the predict step with this setting
-    batch = images[:32]
-    features.predict(batch, batch_size=32, verbose=0)  # trace (and compile)
+def images_per_second(features: keras.Model, batch: np.ndarray, jit: bool, batches: int) -> float:
+    """Images per second of the base's forward pass as a tf.function (XLA-compiled when `jit`),
+    `batches` times on one batch after a first call that traces (and compiles)."""
+    forward = tf.function(lambda x: features(x, training=False), jit_compile=jit)
+    batch = tf.constant(batch)
+    forward(batch).numpy()
     start = time.perf_counter()
     for _ in range(batches):
-        features.predict(batch, batch_size=32, verbose=0)
+        forward(batch).numpy()
     return batches * len(batch) / (time.perf_counter() - start)
 
 
@@ -76,8 +80,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="dataset folder (data.source)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per preset, the first is warm-up (>= 2)")
     parser.add_argument("--limit-per-class", type=int, default=0, help="images per class and split (0 = all)")
+    parser.add_argument("--rounds", type=int, default=3, help="none/lesson pairs of timings; the median ratio counts")
     parser.add_argument("--batches", type=int, default=20, help="timed batches through the base, plain")
-    parser.add_argument("--xla-batches", type=int, default=2, help="timed batches through the base with XLA (slow)")
+    parser.add_argument("--xla-batches", type=int, default=3, help="timed batches through the base with XLA (slow)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides on top of experiment=cpu")
     args = parser.parse_args()
 
@@ -104,11 +109,15 @@ def main() -> None:
                      f"data.limit_per_class={limit}", f"paths.split_dir={scratch}/split",
                      f"paths.reports_dir={scratch}/reports", f"paths.models_dir={scratch}/models", *args.overrides]
         run_split(compose(overrides))
-        none, count = epoch_seconds(overrides, "none")
-        print(f"augmentation=none:   {none:7.2f} s/epoch ({count / none:6.1f} img/s, {count} images, no feature cache)")
-        lesson, _ = epoch_seconds(overrides, "lesson")
-        print(f"augmentation=lesson: {lesson:7.2f} s/epoch ({count / lesson:6.1f} img/s)")
-    print(f"augment_overhead_ratio={lesson / none:.3f}")
+        ratios = []
+        for round_number in range(1, args.rounds + 1):  # this machine's speed drifts: pair adjacent timings
+            none, count = epoch_seconds(overrides, "none")
+            lesson, _ = epoch_seconds(overrides, "lesson")
+            ratios.append(lesson / none)
+            print(f"round {round_number}: augmentation=none {none:6.2f} s/epoch ({count / none:6.1f} img/s, {count} "
+                  f"images, no feature cache), augmentation=lesson {lesson:6.2f} s/epoch ({count / lesson:6.1f} img/s): "
+                  f"ratio {lesson / none:.3f}")
+    print(f"augment_overhead_ratio={statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":

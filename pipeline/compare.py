@@ -21,6 +21,7 @@ Statistics and verdict rules: pipeline/comparison.py and pipeline/statistics.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -133,9 +134,16 @@ def log_comparison_run(config: Config, report: dict, reports: Path) -> str:
     return target.experiment_id
 
 
+METRIC_KEY_LENGTH = 200  # MLflow refuses metric names over 250 characters
+
+
 def _metric_key(text: str) -> str:
-    """MLflow metric names allow letters, digits, _ - . / and spaces."""
-    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in text)
+    """MLflow metric names allow letters, digits, _ - . / and spaces; a long group label (many
+    varied settings) is cut and made unique by a digest of the whole (the report has it in full)."""
+    key = "".join(c if c.isalnum() or c in "_-./ " else "_" for c in text)
+    if len(key) <= METRIC_KEY_LENGTH:
+        return key
+    return f"{key[:METRIC_KEY_LENGTH - 9]}~{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 def _points(value: float | None) -> str:

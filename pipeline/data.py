@@ -37,6 +37,7 @@ from tqdm import tqdm
 from pipeline.errors import DataError
 
 SPLITS = ("train", "val", "test")
+SOURCE_FILE = "source.json"  # beside the manifests: the data.source they were made from
 SPLIT_FOLDER_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                       "validation": "val", "test": "test", "testing": "test"}
 SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
@@ -455,6 +456,7 @@ def write_split(result: SplitResult, split_dir: Path, report_path: Path, source:
             writer.writerow(["path", "label", "sha256"])
             writer.writerows(rows)
     (split_dir / "classes.json").write_text(json.dumps(result.classes, indent=2) + "\n")
+    (split_dir / SOURCE_FILE).write_text(json.dumps({"source": source}) + "\n")
     report = {
         "source": source,
         "classes": result.classes,
@@ -488,6 +490,12 @@ def read_manifest(split_dir: str | Path, split: str) -> tuple[list[str], list[st
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     return [r["path"] for r in rows], [r["label"] for r in rows]
+
+
+def split_source(split_dir: str | Path) -> str | None:
+    """The `data.source` the split in `split_dir` was made from (None for a split older than this record)."""
+    path = Path(split_dir) / SOURCE_FILE
+    return json.loads(path.read_text())["source"] if path.is_file() else None
 
 
 def read_classes(split_dir: str | Path) -> list[str]:

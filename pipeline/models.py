@@ -100,7 +100,7 @@ def residual_cnn_features(x):
     return keras.layers.GlobalAveragePooling2D(name="pool")(x)
 
 
-def pretrained_base(config: ModelConfig, image_size: tuple[int, int]) -> keras.Model:
+def base_network(config: ModelConfig, image_size: tuple[int, int]) -> keras.Model:
     """The backbone with its configured weights (ImageNet, a local file, or none), without its top."""
     height, width = image_size
     if config.name == "efficientnet_lite0":  # ImageNet weights from a package: nothing to download
@@ -147,7 +147,7 @@ def build_model(config: ModelConfig, num_classes: int, image_size: tuple[int, in
     if config.name == "residual_cnn":
         pooled = residual_cnn_features(x)
     else:
-        base = pretrained_base(config, image_size)
+        base = base_network(config, image_size)
         set_trainable_layers(base, config)
         # A pretrained base runs in inference mode; one trained from scratch updates its BatchNorm.
         pooled = keras.layers.GlobalAveragePooling2D(name="pool")(

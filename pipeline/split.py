@@ -2,7 +2,8 @@
 
     python -m pipeline.split data.source=../shared/datasets/clothing-small
 
-Writes <paths.split_dir>/{train,val,test}.csv (columns path,label,sha256), classes.json and
+Writes <paths.split_dir>/{train,val,test}.csv (columns path,label,sha256), classes.json,
+source.json (the data.source they come from, which training runs record) and
 <paths.reports_dir>/split_report.json (counts, per-class counts, skipped files with
 their reasons, ignored files, duplicate groups, label conflicts).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import Config, stage_entry
-from pipeline.data import SPLITS, resolve_source, scan, split_dataset, validate_images, write_split
+from pipeline.data import SOURCE_FILE, SPLITS, resolve_source, scan, split_dataset, validate_images, write_split
 
 
 def run(config: Config) -> dict:
@@ -20,7 +21,7 @@ def run(config: Config) -> dict:
     report_path = Path(config.paths.reports_dir) / "split_report.json"
     # A failed split must not leave an earlier split behind for train to use.
     for stale in (report_path, *(Path(config.paths.split_dir) / name
-                                  for name in (*(f"{s}.csv" for s in SPLITS), "classes.json"))):
+                                  for name in (*(f"{s}.csv" for s in SPLITS), "classes.json", SOURCE_FILE))):
         stale.unlink(missing_ok=True)
     root = resolve_source(data.source, data.download_dir, data.sha256)
     print(f"dataset: {root}")

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -28,10 +28,10 @@ from pipeline import devices, tracking
 from pipeline.augmentation import augmentation_layer
 from pipeline.checkpoints import SavedState, TrainingState, WorkFolder, write_atomically
 from pipeline.config import Config, digest_of, in_multirun, stage_entry, to_dict, training_identity
-from pipeline.data import manifest_hash, read_classes, read_manifest
-from pipeline.errors import DataError
+from pipeline.data import manifest_hash, read_classes, read_manifest, split_source
 from pipeline.datasets import (ImageSet, backbone_features, build_eval_dataset, build_feature_eval_dataset,
                                build_feature_train_dataset, build_train_dataset, steps_per_epoch)
+from pipeline.errors import DataError
 from pipeline.models import build_model, compile_model, frozen_backbone
 from pipeline.visuals import augmentation_grid, training_curves
 
@@ -129,6 +129,7 @@ def run(config: Config) -> float:
     strategy = devices.make_strategy(config.train)  # first: a multi-worker strategy must precede other TF work
     keras.utils.set_random_seed(config.seed)
     require_images(config.paths.split_dir)  # before anything is recorded
+    config = with_split_source(config)
     chief = devices.is_chief(strategy)
     uri = tracking.connect(config) if chief else None  # a dead server fails here, before any work
     models_dir, reports_dir, work_root = output_dirs(config, chief)
@@ -145,6 +146,17 @@ def run(config: Config) -> float:
             train_from_state(config, training, work, state)
             return state.best_val_accuracy or 0.0
         return record_training(config, training, work, state, uri, models_dir, reports_dir, data_hash)
+
+
+def with_split_source(config: Config) -> Config:
+    """The config with `data.source` set to what the split was made from: a run records the
+    data it trains on, whatever `data.source` says on this command line."""
+    source = split_source(config.paths.split_dir)
+    if source is None or source == config.data.source:
+        return config
+    print(f"note: {config.paths.split_dir} was split from {source}; this run records that as data.source "
+          f"(not {config.data.source})")
+    return replace(config, data=replace(config.data, source=source))
 
 
 def require_images(split_dir: str) -> None:

@@ -298,3 +298,11 @@ def test_a_verdict_needs_three_seeds_and_some_spread():
     assert three.verdict == "keep" and three.low > 0  # three seeds that agree, with spread: a verdict
     worse = compare_with_baseline(*_paired([-0.03, -0.04, -0.05, -0.02, -0.06]), "test_accuracy", 0.95)
     assert worse.verdict == "drop" and worse.p_value == pytest.approx(2 / 32)  # drop although p > 0.05
+
+
+def test_long_group_labels_make_short_unique_metric_names():
+    source = "data.source=https://github.com/alexeygrigorev/clothing-dataset-small/archive/refs/heads/master.zip"
+    labels = [f"lesson, data.image_size=[{size}, {size}], {source}" * 3 for size in (96, 128)]
+    keys = [compare._metric_key(f"diff {label}") for label in labels]
+    assert all(len(key) <= 200 for key in keys) and keys[0] != keys[1]  # MLflow refuses names over 250
+    assert compare._metric_key("diff lesson") == "diff lesson"

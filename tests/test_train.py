@@ -38,6 +38,8 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
     assert run.info.status == "FINISHED"
     assert run.data.params["augmentation.rotation_range"] == "30.0"
     assert run.data.params["model.name"] == "residual_cnn" and run.data.params["data.classes"] == "cat,dog,fox"
+    # the data it trained on: the split's source, though this command line named none (the default URL)
+    assert run.data.params["data.source"] == str(tmp_path / "tiny") and "was split from" in result.stdout
     assert run.data.tags["augmentation"] == "lesson" and run.data.tags["augmented"] == "true"
     assert len(run.data.tags["data_manifest_sha256"]) == 64 and run.data.tags["git_commit"]
     assert len(run.data.tags["config_hash"]) == 64
