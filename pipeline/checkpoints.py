@@ -1,7 +1,7 @@
 """Resumable training state: one work folder per training configuration, safe to kill at any moment.
 
     <models_dir>/work/<resume key>/
-        identity.json          the config this state belongs to (written once, never changes)
+        identity.json          the config this state was started with (written once, never changes)
         state.json             the commit point: finished epochs, every epoch's metrics, the best
                                epoch and its val_accuracy, the MLflow run, the files below
         last-e0007.weights.h5  model + optimizer after the last finished epoch
@@ -69,6 +69,7 @@ class WorkFolder:
         from pipeline.config import digest_of
 
         self.identity = identity
+        self.started_as: dict[str, str] | None = None  # identity.json of an interrupted state, once opened
         self.key = digest_of({k: v for k, v in identity.items() if k not in RESUMABLE_KEYS})[:16]
         self.root = Path(models_dir) / "work"
         self.path = self.root / self.key
@@ -112,7 +113,11 @@ class WorkFolder:
         else:
             print(f"resuming from epoch {state.epochs_done} (best val_accuracy so far {state.best_val_accuracy:.4f} "
                   f"at epoch {state.best_epoch}) in {self.path}")
-        write_atomically(self.path / "identity.json", json.dumps(self.identity, indent=2, sort_keys=True) + "\n")
+        saved = self.path / "identity.json"
+        if state.epochs_done and saved.exists():
+            self.started_as = json.loads(saved.read_text())
+        else:
+            write_atomically(saved, json.dumps(self.identity, indent=2, sort_keys=True) + "\n")
         self._remove_unnamed_files(state)
         return state
 
@@ -136,6 +141,11 @@ class WorkFolder:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
+
+    def resumed_with(self) -> dict[str, str]:
+        """The resumable keys whose value differs from the interrupted training's: {key: now}."""
+        return {k: self.identity[k] for k in RESUMABLE_KEYS
+                if self.started_as is not None and self.started_as.get(k) != self.identity.get(k)}
 
     def _read_state(self) -> SavedState:
         path = self.path / "state.json"

@@ -351,7 +351,7 @@ class TrackingConfig:
         return self.registered_model or self.experiment
 
 
-COMPARE_METRICS = ("auto", "test_accuracy", "best_val_accuracy")
+COMPARE_METRICS = ("auto", "test_accuracy", "best_val_accuracy", "test_balanced_accuracy", "test_macro_f1")
 
 
 @dataclass
@@ -359,7 +359,8 @@ class CompareConfig:
     """`python -m pipeline.compare`: which runs, against which baseline, on which metric."""
 
     baseline: str = "none"            # the preset every other group is compared with
-    metric: str = "auto"              # auto: test_accuracy when every compared run has it, else best_val_accuracy
+    metric: str = "auto"              # auto: test_accuracy when every compared run has it, else best_val_accuracy;
+                                      # test_balanced_accuracy / test_macro_f1 weigh every class alike
     confidence: float = 0.95          # of the interval on the difference
     filter: Optional[str] = None      # an MLflow search filter, e.g. "params.`model.name` = 'residual_cnn'"
     power: float = 0.8                # for the seeds-needed advice: chance that a study of that size resolves it

@@ -473,6 +473,21 @@ def write_split(result: SplitResult, split_dir: Path, report_path: Path, source:
     return report
 
 
+SMALL_CLASS_SHARE = 0.1  # a class with fewer train images than this share of the largest class's is flagged
+
+
+def imbalance_warnings(train_counts: dict[str, int]) -> list[str]:
+    """One line per class that the accuracy of a model could ignore: fewer train images than
+    SMALL_CLASS_SHARE of the largest class's."""
+    if not train_counts:
+        return []
+    largest = max(train_counts, key=train_counts.get)
+    return [f"class '{name}' has {n} train image(s) against {train_counts[largest]} of '{largest}': a model can "
+            f"ignore it and keep a high accuracy. Add images, or judge by balanced accuracy and macro F1 (evaluate "
+            f"reports both; compare.metric=test_balanced_accuracy)"
+            for name, n in sorted(train_counts.items()) if n < SMALL_CLASS_SHARE * train_counts[largest]]
+
+
 def manifest_hash(split_dir: Path) -> str:
     """One hash over the three manifests and classes.json: the data version a run used."""
     digest = hashlib.sha256()

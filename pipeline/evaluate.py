@@ -2,7 +2,7 @@
 
     python -m pipeline.evaluate
 
-Writes <paths.reports_dir>/metrics.json (accuracy, loss, macro F1, per-class precision
+Writes <paths.reports_dir>/metrics.json (accuracy, balanced accuracy, loss, macro F1, per-class precision
 and recall; DVC metrics) and confusion.csv (actual,predicted per image; DVC's confusion
 template), and logs test_* metrics and a confusion-matrix PNG to the training's MLflow run.
 """
@@ -25,7 +25,8 @@ from pipeline.visuals import confusion_matrix_figure
 
 
 def classification_metrics(actual: np.ndarray, predicted: np.ndarray, classes: list[str]) -> dict:
-    """Accuracy, macro F1 and per-class precision/recall from integer labels."""
+    """Accuracy, balanced accuracy (the mean of the per-class recalls: a class never predicted
+    weighs as much as any other, whatever its size), macro F1 and per-class precision/recall."""
     per_class, f1s = {}, []
     for i, name in enumerate(classes):
         tp = int(np.sum((predicted == i) & (actual == i)))
@@ -35,8 +36,10 @@ def classification_metrics(actual: np.ndarray, predicted: np.ndarray, classes: l
         per_class[name] = {"precision": round(precision, 6), "recall": round(recall, 6), "f1": round(f1, 6),
                            "support": int(np.sum(actual == i))}
         f1s.append(f1)
-    return {"accuracy": round(float(np.mean(actual == predicted)), 6), "macro_f1": round(float(np.mean(f1s)), 6),
-            "per_class": per_class}
+    present = [c["recall"] for c in per_class.values() if c["support"]]
+    return {"accuracy": round(float(np.mean(actual == predicted)), 6),
+            "balanced_accuracy": round(float(np.mean(present)), 6) if present else 0.0,
+            "macro_f1": round(float(np.mean(f1s)), 6), "per_class": per_class}
 
 
 def run(config: Config) -> dict:
@@ -64,7 +67,8 @@ def run(config: Config) -> dict:
         writer.writerows((classes[a], classes[p]) for a, p in zip(actual, predicted))
     figure = confusion_matrix_figure(actual, predicted, classes, reports / "confusion.png")
     _log_to_training_run(config, reports, metrics, figure)
-    print(f"test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, loss {loss:.4f} "
+    print(f"test accuracy {metrics['accuracy']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f}, "
+          f"macro F1 {metrics['macro_f1']:.4f}, loss {loss:.4f} "
           f"on {len(actual)} images -> {reports / 'metrics.json'}")
     return metrics
 
@@ -76,15 +80,17 @@ def _log_to_training_run(config: Config, reports: Path, metrics: dict, figure: P
         return
     run = json.loads(run_file.read_text())
     mlflow.set_tracking_uri(run["tracking_uri"])
-    with mlflow.start_run(run_id=run["run_id"]):
-        # measured on the test dataset, by the run's LoggedModel: the model's page shows them
-        test_dataset = next((d for d in mlflow.get_run(run["run_id"]).inputs.dataset_inputs
-                             if any(t.key == "mlflow.data.context" and t.value == "testing" for t in d.tags)), None)
-        mlflow.log_metrics({"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
-                            "test_macro_f1": metrics["macro_f1"]}, model_id=run.get("model_id"),
-                           dataset=test_dataset.dataset if test_dataset else None)
-        mlflow.log_artifact(str(figure))
-        mlflow.log_dict(metrics, "classification_report.json")
+    # Logged into the finished run without reopening it: its status and end time stay the training's.
+    run_id, client = run["run_id"], mlflow.MlflowClient()
+    # measured on the test dataset, by the run's LoggedModel: the model's page shows them
+    test_dataset = next((d for d in client.get_run(run_id).inputs.dataset_inputs
+                         if any(t.key == "mlflow.data.context" and t.value == "testing" for t in d.tags)), None)
+    mlflow.log_metrics({"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
+                        "test_macro_f1": metrics["macro_f1"], "test_balanced_accuracy": metrics["balanced_accuracy"]},
+                       run_id=run_id, model_id=run.get("model_id"),
+                       dataset=test_dataset.dataset if test_dataset else None)
+    client.log_artifact(run_id, str(figure))
+    client.log_dict(run_id, metrics, "classification_report.json")
 
 
 main = stage_entry(run)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import Config, stage_entry
-from pipeline.data import SOURCE_FILE, SPLITS, resolve_source, scan, split_dataset, validate_images, write_split
+from pipeline.data import SOURCE_FILE, SPLITS, imbalance_warnings, resolve_source, scan, split_dataset, validate_images, write_split
 
 
 def run(config: Config) -> dict:
@@ -34,6 +34,8 @@ def run(config: Config) -> dict:
           f"duplicate groups {len(report['duplicates'])}, label conflicts {len(report['conflicts'])}")
     for item in report["skipped"]:
         print(f"  skipped {item['path']}: {item['reason']}")
+    for warning in imbalance_warnings(report["per_class"]["train"]):
+        print(f"warning: {warning}")
     return report
 
 

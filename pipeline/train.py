@@ -31,7 +31,7 @@ from pipeline.config import Config, digest_of, in_multirun, stage_entry, to_dict
 from pipeline.data import manifest_hash, read_classes, read_manifest, split_source
 from pipeline.datasets import (ImageSet, backbone_features, build_eval_dataset, build_feature_eval_dataset,
                                build_feature_train_dataset, build_train_dataset, steps_per_epoch)
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
 from pipeline.models import build_model, compile_model, frozen_backbone
 from pipeline.visuals import augmentation_grid, training_curves
 
@@ -141,11 +141,23 @@ def run(config: Config) -> float:
             return skip_finished(finished, reports_dir, uri)
     work = WorkFolder(work_root, identity)
     with work.opened(config.train.resume, refuse_other=not in_multirun()) as state:
+        refuse_a_changed_schedule(work, config)
         training = prepare_training(config, strategy)
         if not chief:  # a helper in a cluster: same steps, nothing recorded
             train_from_state(config, training, work, state)
             return state.best_val_accuracy or 0.0
         return record_training(config, training, work, state, uri, models_dir, reports_dir, data_hash)
+
+
+def refuse_a_changed_schedule(work: WorkFolder, config: Config) -> None:
+    """A resume may change train.epochs, but not under warmup_cosine, whose decay is laid out
+    over train.epochs: the resumed run would follow neither schedule."""
+    started = (work.started_as or {}).get("train.epochs")
+    if "train.epochs" in work.resumed_with() and config.train.lr_schedule == "warmup_cosine":
+        raise ConfigError(f"train.resume=true with train.epochs={config.train.epochs}, but the interrupted training "
+                          f"started with train.epochs={started} under train.lr_schedule=warmup_cosine, whose cosine "
+                          f"decay spans train.epochs: resume with train.epochs={started}, or start afresh without "
+                          "train.resume (its checkpoints stay until then).")
 
 
 def with_split_source(config: Config) -> Config:
@@ -190,7 +202,11 @@ def record_training(config: Config, training: Training, work: WorkFolder, state:
                               node=training.node) as active:
         if active.info.run_id == state.mlflow_run_id:
             tracking.record_resume(state.epochs_done, state.history)
-            mlflow.set_tag("config_hash", digest_of(work.identity))  # train.epochs may have changed
+            # params are immutable: what the resume changed (train.epochs, train.patience) is a tag, and the
+            # run now stands for the configuration it finishes as (a constant schedule: the same training)
+            for key, value in work.resumed_with().items():
+                mlflow.set_tag(f"resumed_with.{key}", value)
+            mlflow.set_tag("config_hash", digest_of(work.identity))
         else:
             state.mlflow_run_id = active.info.run_id
             mlflow.log_params(tracking.flat_params(config))

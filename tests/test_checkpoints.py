@@ -86,3 +86,27 @@ def test_a_kill_in_mid_write_leaves_the_previous_state(tmp_path):
     assert state.epochs_done == 2 and state.best_epoch == 2
     assert sorted(p.name for p in folder.path.iterdir()) == sorted(
         ["lock", "identity.json", "state.json", state.last_weights, state.best_weights])
+
+
+@pytest.mark.parametrize("schedule", ["constant", "warmup_cosine"])
+def test_a_resume_with_more_epochs_is_recorded_or_refused_by_schedule(tmp_path, schedule):
+    from pipeline.config import compose
+    from pipeline.train import refuse_a_changed_schedule
+
+    started = {**IDENTITY, "train.epochs": "12", "train.lr_schedule": schedule}
+    folder = WorkFolder(tmp_path, started)
+    state = folder.open(resume=False)
+    run_epochs(folder, state, tiny_model(), {1: 0.5, 2: 0.6, 3: 0.7})  # then killed
+    folder.close(finished=False)
+
+    longer = WorkFolder(tmp_path, {**started, "train.epochs": "14"})
+    assert longer.open(resume=True).epochs_done == 3
+    assert longer.started_as["train.epochs"] == "12"  # identity.json keeps what it started as
+    assert longer.resumed_with() == {"train.epochs": "14"}
+    config = compose([f"train.lr_schedule={schedule}", "train.epochs=14", "train.resume=true"])
+    if schedule == "constant":
+        refuse_a_changed_schedule(longer, config)  # the same training as 14 epochs from the start
+    else:
+        with pytest.raises(ConfigError, match="resume with train.epochs=12, or start afresh"):
+            refuse_a_changed_schedule(longer, config)
+    longer.close(finished=False)

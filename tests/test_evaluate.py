@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
+
 from pipeline import evaluate
 from pipeline.config import compose
 from pipeline.data import read_classes
@@ -23,3 +26,13 @@ def test_evaluate_uses_the_size_the_model_was_trained_at(split_done, capsys):
     assert "the model takes 32x32 images (data.image_size is 150x150)" in capsys.readouterr().out
     assert metrics["test_images"] == 3 and 0 <= metrics["accuracy"] <= 1
     assert json.loads((tmp_path / "reports" / "metrics.json").read_text())["test_images"] == 3
+
+
+def test_balanced_accuracy_sees_a_class_that_is_never_predicted():
+    actual = np.array([0] * 98 + [1] * 2)
+    predicted = np.zeros(100, dtype=int)  # the majority class, always
+    metrics = evaluate.classification_metrics(actual, predicted, ["common", "rare"])
+    assert metrics["accuracy"] == 0.98
+    assert metrics["balanced_accuracy"] == 0.5  # recalls 1.0 and 0.0
+    assert metrics["macro_f1"] == pytest.approx((2 * 0.98 / 1.98 + 0) / 2, abs=1e-6)
+    assert metrics["per_class"]["rare"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2}

@@ -316,3 +316,16 @@ def test_a_failed_split_leaves_no_earlier_manifests(tmp_path, tiny_dataset):
     assert not any((tmp_path / "split" / name).exists() for name in ("train.csv", "val.csv", "test.csv",
                                                                    "classes.json"))
     assert not (tmp_path / "reports" / "split_report.json").exists()
+
+
+def test_a_class_far_smaller_than_the_others_is_flagged(tmp_path, capsys):
+    root = tmp_path / "lopsided"
+    for i in range(60):
+        make_image(root / "common" / f"c{i:02d}.png", seed=i, pattern=0)
+    for i in range(4):
+        make_image(root / "rare" / f"r{i}.png", seed=100 + i, pattern=1)
+    report = run_split(tmp_path, root)
+    assert report["per_class"]["train"] == {"common": 48, "rare": 2}
+    out = capsys.readouterr().out
+    assert "warning: class 'rare' has 2 train image(s) against 48 of 'common'" in out
+    assert "class 'common'" not in out

@@ -87,7 +87,8 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
     (answer,) = json.loads(served.stdout.strip().splitlines()[-1])["predictions"]
     np.testing.assert_allclose(answer, probabilities[0], atol=1e-5)
 
-    # evaluate: the test metrics belong to the model and to the test dataset
+    # evaluate: the test metrics belong to the model and to the test dataset; the run's times stay the training's
+    trained = client.get_run(run.info.run_id).info
     evaluated = run_module("pipeline.evaluate", *[a for a in train_args(tmp_path, uri) if a.startswith("paths.")],
                            "data.image_size=[32,32]")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
@@ -96,6 +97,9 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
     assert model_metrics["test_accuracy"].dataset_digest == inputs["testing"].digest
     assert model_metrics["test_accuracy"].value == pytest.approx(
         json.loads((tmp_path / "reports" / "metrics.json").read_text())["accuracy"])
+    after = client.get_run(run.info.run_id)
+    assert (after.info.status, after.info.end_time) == (trained.status, trained.end_time)
+    assert "test_accuracy" in after.data.metrics
     assert (tmp_path / "models" / "model.keras").exists()
     assert (tmp_path / "reports" / "history.csv").read_text().splitlines()[0].startswith("epoch,")
 
@@ -189,6 +193,7 @@ def test_sigterm_marks_the_run_killed_and_resume_is_the_same_run(split_done):
     assert f"resuming from epoch {done}" in resumed.stdout
     client, run = only_run(uri)  # the same MLflow run, continued
     assert run.info.status == "FINISHED" and run.data.tags["resumed_at_epochs"] == str(done)
+    assert run.data.params["train.epochs"] == "200" and run.data.tags["resumed_with.train.epochs"] == str(done + 2)
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
     assert steps == list(range(1, done + 3))  # neither repeated nor skipped
     epochs = [int(line.split(",")[0]) for line in (tmp_path / "reports" / "history.csv").read_text().splitlines()[1:]]
