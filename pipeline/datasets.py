@@ -121,13 +121,14 @@ def build_train_dataset(images: ImageSet, image_size: tuple[int, int], batch_siz
 
 
 def backbone_features(features_model, images: ImageSet, image_size: tuple[int, int], batch_size: int,
-                      cache: str = "auto") -> np.ndarray:
+                      cache: str = "auto", callbacks: list = ()) -> np.ndarray:
     """The frozen backbone's pooled features of every image, in manifest order (float32 [n, d]).
 
     Without augmentation a frozen backbone maps each image to the same features every
     epoch, so they are computed once and only the head trains on them."""
     plain = build_eval_dataset(images, image_size, batch_size, cache)
-    return features_model.predict(plain, verbose=1 if sys.stdout.isatty() else 0).astype(np.float32)
+    return features_model.predict(plain, verbose=1 if sys.stdout.isatty() else 0,
+                                  callbacks=list(callbacks)).astype(np.float32)
 
 
 def build_feature_train_dataset(features: np.ndarray, images: ImageSet, batch_size: int, seed: int,

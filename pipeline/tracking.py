@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -38,9 +39,34 @@ from pipeline.errors import TrackingError
 
 
 class RunKilled(KeyboardInterrupt):
-    """Raised inside training when the process receives SIGTERM (exit code 143, as for SIGTERM)."""
+    """Raised at the next check point after the process received SIGTERM (exit code 143, as for SIGTERM)."""
 
     exit_code = 143
+
+
+_stop_requested = threading.Event()
+
+
+def request_stop(signum, frame) -> None:
+    """The SIGTERM handler: only note the request. An exception thrown from a signal handler lands
+    in whatever code runs at that moment, and some code swallows it; the training checks
+    `raise_if_stopped` instead, at every batch (`StopOnSignal`) and between its stages."""
+    _stop_requested.set()
+
+
+def raise_if_stopped() -> None:
+    if _stop_requested.is_set():
+        raise RunKilled("received SIGTERM; the MLflow run is marked KILLED")
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Ends fit, predict or evaluate at the next batch once SIGTERM has arrived (before the
+    epoch is committed: a half epoch is never checkpointed as a whole one)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        raise_if_stopped()
+
+    on_predict_batch_end = on_test_batch_end = on_epoch_begin = on_train_batch_end
 
 
 def store_root(project: Path = PROJECT_ROOT) -> Path:
@@ -266,10 +292,8 @@ def tracked_run(run_name: str | None = None, continue_run_id: str | None = None,
     `system/*` metrics, tagged with `node` (this process's task in a multi-worker cluster).
     """
 
-    def on_sigterm(signum, frame):
-        raise RunKilled(f"received signal {signum}; the MLflow run is marked KILLED")
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    _stop_requested.clear()
+    previous = signal.signal(signal.SIGTERM, request_stop)
     if continue_run_id and not _run_exists(continue_run_id):
         print(f"note: the interrupted MLflow run {continue_run_id} is not in {mlflow.get_tracking_uri()}; "
               "the resumed training is recorded as a new run")

@@ -101,7 +101,8 @@ def fit(config: Config, training: Training, callbacks: list = (), start_epoch: i
     if training.features is not None:
         print(f"frozen backbone, no augmentation: its features are computed once ({len(training.train_set)} train, "
               f"{len(training.val_set)} val images) and only the head trains (train.cache_features=false: off)")
-        train_features, val_features = (backbone_features(training.features, images, image_size, batch, config.data.cache)
+        train_features, val_features = (backbone_features(training.features, images, image_size, batch, config.data.cache,
+                                                          [tracking.StopOnSignal()])
                                         for images in (training.train_set, training.val_set))
         train_ds = build_feature_train_dataset(train_features, training.train_set, batch, config.seed, start_epoch)
         val_ds = build_feature_eval_dataset(val_features, training.val_set, batch)
@@ -112,7 +113,7 @@ def fit(config: Config, training: Training, callbacks: list = (), start_epoch: i
         val_ds = build_eval_dataset(training.val_set, image_size, batch, cache=config.data.cache)
     training.trainer.fit(
         train_ds, validation_data=val_ds, epochs=config.train.epochs, initial_epoch=start_epoch,
-        steps_per_epoch=steps_per_epoch(training.train_set, batch), callbacks=list(callbacks),
+        steps_per_epoch=steps_per_epoch(training.train_set, batch), callbacks=[*callbacks, tracking.StopOnSignal()],
         verbose=1 if sys.stdout.isatty() else 2)
 
 
@@ -225,6 +226,7 @@ def record_training(config: Config, training: Training, work: WorkFolder, state:
                                                           rows=5, variants=4)))
 
         train_from_state(config, training, work, state, on_commit=lambda epoch, m: mlflow.log_metrics(m, step=epoch))
+        tracking.raise_if_stopped()
 
         models_dir.mkdir(parents=True, exist_ok=True)
         model_path = models_dir / "model.keras"
@@ -240,6 +242,7 @@ def record_training(config: Config, training: Training, work: WorkFolder, state:
         best_val, best_epoch = state.best_val_accuracy or 0.0, state.best_epoch
         mlflow.log_metrics({"best_val_accuracy": best_val, "best_epoch": best_epoch})
         model_id = None
+        tracking.raise_if_stopped()
         if config.tracking.log_model:  # the saved file, reloaded off the strategy: no cluster needed
             model_id = tracking.log_keras_model(keras.models.load_model(model_path), tuple(config.data.image_size),
                                                 classes_path, best_epoch)

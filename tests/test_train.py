@@ -204,6 +204,32 @@ def test_sigterm_marks_the_run_killed_and_resume_is_the_same_run(split_done):
     assert not list((tmp_path / "models").glob("work/*"))  # finished: nothing left to resume
 
 
+def test_one_sigterm_right_after_the_run_starts_stops_it(split_done):
+    """The signal lands while the run is being set up (preview, datasets, first steps), not in an
+    epoch loop: one SIGTERM still ends the run KILLED and the process soon after."""
+    tmp_path = split_done
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.train", *train_args(
+        tmp_path, uri, "train.epochs=500", "train.patience=500", "augmentation=lesson")], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        client = MlflowClient(uri)
+        for _ in range(600):  # until the MLflow run exists
+            experiment = (tmp_path / "mlflow.db").exists() and client.get_experiment_by_name("augmentation")
+            if experiment and client.search_runs([experiment.experiment_id]):
+                break
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)  # once
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143, stderr[-2000:]
+    assert "stopped (received SIGTERM" in stderr
+    _, run = only_run(uri)
+    assert run.info.status == "KILLED"
+
+
 def test_a_damaged_checkpoint_is_a_clear_error(split_done):
     tmp_path = split_done
     uri = f"sqlite:///{tmp_path}/mlflow.db"
