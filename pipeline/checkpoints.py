@@ -192,6 +192,7 @@ class WorkFolder:
     def commit(self, state: SavedState, model: keras.Model, epoch: int, metrics: dict[str, float],
                improved: bool) -> None:
         """Record a finished epoch (1-based): weights first, then `state.json` names them."""
+        previous = {state.last_weights, state.best_weights}
         last = f"last-e{epoch:04d}.weights.h5"
         self._save_weights(model, last)
         if improved:
@@ -199,7 +200,6 @@ class WorkFolder:
             self._save_weights(model, best)
             state.best_weights, state.best_epoch = best, epoch
             state.best_val_accuracy = metrics["val_accuracy"]
-        previous = {state.last_weights, state.best_weights}
         state.last_weights, state.epochs_done = last, epoch
         state.history = [*state.history[:epoch - 1], metrics]
         write_atomically(self.path / "state.json", json.dumps(state.__dict__, indent=1) + "\n")

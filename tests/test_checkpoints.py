@@ -110,3 +110,12 @@ def test_a_resume_with_more_epochs_is_recorded_or_refused_by_schedule(tmp_path, 
         with pytest.raises(ConfigError, match="resume with train.epochs=12, or start afresh"):
             refuse_a_changed_schedule(longer, config)
     longer.close(finished=False)
+
+
+def test_only_the_newest_best_and_last_weights_stay_on_disk(tmp_path):
+    folder = WorkFolder(tmp_path, IDENTITY)
+    state = folder.open(resume=False)
+    run_epochs(folder, state, tiny_model(), {1: 0.5, 2: 0.6, 3: 0.7, 4: 0.65})  # improved at 1, 2 and 3
+    weights = sorted(p.name for p in folder.path.glob("*.weights.h5"))
+    assert weights == ["best-e0003.weights.h5", "last-e0004.weights.h5"]
+    folder.close(finished=False)
