@@ -33,6 +33,7 @@ from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
+from pipeline import orphans
 from pipeline.comparison import RunSummary
 from pipeline.config import PROJECT_ROOT, Config, flatten, to_dict
 from pipeline.errors import TrackingError
@@ -89,12 +90,14 @@ def connect(config: Config, timeout_s: float = 5.0, create_experiment: bool = Tr
     """Point MLflow at the store and make sure it answers, before any training starts.
 
     `create_experiment=False` (readers such as compare) fails on a missing experiment instead.
+    Runs of this host left RUNNING by a killed process are marked KILLED (`orphans`).
     """
     uri = tracking_uri(config)
     if uri.startswith(("http://", "https://")):
         check_server(uri, timeout_s)
     mlflow.set_tracking_uri(uri)
-    use_experiment(config.tracking.experiment, uri, create_experiment)
+    experiment = use_experiment(config.tracking.experiment, uri, create_experiment)
+    orphans.mark_orphaned_runs(experiment.experiment_id)
     return uri
 
 
@@ -308,6 +311,7 @@ def tracked_run(run_name: str | None = None, continue_run_id: str | None = None,
     run = (mlflow.start_run(run_id=continue_run_id, log_system_metrics=system_metrics) if continue_run_id
            else mlflow.start_run(run_name=run_name, log_system_metrics=system_metrics))
     try:
+        mlflow.set_tags(orphans.process_tags())  # so that a later run can tell if this process was killed
         yield run
     except KeyboardInterrupt:
         mlflow.set_tag("end_reason", "interrupted (SIGINT/SIGTERM)")

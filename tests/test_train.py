@@ -43,6 +43,7 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
     assert run.data.tags["augmentation"] == "lesson" and run.data.tags["augmented"] == "true"
     assert len(run.data.tags["data_manifest_sha256"]) == 64 and run.data.tags["git_commit"]
     assert len(run.data.tags["config_hash"]) == 64
+    assert run.data.tags["process.pid"].isdigit() and run.data.tags["process.host"]  # for a later orphan check
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert [m.step for m in history] == [1, 2]
     for metric in ("loss", "accuracy", "val_loss", "learning_rate", "epoch_seconds", "train_images_per_second"):
