@@ -636,6 +636,26 @@ def check_command_line(args: list[str]) -> None:
             check_key(arg.split("=", 1)[0])
 
 
+OUTPUT_PATHS = ("paths.split_dir", "paths.reports_dir", "paths.models_dir", "data.download_dir")
+
+
+def check_output_paths(config: Config) -> Config:
+    """Refuse, naming the key, an output folder that cannot be one: a path through a file
+    (/etc/hostname/x), or a folder where a file must go (models/model.keras as a folder)."""
+    for key in OUTPUT_PATHS:
+        section, name = key.split(".")
+        path = Path(getattr(getattr(config, section), name)).expanduser()
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise ConfigError(f"{key}={path}: {blocker} is a file, not a folder, so nothing can be written there. "
+                              f"Choose another {key}, or move that file away.")
+    model_file = Path(config.paths.models_dir).expanduser() / "model.keras"
+    if model_file.is_dir():
+        raise ConfigError(f"paths.models_dir={config.paths.models_dir}: {model_file} is a folder, where training "
+                          "writes the model file. Remove or rename it, or choose another paths.models_dir.")
+    return config
+
+
 def stage_entry(task: Callable[[Config], Any]) -> Callable[[], Any]:
     """Turn `task(config)` into a command line entry point.
 
@@ -646,14 +666,14 @@ def stage_entry(task: Callable[[Config], Any]) -> Callable[[], Any]:
 
     def main() -> Any:
         if sys.argv[1:2] == ["--params"]:
-            return _explained(lambda: task(_load_params(sys.argv[1:])))
+            return _explained(lambda: task(check_output_paths(_load_params(sys.argv[1:]))))
 
         _explained(lambda: check_command_line(sys.argv[1:]))
         import hydra
 
         @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
         def hydra_task(raw: DictConfig) -> Any:
-            return _explained(lambda: task(validate(raw)))
+            return _explained(lambda: task(check_output_paths(validate(raw))))
 
         return hydra_task()
 

@@ -231,8 +231,11 @@ def record_training(config: Config, training: Training, work: WorkFolder, state:
         models_dir.mkdir(parents=True, exist_ok=True)
         model_path = models_dir / "model.keras"
         scratch_model = models_dir / f".tmp-{os.getpid()}-model.keras"  # Keras wants the .keras suffix
-        training.model.save(scratch_model)
-        os.replace(scratch_model, model_path)
+        try:
+            training.model.save(scratch_model)
+            os.replace(scratch_model, model_path)
+        finally:
+            scratch_model.unlink(missing_ok=True)  # gone after the rename; left by a failure, removed
         classes_path = models_dir / "classes.json"  # the model's output order, for predict
         write_atomically(classes_path, json.dumps(training.train_set.classes) + "\n")
         mlflow.log_artifact(str(write_history(state.history, reports_dir / "history.csv")))

@@ -155,3 +155,32 @@ def test_ablate_names_an_operation_the_preset_uses():
     assert again.augmentation == applied.augmentation
     # the ablated run is another configuration than the full preset
     assert training_identity(applied, "x") != training_identity(compose(["augmentation=lesson"]), "x")
+
+
+@pytest.mark.parametrize("key", ["paths.models_dir", "paths.split_dir", "paths.reports_dir", "data.download_dir"])
+def test_an_output_folder_under_a_file_is_refused_naming_the_key(tmp_path, key):
+    from pipeline.config import check_output_paths
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError) as error:
+        check_output_paths(compose([f"{key}={blocker}/x"]))
+    assert str(error.value) == (f"{key}={blocker}/x: {blocker} is a file, not a folder, so nothing can be written "
+                                f"there. Choose another {key}, or move that file away.")
+
+
+def test_a_path_error_is_one_line_from_the_command(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = run_module("pipeline.split", f"paths.split_dir={blocker}/x", f"data.source={tmp_path}",
+                        f"hydra.run.dir={tmp_path}/h")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: paths.split_dir={blocker}/x: {blocker} is a file")
+
+
+def test_a_folder_where_the_model_file_goes_is_refused_before_training(tmp_path):
+    from pipeline.config import check_output_paths
+
+    (tmp_path / "models" / "model.keras").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"model.keras is a folder"):
+        check_output_paths(compose([f"paths.models_dir={tmp_path}/models"]))
