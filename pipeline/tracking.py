@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -112,14 +113,19 @@ def use_experiment(name: str, uri: str, create: bool = True) -> mlflow.entities.
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
-def check_server(uri: str, timeout_s: float) -> None:
-    """A tracking server answers, and lets us in: "server down" and "wrong or missing
-    credentials" each get their own one-line advice, within `timeout_s` seconds."""
+SLOW_SERVER_PATIENCE_S = 120.0  # as long as MLflow's own client keeps retrying a request
+
+
+def check_server(uri: str, timeout_s: float, patience_s: float = SLOW_SERVER_PATIENCE_S) -> None:
+    """A tracking server answers, and lets us in: "server down", "too slow" and "wrong or missing
+    credentials" each get their own one-line advice. A server that refuses connections is down
+    at once; one that accepts but answers slowly (busy, or fifty jobs starting together) is asked
+    again with a doubled timeout, starting at `timeout_s`, for up to `patience_s` seconds."""
     if "@" in urllib.parse.urlsplit(uri).netloc:
         raise TrackingError(f"tracking.uri holds credentials ({uri.split('@')[-1]}): a URI is logged and shared. "
                             f"Set {CREDENTIALS[0]} and {CREDENTIALS[1]} in the environment instead.")
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+        _patient_open(urllib.request.Request(uri.rstrip("/") + "/health"), uri, timeout_s, patience_s).close()
     except (urllib.error.URLError, TimeoutError, OSError) as error:
         raise TrackingError(
             f"The MLflow tracking server at {uri} does not answer ({getattr(error, 'reason', error)}). "
@@ -132,7 +138,7 @@ def check_server(uri: str, timeout_s: float) -> None:
         token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     try:
-        urllib.request.urlopen(request, timeout=timeout_s).close()
+        _patient_open(request, uri, timeout_s, patience_s).close()
     except urllib.error.HTTPError as error:
         if error.code == 401:
             who = f"refuses user '{user}': wrong password or unknown user" if user else "asks for credentials"
@@ -145,6 +151,32 @@ def check_server(uri: str, timeout_s: float) -> None:
         raise TrackingError(f"The MLflow tracking server at {uri} answers HTTP {error.code} ({error.reason}).") from None
     except (urllib.error.URLError, TimeoutError, OSError) as error:
         raise TrackingError(f"The MLflow tracking server at {uri} stopped answering ({error}).") from None
+
+
+def _timed_out(error: BaseException) -> bool:
+    reason = getattr(error, "reason", error)
+    return isinstance(reason, TimeoutError) or "timed out" in str(reason)
+
+
+def _patient_open(request: urllib.request.Request, uri: str, timeout_s: float, patience_s: float):
+    """urlopen, asked again with a doubled timeout while the server is slow (not while it is down)."""
+    start, attempt_s = time.monotonic(), timeout_s
+    while True:
+        try:
+            return urllib.request.urlopen(request, timeout=attempt_s)
+        except urllib.error.HTTPError:
+            raise
+        except (urllib.error.URLError, TimeoutError, OSError) as error:
+            waited = time.monotonic() - start
+            if not _timed_out(error):
+                raise  # refused, no such host: down, said at once
+            if waited >= patience_s:
+                raise TrackingError(f"The MLflow tracking server at {uri} accepts connections but has not answered "
+                                    f"in {waited:.0f} s: it is overloaded or stuck. Try again later, or give it more "
+                                    "workers (mlflow server --workers N).") from None
+            attempt_s = min(2 * attempt_s, max(patience_s - waited, 1.0))
+            print(f"note: the MLflow tracking server at {uri} is slow to answer ({waited:.0f} s so far); "
+                  f"asking again, waiting up to {attempt_s:.0f} s")
 
 
 # Launchers whose jobs run on other machines: they cannot share a sqlite file.
