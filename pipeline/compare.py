@@ -184,13 +184,14 @@ def render_markdown(report: dict) -> str:
              f"{report['runs']} finished runs"
              + (f" ({report['runs_left_out']} failed/killed/running runs left out)" if report["runs_left_out"] else "")
              + (f", filter `{report['filter']}`" if report["filter"] else "") + ".", "",
-             "| group | runs | seeds | best val accuracy % | test accuracy % | epochs to best | best at last epoch |",
-             "|---|---|---|---|---|---|---|"]
+             "| group | runs | seeds | best val accuracy % | test accuracy % | test balanced accuracy % | epochs to best "
+             "| best at last epoch |", "|---|---|---|---|---|---|---|---|"]
     for g in report["groups"]:
         epochs = "-" if math.isnan(g["best_epoch_mean"]) else f"{g['best_epoch_mean']:.1f}"
         lines.append(f"| {g['group']} | {g['runs']} | {g['seeds']} "
                      f"| {_percent(g['best_val_accuracy_mean'], g['best_val_accuracy_std'], g['best_val_accuracy_n'])} "
                      f"| {_percent(g['test_accuracy_mean'], g['test_accuracy_std'], g['test_accuracy_n'])} "
+                     f"| {_percent(*(g[f'test_balanced_accuracy_{k}'] for k in ('mean', 'std', 'n')))} "
                      f"| {epochs} | {g['not_converged']} of {g['runs']} |")
     lines += ["", f"## Against `{report['baseline']}`: {report['metric']}, difference in points, "
                   f"{report['confidence']:.0%} intervals", "", *[h.format(what="group") for h in DIFFERENCE_HEADER]]

@@ -293,14 +293,14 @@ def ablation_contributions(groups: list[Group], metric: str, confidence: float,
 
 
 def group_table(groups: list[Group]) -> list[dict]:
-    """Per group: runs, seeds, best val / test accuracy mean and std, epochs to best, and how
-    many runs were still improving at their last epoch."""
+    """Per group: runs, seeds, best val / test accuracy and test balanced accuracy (mean and std),
+    epochs to best, and how many runs were still improving at their last epoch."""
     rows = []
     for g in groups:
         row = {"group": g.label, "preset": g.preset, **g.settings, "runs": len(g.runs),
                "seeds": ",".join(r.seed for r in g.runs), "repeats_dropped": g.repeats_dropped,
                "not_converged": sum(r.converged is False for r in g.runs)}
-        for metric in ("best_val_accuracy", "test_accuracy", "best_epoch"):
+        for metric in ("best_val_accuracy", "test_accuracy", "test_balanced_accuracy", "best_epoch"):
             values = list(g.values(metric).values())
             row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std(values) if values else (math.nan, math.nan)
             row[f"{metric}_n"] = len(values)
