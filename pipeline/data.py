@@ -195,9 +195,9 @@ def _dataset_root(path: Path) -> Path:
     """Descend through single wrapper folders (as in GitHub archives); a single folder that
     holds images itself is a class, not a wrapper."""
     while True:
-        children = [c for c in path.iterdir() if not _is_ignored(c.name)]
+        children = [c for c in path.iterdir() if not is_ignored(c.name)]
         if len(children) == 1 and children[0].is_dir() and children[0].name.lower() not in SPLIT_FOLDER_NAMES \
-                and any(c.is_dir() and not _is_ignored(c.name) for c in children[0].iterdir()):
+                and any(c.is_dir() and not is_ignored(c.name) for c in children[0].iterdir()):
             path = children[0]
         else:
             return path
@@ -213,13 +213,14 @@ class Candidate:
     folder_split: str | None  # from a pre-split layout, else None
 
 
-def _is_ignored(name: str) -> bool:
+def is_ignored(name: str) -> bool:
+    """Hidden and system files or folders (.DS_Store, Thumbs.db, __MACOSX): never data."""
     return name.startswith(".") or name.lower() in SYSTEM_FILES or name == "__MACOSX"
 
 
 def scan(root: Path, respect_existing: bool) -> tuple[list[Candidate], list[str]]:
     """List every file below `root` with its class; return (candidates, ignored paths)."""
-    top = {c.name.lower(): c for c in root.iterdir() if c.is_dir() and not _is_ignored(c.name)}
+    top = {c.name.lower(): c for c in root.iterdir() if c.is_dir() and not is_ignored(c.name)}
     split_dirs = {SPLIT_FOLDER_NAMES[n]: d for n, d in top.items() if n in SPLIT_FOLDER_NAMES}
     presplit = "train" in split_dirs and len(split_dirs) >= 2
     if presplit and len(split_dirs) != len(top):
@@ -230,7 +231,7 @@ def scan(root: Path, respect_existing: bool) -> tuple[list[Candidate], list[str]
     candidates, ignored = [], []
     for split, base in groups:
         for class_dir in sorted(base.iterdir()):
-            if _is_ignored(class_dir.name):
+            if is_ignored(class_dir.name):
                 ignored.append(str(class_dir))
                 continue
             if not class_dir.is_dir():
@@ -238,7 +239,7 @@ def scan(root: Path, respect_existing: bool) -> tuple[list[Candidate], list[str]
                 continue
             for file in sorted(class_dir.rglob("*")):
                 rel_parts = file.relative_to(class_dir).parts
-                if any(_is_ignored(p) for p in rel_parts):
+                if any(is_ignored(p) for p in rel_parts):
                     if file.is_file():
                         ignored.append(str(file))
                     continue

@@ -3,13 +3,15 @@
     python -m pipeline.predict models/model.keras photo.jpg shirt.png
     python -m pipeline.predict runs:/<run_id>/model photo.jpg --top-k 5 --json
     python -m pipeline.predict models:/clothing/1 photos/*.webp
+    python -m pipeline.predict models/model.keras photos/          # every image below a folder
 
 MODEL is a saved Keras file or an MLflow model URI (runs:/..., models:/..., or a logged
 model folder; the tracking store is $MLFLOW_TRACKING_URI or the project's sqlite store).
 Images are decoded and resized exactly as in training (any format the split stage
-accepts; the model applies its own preprocessing). A file that is not a usable image
-gets an error line of its own; the others are still predicted. Exit code 1 if any image
-failed, 2 if the model cannot be loaded.
+accepts; the model applies its own preprocessing), in batches of PREDICT_BATCH with a
+progress bar when there are more. A named file that is not a usable image gets an error line
+of its own; the others are still predicted. In a folder, files that are not images are
+counted in one note. Exit code 1 if any named image failed, 2 if the model cannot be loaded.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from pipeline.data import inspect_image, load_image
+from pipeline.data import is_ignored, inspect_image, load_image
 from pipeline.errors import ModelError, UserError
+
+PREDICT_BATCH = 64  # images decoded and predicted at a time: memory stays bounded on any folder
 
 
 def load_model_and_classes(source: str, classes_file: Path | None = None):
@@ -63,23 +68,38 @@ def _load_mlflow_model(uri: str):
                          "set $MLFLOW_TRACKING_URI for another store.") from None
 
 
+def expand_folders(names: list[str]) -> tuple[list[str], list[str]]:
+    """(named files, files found below named folders), in a stable order; hidden and system files left out."""
+    named, found = [], []
+    for name in names:
+        path = Path(name)
+        if path.is_dir():
+            found += [str(f) for f in sorted(path.rglob("*")) if f.is_file()
+                      and not any(is_ignored(part) for part in f.relative_to(path).parts)]
+        else:
+            named.append(name)
+    return named, found
+
+
 def predict_files(model, classes: list[str], files: list[str], top_k: int) -> list[dict]:
     """One result per file: {"file", "top": [(class, probability), ...]} or {"file", "error"}."""
     height, width = model.input_shape[1:3]
-    results, images, good = [], [], []
-    for name in files:
-        _, problem = inspect_image(Path(name))
-        if problem:
-            results.append({"file": name, "error": problem})
-            continue
-        images.append(load_image(name, (height, width)))
-        good.append(len(results))
-        results.append({"file": name})
-    if images:
-        probabilities = model.predict(np.stack(images).astype(np.float32), verbose=0)
-        for index, row in zip(good, probabilities):
-            best = np.argsort(row)[::-1][:top_k]
-            results[index]["top"] = [(classes[i], float(row[i])) for i in best]
+    results = [{"file": name} for name in files]
+    with tqdm(total=len(files), desc="predict", unit="img", disable=len(files) <= PREDICT_BATCH,
+              file=sys.stderr) as progress:
+        for start in range(0, len(files), PREDICT_BATCH):
+            batch, images = [], []
+            for result in results[start:start + PREDICT_BATCH]:
+                _, problem = inspect_image(Path(result["file"]))
+                if problem:
+                    result["error"] = problem
+                else:
+                    batch.append(result)
+                    images.append(load_image(result["file"], (height, width)))
+            if images:
+                for result, row in zip(batch, model.predict(np.stack(images).astype(np.float32), verbose=0)):
+                    result["top"] = [(classes[i], float(row[i])) for i in np.argsort(row)[::-1][:top_k]]
+            progress.update(min(PREDICT_BATCH, len(files) - start))
     return results
 
 
@@ -87,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="models/model.keras or an MLflow model URI (runs:/<run_id>/model)")
-    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("images", nargs="+", help="image files, or folders (every image below them)")
     parser.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
     parser.add_argument("--classes", type=Path, help="JSON list of class names (default: classes.json beside the model)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
@@ -100,7 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    results = predict_files(model, classes, args.images, min(args.top_k, len(classes)))
+    named, found = expand_folders(args.images)
+    results = predict_files(model, classes, named + found, min(args.top_k, len(classes)))
+    not_images = [r for r in results[len(named):] if "error" in r]
+    results = results[:len(named)] + [r for r in results[len(named):] if "error" not in r]
+    if not_images:
+        print(f"note: {len(not_images)} file(s) in the folder(s) are not usable images and were left out, e.g. "
+              f"{not_images[0]['file']}: {not_images[0]['error']}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2))
     for result in results:

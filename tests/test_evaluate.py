@@ -36,3 +36,25 @@ def test_balanced_accuracy_sees_a_class_that_is_never_predicted():
     assert metrics["balanced_accuracy"] == 0.5  # recalls 1.0 and 0.0
     assert metrics["macro_f1"] == pytest.approx((2 * 0.98 / 1.98 + 0) / 2, abs=1e-6)
     assert metrics["per_class"]["rare"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2}
+
+
+def test_predict_takes_a_folder_in_batches_and_notes_what_is_not_an_image(tmp_path, capsys, monkeypatch):
+    from pipeline import predict
+    from tests.conftest import make_image
+
+    model = build_model(compose(["model=residual_cnn"]).model, 3, (32, 32))
+    model.save(tmp_path / "model.keras")
+    (tmp_path / "classes.json").write_text(json.dumps(["cat", "dog", "fox"]))
+    photos = tmp_path / "photos"
+    for i in range(7):
+        make_image(photos / ("sub" if i % 2 else "") / f"p{i}.png", seed=i, pattern=i % 3)
+    (photos / "notes.txt").write_text("not an image")
+    (photos / ".DS_Store").write_text("hidden")
+    monkeypatch.setattr(predict, "PREDICT_BATCH", 3)  # 7 images: three batches
+    code = predict.main([str(tmp_path / "model.keras"), str(photos), "--json"])
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)
+    assert code == 0 and len(results) == 7 and all(len(r["top"]) == 3 for r in results)
+    assert sorted(r["file"].rsplit("/", 1)[-1] for r in results) == [f"p{i}.png" for i in range(7)]
+    assert "1 file(s) in the folder(s) are not usable images" in captured.err and "notes.txt" in captured.err
+    assert "predict: 100%" in captured.err  # the progress bar, on stderr
