@@ -304,6 +304,7 @@ class TrainConfig:
     weight_decay: float = 0.0        # decoupled weight decay, per unit of learning rate; 0 = none
     label_smoothing: float = 0.0     # of the cross-entropy targets, 0..1
     cache_features: bool = True      # frozen backbone + no augmentation: compute its features once
+    test_in_sweeps: bool = True      # in a multirun, each job evaluates its best model on the test split
 
     def problems(self) -> list[tuple[str, str]]:
         found = []

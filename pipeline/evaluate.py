@@ -2,9 +2,11 @@
 
     python -m pipeline.evaluate
 
-Writes <paths.reports_dir>/metrics.json (accuracy, balanced accuracy, loss, macro F1, per-class precision
-and recall; DVC metrics) and confusion.csv (actual,predicted per image; DVC's confusion
-template), and logs test_* metrics and a confusion-matrix PNG to the training's MLflow run.
+Writes <paths.reports_dir>/metrics.json (accuracy, balanced accuracy, loss, macro F1, per-class
+precision and recall; DVC metrics) and confusion.csv (actual,predicted per image; DVC's
+confusion template), and logs test_* metrics (accuracy, balanced accuracy, macro F1, loss,
+and each class's recall as test_recall.<class>) and a confusion-matrix PNG to the training's
+MLflow run, without reopening it.
 """
 
 from __future__ import annotations
@@ -85,9 +87,10 @@ def _log_to_training_run(config: Config, reports: Path, metrics: dict, figure: P
     # measured on the test dataset, by the run's LoggedModel: the model's page shows them
     test_dataset = next((d for d in client.get_run(run_id).inputs.dataset_inputs
                          if any(t.key == "mlflow.data.context" and t.value == "testing" for t in d.tags)), None)
+    per_class = {f"test_recall.{name}": c["recall"] for name, c in metrics["per_class"].items() if c["support"]}
     mlflow.log_metrics({"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
-                        "test_macro_f1": metrics["macro_f1"], "test_balanced_accuracy": metrics["balanced_accuracy"]},
-                       run_id=run_id, model_id=run.get("model_id"),
+                        "test_macro_f1": metrics["macro_f1"], "test_balanced_accuracy": metrics["balanced_accuracy"],
+                        **per_class}, run_id=run_id, model_id=run.get("model_id"),
                        dataset=test_dataset.dataset if test_dataset else None)
     client.log_artifact(run_id, str(figure))
     client.log_dict(run_id, metrics, "classification_report.json")

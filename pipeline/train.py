@@ -5,9 +5,10 @@
 
 Writes <paths.models_dir>/model.keras (the best epoch by val_accuracy) and classes.json,
 <paths.reports_dir>/history.csv and run.json (the MLflow run, for `evaluate`).
-In a Hydra multirun each job writes into its own job folder instead, and a job whose
-configuration (tag config_hash) already has a FINISHED run is skipped (`train.rerun=true`
-trains it again): an interrupted sweep resumes by running the same command again.
+In a Hydra multirun each job writes into its own job folder instead and ends by evaluating its
+model on the test split (`train.test_in_sweeps=false`: not), and a job whose configuration
+(tag config_hash) already has a FINISHED run is skipped (`train.rerun=true` trains it again):
+an interrupted sweep resumes by running the same command again.
 Returns the best val_accuracy (the objective of Optuna sweeps).
 """
 
@@ -24,7 +25,7 @@ import keras
 import mlflow
 import yaml
 
-from pipeline import devices, tracking
+from pipeline import devices, evaluate, tracking
 from pipeline.augmentation import augmentation_layer
 from pipeline.checkpoints import SavedState, TrainingState, WorkFolder, write_atomically
 from pipeline.config import Config, digest_of, in_multirun, stage_entry, to_dict, training_identity
@@ -147,7 +148,11 @@ def run(config: Config) -> float:
         if not chief:  # a helper in a cluster: same steps, nothing recorded
             train_from_state(config, training, work, state)
             return state.best_val_accuracy or 0.0
-        return record_training(config, training, work, state, uri, models_dir, reports_dir, data_hash)
+        best_val = record_training(config, training, work, state, uri, models_dir, reports_dir, data_hash)
+    if in_multirun() and config.train.test_in_sweeps:  # the sweep's verdict can then be on test accuracy
+        evaluate.run(replace(config, paths=replace(config.paths, models_dir=str(models_dir),
+                                                   reports_dir=str(reports_dir))))
+    return best_val
 
 
 def refuse_a_changed_schedule(work: WorkFolder, config: Config) -> None:

@@ -320,6 +320,10 @@ def test_multirun_gives_one_run_per_job_and_compare_reads_them(split_done):
         (p, s) for p in ("none", "lesson") for s in ("1", "2", "3")}
     assert len({r.data.tags["sweep_id"] for r in runs}) == 1
     assert len(list((tmp_path / "multirun").glob("*/models/model.keras"))) == 6  # own folder per job
+    # each job ended on the test split: metrics.json in its folder, test metrics (per class too) in its run
+    assert len(list((tmp_path / "multirun").glob("*/reports/metrics.json"))) == 6
+    assert all({"test_accuracy", "test_balanced_accuracy", "test_recall.cat"} <= set(r.data.metrics) for r in runs)
+    assert "verdict" in result.stdout and "test_accuracy, difference in points" in result.stdout  # end of sweep
 
     report = run_module("pipeline.compare", f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/reports",
                         f"hydra.run.dir={tmp_path}/hydra-compare")
