@@ -359,6 +359,8 @@ def tracked_run(run_name: str | None = None, continue_run_id: str | None = None,
         mlflow.end_run(status="FINISHED")
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if _stop_requested.is_set():  # it came after the last check: the run is complete, the process stops
+        raise RunKilled("received SIGTERM as the run finished; stopping here")
 
 
 def _run_exists(run_id: str) -> bool:
