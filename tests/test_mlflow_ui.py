@@ -34,7 +34,10 @@ def test_runs_and_their_val_accuracy_in_the_mlflow_ui(split_done, mlflow_server)
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     browser_path = system_chromium()
     tmp_path = split_done
-    args = [a for a in train_args(tmp_path, mlflow_server, "train.epochs=1") if not a.startswith("hydra.run")]
+    # test_in_sweeps off: with a job's test metrics (a dozen test_* keys) the last "val_accuracy" text of the
+    # compare view was no longer a visible one (CI, 3b10add); the sweep's test evaluation is tested in test_train
+    args = [a for a in train_args(tmp_path, mlflow_server, "train.epochs=1", "train.test_in_sweeps=false")
+            if not a.startswith("hydra.run")]
     trained = run_module("pipeline.train", "-m", "augmentation=none,lesson", *args)
     assert trained.returncode == 0, trained.stderr[-3000:]
     client = MlflowClient(mlflow_server)
