@@ -12,7 +12,10 @@ experiment `<tracking.experiment>-comparisons` (tag run_kind=comparison). With
 compare.register=true a `keep` verdict registers the winning group's best model
 (alias `champion`, see tracking.register_champion).
 Ablation runs (`augmentation.ablate=<operation>`) get a table of their own: each
-operation's contribution to its preset.
+operation's contribution to its preset. Every verdict in one report is Holm-corrected over
+the report's comparisons and needs converged runs; beside it stand the comparison's
+affinity, diversity and cost, and its per-class effects (class_effects.png,
+affinity_diversity.png).
 
 A Hydra multirun of `pipeline.train` ends with this comparison over the runs of that sweep
 (`CompareAfterSweep`; compare.after_sweep=false turns it off).
@@ -32,19 +35,22 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from pipeline import tracking
-from pipeline.comparison import (SEEDS_ADVISED, ablation_contributions, choose_metric, compare_groups, group_runs,
-                                 group_table)
+from pipeline.comparison import (SEEDS_ADVISED, ablation_contributions, choose_metric, class_flags, compare_groups,
+                                 correct_for_many, group_runs, group_table)
 from pipeline.config import Config, stage_entry, validate
 from pipeline.errors import TrackingError, UserError
 from pipeline.statistics import MOST_SEEDS_ADVISED
-from pipeline.visuals import comparison_figure
+from pipeline.visuals import affinity_diversity_figure, class_effects_figure, comparison_figure
+
+FIGURES = ("comparison.png", "class_effects.png", "affinity_diversity.png")
+CURVES = ("val_accuracy", "val_loss", "loss", "epoch_seconds")  # per-epoch histories the report reads
 
 
 def run(config: Config, run_ids: set[str] | None = None) -> dict:
     """Compare the FINISHED training runs of the experiment (only `run_ids`, when given)."""
     settings = config.compare
     tracking.connect(config, create_experiment=False)
-    runs, left_out = tracking.training_runs(config.tracking.experiment, settings.filter, run_ids)
+    runs, left_out = tracking.training_runs(config.tracking.experiment, settings.filter, run_ids, CURVES)
     if not runs:
         raise TrackingError(f"No FINISHED training runs in experiment '{config.tracking.experiment}'"
                             f"{' matching compare.filter' if settings.filter else ''} ({left_out} other runs): "
@@ -54,11 +60,19 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
     metric = choose_metric(settings.metric, groups)
     differences = compare_groups(groups, settings.baseline, metric, settings.confidence, settings.power)
     ablations = ablation_contributions(groups, metric, settings.confidence, settings.power)
+    correct_for_many(differences + ablations, settings.confidence, settings.power)
+    notes = []
+    if settings.affinity and (differences or ablations):
+        from pipeline.affinity import measure_affinities  # TensorFlow and the models load here, only when asked
+
+        notes = measure_affinities(groups, differences, ablations, settings.baseline, config.paths.split_dir,
+                                   config.train.batch_size)
     report = {"experiment": config.tracking.experiment, "filter": settings.filter, "metric": metric,
               "baseline": settings.baseline, "confidence": settings.confidence, "power": settings.power,
               "runs": sum(len(g.runs) for g in groups), "runs_left_out": left_out,
               "repeats_dropped": sum(g.repeats_dropped for g in groups), "groups": group_table(groups),
-              "differences": [vars(d) for d in differences], "ablations": [vars(d) for d in ablations]}
+              "differences": [vars(d) for d in differences], "ablations": [vars(d) for d in ablations],
+              "class_flags": [flag for d in differences + ablations for flag in class_flags(d)], "notes": notes}
 
     reports = Path(config.paths.reports_dir)
     reports.mkdir(parents=True, exist_ok=True)
@@ -66,11 +80,14 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
     (reports / "comparison.md").write_text(markdown)
     (reports / "comparison.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n")
     comparison_figure(groups, differences + ablations, reports / "comparison.png")
+    class_effects_figure(differences + ablations, reports / "class_effects.png")
+    affinity_diversity_figure(differences + ablations, reports / "affinity_diversity.png")
     print(markdown)
     if settings.register:
         print(register_winner(config, groups, differences, metric))
     experiment_id = log_comparison_run(config, report, reports)
-    print(f"-> {reports / 'comparison.md'}, {reports / 'comparison.png'}, {reports / 'comparison.json'}")
+    print(f"-> {reports / 'comparison.md'}, {reports / 'comparison.json'}, "
+          + ", ".join(str(reports / name) for name in FIGURES))
     print(tracking.ui_hint(tracking.tracking_uri(config), experiment_id) + "   (this comparison)")
     return report
 
@@ -129,7 +146,7 @@ def log_comparison_run(config: Config, report: dict, reports: Path) -> str:
         for d in report["ablations"]:
             if not math.isnan(d["mean"]):
                 mlflow.log_metric(_metric_key(f"contribution {d['group']}"), d["mean"])
-        for file in ("comparison.md", "comparison.png", "comparison.json"):
+        for file in ("comparison.md", "comparison.json", *FIGURES):
             mlflow.log_artifact(str(reports / file))
     return target.experiment_id
 
@@ -160,32 +177,62 @@ def _interval(low: float | None, high: float | None) -> str:
     return "-" if low is None else f"[{_points(low)}, {_points(high)}]"
 
 
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _p(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
 def _difference_rows(differences: list[dict]) -> list[str]:
     rows = []
     for d in differences:
-        p = "-" if d["p_value"] is None else f"{d['p_value']:.3f}"
         wins = "-" if d["probability_of_improvement"] is None else f"{d['probability_of_improvement']:.2f}"
         seeds = "-" if d["low"] is None else " / ".join(
             str(n) if n else f">{MOST_SEEDS_ADVISED}" for n in (d["seeds_needed"], d["seeds_needed_1pt"]))
+        level = "" if d["verdict_confidence"] is None else f" at {d['verdict_confidence']:.1%}"
         rows.append(f"| {d['group']} | {d['baseline']} | {_points(d['mean'])} | {_interval(d['t_low'], d['t_high'])} "
-                    f"| {_interval(d['bootstrap_low'], d['bootstrap_high'])} | {p} | {wins} | {seeds} | {d['method']} "
-                    f"| **{d['verdict']}**: {d['reason']} |")
+                    f"| {_interval(d['bootstrap_low'], d['bootstrap_high'])} | {_p(d['t_p_value'])} "
+                    f"| {_p(d['p_adjusted'])} | {_interval(d['low'], d['high'])}{level} | {_p(d['p_value'])} | {wins} "
+                    f"| {_ratio(d['affinity'])} | {_ratio(d['diversity'])} | {_ratio(d['cost'])} | {seeds} "
+                    f"| {d['method']} | **{d['verdict']}**: {d['reason']} |")
     return rows
 
 
-DIFFERENCE_HEADER = ["| {what} | vs | difference | t interval | bootstrap interval | permutation p | P(better) "
-                     "| seeds to resolve it / 1 point | method | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+DIFFERENCE_HEADER = ["| {what} | vs | difference | t interval | bootstrap interval | t-test p | Holm p "
+                     "| verdict interval | sign-flip p | P(better) | affinity | diversity | cost "
+                     "| seeds to resolve it / 1 point | method | verdict |", "|---" * 16 + "|"]
+
+
+def class_table(differences: list[dict]) -> list[str]:
+    """Classes x comparisons: mean difference of test recall in points, ** where significant."""
+    shown = [d for d in differences if d["per_class"]]
+    if not shown:
+        return []
+    classes = sorted({name for d in shown for name in d["per_class"]})
+    lines = ["| class | " + " | ".join(f"{d['group']} vs {d['baseline']}" for d in shown) + " |",
+             "|---" * (len(shown) + 1) + "|"]
+    for name in classes:
+        cells = []
+        for d in shown:
+            c = d["per_class"].get(name)
+            cells.append("-" if c is None else (f"**{_points(c['mean'])}** [{_points(c['low'])}, {_points(c['high'])}]"
+                                                if c["significant"] else f"{_points(c['mean'])}"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def render_markdown(report: dict) -> str:
     """The report as markdown: groups (accuracy in %, mean ± std over seeds), the verdicts
-    against the baseline, each ablated operation's contribution, and notes on the evidence."""
+    against the baseline, each ablated operation's contribution, the per-class effects and
+    notes on the evidence."""
     lines = [f"# Augmentation comparison: experiment `{report['experiment']}`", "",
              f"{report['runs']} finished runs"
              + (f" ({report['runs_left_out']} failed/killed/running runs left out)" if report["runs_left_out"] else "")
              + (f", filter `{report['filter']}`" if report["filter"] else "") + ".", "",
              "| group | runs | seeds | best val accuracy % | test accuracy % | test balanced accuracy % | epochs to best "
-             "| best at last epoch |", "|---|---|---|---|---|---|---|---|"]
+             "| not converged |", "|---|---|---|---|---|---|---|---|"]
     for g in report["groups"]:
         epochs = "-" if math.isnan(g["best_epoch_mean"]) else f"{g['best_epoch_mean']:.1f}"
         lines.append(f"| {g['group']} | {g['runs']} | {g['seeds']} "
@@ -197,17 +244,30 @@ def render_markdown(report: dict) -> str:
                   f"{report['confidence']:.0%} intervals", "", *[h.format(what="group") for h in DIFFERENCE_HEADER]]
     lines += _difference_rows(report["differences"])
     if not report["differences"]:
-        lines.append(f"| (no group to compare with `{report['baseline']}`) | | | | | | | | | |")
+        lines.append(f"| (no group to compare with `{report['baseline']}`) |" + " |" * 15)
     if report["ablations"]:
         lines += ["", f"## Which operation helps: the full preset minus the preset without it, {report['metric']}", "",
                   *[h.format(what="operation") for h in DIFFERENCE_HEADER]]
         lines += _difference_rows(report["ablations"])
-    lines += ["", "keep: the whole interval (the union of the t and bootstrap intervals) is above 0; drop: below 0; "
-                  "inconclusive: it includes 0, or there are too few runs. P(better): the share of seeds on which "
-                  "the group beats the baseline. Seeds to resolve it: how many seeds per group would resolve this "
-                  f"difference, and a 1-point one, at {report['confidence']:.0%} with {report['power']:.0%} power, "
-                  "given the spread seen. An ablation's keep means the operation helps its preset.", ""]
-    lines += [f"- {note}" for note in evidence_notes(report)]
+    lines += ["", "keep: the verdict interval (the union of the t and bootstrap intervals, widened by Holm's correction "
+                  "over this report's comparisons) is above 0 and the Holm-adjusted t-test p is below "
+                  f"{1 - report['confidence']:.2f}; drop: the same, below 0; not converged: a run's best epoch came "
+                  "within its last train.patience epochs (raise train.epochs); inconclusive: otherwise. "
+                  "The sign-flip p (exact, no normality assumed) is shown but not corrected: it cannot go below "
+                  "2/2^n (0.0625 at 5 seeds). P(better): the share of seeds on which the group beats the baseline. "
+                  "affinity: the baseline models' val accuracy on images augmented by it alone / on clean images; "
+                  "diversity: final training loss with it / without; cost: median epoch time with it / without. "
+                  "Seeds to resolve it: seeds per group for a corrected verdict on this difference, and on a "
+                  f"1-point one, with {report['power']:.0%} power given the spread seen. An ablation's keep means "
+                  "the operation helps its preset.", ""]
+    per_class = class_table(report["differences"] + report["ablations"])
+    if per_class:
+        lines += ["## Per class: test recall, difference in points (** Holm-corrected over the classes, "
+                  "with its interval)", "", *per_class, ""]
+        lines += [f"- {flag}" for flag in report["class_flags"]] or ["- no class moves significantly against the "
+                                                                     "average"]
+        lines.append("")
+    lines += [f"- {note}" for note in evidence_notes(report) + report["notes"]]
     return "\n".join(lines) + "\n"
 
 
@@ -219,8 +279,9 @@ def evidence_notes(report: dict) -> list[str]:
                      "(the latest FINISHED run of each group and seed is used).")
     for g in report["groups"]:
         if g["not_converged"]:
-            notes.append(f"{g['group']}: {g['not_converged']} of {g['runs']} runs had their best epoch last, so they "
-                         "were still improving: train longer (train.epochs) for a fair verdict.")
+            notes.append(f"{g['group']}: {g['not_converged']} of {g['runs']} runs had their best epoch within their "
+                         "last train.patience epochs, so they may still have been improving: raise train.epochs "
+                         "(train.resume=true continues them) for a verdict at convergence.")
     few = [g["group"] for g in report["groups"] if g["runs"] < SEEDS_ADVISED]
     if few:
         notes.append(f"fewer than {SEEDS_ADVISED} seeds in {', '.join(few)}: use at least {SEEDS_ADVISED} "

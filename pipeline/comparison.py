@@ -14,14 +14,22 @@ settings (statistics: pipeline/statistics.py):
 - otherwise unpaired: Welch's t and a two-sample bootstrap (needs >= 2 runs in each);
 - with fewer runs there is no interval and the verdict says so.
 
-Verdict: `keep` when the union of the two intervals is above 0, `drop` when below, else
-`inconclusive`, with the number of seeds that would resolve the observed difference. A
-verdict also needs evidence: at least `MIN_SEEDS_FOR_VERDICT` seeds (runs per group when
-unpaired) and some spread between them. Two seeds, or seeds that all differ by exactly the
-same amount, give an interval of (almost) no width that measures nothing: inconclusive,
-saying why. The permutation p-value is reported beside the verdict but is not part of the
-rule: with 5 seeds the exact sign-flip p cannot go below 0.0625, so a rule asking p < 0.05
-would call every 5-seed study inconclusive.
+Verdict: `keep` when the union of the two intervals is above 0 and the t-test's p is below
+1 - confidence, `drop` when the interval is below 0 (same p), else `inconclusive`, with the
+number of seeds that would resolve the observed difference. A verdict also needs evidence: at
+least `MIN_SEEDS_FOR_VERDICT` seeds (runs per group when unpaired) and some spread between
+them. Two seeds, or seeds that all differ by exactly the same amount, give an interval of
+(almost) no width that measures nothing: inconclusive, saying why.
+It needs convergence too: when any run of either group had its best epoch within the last
+`train.patience` epochs of its cap, the verdict is `not converged` (raise train.epochs): the
+two groups are then compared at a budget, not each at its best.
+
+Many comparisons in one report are many chances of a false verdict (6 at 5%: up to 26%), so
+`correct_for_many` applies Holm's step-down correction to the family (every group against the
+baseline and every ablated operation): adjusted p, and intervals widened to each step's
+level. The correction uses the t-test's p, not the exact sign-flip p (reported too): the
+sign-flip p cannot go below 2/2^n (0.0625 at 5 seeds), so no corrected 5-seed verdict could
+ever pass on it.
 An ablation (`augmentation.ablate=<operation>`, preset label `<preset>-no-<operation>`) is
 compared with its full preset instead: the operation's contribution is full minus ablated.
 All accuracies are fractions in [0, 1]; differences are in fraction units (0.02 = 2 points).
@@ -63,10 +71,27 @@ class RunSummary:
         return None if value in (None, "", "None", "null") else value
 
     @property
+    def best_epoch(self) -> int | None:
+        return int(self.metrics["best_epoch"]) if "best_epoch" in self.metrics else None
+
+    @property
     def converged(self) -> bool | None:
-        """False when the best epoch was the last one trained (still improving); None if unknown."""
-        epochs = len(self.curves.get("val_accuracy", []))
-        return None if "best_epoch" not in self.metrics or not epochs else self.metrics["best_epoch"] < epochs
+        """Did early stopping see the best epoch out? True when the best epoch came at least
+        `train.patience` epochs before the cap (`train.epochs`, or the epochs trained when a
+        resume extended them): validation accuracy then had `patience` epochs to improve and
+        did not. False when the best epoch falls within the last `patience` epochs of the cap:
+        the run may still have been improving. None when unknown."""
+        trained = len(self.curves.get("val_accuracy", []))
+        if self.best_epoch is None or not trained:
+            return None
+        cap = max(int(float(self.params.get("train.epochs", trained))), trained)
+        patience = int(float(self.params.get("train.patience", 1)))
+        return self.best_epoch <= cap - patience
+
+    def final(self, curve: str) -> float | None:
+        """The last recorded value of a per-epoch metric (None if not recorded)."""
+        values = self.curves.get(curve)
+        return values[-1] if values else None
 
 
 @dataclass
@@ -103,13 +128,24 @@ class Difference:
     bootstrap_low: float | None = None   # percentile bootstrap, 10,000 seeded resamples
     bootstrap_high: float | None = None
     p_value: float | None = None         # exact permutation test (sign flips when paired)
+    t_p_value: float | None = None       # paired t (Welch t unpaired): the p the correction uses
+    p_adjusted: float | None = None      # t_p_value after Holm's correction over the report's comparisons
+    family_size: int = 1                 # comparisons in that family
+    verdict_confidence: float | None = None  # of the verdict's interval (low, high): widened by the correction
     probability_of_improvement: float | None = None
     spread: float = math.nan             # std of the per-seed differences (paired)
     seeds_needed: int | None = None      # seeds that would resolve the observed difference
     seeds_needed_1pt: int | None = None  # ... and a 1-point difference
-    verdict: str = "inconclusive"        # keep | drop | inconclusive
+    verdict: str = "inconclusive"        # keep | drop | inconclusive | not converged
     reason: str = ""
     per_seed: dict[str, float] = field(default_factory=dict)  # seed -> difference (paired)
+    ours: dict[str, float] = field(default_factory=dict)      # seed -> metric, group
+    theirs: dict[str, float] = field(default_factory=dict)    # seed -> metric, baseline
+    not_converged: list[str] = field(default_factory=list)    # runs whose best epoch was within patience of the cap
+    per_class: dict[str, dict] = field(default_factory=dict)  # class -> ClassDifference fields (paired)
+    diversity: float | None = None       # final training loss, group / baseline
+    cost: float | None = None            # median epoch time, group / baseline
+    affinity: float | None = None        # baseline models' val accuracy under the augmentation / clean
 
 
 def _is_grouping_key(key: str) -> bool:
@@ -172,55 +208,112 @@ def choose_metric(requested: str, groups: list[Group]) -> str:
 
 def compare_with_baseline(group: Group, baseline: Group, metric: str, confidence: float,
                           power: float = 0.8) -> Difference:
-    """`group` minus `baseline` on `metric`: paired by seed where possible (see the module doc)."""
+    """`group` minus `baseline` on `metric`: paired by seed where possible (see the module doc),
+    with the verdict of a single comparison (`correct_for_many` revises it within a family)."""
     ours, theirs = group.values(metric), baseline.values(metric)
     common = sorted(set(ours) & set(theirs))
-    result = Difference(group.label, baseline.label, metric, len(ours), len(theirs), "none", math.nan)
+    result = Difference(group.label, baseline.label, metric, len(ours), len(theirs), "none", math.nan,
+                        ours=ours, theirs=theirs)
+    result.not_converged = [f"{g.preset} seed {r.seed} (best epoch {r.best_epoch} of {len(r.curves['val_accuracy'])})"
+                            for g in (group, baseline) for r in g.runs if r.converged is False]
     if not ours or not theirs:
         result.reason = f"no {metric} in one of the groups"
         return result
-    if len(common) >= 2 and len(common) >= min(len(ours), len(theirs)):
-        evidence = len(common)
+    if _paired(ours, theirs):
         differences = [ours[s] - theirs[s] for s in common]
         result.per_seed = dict(zip(common, differences))
         result.method = f"paired over {len(common)} seeds"
         result.mean, result.spread = mean_std(differences)
-        result.t_low, result.t_high = statistics.t_interval(differences, confidence)
-        result.bootstrap_low, result.bootstrap_high = statistics.bootstrap_interval(differences, confidence)
         result.p_value = statistics.sign_flip_p_value(differences)
+        result.t_p_value = statistics.paired_t_p_value(differences)
         result.probability_of_improvement = statistics.probability_of_improvement(differences)
+        result.per_class = class_differences(group, baseline, confidence)
     elif len(ours) >= 2 and len(theirs) >= 2:
         a, b = list(ours.values()), list(theirs.values())
-        evidence = min(len(a), len(b))
         result.method = f"unpaired (Welch) over {len(a)} and {len(b)} runs"
         result.mean = float(np.mean(a) - np.mean(b))
         result.spread = math.sqrt(np.var(a, ddof=1) + np.var(b, ddof=1))  # of one run's difference from another
-        result.t_low, result.t_high = statistics.welch_interval(a, b, confidence)
-        result.bootstrap_low, result.bootstrap_high = statistics.bootstrap_interval_unpaired(a, b, confidence)
         result.p_value = statistics.label_permutation_p_value(a, b)
+        result.t_p_value = statistics.welch_t_p_value(a, b)
         result.probability_of_improvement = statistics.probability_of_improvement_unpaired(a, b)
     else:
         result.mean = float(np.mean(list(ours.values())) - np.mean(list(theirs.values())))
         result.reason = (f"no repeats ({len(ours)} and {len(theirs)} run(s)); run >= {SEEDS_ADVISED} seeds per group, "
                          f"e.g. seed={','.join(map(str, range(1, SEEDS_ADVISED + 1)))}")
         return result
-    # The verdict's interval: the union of both, i.e. the more conservative at each end.
-    result.low, result.high = min(result.t_low, result.bootstrap_low), max(result.t_high, result.bootstrap_high)
-    result.seeds_needed = statistics.seeds_needed(result.spread, result.mean, confidence, power)
+    result.t_low, result.t_high, result.bootstrap_low, result.bootstrap_high = intervals(result, confidence)
     result.seeds_needed_1pt = statistics.seeds_needed(result.spread, 0.01, confidence, power)
-    if evidence < MIN_SEEDS_FOR_VERDICT:
-        result.reason = (f"too few seeds ({evidence}): a verdict needs >= {MIN_SEEDS_FOR_VERDICT}, and "
-                         f"{SEEDS_ADVISED} are advised (seed={','.join(map(str, range(1, SEEDS_ADVISED + 1)))})")
-    elif not result.spread > 1e-12:
-        result.reason = ("zero spread: every seed gave the same difference, so no interval can be estimated "
-                         f"from them (each is {result.mean * 100:+.2f} points); add seeds")
-    elif result.low > 0:
-        result.verdict, result.reason = "keep", f"the whole {confidence:.0%} interval is above 0"
-    elif result.high < 0:
-        result.verdict, result.reason = "drop", f"the whole {confidence:.0%} interval is below 0"
-    else:
-        result.reason = f"the {confidence:.0%} interval includes 0; " + seeds_advice(result, power)
+    result.seeds_needed = statistics.seeds_needed(result.spread, result.mean, confidence, power)
+    decide(result, confidence, result.t_p_value, confidence, power)
     return result
+
+
+def _paired(ours: dict[str, float], theirs: dict[str, float]) -> bool:
+    """Paired when >= 2 seeds are shared and the smaller group's seeds are all in the other."""
+    common = set(ours) & set(theirs)
+    return len(common) >= 2 and len(common) >= min(len(ours), len(theirs))
+
+
+def intervals(d: Difference, confidence: float) -> tuple[float, float, float, float]:
+    """(t low, t high, bootstrap low, bootstrap high) of a difference at `confidence`."""
+    if d.per_seed:
+        values = list(d.per_seed.values())
+        return (*statistics.t_interval(values, confidence), *statistics.bootstrap_interval(values, confidence))
+    a, b = list(d.ours.values()), list(d.theirs.values())
+    return (*statistics.welch_interval(a, b, confidence),
+            *statistics.bootstrap_interval_unpaired(a, b, confidence))
+
+
+def decide(d: Difference, verdict_confidence: float, p_adjusted: float | None, confidence: float,
+           power: float) -> None:
+    """Set the verdict of a difference whose statistics are computed.
+
+    keep / drop: enough seeds with some spread, every run converged, the interval at
+    `verdict_confidence` (the union of t and bootstrap, widened by a correction for many
+    comparisons) wholly above / below 0, and the (adjusted) t p-value below 1 - confidence.
+    "not converged" replaces keep/drop/inconclusive whenever a run's best epoch fell within its
+    last `train.patience` epochs: the difference is then one of budgets, not of augmentations."""
+    d.p_adjusted, d.verdict_confidence = p_adjusted, verdict_confidence
+    t_low, t_high, b_low, b_high = intervals(d, verdict_confidence)
+    d.low, d.high = min(t_low, b_low), max(t_high, b_high)
+    evidence = len(d.per_seed) if d.per_seed else min(len(d.ours), len(d.theirs))
+    corrected = f" (Holm over {d.family_size} comparisons)" if d.family_size > 1 else ""
+    d.verdict = "inconclusive"
+    if evidence < MIN_SEEDS_FOR_VERDICT:
+        d.reason = (f"too few seeds ({evidence}): a verdict needs >= {MIN_SEEDS_FOR_VERDICT}, and "
+                    f"{SEEDS_ADVISED} are advised (seed={','.join(map(str, range(1, SEEDS_ADVISED + 1)))})")
+    elif not d.spread > 1e-12:
+        d.reason = ("zero spread: every seed gave the same difference, so no interval can be estimated "
+                    f"from them (each is {d.mean * 100:+.2f} points); add seeds")
+    elif d.not_converged:
+        d.verdict = "not converged"
+        d.reason = (f"raise train.epochs: {len(d.not_converged)} run(s) had their best epoch within the last "
+                    f"train.patience epochs of the cap ({'; '.join(d.not_converged)}), so this compares budgets")
+    elif d.low > 0 and p_adjusted < 1 - confidence:
+        d.verdict, d.reason = "keep", f"the whole {verdict_confidence:.1%} interval is above 0{corrected}"
+    elif d.high < 0 and p_adjusted < 1 - confidence:
+        d.verdict, d.reason = "drop", f"the whole {verdict_confidence:.1%} interval is below 0{corrected}"
+    else:
+        d.reason = f"the {verdict_confidence:.1%} interval includes 0{corrected}; " + seeds_advice(d, power)
+
+
+def correct_for_many(family: list[Difference], confidence: float, power: float) -> None:
+    """Holm's correction over a report's comparisons (every group against the baseline and every
+    ablated operation): each verdict is decided again on its adjusted t p-value and on its
+    interval widened to its step's level; the seeds advice then assumes the hardest step's
+    level (1 - alpha/m), so it says how many seeds a corrected verdict needs."""
+    tested = [d for d in family if d.t_p_value is not None]
+    p_values = [math.nan if d.t_p_value is None else d.t_p_value for d in tested]
+    adjusted = statistics.holm_adjusted(p_values)
+    levels = statistics.holm_levels(p_values, confidence)
+    size = sum(not math.isnan(p) for p in p_values)
+    strictest = 1 - (1 - confidence) / max(size, 1)
+    for d, p, level in zip(tested, adjusted, levels):
+        d.family_size = size
+        if not math.isnan(d.spread):
+            d.seeds_needed = statistics.seeds_needed(d.spread, d.mean, strictest, power)
+            d.seeds_needed_1pt = statistics.seeds_needed(d.spread, 0.01, strictest, power)
+        decide(d, level, None if math.isnan(p) else p, confidence, power)
 
 
 def seeds_advice(d: Difference, power: float) -> str:
@@ -261,7 +354,9 @@ def compare_groups(groups: list[Group], baseline_preset: str, metric: str, confi
                                           "none", math.nan, reason=f"no '{baseline_preset}' runs with the same "
                                                                    "settings to compare with"))
         else:
-            differences.append(compare_with_baseline(group, baseline, metric, confidence, power))
+            difference = compare_with_baseline(group, baseline, metric, confidence, power)
+            difference.diversity, difference.cost = diversity(group, baseline), cost(group, baseline)
+            differences.append(difference)
     return differences
 
 
@@ -284,12 +379,65 @@ def ablation_contributions(groups: list[Group], metric: str, confidence: float,
             continue
         difference = compare_with_baseline(full, ablated, metric, confidence, power)
         difference.group = operation
-        if difference.verdict == "keep":
-            difference.reason = f"{full_name} is better with {operation} ({difference.reason})"
-        elif difference.verdict == "drop":
-            difference.reason = f"{full_name} is better without {operation} ({difference.reason})"
+        difference.diversity, difference.cost = diversity(full, ablated), cost(full, ablated)
         contributions.append(difference)
     return contributions
+
+
+CLASS_METRIC_PREFIX = "test_recall."  # per-class test recall, logged by the evaluate stage
+
+
+def class_differences(group: Group, baseline: Group, confidence: float) -> dict[str, dict]:
+    """Per class: the paired difference of test recall (group minus baseline, mean over seeds)
+    with its t interval, Holm-corrected over the classes so that `significant` keeps a 5% chance
+    (at confidence 0.95) of any false flag among them. After Balestriero et al. 2022: an
+    augmentation that raises the average can cost single classes a lot."""
+    classes = sorted({k[len(CLASS_METRIC_PREFIX):] for r in group.runs + baseline.runs for k in r.metrics
+                      if k.startswith(CLASS_METRIC_PREFIX)})
+    found = {}
+    for name in classes:
+        ours, theirs = group.values(CLASS_METRIC_PREFIX + name), baseline.values(CLASS_METRIC_PREFIX + name)
+        common = sorted(set(ours) & set(theirs))
+        if len(common) >= MIN_SEEDS_FOR_VERDICT:
+            found[name] = [ours[s] - theirs[s] for s in common]
+    p_values = [statistics.paired_t_p_value(d) for d in found.values()]
+    adjusted = statistics.holm_adjusted(p_values)
+    levels = statistics.holm_levels(p_values, confidence)
+    table = {}
+    for (name, d), p, level in zip(found.items(), adjusted, levels):
+        zero_spread = math.isnan(p)
+        low, high = (float(np.mean(d)),) * 2 if zero_spread else statistics.t_interval(d, level)
+        table[name] = {"mean": float(np.mean(d)), "low": low, "high": high, "p_adjusted": None if zero_spread else p,
+                       "significant": not zero_spread and p < 1 - confidence, "seeds": len(d)}
+    return table
+
+
+def class_flags(d: Difference) -> list[str]:
+    """Classes that move against the average: a significant loss while the average gains, or the reverse."""
+    flags = []
+    for name, c in d.per_class.items():
+        if c["significant"] and c["mean"] < 0 < d.mean:
+            flags.append(f"{d.group} gains {d.mean * 100:+.2f} points on average but costs {name} "
+                         f"{c['mean'] * 100:+.2f} points of test recall [{c['low'] * 100:+.1f}, {c['high'] * 100:+.1f}]")
+        elif c["significant"] and c["mean"] > 0 > d.mean:
+            flags.append(f"{d.group} loses {d.mean * 100:+.2f} points on average but gives {name} "
+                         f"{c['mean'] * 100:+.2f} points of test recall [{c['low'] * 100:+.1f}, {c['high'] * 100:+.1f}]")
+    return flags
+
+
+def diversity(group: Group, reference: Group) -> float | None:
+    """How much harder the augmentation makes the training data (Gontijo-Lopes et al. 2020): the
+    mean final training loss of `group`'s runs over that of `reference`'s (> 1: harder)."""
+    ours = [r.final("loss") for r in group.runs if r.final("loss") is not None]
+    theirs = [r.final("loss") for r in reference.runs if r.final("loss") is not None]
+    return float(np.mean(ours) / np.mean(theirs)) if ours and theirs and np.mean(theirs) > 0 else None
+
+
+def cost(group: Group, reference: Group) -> float | None:
+    """Training cost: the median epoch time (s) of `group`'s runs over that of `reference`'s."""
+    ours = [t for r in group.runs for t in r.curves.get("epoch_seconds", [])]
+    theirs = [t for r in reference.runs for t in r.curves.get("epoch_seconds", [])]
+    return float(np.median(ours) / np.median(theirs)) if ours and theirs and np.median(theirs) > 0 else None
 
 
 def group_table(groups: list[Group]) -> list[dict]:

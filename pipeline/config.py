@@ -162,6 +162,15 @@ class AugmentationConfig:
         """This preset with `operation` switched off."""
         return dataclasses.replace(self, **ABLATABLE[operation])
 
+    def only(self, operation: str) -> "AugmentationConfig":
+        """`operation` alone, at this preset's magnitude: every other operation switched off
+        (what an operation's affinity is measured with), named `<name>-only-<operation>`."""
+        alone = self
+        for other in self.active_operations():
+            if other != operation:
+                alone = alone.without(other)
+        return dataclasses.replace(alone, name=f"{self.name}-only-{operation}", ablate=None)
+
     def active_operations(self) -> list[str]:
         """The operations this preset uses, in ABLATABLE's order (what an ablation can remove)."""
         return [op for op in ABLATABLE if self.without(op) != self]
@@ -367,6 +376,8 @@ class CompareConfig:
     power: float = 0.8                # for the seeds-needed advice: chance that a study of that size resolves it
     after_sweep: bool = True          # compare the runs of a multirun when it ends (its verdict table)
     register: bool = False            # on a keep verdict: register the winning group's best model, alias champion
+    affinity: bool = True             # measure each preset's and operation's affinity with the baseline's models
+                                      # (loads them and TensorFlow; false: skip)
 
     def problems(self) -> list[tuple[str, str]]:
         found = []

@@ -6,7 +6,8 @@ Writes <paths.reports_dir>/metrics.json (accuracy, balanced accuracy, loss, macr
 precision and recall; DVC metrics) and confusion.csv (actual,predicted per image; DVC's
 confusion template), and logs test_* metrics (accuracy, balanced accuracy, macro F1, loss,
 and each class's recall as test_recall.<class>) and a confusion-matrix PNG to the training's
-MLflow run, without reopening it.
+MLflow run, without reopening it. The same model's per-class recall on the validation split
+(the best epoch's weights) goes in as val_recall.<class> and under "val_per_class_recall".
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def run(config: Config) -> dict:
     predicted = probabilities.argmax(axis=1)
     loss = float(keras.losses.CategoricalCrossentropy()(keras.ops.one_hot(actual, len(classes)), probabilities))
     metrics = {"loss": round(loss, 6), **classification_metrics(actual, predicted, classes), "test_images": len(actual)}
+    metrics["val_per_class_recall"] = val_recall(model, config, classes, image_size)
 
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -75,6 +77,14 @@ def run(config: Config) -> dict:
     return metrics
 
 
+def val_recall(model: keras.Model, config: Config, classes: list[str], image_size: tuple[int, int]) -> dict:
+    """Each class's recall on the validation split: where the best epoch's accuracy came from."""
+    val_set = ImageSet.from_manifest(*read_manifest(config.paths.split_dir, "val"), classes)
+    predicted = model.predict(build_eval_dataset(val_set, image_size, config.train.batch_size), verbose=0).argmax(1)
+    per_class = classification_metrics(np.asarray(val_set.labels), predicted, classes)["per_class"]
+    return {name: c["recall"] for name, c in per_class.items() if c["support"]}
+
+
 def _log_to_training_run(config: Config, reports: Path, metrics: dict, figure: Path) -> None:
     run_file = reports / "run.json"
     if not run_file.exists():
@@ -88,6 +98,7 @@ def _log_to_training_run(config: Config, reports: Path, metrics: dict, figure: P
     test_dataset = next((d for d in client.get_run(run_id).inputs.dataset_inputs
                          if any(t.key == "mlflow.data.context" and t.value == "testing" for t in d.tags)), None)
     per_class = {f"test_recall.{name}": c["recall"] for name, c in metrics["per_class"].items() if c["support"]}
+    per_class |= {f"val_recall.{name}": recall for name, recall in metrics["val_per_class_recall"].items()}
     mlflow.log_metrics({"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
                         "test_macro_f1": metrics["macro_f1"], "test_balanced_accuracy": metrics["balanced_accuracy"],
                         **per_class}, run_id=run_id, model_id=run.get("model_id"),

@@ -1,5 +1,5 @@
-"""Statistics for comparing training runs over seeds: intervals, a permutation test, the
-probability of improvement and how many seeds a study needs.
+"""Statistics for comparing training runs over seeds: intervals, t and permutation tests, Holm's
+correction for many comparisons, the probability of improvement and how many seeds a study needs.
 
 After Bouthillier et al. 2021 ("Accounting for variance in machine learning benchmarks") and
 Agarwal et al. 2021 (`rliable`): runs that share a seed share their initialisation and data
@@ -65,6 +65,63 @@ def bootstrap_interval_unpaired(ours: Sequence[float], theirs: Sequence[float], 
     return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
+def paired_t_p_value(differences: Sequence[float]) -> float:
+    """Two-sided p-value of the paired t-test that the mean difference is 0 (needs >= 2 seeds).
+
+    Unlike the sign-flip p it has no floor set by the number of seeds, so it is the p-value a
+    correction for many comparisons can use: it agrees with the t interval (p < 1 - confidence
+    exactly when the interval at `confidence` excludes 0). NaN when all differences are equal."""
+    d = np.asarray(differences, dtype=float)
+    spread = d.std(ddof=1)
+    if not spread > 0:
+        return math.nan
+    t = d.mean() / (spread / math.sqrt(len(d)))
+    return float(2 * stats.t.sf(abs(t), len(d) - 1))
+
+
+def welch_t_p_value(ours: Sequence[float], theirs: Sequence[float]) -> float:
+    """Two-sided p-value of Welch's t-test of equal means (unpaired, >= 2 runs each); NaN without spread."""
+    a, b = np.asarray(ours, dtype=float), np.asarray(theirs, dtype=float)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if not va + vb > 0:
+        return math.nan
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    t = (a.mean() - b.mean()) / math.sqrt(va + vb)
+    return float(2 * stats.t.sf(abs(t), dof))
+
+
+def holm_adjusted(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (same order as given).
+
+    Sorted ascending p_(1) <= ... <= p_(m), the adjusted p_(i) is max over j <= i of
+    min(1, (m - j + 1) * p_(j)). Rejecting where the adjusted p < alpha keeps the chance of
+    any false rejection in the family at most alpha (Holm 1979), whatever the dependence
+    between the tests; at 6 comparisons and no correction that chance is up to 26%.
+    NaN entries (no test) are left NaN and not counted in m."""
+    p = np.asarray(p_values, dtype=float)
+    tested = np.flatnonzero(~np.isnan(p))
+    adjusted = np.full(len(p), math.nan)
+    running = 0.0
+    for rank, index in enumerate(tested[np.argsort(p[tested], kind="stable")]):
+        running = max(running, min(1.0, (len(tested) - rank) * p[index]))
+        adjusted[index] = running
+    return [float(a) for a in adjusted]
+
+
+def holm_levels(p_values: Sequence[float], confidence: float) -> list[float]:
+    """The confidence of each comparison's interval under Holm's method: the one ranked i-th
+    smallest p (from 1) of m is tested at level alpha / (m - i + 1), so its interval is drawn at
+    1 - alpha / (m - i + 1). The first is Bonferroni's; a single test keeps `confidence`.
+    NaN entries get `confidence`."""
+    p = np.asarray(p_values, dtype=float)
+    tested = np.flatnonzero(~np.isnan(p))
+    alpha = 1 - confidence
+    levels = [confidence] * len(p)
+    for rank, index in enumerate(tested[np.argsort(p[tested], kind="stable")]):
+        levels[index] = 1 - alpha / (len(tested) - rank)
+    return levels
+
+
 def sign_flip_p_value(differences: Sequence[float], seed: int = 0) -> float:
     """Two-sided permutation p-value of "the mean difference is 0", paired by seed.
 
@@ -119,6 +176,8 @@ def probability_of_improvement_unpaired(ours: Sequence[float], theirs: Sequence[
 def seeds_needed(spread: float, effect: float, confidence: float, power: float) -> int | None:
     """How many seeds (paired runs per group) a study needs to resolve a difference of `effect`.
 
+    Under a correction for m comparisons pass the corrected confidence (1 - alpha/m, the
+    level of the hardest step of Holm's method), so the advice is for a corrected verdict.
     `spread` is the standard deviation of the per-seed differences. The answer is the smallest
     n >= 2 with (t[(1+confidence)/2, n-1] + t[power, n-1]) * spread / sqrt(n) <= |effect|: the
     interval at `confidence` then excludes 0 in a share `power` of such studies (power 0.5:

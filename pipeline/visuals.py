@@ -11,9 +11,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-from pipeline.augmentation import BatchAugmenter  # noqa: E402
 from pipeline.comparison import Difference, Group, mean_curve  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.data import load_image, read_classes, read_manifest  # noqa: E402
@@ -29,6 +27,10 @@ def _save(figure, target: Path, dpi: int = 90) -> Path:
 
 def augmentation_grid(config: Config, target: Path, rows: int = 6, variants: int = 5) -> Path:
     """Rows of train images (one per class where possible): original, then augmented variants."""
+    import tensorflow as tf  # here, so that drawing a comparison never loads TensorFlow
+
+    from pipeline.augmentation import BatchAugmenter
+
     paths, labels = read_manifest(config.paths.split_dir, "train")
     classes = read_classes(config.paths.split_dir)
     picked = []
@@ -131,4 +133,61 @@ def comparison_figure(groups: list[Group], differences: list[Difference], target
     forest.set_xlabel(f"{metric} minus baseline (points)")
     forest.set_title("difference: interval, mean (diamond), each seed (dots)", fontsize=10)
     forest.grid(alpha=0.3, axis="x")
+    return _save(figure, target)
+
+
+def class_effects_figure(differences: list[Difference], target: Path) -> Path:
+    """Classes x comparisons: colour = the paired difference of test recall (points), a black
+    frame where its Holm-corrected interval excludes 0. Empty comparisons are left out."""
+    shown = [d for d in differences if d.per_class]
+    classes = sorted({name for d in shown for name in d.per_class})
+    values = np.full((len(classes), len(shown)), np.nan)
+    for j, d in enumerate(shown):
+        for i, name in enumerate(classes):
+            if name in d.per_class:
+                values[i, j] = d.per_class[name]["mean"] * 100
+    figure, ax = plt.subplots(figsize=(1.4 + 1.1 * max(len(shown), 1), 1.2 + 0.42 * max(len(classes), 1)))
+    if not shown:
+        ax.text(0.5, 0.5, "no per-class test recall (run the evaluate stage;\ntrain.test_in_sweeps=true in sweeps)",
+                ha="center", va="center", transform=ax.transAxes, fontsize=9)
+        ax.set_axis_off()
+        return _save(figure, target)
+    limit = max(float(np.nanmax(np.abs(values))) if values.size and not np.all(np.isnan(values)) else 1.0, 1.0)
+    image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+    for j, d in enumerate(shown):
+        for i, name in enumerate(classes):
+            c = d.per_class.get(name)
+            if c is None:
+                continue
+            ax.text(j, i, f"{c['mean'] * 100:+.1f}", ha="center", va="center", fontsize=8)
+            if c["significant"]:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
+    ax.set_xticks(range(len(shown)), [f"{d.group}\nvs {d.baseline}" for d in shown], fontsize=8, rotation=30,
+                  ha="right")
+    ax.set_yticks(range(len(classes)), classes, fontsize=9)
+    figure.colorbar(image, ax=ax, label="test recall difference (points)")
+    ax.set_title("per-class effect (framed: Holm-corrected interval excludes 0)", fontsize=10)
+    return _save(figure, target)
+
+
+def affinity_diversity_figure(differences: list[Difference], target: Path) -> Path:
+    """Each preset and ablated operation at (affinity, diversity), coloured by its measured
+    difference (points): Gontijo-Lopes et al. 2020 found gains at high affinity and diversity."""
+    shown = [d for d in differences if d.affinity is not None and d.diversity is not None and not np.isnan(d.mean)]
+    figure, ax = plt.subplots(figsize=(6.4, 4.8))
+    if shown:
+        gains = np.array([d.mean * 100 for d in shown])
+        limit = max(float(np.abs(gains).max()), 0.5)
+        points = ax.scatter([d.affinity for d in shown], [d.diversity for d in shown], c=gains, cmap="RdYlGn",
+                            vmin=-limit, vmax=limit, s=90, edgecolors="black")
+        for d in shown:
+            ax.annotate(d.group, (d.affinity, d.diversity), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        figure.colorbar(points, ax=ax, label=f"{shown[0].metric} difference (points)")
+    else:
+        ax.text(0.5, 0.5, "no affinity measured (compare.affinity=false, or no baseline models)",
+                ha="center", va="center", transform=ax.transAxes, fontsize=9)
+    ax.set_xlabel("affinity (baseline models' val accuracy, augmented / clean)")
+    ax.set_ylabel("diversity (final training loss, with / without)")
+    ax.grid(alpha=0.3)
+    ax.set_title("why an augmentation helps: affinity vs diversity", fontsize=10)
     return _save(figure, target)

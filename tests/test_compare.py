@@ -21,6 +21,7 @@ from tests.conftest import make_image, run_module
 KNOWN = {
     "none": {"1": (0.80, 0.78), "2": (0.82, 0.80), "3": (0.81, 0.79)},
     "lesson": {"1": (0.84, 0.82), "2": (0.85, 0.83), "3": (0.83, 0.84)},   # paired, clearly better
+    "cutmix": {"1": (0.86, 0.85), "2": (0.87, 0.86), "3": (0.88, 0.87)},  # better still, but not converged
     "strong": {"4": (0.71, 0.70), "5": (0.73, 0.72), "6": (0.72, 0.74)},   # other seeds: Welch, worse
     "mixup": {"1": (0.82, 0.80), "2": (0.81, 0.79), "3": (0.80, 0.80)},    # straddles 0
     "light": {"1": (0.83, 0.81)},                                          # one seed only
@@ -38,7 +39,9 @@ def log_known_runs(uri: str, experiment: str = "augmentation") -> None:
             client.log_param(rid, "model.name", "residual_cnn")
             client.log_param(rid, "seed", seed)
             client.log_param(rid, "augmentation.rotation_range", "0.0" if preset == "none" else "30.0")
-            still_improving = preset == "lesson"  # its best epoch is its last
+            client.log_param(rid, "train.epochs", "4")
+            client.log_param(rid, "train.patience", "1")
+            still_improving = preset == "cutmix"  # its best epoch is its last
             fractions = (0.5, 0.9, 0.98, 1.0) if still_improving else (0.5, 0.9, 1.0, 0.98)
             for step, fraction in enumerate(fractions, start=1):
                 client.log_metric(rid, "val_accuracy", val * fraction, step=step)
@@ -59,7 +62,7 @@ def test_means_intervals_and_verdicts_are_exact(tmp_path):
     report = compare.run(compose([f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/reports"]))
 
     assert report["metric"] == "test_accuracy"  # every run was evaluated
-    assert report["runs"] == 13 and report["runs_left_out"] == 1  # the FAILED run is not averaged in
+    assert report["runs"] == 16 and report["runs_left_out"] == 1  # the FAILED run is not averaged in
     groups = {g["group"]: g for g in report["groups"]}
     assert set(groups) == set(KNOWN)  # rotation_range follows the preset: no extra grouping
     none = groups["none"]
@@ -82,11 +85,32 @@ def test_means_intervals_and_verdicts_are_exact(tmp_path):
     assert lesson["per_seed"] == pytest.approx({"1": 0.04, "2": 0.03, "3": 0.05})
     assert lesson["p_value"] == pytest.approx(2 / 8)  # all three seeds agree: the smallest p 3 seeds allow
     assert lesson["probability_of_improvement"] == 1.0
-    # the bootstrap of 3 points stays within them; the verdict's interval is the union of both
+    # the bootstrap of 3 points stays within them
     assert 0.03 - 1e-12 <= lesson["bootstrap_low"] <= lesson["bootstrap_high"] <= 0.05 + 1e-12
-    assert (lesson["low"], lesson["high"]) == (min(lesson["t_low"], lesson["bootstrap_low"]),
-                                               max(lesson["t_high"], lesson["bootstrap_high"]))
-    assert lesson["verdict"] == "keep"
+    # Holm over the 4 tested comparisons (light has no test), on the t-tests' p
+    raw = {"lesson": stats.ttest_rel(test_values("lesson"), test_values("none")).pvalue,
+           "cutmix": stats.ttest_rel(test_values("cutmix"), test_values("none")).pvalue,
+           "strong": stats.ttest_ind(test_values("strong"), test_values("none"), equal_var=False).pvalue,
+           "mixup": stats.ttest_rel(test_values("mixup"), test_values("none")).pvalue}
+    order = sorted(raw, key=raw.get)
+    assert order == ["cutmix", "strong", "lesson", "mixup"]
+    holm = {name: max(min(1, (4 - j) * raw[order[j]]) for j in range(order.index(name) + 1)) for name in raw}
+    for name in raw:
+        assert diffs[name]["t_p_value"] == pytest.approx(raw[name], rel=1e-9)
+        assert diffs[name]["p_adjusted"] == pytest.approx(holm[name], rel=1e-9)
+        assert diffs[name]["family_size"] == 4
+    assert holm["lesson"] == pytest.approx(2 * raw["lesson"]) and holm["lesson"] < 0.05
+    # lesson ranks third of 4: its verdict interval is drawn at 1 - 0.05/2
+    assert lesson["verdict_confidence"] == pytest.approx(0.975)
+    widened = stats.ttest_rel(test_values("lesson"), test_values("none")).confidence_interval(0.975)
+    # the verdict's interval: the union of the t and bootstrap intervals at that level
+    assert lesson["low"] == pytest.approx(widened.low, abs=1e-12) and lesson["high"] == pytest.approx(widened.high)
+    assert widened.low < lesson["t_low"]
+    assert lesson["verdict"] == "keep" and "Holm over 4 comparisons" in lesson["reason"]
+    cutmix = diffs["cutmix"]  # its interval is above 0, but its runs were still improving
+    assert cutmix["low"] > 0 and cutmix["p_adjusted"] < 0.05
+    assert cutmix["verdict"] == "not converged" and "raise train.epochs" in cutmix["reason"]
+    assert len(cutmix["not_converged"]) == 3
 
     strong = diffs["strong"]
     expected = stats.ttest_ind(test_values("strong"), test_values("none"), equal_var=False).confidence_interval(0.95)
@@ -95,6 +119,7 @@ def test_means_intervals_and_verdicts_are_exact(tmp_path):
     assert (strong["t_low"], strong["t_high"]) == pytest.approx((expected.low, expected.high), abs=1e-12)
     assert strong["p_value"] == pytest.approx(2 / 20)  # of the C(6,3) = 20 splits, only the observed one and its mirror
     assert strong["probability_of_improvement"] == 0.0
+    assert strong["verdict_confidence"] == pytest.approx(1 - 0.05 / 3)
     assert strong["verdict"] == "drop"
 
     mixup = diffs["mixup"]  # test accuracy differences +0.02, -0.01, +0.01: mean 0.00667, sd 0.01528
@@ -110,15 +135,16 @@ def test_means_intervals_and_verdicts_are_exact(tmp_path):
 
     reports = tmp_path / "reports"
     markdown = (reports / "comparison.md").read_text()
-    assert "| lesson | 3 | 1,2,3 | 84.00 ± 1.00 | 83.00 ± 1.00 | 78.00 ± 1.00 | 4.0 | 3 of 3 |" in markdown
+    assert "| cutmix | 3 | 1,2,3 | 87.00 ± 1.00 | 86.00 ± 1.00 | 81.00 ± 1.00 | 4.0 | 3 of 3 |" in markdown
     assert "| none | 3 | 1,2,3 | 81.00 ± 1.00 | 79.00 ± 1.00 | 74.00 ± 1.00 | 3.0 | 0 of 3 |" in markdown
-    assert "**keep**" in markdown and "**drop**" in markdown and "no repeats" in markdown
-    assert "lesson: 3 of 3 runs had their best epoch last" in markdown and "none: " not in markdown
+    assert "**keep**" in markdown and "**drop**" in markdown and "**not converged**" in markdown
+    assert "no repeats" in markdown
+    assert "cutmix: 3 of 3 runs had their best epoch within" in markdown and "none: " not in markdown
     assert "fewer than 5 seeds" in markdown
     mixup_row = next(line for line in markdown.splitlines() if line.startswith("| mixup | none |"))
     assert f"| {mixup['seeds_needed']} / {mixup['seeds_needed_1pt']} |" in mixup_row  # the advice, in every row
     assert json.loads((reports / "comparison.json").read_text())["differences"][0]["verdict"] in {
-        "keep", "drop", "inconclusive"}
+        "keep", "drop", "inconclusive", "not converged"}
     assert (reports / "comparison.png").stat().st_size > 10_000
 
     client = MlflowClient(uri)
@@ -127,10 +153,10 @@ def test_means_intervals_and_verdicts_are_exact(tmp_path):
     logged = client.search_runs([experiment.experiment_id], "tags.run_kind = 'comparison'")
     assert len(logged) == 1 and logged[0].data.tags["compared_experiment"] == "augmentation"
     assert {a.path for a in client.list_artifacts(logged[0].info.run_id)} == {
-        "comparison.md", "comparison.png", "comparison.json"}
+        "comparison.md", "comparison.png", "comparison.json", "class_effects.png", "affinity_diversity.png"}
     # A second comparison does not count the first one as a training run.
     again = compare.run(compose([f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/again"]))
-    assert again["runs"] == 13
+    assert again["runs"] == 16
 
 
 def test_validation_accuracy_is_used_before_evaluate(tmp_path):
@@ -212,14 +238,13 @@ def log_tiny_models(uri: str, preset: str, tmp_path) -> None:
                 tracking.log_keras_model(model, (8, 8), classes, best_epoch=3)
 
 
-def test_a_keep_verdict_registers_the_champion(tmp_path):
+def test_a_keep_verdict_registers_the_champion(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     log_known_runs(uri)
     log_tiny_models(uri, "lesson", tmp_path)
     args = [f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/reports", "compare.register=true"]
-    result = run_module("pipeline.compare", *args, f"hydra.run.dir={tmp_path}/hydra")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "is the champion: models:/augmentation@champion" in result.stdout
+    compare.run(compose(args))
+    assert "is the champion: models:/augmentation@champion" in capsys.readouterr().out
     client = MlflowClient(uri)
     champion = client.get_model_version_by_alias("augmentation", "champion")
     best_lesson = max((r for r in client.search_runs([client.get_experiment_by_name("augmentation").experiment_id],
@@ -232,8 +257,8 @@ def test_a_keep_verdict_registers_the_champion(tmp_path):
     assert "augmentation-comparisons" not in {r.data.tags.get("compared_experiment") for r in client.search_runs(
         [client.get_experiment_by_name("augmentation").experiment_id])}
 
-    again = run_module("pipeline.compare", *args, f"hydra.run.dir={tmp_path}/hydra")
-    assert "is already the champion" in again.stdout
+    compare.run(compose(args))
+    assert "is already the champion" in capsys.readouterr().out
     assert len(client.search_model_versions("name = 'augmentation'")) == 1  # a run is registered once
 
     # a better group takes the alias; a worse one is registered without it
@@ -250,9 +275,8 @@ def test_a_keep_verdict_registers_the_champion(tmp_path):
     for extra, expected in ((["compare.filter=\"tags.seed != '4' and tags.seed != '5' and tags.seed != '6'\""],
                              "(strong, test_accuracy 0.9100) is the champion"),
                             (["compare.filter=\"tags.augmentation != 'strong'\""], "the champion stays version 2")):
-        result = run_module("pipeline.compare", *args, *extra, f"hydra.run.dir={tmp_path}/hydra")
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert expected in result.stdout, result.stdout[-2000:]
+        compare.run(compose([*args, *extra]))
+        assert expected in capsys.readouterr().out
     assert client.get_model_version_by_alias("augmentation", "champion").tags["group"] == "strong"
 
     photo = make_image(tmp_path / "photo.png", size=(8, 8), seed=3)
@@ -307,3 +331,48 @@ def test_long_group_labels_make_short_unique_metric_names():
     keys = [compare._metric_key(f"diff {label}") for label in labels]
     assert all(len(key) <= 200 for key in keys) and keys[0] != keys[1]  # MLflow refuses names over 250
     assert compare._metric_key("diff lesson") == "diff lesson"
+
+
+def test_per_class_effects_diversity_and_cost_by_hand():
+    from pipeline.comparison import class_flags, cost, diversity
+
+    # lesson gains 1 point on average over 5 seeds, but costs "shoes" 6 to 8 points on every seed
+    shoes = [-0.06, -0.07, -0.08, -0.07, -0.06]
+    shirts = [0.04, 0.05, 0.03, 0.06, 0.02]
+    runs = []
+    for i in range(5):
+        seed = str(i + 1)
+        plain = RunSummary(f"n{seed}", "none", seed, {"seed": seed}, {
+            "test_accuracy": 0.80, "test_recall.shoes": 0.9, "test_recall.shirts": 0.7},
+            {"loss": [0.9, 0.5, 0.4], "epoch_seconds": [2.0, 1.0, 1.0]})
+        augmented = RunSummary(f"l{seed}", "lesson", seed, {"seed": seed}, {
+            "test_accuracy": 0.81, "test_recall.shoes": 0.9 + shoes[i], "test_recall.shirts": 0.7 + shirts[i]},
+            {"loss": [1.2, 0.9, 0.6], "epoch_seconds": [6.0, 3.0, 4.0]})
+        runs += [plain, augmented]
+    none, lesson = sorted(group_runs(runs), key=lambda g: g.preset != "none")
+    d = compare_with_baseline(lesson, none, "test_accuracy", 0.95)
+    c = d.per_class
+    assert c["shoes"]["mean"] == pytest.approx(-0.068) and c["shirts"]["mean"] == pytest.approx(0.04)
+    # Holm over the 2 classes: the smaller p is tested at 0.05/2, so its interval is a 97.5% t interval
+    p_shoes, p_shirts = (stats.ttest_1samp(x, 0).pvalue for x in (shoes, shirts))
+    assert c["shoes"]["p_adjusted"] == pytest.approx(2 * min(p_shoes, p_shirts), rel=1e-9)
+    expected = stats.ttest_1samp(shoes, 0).confidence_interval(0.975)
+    assert (c["shoes"]["low"], c["shoes"]["high"]) == pytest.approx((expected.low, expected.high), rel=1e-9)
+    assert c["shoes"]["significant"] and c["shirts"]["significant"]
+    (flag,) = class_flags(d)  # the loss against the average gain is flagged; shirts gain with the average
+    assert "costs shoes -6.80 points" in flag
+    # diversity: final losses 0.6 / 0.4; cost: median epoch time 4.0 of (6,3,4 x5) over 1.0 of (2,1,1 x5)
+    assert diversity(lesson, none) == pytest.approx(1.5) and cost(lesson, none) == pytest.approx(4.0)
+
+
+def test_convergence_is_judged_against_the_cap_and_patience():
+    def run(best, trained, epochs, patience):
+        return RunSummary("r", "lesson", "1", {"train.epochs": str(epochs), "train.patience": str(patience)},
+                          {"best_epoch": best}, {"val_accuracy": [0.5] * trained})
+
+    assert run(best=11, trained=21, epochs=30, patience=10).converged  # early stopping saw it out
+    assert run(best=20, trained=30, epochs=30, patience=10).converged  # the cap came exactly after patience
+    assert run(best=21, trained=30, epochs=30, patience=10).converged is False  # within the last 10 of the cap
+    assert run(best=30, trained=30, epochs=30, patience=10).converged is False
+    assert run(best=35, trained=50, epochs=30, patience=10).converged  # a resume raised the cap to 50
+    assert RunSummary("r", "none", "1", {}, {}).converged is None

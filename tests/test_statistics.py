@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from pipeline import statistics
 
@@ -69,3 +71,32 @@ def test_seeds_needed_by_hand():
     assert statistics.seeds_needed(0.0001, 0.05, 0.95, power=0.8) == 2
     assert statistics.seeds_needed(0.05, 0.0005, 0.95, power=0.8) is None  # beyond 1000 seeds
     assert statistics.seeds_needed(math.nan, 0.01, 0.95, power=0.8) is None
+
+
+def test_holm_adjustment_by_hand():
+    # p = 0.01, 0.04, 0.03, 0.005. Sorted: 0.005, 0.01, 0.03, 0.04, multiplied by 4, 3, 2, 1:
+    # 0.02, 0.03, 0.06, 0.04 -> running maximum 0.02, 0.03, 0.06, 0.06.
+    assert statistics.holm_adjusted([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # At 5%, the first two are rejected and the 0.03 is not (its step tests at 0.05/2): Holm's
+    # step-down rule, where Bonferroni (x4) would reject only 0.005 and 0.01 as well.
+    assert statistics.holm_levels([0.01, 0.04, 0.03, 0.005], 0.95) == pytest.approx(
+        [1 - 0.05 / 3, 1 - 0.05 / 1, 1 - 0.05 / 2, 1 - 0.05 / 4])
+    assert statistics.holm_adjusted([0.2, 0.9]) == pytest.approx([0.4, 0.9])  # capped by the running max, not 1.8
+    assert statistics.holm_adjusted([0.6, 0.7]) == pytest.approx([1.0, 1.0])  # capped at 1
+    adjusted = statistics.holm_adjusted([0.01, math.nan, 0.02])  # an untested comparison is not counted
+    assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.02)
+    assert statistics.holm_adjusted([0.03]) == pytest.approx([0.03])  # one comparison: nothing to correct
+
+
+def test_t_test_p_values_match_scipy():
+    expected = stats.ttest_rel(np.array(DIFFERENCES), np.zeros(len(DIFFERENCES))).pvalue
+    assert statistics.paired_t_p_value(DIFFERENCES) == pytest.approx(expected, rel=1e-12)
+    ours, theirs = [0.70, 0.72, 0.74], [0.78, 0.80, 0.79, 0.81]
+    assert statistics.welch_t_p_value(ours, theirs) == pytest.approx(
+        stats.ttest_ind(ours, theirs, equal_var=False).pvalue, rel=1e-12)
+    assert math.isnan(statistics.paired_t_p_value([0.01, 0.01, 0.01]))  # no spread: no test
+    # 5 seeds that agree: the sign-flip p stops at 2/32 = 0.0625, the t-test's p goes below 0.05,
+    # so Holm over 3 comparisons can still pass (0.0625 x 3 never could)
+    agree = [0.03, 0.04, 0.05, 0.02, 0.06]
+    assert statistics.sign_flip_p_value(agree) == pytest.approx(0.0625)
+    assert statistics.paired_t_p_value(agree) * 3 < 0.05

@@ -322,15 +322,22 @@ def test_multirun_gives_one_run_per_job_and_compare_reads_them(split_done):
     assert len(list((tmp_path / "multirun").glob("*/models/model.keras"))) == 6  # own folder per job
     # each job ended on the test split: metrics.json in its folder, test metrics (per class too) in its run
     assert len(list((tmp_path / "multirun").glob("*/reports/metrics.json"))) == 6
-    assert all({"test_accuracy", "test_balanced_accuracy", "test_recall.cat"} <= set(r.data.metrics) for r in runs)
+    assert all({"test_accuracy", "test_balanced_accuracy", "test_recall.cat", "val_recall.cat"} <= set(r.data.metrics)
+               for r in runs)
     assert "verdict" in result.stdout and "test_accuracy, difference in points" in result.stdout  # end of sweep
 
     report = run_module("pipeline.compare", f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/reports",
-                        f"hydra.run.dir={tmp_path}/hydra-compare")
+                        f"paths.split_dir={tmp_path}/split", f"hydra.run.dir={tmp_path}/hydra-compare")
     assert report.returncode == 0, report.stderr[-3000:]
     assert "| none | 3 | 1,2,3 |" in report.stdout and "| lesson | 3 | 1,2,3 |" in report.stdout
     assert "paired over 3 seeds" in report.stdout
-    assert any(f"**{verdict}**" in report.stdout for verdict in ("keep", "drop", "inconclusive"))
+    # 2 epochs under a patience of 5: no run can show it converged, so there is no keep or drop
+    assert "**not converged**: raise train.epochs" in report.stdout
+    assert "## Per class: test recall" in report.stdout
+    result = json.loads((tmp_path / "reports" / "comparison.json").read_text())
+    (lesson,) = result["differences"]
+    assert 0 < lesson["affinity"] <= 1.5 and lesson["diversity"] > 0 and lesson["cost"] > 0
+    assert set(lesson["per_class"]) == {"cat", "dog", "fox"}  # 3 seeds: every class has its paired difference
     assert (tmp_path / "reports" / "comparison.png").stat().st_size > 10_000
 
 

@@ -1,0 +1,119 @@
+"""Why does an augmentation help? Its affinity, measured with the baseline's own models.
+
+Gontijo-Lopes et al. 2020 ("Affinity and diversity: quantifying mechanisms of data
+augmentation") found that an augmentation's gain is predicted by two cheap numbers:
+
+- affinity: the accuracy of a model trained on clean data, on validation images augmented by
+  the operation, divided by its accuracy on the clean images. Near 1: the augmented images
+  still look like the data; low: the operation moves them off the data's distribution.
+- diversity: how much harder the augmentation makes the training data (final training loss
+  with it over without it); `comparison.diversity` reads it from the recorded histories.
+
+Affinity needs no training: the baseline group's logged models (`runs:/<id>/model`) are
+loaded and run on the validation split, clean and augmented. An operation is measured alone
+(`AugmentationConfig.only`) at its preset's magnitudes, a preset whole; the draws are seeded,
+so a report is reproducible. MixUp and CutMix mix labels too and have no affinity here.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import tensorflow as tf
+import yaml
+from tqdm import tqdm
+
+from pipeline.augmentation import BatchAugmenter
+from pipeline.comparison import Difference, Group, baseline_for
+from pipeline.config import AugmentationConfig, validate
+from pipeline.data import read_classes, read_manifest
+from pipeline.datasets import ImageSet, decoded_dataset
+
+LABEL_MIXING = ("mixup", "cutmix")
+AFFINITY_SEED = 0  # augmentation draws [AFFINITY_SEED, batch index]
+
+
+def accuracy(model, images: ImageSet, image_size: tuple[int, int], batch_size: int,
+             augmentation: AugmentationConfig | None = None) -> float:
+    """The model's accuracy on `images`, augmented by `augmentation` (seeded draws) when given."""
+    augmenter = BatchAugmenter(augmentation, image_size) if augmentation is not None else None
+    ds = decoded_dataset(images, image_size).batch(batch_size).enumerate()
+
+    def prepare(index, batch):
+        pixels, labels = batch
+        if augmenter is None:
+            return tf.cast(pixels, tf.float32), labels
+        return augmenter(pixels, tf.stack([tf.constant(AFFINITY_SEED, tf.int64), index])), labels
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+    predicted = model.predict(ds, verbose=0).argmax(axis=1)
+    return float(np.mean(predicted == np.asarray(images.labels)))
+
+
+def logged_augmentation(group: Group, notes: list[str]) -> AugmentationConfig | None:
+    """The augmentation a group's runs used, from the first run's logged config.yaml (the
+    ablation applied); None, with a note, when the run has none."""
+    run_id = group.runs[0].run_id
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml", dst_path=scratch)
+        except Exception as error:  # MLflow raises several kinds for a missing artifact
+            notes.append(f"no affinity for {group.label}: its run {run_id} has no logged config.yaml "
+                         f"({str(error).splitlines()[0][:120]})")
+            return None
+        return validate(yaml.safe_load(Path(path).read_text())).augmentation
+
+
+def measure_affinities(groups: list[Group], differences: list[Difference], ablations: list[Difference],
+                       baseline_preset: str, split_dir: str, batch_size: int) -> list[str]:
+    """Fill `affinity` of every difference (a preset whole) and ablation (its operation alone)
+    from the baseline group's models; returns notes on what could not be measured."""
+    split = Path(split_dir)
+    if not (split / "val.csv").is_file():
+        return [f"no affinity: no validation split at {split} (python -m pipeline.split)"]
+    classes = read_classes(split)
+    images = ImageSet.from_manifest(*read_manifest(split, "val"), classes)
+    notes: list[str] = []
+    wanted: list[tuple[Difference, Group, AugmentationConfig]] = []
+    for d in differences:
+        group = next((g for g in groups if g.label == d.group), None)
+        baseline = baseline_for(group, groups, baseline_preset) if group else None
+        augmentation = logged_augmentation(group, notes) if baseline else None
+        if augmentation:
+            wanted.append((d, baseline, augmentation))
+    for d in ablations:
+        ablated = next((g for g in groups if g.label == d.baseline), None)
+        baseline = baseline_for(ablated, groups, baseline_preset) if ablated else None
+        if baseline and d.group not in LABEL_MIXING:
+            full_name = ablated.preset.rsplit(f"-no-{d.group}", 1)[0]
+            full = next(g for g in groups if g.preset == full_name and g.settings == ablated.settings)
+            augmentation = logged_augmentation(full, notes)
+            if augmentation:
+                wanted.append((d, baseline, augmentation.only(d.group)))
+    if not wanted:
+        return notes
+    clean: dict[str, float] = {}   # run id -> clean val accuracy
+    under: dict[tuple[str, str], float] = {}
+    models = {r.run_id for _, baseline, _ in wanted for r in baseline.runs}
+    progress = tqdm(total=len(models) * (1 + len({a.name for *_, a in wanted})), desc="affinity", unit="pass")
+    for run_id in sorted(models):
+        try:
+            model = mlflow.keras.load_model(f"runs:/{run_id}/model")
+        except Exception as error:  # a run without a logged model (tracking.log_model=false), or a damaged one
+            notes.append(f"no affinity from run {run_id}: its model cannot be loaded ({str(error).splitlines()[0]})")
+            continue
+        image_size = tuple(model.input_shape[1:3])
+        clean[run_id] = accuracy(model, images, image_size, batch_size)
+        progress.update()
+        for augmentation in {a.name: a for *_, a in wanted}.values():
+            under[run_id, augmentation.name] = accuracy(model, images, image_size, batch_size, augmentation)
+            progress.update()
+    progress.close()
+    for d, baseline, augmentation in wanted:
+        ratios = [under[r.run_id, augmentation.name] / clean[r.run_id] for r in baseline.runs
+                  if r.run_id in clean and clean[r.run_id] > 0]
+        d.affinity = float(np.mean(ratios)) if ratios else None
+    return notes
