@@ -1,5 +1,4 @@
-"""Experiment-tracked image-augmentation workflow: DVC stages, Hydra configs, Keras 3, MLflow."""
+"""Experiment-tracked image-augmentation workflow: DVC stages, Hydra configs, Keras 3, MLflow.
 
-from pipeline.startup import quiet_tensorflow_start
-
-quiet_tensorflow_start()
+Importing the package loads nothing heavy: TensorFlow comes in through `pipeline.backend`, only
+in the modules that compute."""

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import tensorflow as tf
 import yaml
 from tqdm import tqdm
 
+from pipeline.backend import tf
 from pipeline.augmentation import BatchAugmenter
 from pipeline.comparison import Difference, Group, baseline_for
 from pipeline.config import AugmentationConfig, validate

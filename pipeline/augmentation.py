@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import math
 
-import tensorflow as tf
 
+from pipeline.backend import tf
 from pipeline.config import AugmentationConfig
 
 # RandAugment's operation list (Cubuk et al. 2019, without equalize/sharpness/invert).
@@ -346,7 +346,7 @@ def augmentation_layer(config: AugmentationConfig, seed: int):
     It draws from [seed, step] with its own step counter, so each batch differs; it is
     built from XLA-compilable ops and so keeps a jit-compiled train step compiled.
     """
-    import keras
+    from pipeline.backend import keras
 
     class Augment(keras.layers.Layer):
         def __init__(self, **kwargs):

@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import keras
 
+from pipeline.backend import keras
 from pipeline.errors import ConfigError, UserError
+from pipeline.stopping import raise_if_stopped
 
 RESUMABLE_KEYS = ("train.epochs", "train.patience")  # may differ between an interrupted run and its resume
 
@@ -259,3 +260,13 @@ class TrainingState(keras.callbacks.Callback):
             self.on_commit(epoch + 1, metrics)
         if self.state.patience_exhausted(self.patience):
             self.model.stop_training = True
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Ends fit, predict or evaluate at the next batch once SIGTERM has arrived (before the
+    epoch is committed: a half epoch is never checkpointed as a whole one)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        raise_if_stopped()
+
+    on_predict_batch_end = on_test_batch_end = on_epoch_begin = on_train_batch_end

@@ -454,17 +454,3 @@ def group_table(groups: list[Group]) -> list[dict]:
             row[f"{metric}_n"] = len(values)
         rows.append(row)
     return rows
-
-
-def mean_curve(runs: list[RunSummary], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(epochs, mean, std) of a per-epoch metric over the runs; epochs some runs lack use the others."""
-    curves = [r.curves[metric] for r in runs if r.curves.get(metric)]
-    if not curves:
-        return np.array([]), np.array([]), np.array([])
-    length = max(len(c) for c in curves)
-    padded = np.full((len(curves), length), np.nan)
-    for i, c in enumerate(curves):
-        padded[i, :len(c)] = c
-    mean = np.nanmean(padded, axis=0)
-    std = np.array([np.std(col[~np.isnan(col)], ddof=1) if np.sum(~np.isnan(col)) > 1 else 0.0 for col in padded.T])
-    return np.arange(1, length + 1), mean, std

@@ -44,8 +44,8 @@ STRATEGIES = ("auto", "none", "mirrored", "multi_worker")
 
 @dataclass
 class SplitConfig:
-    fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
-    respect_existing: bool = True
+    fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # [train, val, test], stratified, seeded
+    respect_existing: bool = True  # keep a source's own train/ validation/ test/ folders as the split
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
@@ -60,13 +60,14 @@ class SplitConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "https://github.com/alexeygrigorev/clothing-dataset-small/archive/refs/heads/master.zip"
-    sha256: Optional[str] = None
-    download_dir: str = "~/.cache/augment-pipeline"
+    source: str = "https://github.com/alexeygrigorev/clothing-dataset-small/archive/refs/heads/master.zip"  # folder,
+    # .zip/.tar.gz or http(s) URL of one: one folder per class, or train/ validation/ test/ folders
+    sha256: Optional[str] = None  # pins a URL's or archive's content: a different download is refused
+    download_dir: str = "~/.cache/augment-pipeline"  # downloads and extractions, keyed by content
     image_size: list[int] = field(default_factory=lambda: [150, 150])  # [height, width], pixels
-    limit_per_class: Optional[int] = None
+    limit_per_class: Optional[int] = None  # at most this many images per class (quick trials); null: all
     split: SplitConfig = field(default_factory=SplitConfig)
-    cache: str = "auto"
+    cache: str = "auto"  # decoded images: memory | file (a temporary file) | auto (memory up to 4 GiB)
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
@@ -136,16 +137,16 @@ class AugmentationConfig:
     x and y drawn independently, > 1 zooms out; flips with probability 0.5.
     """
 
-    name: str = "none"
+    name: str = "none"  # the preset's name: the run's tag `augmentation` and the comparison's group
     device: str = "auto"  # auto | data (tf.data, CPU) | model (inside the train step)
-    rotation_range: float = 0.0
-    width_shift_range: float = 0.0
-    height_shift_range: float = 0.0
-    shear_range: float = 0.0
-    zoom_range: Any = 0.0
-    horizontal_flip: bool = False
-    vertical_flip: bool = False
-    fill_mode: str = "nearest"
+    rotation_range: float = 0.0  # degrees, uniform in (-r, r)
+    width_shift_range: float = 0.0  # horizontal shift: < 1 a fraction of the width, >= 1 pixels
+    height_shift_range: float = 0.0  # vertical shift: < 1 a fraction of the height, >= 1 pixels
+    shear_range: float = 0.0  # degrees
+    zoom_range: Any = 0.0  # z: scale in [1-z, 1+z], or a [lo, hi] pair; > 1 zooms out
+    horizontal_flip: bool = False  # mirror left-right with probability 0.5
+    vertical_flip: bool = False  # upside down with probability 0.5
+    fill_mode: str = "nearest"  # outside the image: nearest | reflect | wrap | constant
     cval: float = 0.0  # fill value for fill_mode=constant, in pixel units 0..255
     brightness_range: Optional[list[float]] = None  # multiplicative factor range, e.g. [0.8, 1.2]
     channel_shift_range: float = 0.0  # added to every channel, pixel units 0..255
@@ -154,8 +155,8 @@ class AugmentationConfig:
     hue_range: float = 0.0  # shift in turns of the colour wheel, uniform in (-h, h), at most 0.5
     random_erasing: RandomErasingConfig = field(default_factory=RandomErasingConfig)
     randaugment: RandAugmentConfig = field(default_factory=RandAugmentConfig)
-    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing; 0 = off
-    cutmix_alpha: float = 0.0
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing of image pairs and their labels; 0 = off
+    cutmix_alpha: float = 0.0  # Beta(alpha, alpha) area of a pasted patch, labels mixed by area; 0 = off
     ablate: Optional[str] = None  # an operation to remove (ABLATABLE), named in the label: lesson-no-rotation
 
     def without(self, operation: str) -> "AugmentationConfig":
@@ -261,11 +262,11 @@ class ModelConfig:
     `block13` of xception) at its own `fine_tune_learning_rate`; BatchNorm stays frozen.
     """
 
-    name: str = "xception"
+    name: str = "xception"  # the backbone (conf/model/): xception, efficientnet_lite0, ..., residual_cnn
     weights: Optional[str] = "imagenet"  # imagenet | null | path to a local weights file
-    trainable_base: bool = False
-    inner_units: int = 100
-    dropout: float = 0.2
+    trainable_base: bool = False  # train the whole pretrained base too (false: frozen, the lesson)
+    inner_units: int = 100  # the head's inner dense layer; 0: softmax on the pooled features
+    dropout: float = 0.2  # before the softmax
     learning_rate: float = 0.001          # of the head (and of a base trained whole)
     fine_tune_from: Optional[str] = None  # unfreeze the base from the first layer named <prefix>... on
     fine_tune_learning_rate: float = 1e-5  # of the unfrozen base layers
@@ -299,14 +300,14 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 32
+    epochs: int = 10                 # the cap; early stopping (patience) usually ends a run before it
+    batch_size: int = 32             # the global batch (split over replicas)
     patience: int = 5                # epochs without a val_accuracy gain before stopping
-    resume: bool = False
+    resume: bool = False             # continue this configuration's interrupted training from its last epoch
     rerun: bool = False              # in a multirun, train even if this configuration has a FINISHED run
-    mixed_precision: bool = False
-    jit_compile: Any = "auto"        # auto | true | false
-    strategy: str = "auto"
+    mixed_precision: bool = False    # float16 compute (GPUs), float32 weights
+    jit_compile: Any = "auto"        # XLA for the train step: auto (on a GPU only) | true | false
+    strategy: str = "auto"           # auto | none | mirrored (the GPUs of a machine) | multi_worker (TF_CONFIG)
     optimizer: str = "adam"          # adam (AdamW when weight_decay > 0) | sgd (Nesterov momentum 0.9)
     lr_schedule: str = "constant"    # constant | warmup_cosine (peak: model.learning_rate)
     warmup_epochs: int = 1           # linear warm-up of warmup_cosine, in epochs
@@ -342,9 +343,9 @@ class TrainConfig:
 
 @dataclass
 class TrackingConfig:
-    uri: Optional[str] = None
-    experiment: str = "augmentation"
-    log_model: bool = True
+    uri: Optional[str] = None        # MLflow store; null: $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db
+    experiment: str = "augmentation"  # the MLflow experiment of the training runs
+    log_model: bool = True           # log the model as the run's LoggedModel `model`
     registered_model: Optional[str] = None  # the registry name for compare.register; null: the experiment's name
     system_metrics: bool = True              # CPU, memory, GPU of training runs as system/* metrics
     system_metrics_interval_s: float = 10.0  # between samples, seconds
@@ -392,9 +393,9 @@ class CompareConfig:
 
 @dataclass
 class PathsConfig:
-    split_dir: str = "data/split"
-    reports_dir: str = "reports"
-    models_dir: str = "models"
+    split_dir: str = "data/split"    # the manifests (train/val/test.csv) and classes.json
+    reports_dir: str = "reports"     # metrics, per-class results, pictures, the comparison
+    models_dir: str = "models"       # model.keras, classes.json and work/ (resumable checkpoints)
 
 
 @dataclass
@@ -406,7 +407,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    seed: int = 42
+    seed: int = 42  # the split, the initialisation, the data order and the augmentation draws
 
     def problems(self) -> list[tuple[str, str]]:
         return [] if 0 <= self.seed < 2**31 else [("seed", f"must be in 0..2**31-1, got {self.seed}")]

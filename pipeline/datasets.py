@@ -16,8 +16,8 @@ import tempfile
 from dataclasses import dataclass
 
 import numpy as np
-import tensorflow as tf
 
+from pipeline.backend import tf
 from pipeline.augmentation import BatchAugmenter, mix_batch
 from pipeline.config import AugmentationConfig
 from pipeline.data import load_image

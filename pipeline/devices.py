@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import os
 
-import keras
-import tensorflow as tf
 
+from pipeline.backend import keras, tf
 from pipeline.config import AugmentationConfig, TrainConfig
 from pipeline.errors import ConfigError
 

@@ -23,9 +23,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import BinaryIO
 
-import keras
 import numpy as np
 
+from pipeline.backend import keras
 from pipeline.errors import ModelError
 
 # One row per stage: (repeats, kernel size, first stride, expansion ratio, input filters, output filters).

@@ -2,9 +2,9 @@
 
     python -m pipeline.evaluate
 
-Writes <paths.reports_dir>/metrics.json (accuracy, balanced accuracy, loss, macro F1, per-class
-precision and recall; DVC metrics) and confusion.csv (actual,predicted per image; DVC's
-confusion template), and logs test_* metrics (accuracy, balanced accuracy, macro F1, loss,
+Writes <paths.reports_dir>/metrics.json (the headline: accuracy, balanced accuracy, loss, macro
+F1; DVC metrics), per_class.json (each class's precision, recall and F1, and its val recall) and
+confusion.csv (actual,predicted per image; DVC's confusion template), and logs test_* metrics (accuracy, balanced accuracy, macro F1, loss,
 and each class's recall as test_recall.<class>) and a confusion-matrix PNG to the training's
 MLflow run, without reopening it. The same model's per-class recall on the validation split
 (the best epoch's weights) goes in as val_recall.<class> and under "val_per_class_recall".
@@ -16,10 +16,10 @@ import csv
 import json
 from pathlib import Path
 
-import keras
 import mlflow
 import numpy as np
 
+from pipeline.backend import keras
 from pipeline.config import Config, stage_entry
 from pipeline.data import read_classes, read_manifest
 from pipeline.datasets import ImageSet, build_eval_dataset
@@ -60,21 +60,24 @@ def run(config: Config) -> dict:
     actual = np.asarray(test_set.labels)
     predicted = probabilities.argmax(axis=1)
     loss = float(keras.losses.CategoricalCrossentropy()(keras.ops.one_hot(actual, len(classes)), probabilities))
-    metrics = {"loss": round(loss, 6), **classification_metrics(actual, predicted, classes), "test_images": len(actual)}
-    metrics["val_per_class_recall"] = val_recall(model, config, classes, image_size)
+    report = classification_metrics(actual, predicted, classes)
+    metrics = {"loss": round(loss, 6), **{k: v for k, v in report.items() if k != "per_class"},
+               "test_images": len(actual)}
+    per_class = {"test": report["per_class"], "val_recall": val_recall(model, config, classes, image_size)}
 
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (reports / "per_class.json").write_text(json.dumps(per_class, indent=2) + "\n")
     with open(reports / "confusion.csv", "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["actual", "predicted"])
         writer.writerows((classes[a], classes[p]) for a, p in zip(actual, predicted))
     figure = confusion_matrix_figure(actual, predicted, classes, reports / "confusion.png")
-    _log_to_training_run(config, reports, metrics, figure)
+    _log_to_training_run(config, reports, metrics, per_class, figure)
     print(f"test accuracy {metrics['accuracy']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f}, "
           f"macro F1 {metrics['macro_f1']:.4f}, loss {loss:.4f} "
           f"on {len(actual)} images -> {reports / 'metrics.json'}")
-    return metrics
+    return {**metrics, "per_class": per_class}
 
 
 def val_recall(model: keras.Model, config: Config, classes: list[str], image_size: tuple[int, int]) -> dict:
@@ -85,7 +88,7 @@ def val_recall(model: keras.Model, config: Config, classes: list[str], image_siz
     return {name: c["recall"] for name, c in per_class.items() if c["support"]}
 
 
-def _log_to_training_run(config: Config, reports: Path, metrics: dict, figure: Path) -> None:
+def _log_to_training_run(config: Config, reports: Path, metrics: dict, per_class: dict, figure: Path) -> None:
     run_file = reports / "run.json"
     if not run_file.exists():
         print(f"note: {run_file} is missing, so the test metrics are not logged to MLflow")
@@ -97,14 +100,18 @@ def _log_to_training_run(config: Config, reports: Path, metrics: dict, figure: P
     # measured on the test dataset, by the run's LoggedModel: the model's page shows them
     test_dataset = next((d for d in client.get_run(run_id).inputs.dataset_inputs
                          if any(t.key == "mlflow.data.context" and t.value == "testing" for t in d.tags)), None)
-    per_class = {f"test_recall.{name}": c["recall"] for name, c in metrics["per_class"].items() if c["support"]}
-    per_class |= {f"val_recall.{name}": recall for name, recall in metrics["val_per_class_recall"].items()}
+    recalls = {f"test_recall.{name}": c["recall"] for name, c in per_class["test"].items() if c["support"]}
+    recalls |= {f"val_recall.{name}": recall for name, recall in per_class["val_recall"].items()}
     mlflow.log_metrics({"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
                         "test_macro_f1": metrics["macro_f1"], "test_balanced_accuracy": metrics["balanced_accuracy"],
-                        **per_class}, run_id=run_id, model_id=run.get("model_id"),
+                        **recalls}, run_id=run_id, model_id=run.get("model_id"),
                        dataset=test_dataset.dataset if test_dataset else None)
+    # the run's description, at the top of its page in the MLflow UI: the headline at a glance
+    client.set_tag(run_id, "mlflow.note.content",
+                   f"**test accuracy {metrics['accuracy']:.4f}** (balanced {metrics['balanced_accuracy']:.4f}, "
+                   f"macro F1 {metrics['macro_f1']:.4f}) on {metrics['test_images']} test images")
     client.log_artifact(run_id, str(figure))
-    client.log_dict(run_id, metrics, "classification_report.json")
+    client.log_dict(run_id, {**metrics, "per_class": per_class}, "classification_report.json")
 
 
 main = stage_entry(run)

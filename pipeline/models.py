@@ -17,8 +17,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-import keras
 
+from pipeline.backend import keras
 from pipeline import efficientnet_lite
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.errors import ModelError

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.metadata
 import fcntl
 import os
 import platform
@@ -18,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -27,7 +27,6 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
-import keras
 import mlflow
 from hydra.experimental.callback import Callback
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
@@ -35,40 +34,9 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
 from pipeline import orphans
-from pipeline.comparison import RunSummary
+from pipeline.stopping import RunKilled, request_stop, stop_requested
 from pipeline.config import PROJECT_ROOT, Config, flatten, to_dict
 from pipeline.errors import TrackingError
-
-
-class RunKilled(KeyboardInterrupt):
-    """Raised at the next check point after the process received SIGTERM (exit code 143, as for SIGTERM)."""
-
-    exit_code = 143
-
-
-_stop_requested = threading.Event()
-
-
-def request_stop(signum, frame) -> None:
-    """The SIGTERM handler: only note the request. An exception thrown from a signal handler lands
-    in whatever code runs at that moment, and some code swallows it; the training checks
-    `raise_if_stopped` instead, at every batch (`StopOnSignal`) and between its stages."""
-    _stop_requested.set()
-
-
-def raise_if_stopped() -> None:
-    if _stop_requested.is_set():
-        raise RunKilled("received SIGTERM; the MLflow run is marked KILLED")
-
-
-class StopOnSignal(keras.callbacks.Callback):
-    """Ends fit, predict or evaluate at the next batch once SIGTERM has arrived (before the
-    epoch is committed: a half epoch is never checkpointed as a whole one)."""
-
-    def on_train_batch_end(self, batch, logs=None):
-        raise_if_stopped()
-
-    on_predict_batch_end = on_test_batch_end = on_epoch_begin = on_train_batch_end
 
 
 def store_root(project: Path = PROJECT_ROOT) -> Path:
@@ -298,7 +266,7 @@ def sweep_tags() -> dict[str, str]:
 
 
 def run_tags(config: Config, manifest_sha256: str, device: str, placement: str) -> dict[str, str]:
-    import tensorflow as tf
+    from pipeline.backend import tf
 
     return {
         "augmentation": config.augmentation.label,
@@ -309,7 +277,7 @@ def run_tags(config: Config, manifest_sha256: str, device: str, placement: str) 
         "data_manifest_sha256": manifest_sha256,
         "device": device,
         "tensorflow_version": tf.__version__,
-        "keras_version": keras.__version__,
+        "keras_version": importlib.metadata.version("keras"),
         "python_version": platform.python_version(),
         **git_state(),
         **sweep_tags(),
@@ -327,7 +295,7 @@ def tracked_run(run_name: str | None = None, continue_run_id: str | None = None,
     `system/*` metrics, tagged with `node` (this process's task in a multi-worker cluster).
     """
 
-    _stop_requested.clear()
+    stop_requested.clear()
     previous = signal.signal(signal.SIGTERM, request_stop)
     if continue_run_id and not _run_exists(continue_run_id):
         print(f"note: the interrupted MLflow run {continue_run_id} is not in {mlflow.get_tracking_uri()}; "
@@ -359,7 +327,7 @@ def tracked_run(run_name: str | None = None, continue_run_id: str | None = None,
         mlflow.end_run(status="FINISHED")
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if _stop_requested.is_set():  # it came after the last check: the run is complete, the process stops
+    if stop_requested.is_set():  # it came after the last check: the run is complete, the process stops
         raise RunKilled("received SIGTERM as the run finished; stopping here")
 
 
@@ -405,8 +373,8 @@ def log_data_inputs(split_dir: Path) -> None:
         mlflow.log_input(dataset, context=context)
 
 
-def log_keras_model(model: keras.Model, image_size: tuple[int, int], classes_file: str | os.PathLike,
-                    best_epoch: int) -> str:
+def log_keras_model(model, image_size: tuple[int, int], classes_file: str | os.PathLike,
+                    best_epoch: int, describe: dict[str, str] | None = None) -> str:
     """Log the model as the run's LoggedModel `model` (READY), with signature, input example
     and classes.json (the class names in output order, which `pipeline.predict` reads), linked
     to the run at the best epoch's step, whose metrics become the model's. Returns its model id;
@@ -415,6 +383,8 @@ def log_keras_model(model: keras.Model, image_size: tuple[int, int], classes_fil
     `mlflow.keras.log_model(..., input_example=...)` in MLflow 3.17 writes the example before
     creating its folder (mlflow#16183), so the model is saved into a folder made here and
     uploaded with `log_model_artifacts`; a failed upload leaves the LoggedModel FAILED.
+    Its name stays `model` (what `runs:/<run id>/model` resolves); `describe` (preset, model,
+    seed) becomes its tags, so the UI's model list says what each one is.
     """
     import tempfile
 
@@ -424,7 +394,8 @@ def log_keras_model(model: keras.Model, image_size: tuple[int, int], classes_fil
     run_id = mlflow.active_run().info.run_id
     example = np.full((1, *image_size, 3), 127.0, np.float32)
     signature = infer_signature(example, model.predict(example, verbose=0))
-    logged = mlflow.initialize_logged_model(name="model", source_run_id=run_id, model_type="keras")
+    logged = mlflow.initialize_logged_model(name="model", source_run_id=run_id, model_type="keras",
+                                            tags=describe or {})
     try:
         with tempfile.TemporaryDirectory() as scratch:
             path = os.path.join(scratch, "model")
@@ -456,6 +427,8 @@ def training_runs(experiment: str, search_filter: str | None = None, run_ids: se
     """The FINISHED training runs of `experiment` (with their per-epoch `curves`), only those in
     `run_ids` when given, and how many other runs (FAILED, KILLED, RUNNING) were left out.
     Comparison runs are not training runs."""
+    from pipeline.comparison import RunSummary  # here: training never needs the comparison's code
+
     client = mlflow.MlflowClient()
     found = client.get_experiment_by_name(experiment)
     runs, token = [], None
@@ -496,36 +469,3 @@ def finished_run_with(experiment_name: str, config_hash: str) -> mlflow.entities
 def comparisons_experiment(experiment: str) -> str:
     """Comparison runs live in their own experiment, beside the training runs they compare."""
     return f"{experiment}-comparisons"
-
-
-def register_champion(model_name: str, run_id: str, group: str, metric: str, group_mean: float) -> str:
-    """Register the LoggedModel of `run_id` as a version of `model_name` (once per run) and give it
-    the alias `champion` when there is none yet or the current champion's group scored lower on
-    the same metric. Returns a one-line account of what happened."""
-    client = mlflow.MlflowClient()
-    models = [m for m in mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
-              if m.status == LoggedModelStatus.READY]
-    if not models:
-        raise TrackingError(f"run {run_id} has no READY logged model to register (trained with tracking.log_model=false?)")
-    try:
-        client.create_registered_model(model_name, tags={"created_by": "pipeline.compare"})
-    except MlflowException:
-        pass  # exists
-    version = next((v for v in client.search_model_versions(f"name = '{model_name}'") if v.run_id == run_id), None)
-    if version is None:
-        version = mlflow.register_model(f"models:/{models[0].model_id}", model_name,
-                                        tags={"group": group, "metric": metric, "group_mean": f"{group_mean:.6f}"})
-    try:
-        champion = client.get_model_version_by_alias(model_name, "champion")
-    except MlflowException:
-        champion = None
-    where = f"models:/{model_name}@champion"
-    if champion is not None and champion.version == version.version:
-        return f"registry: {model_name} version {version.version} ({group}) is already the champion: {where}"
-    if champion is None or (champion.tags.get("metric") == metric
-                            and float(champion.tags.get("group_mean", "-inf")) < group_mean):
-        client.set_registered_model_alias(model_name, "champion", version.version)
-        return f"registry: {model_name} version {version.version} ({group}, {metric} {group_mean:.4f}) is the champion: {where}"
-    return (f"registry: {model_name} version {version.version} ({group}, {metric} {group_mean:.4f}) registered; the "
-            f"champion stays version {champion.version} ({champion.tags.get('group')}, "
-            f"{champion.tags.get('metric')} {champion.tags.get('group_mean')})")

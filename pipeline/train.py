@@ -21,19 +21,21 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import keras
 import mlflow
 import yaml
 
+from pipeline.backend import keras
 from pipeline import devices, evaluate, tracking
 from pipeline.augmentation import augmentation_layer
-from pipeline.checkpoints import SavedState, TrainingState, WorkFolder, write_atomically
+from pipeline.checkpoints import SavedState, StopOnSignal, TrainingState, WorkFolder, write_atomically
 from pipeline.config import Config, digest_of, in_multirun, stage_entry, to_dict, training_identity
 from pipeline.data import manifest_hash, read_classes, read_manifest, split_source
 from pipeline.datasets import (ImageSet, backbone_features, build_eval_dataset, build_feature_eval_dataset,
                                build_feature_train_dataset, build_train_dataset, steps_per_epoch)
 from pipeline.errors import ConfigError, DataError
 from pipeline.models import build_model, compile_model, frozen_backbone
+from pipeline.progress import ProgressLines
+from pipeline.stopping import raise_if_stopped
 from pipeline.visuals import augmentation_grid, training_curves
 
 
@@ -103,7 +105,7 @@ def fit(config: Config, training: Training, callbacks: list = (), start_epoch: i
         print(f"frozen backbone, no augmentation: its features are computed once ({len(training.train_set)} train, "
               f"{len(training.val_set)} val images) and only the head trains (train.cache_features=false: off)")
         train_features, val_features = (backbone_features(training.features, images, image_size, batch, config.data.cache,
-                                                          [tracking.StopOnSignal()])
+                                                          [StopOnSignal()])
                                         for images in (training.train_set, training.val_set))
         train_ds = build_feature_train_dataset(train_features, training.train_set, batch, config.seed, start_epoch)
         val_ds = build_feature_eval_dataset(val_features, training.val_set, batch)
@@ -112,10 +114,12 @@ def fit(config: Config, training: Training, callbacks: list = (), start_epoch: i
                                        start_epoch=start_epoch, augment_images=training.placement == "data",
                                        cache=config.data.cache)
         val_ds = build_eval_dataset(training.val_set, image_size, batch, cache=config.data.cache)
+    steps = steps_per_epoch(training.train_set, batch)
+    watched = sys.stdout.isatty()  # a terminal gets Keras' progress bar; a log gets a line every 30 s
     training.trainer.fit(
         train_ds, validation_data=val_ds, epochs=config.train.epochs, initial_epoch=start_epoch,
-        steps_per_epoch=steps_per_epoch(training.train_set, batch), callbacks=[*callbacks, tracking.StopOnSignal()],
-        verbose=1 if sys.stdout.isatty() else 2)
+        steps_per_epoch=steps, callbacks=[*callbacks, StopOnSignal(), *([] if watched else [ProgressLines(steps, batch)])],
+        verbose=1 if watched else 2)
 
 
 def train_from_state(config: Config, training: Training, work: WorkFolder, state: SavedState, on_commit=None) -> None:
@@ -231,7 +235,7 @@ def record_training(config: Config, training: Training, work: WorkFolder, state:
                                                           rows=5, variants=4)))
 
         train_from_state(config, training, work, state, on_commit=lambda epoch, m: mlflow.log_metrics(m, step=epoch))
-        tracking.raise_if_stopped()
+        raise_if_stopped()
 
         models_dir.mkdir(parents=True, exist_ok=True)
         model_path = models_dir / "model.keras"
@@ -250,10 +254,12 @@ def record_training(config: Config, training: Training, work: WorkFolder, state:
         best_val, best_epoch = state.best_val_accuracy or 0.0, state.best_epoch
         mlflow.log_metrics({"best_val_accuracy": best_val, "best_epoch": best_epoch})
         model_id = None
-        tracking.raise_if_stopped()
+        raise_if_stopped()
         if config.tracking.log_model:  # the saved file, reloaded off the strategy: no cluster needed
             model_id = tracking.log_keras_model(keras.models.load_model(model_path), tuple(config.data.image_size),
-                                                classes_path, best_epoch)
+                                                classes_path, best_epoch,
+                                                describe={"preset": config.augmentation.label,
+                                                          "model": config.model.name, "seed": str(config.seed)})
         write_run_record(reports_dir, active.info, uri, model_id, best_val, best_epoch)
     print(f"best val_accuracy {best_val:.4f} at epoch {best_epoch}; model {model_path}; MLflow run {active.info.run_id}"
           + (f", model models:/{model_id}" if model_id else ""))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 import matplotlib.ticker
@@ -12,9 +13,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline.comparison import Difference, Group, mean_curve  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.data import load_image, read_classes, read_manifest  # noqa: E402
+
+if TYPE_CHECKING:  # the comparison's types only: importing it would load scipy
+    from pipeline.comparison import Difference, Group, RunSummary
 
 
 def _save(figure, target: Path, dpi: int = 90) -> Path:
@@ -27,7 +30,7 @@ def _save(figure, target: Path, dpi: int = 90) -> Path:
 
 def augmentation_grid(config: Config, target: Path, rows: int = 6, variants: int = 5) -> Path:
     """Rows of train images (one per class where possible): original, then augmented variants."""
-    import tensorflow as tf  # here, so that drawing a comparison never loads TensorFlow
+    from pipeline.backend import tf  # here, so that drawing a comparison never loads TensorFlow
 
     from pipeline.augmentation import BatchAugmenter
 
@@ -92,6 +95,20 @@ def confusion_matrix_figure(actual: np.ndarray, predicted: np.ndarray, classes: 
                 ax.text(j, i, counts[i, j], ha="center", va="center",
                         color="white" if counts[i, j] > counts.max() / 2 else "black", fontsize=8)
     return _save(figure, target)
+
+
+def mean_curve(runs: list[RunSummary], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(epochs, mean, std) of a per-epoch metric over the runs; epochs some runs lack use the others."""
+    curves = [r.curves[metric] for r in runs if r.curves.get(metric)]
+    if not curves:
+        return np.array([]), np.array([]), np.array([])
+    length = max(len(c) for c in curves)
+    padded = np.full((len(curves), length), np.nan)
+    for i, c in enumerate(curves):
+        padded[i, :len(c)] = c
+    mean = np.nanmean(padded, axis=0)
+    std = np.array([np.std(col[~np.isnan(col)], ddof=1) if np.sum(~np.isnan(col)) > 1 else 0.0 for col in padded.T])
+    return np.arange(1, length + 1), mean, std
 
 
 def comparison_figure(groups: list[Group], differences: list[Difference], target: Path) -> Path:

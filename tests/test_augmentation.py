@@ -152,6 +152,7 @@ print(digest.hexdigest())
 """
 
 
+@pytest.mark.slow  # two fresh Python processes, each loading TensorFlow
 def test_same_seed_gives_same_batches_in_fresh_processes(tiny_dataset):
     def fingerprint(preset):
         out = subprocess.run([sys.executable, "-c", FINGERPRINT, str(tiny_dataset), preset], cwd=ROOT,

@@ -15,6 +15,7 @@ from scipy import stats
 from pipeline import compare
 from pipeline.comparison import RunSummary, compare_with_baseline, group_runs, varied_settings
 from pipeline.config import compose
+from pipeline.errors import TrackingError
 from tests.conftest import make_image, run_module
 
 # preset -> {seed: (best_val_accuracy, test_accuracy)}
@@ -193,24 +194,23 @@ def test_paired_interval_needs_the_same_seeds():
     assert result.verdict == "inconclusive" and result.low is None and result.mean == 0.0
 
 
-def test_compare_command_explains_an_empty_or_missing_experiment(tmp_path):
+def test_compare_explains_an_empty_or_missing_experiment(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = run_module("pipeline.compare", f"tracking.uri={uri}", "tracking.experiment=nothing-here",
-                        f"hydra.run.dir={tmp_path}/hydra", f"paths.reports_dir={tmp_path}/r")
-    assert result.returncode == 1 and "does not exist" in result.stderr and "train first" in result.stderr
+    settings = [f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/r"]
+    with pytest.raises(TrackingError, match="does not exist") as missing:
+        compare.run(compose([*settings, "tracking.experiment=nothing-here"]))
+    assert "train first" in str(missing.value)
     mlflow.set_tracking_uri(uri)
     mlflow.create_experiment("empty")
-    result = run_module("pipeline.compare", f"tracking.uri={uri}", "tracking.experiment=empty",
-                        f"hydra.run.dir={tmp_path}/hydra", f"paths.reports_dir={tmp_path}/r")
-    assert result.returncode == 1 and "No FINISHED training runs" in result.stderr
-    result = run_module("pipeline.compare", f"tracking.uri={uri}", "tracking.experiment=empty",
-                        "compare.filter=this is not a filter", f"hydra.run.dir={tmp_path}/hydra")
-    assert result.returncode == 1 and "compare.filter" in result.stderr
+    with pytest.raises(TrackingError, match="No FINISHED training runs"):
+        compare.run(compose([*settings, "tracking.experiment=empty"]))
+    with pytest.raises(TrackingError, match="compare.filter"):
+        compare.run(compose([*settings, "tracking.experiment=empty", "compare.filter=this is not a filter"]))
     assert not (tmp_path / "r" / "comparison.md").exists()
 
 
 def test_curves_band_over_seeds():
-    from pipeline.comparison import mean_curve
+    from pipeline.visuals import mean_curve
 
     runs = [RunSummary("a", "none", "1", {}, {}, {"val_accuracy": [0.2, 0.4, 0.6]}),
             RunSummary("b", "none", "2", {}, {}, {"val_accuracy": [0.4, 0.6]})]  # stopped early
@@ -238,11 +238,13 @@ def log_tiny_models(uri: str, preset: str, tmp_path) -> None:
                 tracking.log_keras_model(model, (8, 8), classes, best_epoch=3)
 
 
+@pytest.mark.slow  # end to end: logged models, the registry, predict from models:/...@champion in a process
 def test_a_keep_verdict_registers_the_champion(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     log_known_runs(uri)
     log_tiny_models(uri, "lesson", tmp_path)
-    args = [f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/reports", "compare.register=true"]
+    args = [f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/reports", "compare.register=true",
+            "compare.affinity=false"]
     compare.run(compose(args))
     assert "is the champion: models:/augmentation@champion" in capsys.readouterr().out
     client = MlflowClient(uri)

@@ -184,3 +184,14 @@ def test_a_folder_where_the_model_file_goes_is_refused_before_training(tmp_path)
     (tmp_path / "models" / "model.keras").mkdir(parents=True)
     with pytest.raises(ConfigError, match=r"model.keras is a folder"):
         check_output_paths(compose([f"paths.models_dir={tmp_path}/models"]))
+
+
+def test_the_configuration_reference_is_generated_from_the_schema():
+    from pipeline.config_reference import reference
+
+    written = (ROOT / "docs" / "configuration.md").read_text()
+    assert written == reference(), "docs/configuration.md is stale: python -m pipeline.config_reference > docs/configuration.md"
+    # every key of the schema, documented: a field added without a comment shows up here
+    rows = [line for line in written.splitlines() if line.startswith("| `")]
+    assert len(rows) > 60 and all(not line.endswith("|  |") for line in rows)
+    assert "| `train.patience` | int | `5` |" in written and "- `experiment`: `cpu`, `lesson`, `scratch`" in written

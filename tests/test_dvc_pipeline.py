@@ -20,8 +20,8 @@ from tests.conftest import ROOT, make_image
 pytestmark = pytest.mark.slow
 
 
-def sh(*args: str, cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # the venv's dvc
+def sh(*args: str, cwd: Path, columns: int | None = None) -> str:
+    env = {**os.environ, **({"COLUMNS": str(columns)} if columns else {}), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # the venv's dvc
            "TF_CPP_MIN_LOG_LEVEL": "3", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t",
            "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
     result = subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
@@ -59,13 +59,19 @@ def test_exp_run_repro_and_what_reruns(project, tiny_dataset, tmp_path):
     assert "Running stage 'train'" not in again and "Running stage 'evaluate'" not in again
     assert {p.name: p.read_bytes() for p in (project / "data" / "split").iterdir()} == manifests
     shown = sh("dvc", "metrics", "show", cwd=project)
-    assert "accuracy" in shown
-    sh("dvc", "plots", "show", "--json", cwd=project)
+    assert "accuracy" in shown and "recall" not in shown  # the headline; per-class figures have their own file
+    plots = json.loads(sh("dvc", "plots", "show", "--json", cwd=project))
+    assert set(plots) == {"Accuracy per epoch", "Loss per epoch", "Test confusion matrix"}  # no default junk
 
     out = sh("dvc", "exp", "run", *[a for s in settings for a in ("-S", s)], "-S", "augmentation=lesson", cwd=project)
     assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
     assert {p.name: p.read_bytes() for p in (project / "data" / "split").iterdir()} == manifests  # same data
     assert (project / "params.yaml").read_text().count("rotation_range: 30") == 1
+    # The experiment table a newcomer reads: the varied params and the test metrics, within 120 columns.
+    table = sh("dvc", "exp", "show", "--only-changed", "--no-pager", cwd=project, columns=120)
+    print(table)
+    assert max(len(line) for line in table.splitlines()) <= 120
+    assert "augmentation.name" in table and "accuracy" in table and "lesson" in table and "…" not in table
 
     # An image edited in place (same name, same label): the next repro trains and evaluates again.
     make_image(tiny_dataset / "cat" / "cat_00.png", size=(48, 40), seed=999, pattern=0)

@@ -66,6 +66,8 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
     mlflow.set_tracking_uri(uri)
     (logged,) = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list")
     assert str(logged.status).endswith("READY") and logged.source_run_id == run.info.run_id
+    assert {k: logged.tags[k] for k in ("preset", "model", "seed")} == {  # what it is, in the UI's model list
+        "preset": run.data.tags["augmentation"], "model": run.data.params["model.name"], "seed": run.data.params["seed"]}
     best_epoch = int(run.data.metrics["best_epoch"])
     assert [(o.model_id, o.step) for o in run.outputs.model_outputs] == [(logged.model_id, best_epoch)]
     model_metrics = {m.key: m for m in mlflow.get_logged_model(logged.model_id).metrics}
@@ -101,6 +103,8 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
     after = client.get_run(run.info.run_id)
     assert (after.info.status, after.info.end_time) == (trained.status, trained.end_time)
     assert "test_accuracy" in after.data.metrics
+    test_accuracy = json.loads((tmp_path / "reports" / "metrics.json").read_text())["accuracy"]
+    assert f"test accuracy {test_accuracy:.4f}" in after.data.tags["mlflow.note.content"]  # atop the run's page
     assert (tmp_path / "models" / "model.keras").exists()
     assert (tmp_path / "reports" / "history.csv").read_text().splitlines()[0].startswith("epoch,")
 
