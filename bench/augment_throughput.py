@@ -22,8 +22,14 @@ from pipeline.data import scan
 from pipeline.datasets import ImageSet, build_train_dataset, steps_per_epoch
 
 SIZE, BATCH = (150, 150), 32
-LESSON = dict(rotation_range=30, width_shift_range=10.0, height_shift_range=10.0, shear_range=10, zoom_range=0.1,
-              vertical_flip=True)
+LESSON = dict(
+    rotation_range=30,
+    width_shift_range=10.0,
+    height_shift_range=10.0,
+    shear_range=10,
+    zoom_range=0.1,
+    vertical_flip=True,
+)
 
 
 def imagedatagenerator_rate(folder: Path, images: int) -> float:

@@ -64,20 +64,33 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
-        overrides = ["model=xception", "model.weights=null", "augmentation=none", f"train.epochs={args.epochs}",
-                     "train.patience=1000", f"data.source={args.data.resolve()}",
-                     f"data.limit_per_class={args.limit_per_class}", f"paths.split_dir={scratch}/split",
-                     f"paths.reports_dir={scratch}/reports", f"paths.models_dir={scratch}/models", *args.overrides]
+        overrides = [
+            "model=xception",
+            "model.weights=null",
+            "augmentation=none",
+            f"train.epochs={args.epochs}",
+            "train.patience=1000",
+            f"data.source={args.data.resolve()}",
+            f"data.limit_per_class={args.limit_per_class}",
+            f"paths.split_dir={scratch}/split",
+            f"paths.reports_dir={scratch}/reports",
+            f"paths.models_dir={scratch}/models",
+            *args.overrides,
+        ]
         config = compose(overrides)
         run_split(config)
-        print(f"model {config.model.name} (frozen, weights={config.model.weights}), "
-              f"{config.data.image_size[0]}x{config.data.image_size[1]}, {args.epochs} epochs, "
-              f"device {devices.describe_device()}")
+        print(
+            f"model {config.model.name} (frozen, weights={config.model.weights}), "
+            f"{config.data.image_size[0]}x{config.data.image_size[1]}, {args.epochs} epochs, "
+            f"device {devices.describe_device()}"
+        )
         uncached, uncached_epochs = timed_run([*overrides, "train.cache_features=false"])
         print(f"without cache: {uncached:7.1f} s, epochs 2.. median {statistics.median(uncached_epochs[1:]):.3f} s")
         cached, cached_epochs = timed_run([*overrides, "train.cache_features=true"])
-        print(f"with cache:    {cached:7.1f} s, epochs 2.. median {statistics.median(cached_epochs[1:]):.3f} s "
-              "(features computed inside the first)")
+        print(
+            f"with cache:    {cached:7.1f} s, epochs 2.. median {statistics.median(cached_epochs[1:]):.3f} s "
+            "(features computed inside the first)"
+        )
     print(f"epoch_speedup={statistics.median(uncached_epochs[1:]) / statistics.median(cached_epochs[1:]):.1f}")
     print(f"feature_cache_speedup={uncached / cached:.2f}")
 

@@ -31,13 +31,24 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
-        config = compose([f"experiment={args.experiment}", f"data.source={args.data.resolve()}", f"paths.split_dir={scratch}/split",
-                          f"paths.reports_dir={scratch}/reports", f"paths.models_dir={scratch}/models",
-                          f"tracking.uri=sqlite:///{scratch}/mlflow.db", "tracking.log_model=false", *args.overrides])
+        config = compose(
+            [
+                f"experiment={args.experiment}",
+                f"data.source={args.data.resolve()}",
+                f"paths.split_dir={scratch}/split",
+                f"paths.reports_dir={scratch}/reports",
+                f"paths.models_dir={scratch}/models",
+                f"tracking.uri=sqlite:///{scratch}/mlflow.db",
+                "tracking.log_model=false",
+                *args.overrides,
+            ]
+        )
         split.run(config)
-        print(f"model {config.model.name}, {config.data.image_size[0]}x{config.data.image_size[1]}, "
-              f"augmentation {config.augmentation.name}, {config.train.epochs} epochs, "
-              f"device {devices.describe_device()}")
+        print(
+            f"model {config.model.name}, {config.data.image_size[0]}x{config.data.image_size[1]}, "
+            f"augmentation {config.augmentation.name}, {config.train.epochs} epochs, "
+            f"device {devices.describe_device()}"
+        )
         start = time.perf_counter()
         best_val = train.run(config)
         minutes = (time.perf_counter() - start) / 60

@@ -57,8 +57,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="dataset folder (data.source)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per preset, the first is warm-up (>= 2)")
-    parser.add_argument("--limit-per-class", type=int, default=30,
-                        help="images per class and split (0 = all; the default keeps a CPU run to minutes)")
+    parser.add_argument(
+        "--limit-per-class",
+        type=int,
+        default=30,
+        help="images per class and split (0 = all; the default keeps a CPU run to minutes)",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, default model=xception model.weights=null")
     args = parser.parse_args()
     if args.epochs < 2:
@@ -67,16 +71,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
         limit = args.limit_per_class or "null"
-        overrides = ["model=xception", "model.weights=null", f"train.epochs={args.epochs}", "train.patience=1000",
-                     "train.cache_features=false",  # the same input pipeline for both: only augmentation differs
-                     "tracking.log_model=false", f"data.source={args.data.resolve()}", f"data.limit_per_class={limit}",
-                     f"paths.split_dir={workdir}/split", f"paths.reports_dir={workdir}/reports",
-                     f"paths.models_dir={workdir}/models", *args.overrides]
+        overrides = [
+            "model=xception",
+            "model.weights=null",
+            f"train.epochs={args.epochs}",
+            "train.patience=1000",
+            "train.cache_features=false",  # the same input pipeline for both: only augmentation differs
+            "tracking.log_model=false",
+            f"data.source={args.data.resolve()}",
+            f"data.limit_per_class={limit}",
+            f"paths.split_dir={workdir}/split",
+            f"paths.reports_dir={workdir}/reports",
+            f"paths.models_dir={workdir}/models",
+            *args.overrides,
+        ]
         config = compose(overrides)
         run_split(config)
-        print(f"model {config.model.name}, {config.data.image_size[0]}x{config.data.image_size[1]}, "
-              f"batch {config.train.batch_size}, device {devices.describe_device()}, "
-              f"augmentation placement {devices.augmentation_placement(config.augmentation)}")
+        print(
+            f"model {config.model.name}, {config.data.image_size[0]}x{config.data.image_size[1]}, "
+            f"batch {config.train.batch_size}, device {devices.describe_device()}, "
+            f"augmentation placement {devices.augmentation_placement(config.augmentation)}"
+        )
         plain, images = epoch_seconds(overrides, "none")
         print(f"augmentation=none:   {plain:7.2f} s/epoch ({images / plain:7.1f} img/s, {images} images)")
         augmented, _ = epoch_seconds(overrides, "lesson")

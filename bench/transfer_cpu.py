@@ -23,12 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import pipeline  # noqa: F401 - first, so that TensorFlow starts quietly
 import keras
 import numpy as np
 import tensorflow as tf
 from train_overhead import epoch_seconds
 
+import pipeline  # noqa: F401 - first, so that TensorFlow starts quietly
 from pipeline import devices
 from pipeline.config import compose
 from pipeline.models import build_model
@@ -95,28 +95,43 @@ def main() -> None:
     plain = images_per_second(features, images, jit=False, batches=args.batches)
     xla = images_per_second(features, images, jit=True, batches=args.xla_batches) if args.xla_batches else None
     peak = matmul_multiply_adds_per_second()
-    print(f"device {devices.describe_device()}; frozen {config.model.name} base at {height}x{width}, batch 32: "
-          f"{per_image / 1e9:.3f} G multiply-adds per image")
-    print(f"base_images_per_second={plain:.1f} (plain tf.function; {plain * per_image / 1e9:.1f} G multiply-adds/s, "
-          f"{100 * plain * per_image / peak:.0f}% of the {peak / 1e9:.0f} G/s of a 2048x2048 float32 matmul)")
+    print(
+        f"device {devices.describe_device()}; frozen {config.model.name} base at {height}x{width}, batch 32: "
+        f"{per_image / 1e9:.3f} G multiply-adds per image"
+    )
+    print(
+        f"base_images_per_second={plain:.1f} (plain tf.function; {plain * per_image / 1e9:.1f} G multiply-adds/s, "
+        f"{100 * plain * per_image / peak:.0f}% of the {peak / 1e9:.0f} G/s of a 2048x2048 float32 matmul)"
+    )
     if xla is not None:
         print(f"base_images_per_second_xla={xla:.1f} ({plain / xla:.1f}x slower than plain)")
 
     with tempfile.TemporaryDirectory() as scratch:
         limit = args.limit_per_class or "null"
-        overrides = ["experiment=cpu", f"train.epochs={args.epochs}", "train.patience=1000",
-                     "train.cache_features=false", "tracking.log_model=false", f"data.source={args.data.resolve()}",
-                     f"data.limit_per_class={limit}", f"paths.split_dir={scratch}/split",
-                     f"paths.reports_dir={scratch}/reports", f"paths.models_dir={scratch}/models", *args.overrides]
+        overrides = [
+            "experiment=cpu",
+            f"train.epochs={args.epochs}",
+            "train.patience=1000",
+            "train.cache_features=false",
+            "tracking.log_model=false",
+            f"data.source={args.data.resolve()}",
+            f"data.limit_per_class={limit}",
+            f"paths.split_dir={scratch}/split",
+            f"paths.reports_dir={scratch}/reports",
+            f"paths.models_dir={scratch}/models",
+            *args.overrides,
+        ]
         run_split(compose(overrides))
         ratios = []
         for round_number in range(1, args.rounds + 1):  # this machine's speed drifts: pair adjacent timings
             none, count = epoch_seconds(overrides, "none")
             lesson, _ = epoch_seconds(overrides, "lesson")
             ratios.append(lesson / none)
-            print(f"round {round_number}: augmentation=none {none:6.2f} s/epoch ({count / none:6.1f} img/s, {count} "
-                  f"images, no feature cache), augmentation=lesson {lesson:6.2f} s/epoch ({count / lesson:6.1f} img/s): "
-                  f"ratio {lesson / none:.3f}")
+            print(
+                f"round {round_number}: augmentation=none {none:6.2f} s/epoch ({count / none:6.1f} img/s, {count} "
+                f"images, no feature cache), augmentation=lesson {lesson:6.2f} s/epoch ({count / lesson:6.1f} img/s): "
+                f"ratio {lesson / none:.3f}"
+            )
     print(f"augment_overhead_ratio={statistics.median(ratios):.3f}")
 
 

@@ -25,8 +25,8 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from pipeline.backend import tf
 from pipeline.augmentation import BatchAugmenter
+from pipeline.backend import tf
 from pipeline.comparison import Difference, Group, baseline_for
 from pipeline.config import AugmentationConfig, validate
 from pipeline.data import read_classes, read_manifest
@@ -36,8 +36,13 @@ LABEL_MIXING = ("mixup", "cutmix")
 AFFINITY_SEED = 0  # augmentation draws [AFFINITY_SEED, batch index]
 
 
-def accuracy(model, images: ImageSet, image_size: tuple[int, int], batch_size: int,
-             augmentation: AugmentationConfig | None = None) -> float:
+def accuracy(
+    model,
+    images: ImageSet,
+    image_size: tuple[int, int],
+    batch_size: int,
+    augmentation: AugmentationConfig | None = None,
+) -> float:
     """The model's accuracy on `images`, augmented by `augmentation` (seeded draws) when given."""
     augmenter = BatchAugmenter(augmentation, image_size) if augmentation is not None else None
     ds = decoded_dataset(images, image_size).batch(batch_size).enumerate()
@@ -61,14 +66,22 @@ def logged_augmentation(group: Group, notes: list[str]) -> AugmentationConfig | 
         try:
             path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml", dst_path=scratch)
         except Exception as error:  # MLflow raises several kinds for a missing artifact
-            notes.append(f"no affinity for {group.label}: its run {run_id} has no logged config.yaml "
-                         f"({str(error).splitlines()[0][:120]})")
+            notes.append(
+                f"no affinity for {group.label}: its run {run_id} has no logged config.yaml "
+                f"({str(error).splitlines()[0][:120]})"
+            )
             return None
         return validate(yaml.safe_load(Path(path).read_text())).augmentation
 
 
-def measure_affinities(groups: list[Group], differences: list[Difference], ablations: list[Difference],
-                       baseline_preset: str, split_dir: str, batch_size: int) -> list[str]:
+def measure_affinities(
+    groups: list[Group],
+    differences: list[Difference],
+    ablations: list[Difference],
+    baseline_preset: str,
+    split_dir: str,
+    batch_size: int,
+) -> list[str]:
     """Fill `affinity` of every difference (a preset whole) and ablation (its operation alone)
     from the baseline group's models; returns notes on what could not be measured."""
     split = Path(split_dir)
@@ -95,7 +108,7 @@ def measure_affinities(groups: list[Group], differences: list[Difference], ablat
                 wanted.append((d, baseline, augmentation.only(d.group)))
     if not wanted:
         return notes
-    clean: dict[str, float] = {}   # run id -> clean val accuracy
+    clean: dict[str, float] = {}  # run id -> clean val accuracy
     under: dict[tuple[str, str], float] = {}
     models = {r.run_id for _, baseline, _ in wanted for r in baseline.runs}
     progress = tqdm(total=len(models) * (1 + len({a.name for *_, a in wanted})), desc="affinity", unit="pass")
@@ -113,7 +126,10 @@ def measure_affinities(groups: list[Group], differences: list[Difference], ablat
             progress.update()
     progress.close()
     for d, baseline, augmentation in wanted:
-        ratios = [under[r.run_id, augmentation.name] / clean[r.run_id] for r in baseline.runs
-                  if r.run_id in clean and clean[r.run_id] > 0]
+        ratios = [
+            under[r.run_id, augmentation.name] / clean[r.run_id]
+            for r in baseline.runs
+            if r.run_id in clean and clean[r.run_id] > 0
+        ]
         d.affinity = float(np.mean(ratios)) if ratios else None
     return notes

@@ -24,13 +24,24 @@ from __future__ import annotations
 
 import math
 
-
 from pipeline.backend import tf
 from pipeline.config import AugmentationConfig
 
 # RandAugment's operation list (Cubuk et al. 2019, without equalize/sharpness/invert).
-RANDAUGMENT_OPS = ("identity", "rotate", "shear_x", "shear_y", "translate_x", "translate_y",
-                   "brightness", "contrast", "color", "solarize", "posterize", "autocontrast")
+RANDAUGMENT_OPS = (
+    "identity",
+    "rotate",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+    "brightness",
+    "contrast",
+    "color",
+    "solarize",
+    "posterize",
+    "autocontrast",
+)
 _RA = {name: i for i, name in enumerate(RANDAUGMENT_OPS)}
 
 
@@ -44,8 +55,9 @@ def shift_in_pixels(shift_range: float, size: int) -> float:
     return shift_range * size if shift_range < 1 else float(shift_range)
 
 
-def sample_params(config: AugmentationConfig, batch_size: tf.Tensor | int, image_size: tuple[int, int],
-                  seed: tf.Tensor) -> dict[str, tf.Tensor]:
+def sample_params(
+    config: AugmentationConfig, batch_size: tf.Tensor | int, image_size: tuple[int, int], seed: tf.Tensor
+) -> dict[str, tf.Tensor]:
     """Draw the per-image parameters of one batch. `seed` is an int32/int64 [2] tensor.
 
     Units: angle and shear in degrees, shifts in pixels, zoom/brightness/contrast/saturation
@@ -103,8 +115,9 @@ def _add_randaugment(params: dict, config: AugmentationConfig, b, image_size, se
     """Choose `num_ops` ops per image; geometric ones join the fused warp."""
     height, width = image_size
     level = config.randaugment.magnitude / 30.0
-    picks = tf.random.stateless_uniform([b, config.randaugment.num_ops], seed=_fold(seed, 1),
-                                        minval=0, maxval=len(RANDAUGMENT_OPS), dtype=tf.int32)
+    picks = tf.random.stateless_uniform(
+        [b, config.randaugment.num_ops], seed=_fold(seed, 1), minval=0, maxval=len(RANDAUGMENT_OPS), dtype=tf.int32
+    )
     count = tf.reduce_sum(tf.one_hot(picks, len(RANDAUGMENT_OPS)), axis=1)  # [b, ops]
     sign = tf.sign(_signed(tf.random.stateless_uniform([b, len(RANDAUGMENT_OPS)], seed=_fold(seed, 3))) + 1e-6)
 
@@ -138,8 +151,9 @@ def affine_matrices(params: dict[str, tf.Tensor], image_size: tuple[int, int]) -
     def matrix(rows):
         return tf.stack([tf.stack(r, axis=-1) for r in rows], axis=-2)
 
-    rotation = matrix([[tf.cos(theta), -tf.sin(theta), zeros], [tf.sin(theta), tf.cos(theta), zeros],
-                       [zeros, zeros, ones]])
+    rotation = matrix(
+        [[tf.cos(theta), -tf.sin(theta), zeros], [tf.sin(theta), tf.cos(theta), zeros], [zeros, zeros, ones]]
+    )
     shift = matrix([[ones, zeros, params["shift_x"]], [zeros, ones, params["shift_y"]], [zeros, zeros, ones]])
     shear_m = matrix([[ones, -tf.sin(shear), zeros], [zeros, tf.cos(shear), zeros], [zeros, zeros, ones]])
     shear_y_m = matrix([[tf.cos(shear_y), zeros, zeros], [-tf.sin(shear_y), ones, zeros], [zeros, zeros, ones]])
@@ -149,8 +163,9 @@ def affine_matrices(params: dict[str, tf.Tensor], image_size: tuple[int, int]) -
     from_centre = matrix([[ones, zeros, -cx * ones], [zeros, ones, -cy * ones], [zeros, zeros, ones]])
     # Flips act on the warped image: output x reads warped x' = (w-1) - x.
     fh, fv = params["flip_h"], params["flip_v"]
-    flips = matrix([[1.0 - 2.0 * fh, zeros, fh * (width - 1)], [zeros, 1.0 - 2.0 * fv, fv * (height - 1)],
-                    [zeros, zeros, ones]])
+    flips = matrix(
+        [[1.0 - 2.0 * fh, zeros, fh * (width - 1)], [zeros, 1.0 - 2.0 * fv, fv * (height - 1)], [zeros, zeros, ones]]
+    )
     m = rotation @ shift @ shear_m @ shear_y_m @ zoom
     return to_centre @ m @ from_centre @ flips
 
@@ -193,8 +208,12 @@ def warp_images(images: tf.Tensor, matrices: tf.Tensor, fill_mode: str = "neares
             values = tf.where(tf.logical_and(x_in, y_in)[..., None], values, cval)
         return values
 
-    out = (sample(y0, x0) * (1 - fx) * (1 - fy) + sample(y0, x0 + 1) * fx * (1 - fy)
-           + sample(y0 + 1, x0) * (1 - fx) * fy + sample(y0 + 1, x0 + 1) * fx * fy)
+    out = (
+        sample(y0, x0) * (1 - fx) * (1 - fy)
+        + sample(y0, x0 + 1) * fx * (1 - fy)
+        + sample(y0 + 1, x0) * (1 - fx) * fy
+        + sample(y0 + 1, x0 + 1) * fx * fy
+    )
     return tf.reshape(out, [b, h, w, c])
 
 
@@ -210,9 +229,15 @@ def _grayscale(images: tf.Tensor) -> tf.Tensor:
 
 
 def has_colour_ops(config: AugmentationConfig) -> bool:
-    return bool(config.channel_shift_range or config.brightness_range is not None or config.contrast_range
-                or config.saturation_range or config.hue_range or config.randaugment.num_ops
-                or config.random_erasing.probability)
+    return bool(
+        config.channel_shift_range
+        or config.brightness_range is not None
+        or config.contrast_range
+        or config.saturation_range
+        or config.hue_range
+        or config.randaugment.num_ops
+        or config.random_erasing.probability
+    )
 
 
 def adjust_colours(images: tf.Tensor, params: dict[str, tf.Tensor], config: AugmentationConfig) -> tf.Tensor:
@@ -249,9 +274,13 @@ def erase_rectangles(images: tf.Tensor, params: dict[str, tf.Tensor]) -> tf.Tens
     ys = tf.range(h, dtype=tf.float32)[None, :, None]
     xs = tf.range(w, dtype=tf.float32)[None, None, :]
     top, left = params["erase_y"][:, None, None], params["erase_x"][:, None, None]
-    inside = ((ys >= top) & (ys < top + params["erase_h"][:, None, None])
-              & (xs >= left) & (xs < left + params["erase_w"][:, None, None])
-              & (params["erase_on"][:, None, None] > 0))
+    inside = (
+        (ys >= top)
+        & (ys < top + params["erase_h"][:, None, None])
+        & (xs >= left)
+        & (xs < left + params["erase_w"][:, None, None])
+        & (params["erase_on"][:, None, None] > 0)
+    )
     return tf.where(inside[..., None], params["erase_colour"][:, None, None, :], images)
 
 
@@ -300,7 +329,7 @@ def mix_batch(images: tf.Tensor, labels: tf.Tensor, config: AugmentationConfig, 
     x0, x1 = tf.clip_by_value(cx - cut_w / 2, 0, w), tf.clip_by_value(cx + cut_w / 2, 0, w)
     ys = tf.range(h, dtype=tf.float32)[None, :, None]
     xs = tf.range(w, dtype=tf.float32)[None, None, :]
-    box = ((ys >= y0[:, None, None]) & (ys < y1[:, None, None]) & (xs >= x0[:, None, None]) & (xs < x1[:, None, None]))
+    box = (ys >= y0[:, None, None]) & (ys < y1[:, None, None]) & (xs >= x0[:, None, None]) & (xs < x1[:, None, None])
     mixed = tf.where(box[..., None], partner_images, images)
     kept = 1.0 - tf.reduce_mean(tf.cast(box, tf.float32), axis=[1, 2])  # label weight: pixels actually kept
     return mixed, labels * kept[:, None] + partner_labels * (1 - kept[:, None])
@@ -322,10 +351,12 @@ class BatchAugmenter:
         self.image_size = tuple(image_size)
         # Two XLA clusters: fused into one, XLA re-computes the warp's gathers inside
         # the colour ops' reductions (measured 4x slower on the CPU).
-        self._geometry = tf.function(lambda images, params: apply_geometry(images, params, config),
-                                     jit_compile=jit_compile)
-        self._colours = tf.function(lambda images, params: apply_colours(images, params, config),
-                                    jit_compile=jit_compile)
+        self._geometry = tf.function(
+            lambda images, params: apply_geometry(images, params, config), jit_compile=jit_compile
+        )
+        self._colours = tf.function(
+            lambda images, params: apply_colours(images, params, config), jit_compile=jit_compile
+        )
 
     def sample(self, batch_size, seed: tf.Tensor) -> dict[str, tf.Tensor]:
         return sample_params(self.config, batch_size, self.image_size, seed)

@@ -27,10 +27,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
-
 
 from pipeline.backend import keras
 from pipeline.errors import ConfigError, UserError
@@ -53,7 +52,7 @@ class SavedState:
     epochs_done: int = 0
     history: list[dict[str, float]] = field(default_factory=list)  # one row of metrics per finished epoch
     best_val_accuracy: float | None = None
-    best_epoch: int = 0                                           # 1-based; 0 = none yet
+    best_epoch: int = 0  # 1-based; 0 = none yet
     last_weights: str | None = None
     best_weights: str | None = None
     mlflow_run_id: str | None = None
@@ -92,16 +91,20 @@ class WorkFolder:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock_file.close()
-            raise UserError(f"Another training of this same configuration is running and uses {self.path} "
-                            "(its checkpoints). Wait for it to finish, or change the seed or another setting "
-                            "to train a different configuration at the same time.") from None
+            raise UserError(
+                f"Another training of this same configuration is running and uses {self.path} "
+                "(its checkpoints). Wait for it to finish, or change the seed or another setting "
+                "to train a different configuration at the same time."
+            ) from None
         self._lock_file.write(f"{os.getpid()}\n")
         self._lock_file.flush()
         state = self._read_state()
         if not resume:
             if state.epochs_done:
-                print(f"note: discarding the interrupted state of this configuration at epoch {state.epochs_done} "
-                      f"({self.path}); train.resume=true would have continued it")
+                print(
+                    f"note: discarding the interrupted state of this configuration at epoch {state.epochs_done} "
+                    f"({self.path}); train.resume=true would have continued it"
+                )
             self._clear()
             state = SavedState()
         elif not state.epochs_done:
@@ -109,11 +112,15 @@ class WorkFolder:
             if other is not None:
                 self.close(finished=True)  # leave nothing behind for a training that did not start
                 raise ConfigError(self._mismatch_message(other))
-            print(f"note: train.resume=true, but no interrupted training of this configuration is in {self.root}: "
-                  "starting at epoch 0")
+            print(
+                f"note: train.resume=true, but no interrupted training of this configuration is in {self.root}: "
+                "starting at epoch 0"
+            )
         else:
-            print(f"resuming from epoch {state.epochs_done} (best val_accuracy so far {state.best_val_accuracy:.4f} "
-                  f"at epoch {state.best_epoch}) in {self.path}")
+            print(
+                f"resuming from epoch {state.epochs_done} (best val_accuracy so far {state.best_val_accuracy:.4f} "
+                f"at epoch {state.best_epoch}) in {self.path}"
+            )
         saved = self.path / "identity.json"
         if state.epochs_done and saved.exists():
             self.started_as = json.loads(saved.read_text())
@@ -145,8 +152,11 @@ class WorkFolder:
 
     def resumed_with(self) -> dict[str, str]:
         """The resumable keys whose value differs from the interrupted training's: {key: now}."""
-        return {k: self.identity[k] for k in RESUMABLE_KEYS
-                if self.started_as is not None and self.started_as.get(k) != self.identity.get(k)}
+        return {
+            k: self.identity[k]
+            for k in RESUMABLE_KEYS
+            if self.started_as is not None and self.started_as.get(k) != self.identity.get(k)
+        }
 
     def _read_state(self) -> SavedState:
         path = self.path / "state.json"
@@ -155,12 +165,16 @@ class WorkFolder:
         try:
             state = SavedState(**json.loads(path.read_text()))
         except (ValueError, TypeError) as error:
-            raise UserError(f"{path} is damaged ({error}). Delete {self.path} to start this configuration afresh "
-                            "(train.resume=false does that).") from None
+            raise UserError(
+                f"{path} is damaged ({error}). Delete {self.path} to start this configuration afresh "
+                "(train.resume=false does that)."
+            ) from None
         for name in (state.last_weights, state.best_weights):
             if name and not (self.path / name).is_file():
-                raise UserError(f"{path} names {name}, which is missing. Delete {self.path} to start afresh "
-                                "(train.resume=false does that).")
+                raise UserError(
+                    f"{path} names {name}, which is missing. Delete {self.path} to start afresh "
+                    "(train.resume=false does that)."
+                )
         return state
 
     def _clear(self) -> None:
@@ -176,22 +190,31 @@ class WorkFolder:
 
     def _other_interrupted(self) -> Path | None:
         """The most recent other work folder holding an interrupted state, if any."""
-        others = [p for p in self.root.iterdir() if p != self.path and (p / "state.json").exists()
-                  and (p / "identity.json").exists()]
+        others = [
+            p
+            for p in self.root.iterdir()
+            if p != self.path and (p / "state.json").exists() and (p / "identity.json").exists()
+        ]
         return max(others, key=lambda p: (p / "state.json").stat().st_mtime) if others else None
 
     def _mismatch_message(self, other: Path) -> str:
         theirs = json.loads((other / "identity.json").read_text())
-        keys = sorted(k for k in set(theirs) | set(self.identity)
-                      if k not in RESUMABLE_KEYS and theirs.get(k) != self.identity.get(k))
+        keys = sorted(
+            k
+            for k in set(theirs) | set(self.identity)
+            if k not in RESUMABLE_KEYS and theirs.get(k) != self.identity.get(k)
+        )
         differences = ", ".join(f"{k}: {theirs.get(k, '-')} there, {self.identity.get(k, '-')} now" for k in keys)
-        return (f"train.resume=true, but the interrupted training in {other} has another configuration "
-                f"({differences}). Resume it with its own settings, or drop train.resume to start this one afresh.")
+        return (
+            f"train.resume=true, but the interrupted training in {other} has another configuration "
+            f"({differences}). Resume it with its own settings, or drop train.resume to start this one afresh."
+        )
 
     # ------------------------------------------------------------------ saving
 
-    def commit(self, state: SavedState, model: keras.Model, epoch: int, metrics: dict[str, float],
-               improved: bool) -> None:
+    def commit(
+        self, state: SavedState, model: keras.Model, epoch: int, metrics: dict[str, float], improved: bool
+    ) -> None:
         """Record a finished epoch (1-based): weights first, then `state.json` names them."""
         previous = {state.last_weights, state.best_weights}
         last = f"last-e{epoch:04d}.weights.h5"
@@ -202,7 +225,7 @@ class WorkFolder:
             state.best_weights, state.best_epoch = best, epoch
             state.best_val_accuracy = metrics["val_accuracy"]
         state.last_weights, state.epochs_done = last, epoch
-        state.history = [*state.history[:epoch - 1], metrics]
+        state.history = [*state.history[: epoch - 1], metrics]
         write_atomically(self.path / "state.json", json.dumps(state.__dict__, indent=1) + "\n")
         for name in previous - {state.last_weights, state.best_weights, None}:
             (self.path / name).unlink(missing_ok=True)
@@ -219,8 +242,10 @@ class WorkFolder:
         try:
             model.load_weights(str(path))
         except (OSError, ValueError) as error:
-            raise UserError(f"the checkpoint {path} cannot be read ({str(error).splitlines()[0]}). Delete {self.path} "
-                            "to start this configuration afresh (train.resume=false does that).") from None
+            raise UserError(
+                f"the checkpoint {path} cannot be read ({str(error).splitlines()[0]}). Delete {self.path} "
+                "to start this configuration afresh (train.resume=false does that)."
+            ) from None
 
 
 class TrainingState(keras.callbacks.Callback):
@@ -232,8 +257,7 @@ class TrainingState(keras.callbacks.Callback):
     epoch is logged only once it can no longer be lost.
     """
 
-    def __init__(self, folder: WorkFolder, state: SavedState, patience: int, images_per_epoch: int,
-                 on_commit=None):
+    def __init__(self, folder: WorkFolder, state: SavedState, patience: int, images_per_epoch: int, on_commit=None):
         super().__init__()
         self.folder, self.state, self.patience = folder, state, patience
         self.images_per_epoch = images_per_epoch

@@ -45,8 +45,15 @@ CURVES = ("val_accuracy", "val_loss", "loss", "epoch_seconds")  # per-epoch hist
 def run(config: Config, run_ids: set[str] | None = None) -> dict:
     """Compare the FINISHED training runs of the experiment (only `run_ids`, when given)."""
     from pipeline import tracking
-    from pipeline.comparison import (ablation_contributions, choose_metric, class_flags, compare_groups,
-                                     correct_for_many, group_runs, group_table)
+    from pipeline.comparison import (
+        ablation_contributions,
+        choose_metric,
+        class_flags,
+        compare_groups,
+        correct_for_many,
+        group_runs,
+        group_table,
+    )
     from pipeline.registry import register_winner
     from pipeline.report import json_safe, render_markdown
     from pipeline.visuals import affinity_diversity_figure, class_effects_figure, comparison_figure
@@ -55,10 +62,12 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
     tracking.connect(config, create_experiment=False)
     runs, left_out = tracking.training_runs(config.tracking.experiment, settings.filter, run_ids, CURVES)
     if not runs:
-        raise TrackingError(f"No FINISHED training runs in experiment '{config.tracking.experiment}'"
-                            f"{' matching compare.filter' if settings.filter else ''} ({left_out} other runs): "
-                            "train some first, e.g. python -m pipeline.train -m augmentation=none,lesson "
-                            "seed=1,2,3,4,5")
+        raise TrackingError(
+            f"No FINISHED training runs in experiment '{config.tracking.experiment}'"
+            f"{' matching compare.filter' if settings.filter else ''} ({left_out} other runs): "
+            "train some first, e.g. python -m pipeline.train -m augmentation=none,lesson "
+            "seed=1,2,3,4,5"
+        )
     groups = group_runs(runs)
     metric = choose_metric(settings.metric, groups)
     differences = compare_groups(groups, settings.baseline, metric, settings.confidence, settings.power)
@@ -68,14 +77,25 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
     if settings.affinity and (differences or ablations):
         from pipeline.affinity import measure_affinities  # TensorFlow and the models load here, only when asked
 
-        notes = measure_affinities(groups, differences, ablations, settings.baseline, config.paths.split_dir,
-                                   config.train.batch_size)
-    report = {"experiment": config.tracking.experiment, "filter": settings.filter, "metric": metric,
-              "baseline": settings.baseline, "confidence": settings.confidence, "power": settings.power,
-              "runs": sum(len(g.runs) for g in groups), "runs_left_out": left_out,
-              "repeats_dropped": sum(g.repeats_dropped for g in groups), "groups": group_table(groups),
-              "differences": [vars(d) for d in differences], "ablations": [vars(d) for d in ablations],
-              "class_flags": [flag for d in differences + ablations for flag in class_flags(d)], "notes": notes}
+        notes = measure_affinities(
+            groups, differences, ablations, settings.baseline, config.paths.split_dir, config.train.batch_size
+        )
+    report = {
+        "experiment": config.tracking.experiment,
+        "filter": settings.filter,
+        "metric": metric,
+        "baseline": settings.baseline,
+        "confidence": settings.confidence,
+        "power": settings.power,
+        "runs": sum(len(g.runs) for g in groups),
+        "runs_left_out": left_out,
+        "repeats_dropped": sum(g.repeats_dropped for g in groups),
+        "groups": group_table(groups),
+        "differences": [vars(d) for d in differences],
+        "ablations": [vars(d) for d in ablations],
+        "class_flags": [flag for d in differences + ablations for flag in class_flags(d)],
+        "notes": notes,
+    }
 
     reports = Path(config.paths.reports_dir)
     reports.mkdir(parents=True, exist_ok=True)
@@ -89,8 +109,10 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
     if settings.register:
         print(register_winner(config.tracking.model_name, groups, differences, metric))
     experiment_id = log_comparison_run(config, report, reports)
-    print(f"-> {reports / 'comparison.md'}, {reports / 'comparison.json'}, "
-          + ", ".join(str(reports / name) for name in FIGURES))
+    print(
+        f"-> {reports / 'comparison.md'}, {reports / 'comparison.json'}, "
+        + ", ".join(str(reports / name) for name in FIGURES)
+    )
     print(tracking.ui_hint(tracking.tracking_uri(config), experiment_id) + "   (this comparison)")
     return report
 
@@ -128,10 +150,18 @@ def log_comparison_run(config: Config, report: dict, reports: Path) -> str:
     name = time.strftime("comparison-%Y%m%d-%H%M%S")
     experiment = config.tracking.experiment
     target = tracking.use_experiment(tracking.comparisons_experiment(experiment), tracking.tracking_uri(config))
-    with mlflow.start_run(run_name=name, tags={"run_kind": "comparison", "metric": report["metric"],
-                                               "baseline": report["baseline"], "compared_experiment": experiment}):
-        mlflow.log_params({"filter": report["filter"] or "", "confidence": report["confidence"],
-                           "runs": report["runs"]})
+    with mlflow.start_run(
+        run_name=name,
+        tags={
+            "run_kind": "comparison",
+            "metric": report["metric"],
+            "baseline": report["baseline"],
+            "compared_experiment": experiment,
+        },
+    ):
+        mlflow.log_params(
+            {"filter": report["filter"] or "", "confidence": report["confidence"], "runs": report["runs"]}
+        )
         for d in report["differences"]:
             if not math.isnan(d["mean"]):
                 mlflow.log_metric(_metric_key(f"diff {d['group']}"), d["mean"])
@@ -152,7 +182,7 @@ def _metric_key(text: str) -> str:
     key = "".join(c if c.isalnum() or c in "_-./ " else "_" for c in text)
     if len(key) <= METRIC_KEY_LENGTH:
         return key
-    return f"{key[:METRIC_KEY_LENGTH - 9]}~{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    return f"{key[: METRIC_KEY_LENGTH - 9]}~{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 main = stage_entry(run)

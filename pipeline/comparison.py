@@ -48,8 +48,18 @@ SEEDS_ADVISED = 5  # the fewest seeds per group a study should have; fewer are f
 MIN_SEEDS_FOR_VERDICT = 3  # below this, never keep or drop
 
 # Params that differ between the runs of one group by design, or do not change the model.
-NOT_GROUPING = ("seed", "train.resume", "train.rerun", "train.start_epoch", "train.epochs", "tracking.", "paths.",
-                "data.download_dir", "data.cache", "augmentation.name")
+NOT_GROUPING = (
+    "seed",
+    "train.resume",
+    "train.rerun",
+    "train.start_epoch",
+    "train.epochs",
+    "tracking.",
+    "paths.",
+    "data.download_dir",
+    "data.cache",
+    "augmentation.name",
+)
 
 
 @dataclass
@@ -119,33 +129,33 @@ class Difference:
     metric: str
     n_group: int
     n_baseline: int
-    method: str            # "paired over N seeds", "unpaired (Welch) over N and M runs", or "none"
+    method: str  # "paired over N seeds", "unpaired (Welch) over N and M runs", or "none"
     mean: float
-    low: float | None = None             # the verdict's interval: the union of the t and bootstrap intervals
+    low: float | None = None  # the verdict's interval: the union of the t and bootstrap intervals
     high: float | None = None
-    t_low: float | None = None           # Student t (paired) or Welch t (unpaired)
+    t_low: float | None = None  # Student t (paired) or Welch t (unpaired)
     t_high: float | None = None
-    bootstrap_low: float | None = None   # percentile bootstrap, 10,000 seeded resamples
+    bootstrap_low: float | None = None  # percentile bootstrap, 10,000 seeded resamples
     bootstrap_high: float | None = None
-    p_value: float | None = None         # exact permutation test (sign flips when paired)
-    t_p_value: float | None = None       # paired t (Welch t unpaired): the p the correction uses
-    p_adjusted: float | None = None      # t_p_value after Holm's correction over the report's comparisons
-    family_size: int = 1                 # comparisons in that family
+    p_value: float | None = None  # exact permutation test (sign flips when paired)
+    t_p_value: float | None = None  # paired t (Welch t unpaired): the p the correction uses
+    p_adjusted: float | None = None  # t_p_value after Holm's correction over the report's comparisons
+    family_size: int = 1  # comparisons in that family
     verdict_confidence: float | None = None  # of the verdict's interval (low, high): widened by the correction
     probability_of_improvement: float | None = None
-    spread: float = math.nan             # std of the per-seed differences (paired)
-    seeds_needed: int | None = None      # seeds that would resolve the observed difference
+    spread: float = math.nan  # std of the per-seed differences (paired)
+    seeds_needed: int | None = None  # seeds that would resolve the observed difference
     seeds_needed_1pt: int | None = None  # ... and a 1-point difference
-    verdict: str = "inconclusive"        # keep | drop | inconclusive | not converged
+    verdict: str = "inconclusive"  # keep | drop | inconclusive | not converged
     reason: str = ""
     per_seed: dict[str, float] = field(default_factory=dict)  # seed -> difference (paired)
-    ours: dict[str, float] = field(default_factory=dict)      # seed -> metric, group
-    theirs: dict[str, float] = field(default_factory=dict)    # seed -> metric, baseline
-    not_converged: list[str] = field(default_factory=list)    # runs whose best epoch was within patience of the cap
+    ours: dict[str, float] = field(default_factory=dict)  # seed -> metric, group
+    theirs: dict[str, float] = field(default_factory=dict)  # seed -> metric, baseline
+    not_converged: list[str] = field(default_factory=list)  # runs whose best epoch was within patience of the cap
     per_class: dict[str, dict] = field(default_factory=dict)  # class -> ClassDifference fields (paired)
-    diversity: float | None = None       # final training loss, group / baseline
-    cost: float | None = None            # median epoch time, group / baseline
-    affinity: float | None = None        # baseline models' val accuracy under the augmentation / clean
+    diversity: float | None = None  # final training loss, group / baseline
+    cost: float | None = None  # median epoch time, group / baseline
+    affinity: float | None = None  # baseline models' val accuracy under the augmentation / clean
 
 
 def _is_grouping_key(key: str) -> bool:
@@ -203,19 +213,27 @@ def choose_metric(requested: str, groups: list[Group]) -> str:
     if requested != "auto":
         return requested
     every_run = [r for g in groups for r in g.runs]
-    return "test_accuracy" if every_run and all("test_accuracy" in r.metrics for r in every_run) else "best_val_accuracy"
+    return (
+        "test_accuracy" if every_run and all("test_accuracy" in r.metrics for r in every_run) else "best_val_accuracy"
+    )
 
 
-def compare_with_baseline(group: Group, baseline: Group, metric: str, confidence: float,
-                          power: float = 0.8) -> Difference:
+def compare_with_baseline(
+    group: Group, baseline: Group, metric: str, confidence: float, power: float = 0.8
+) -> Difference:
     """`group` minus `baseline` on `metric`: paired by seed where possible (see the module doc),
     with the verdict of a single comparison (`correct_for_many` revises it within a family)."""
     ours, theirs = group.values(metric), baseline.values(metric)
     common = sorted(set(ours) & set(theirs))
-    result = Difference(group.label, baseline.label, metric, len(ours), len(theirs), "none", math.nan,
-                        ours=ours, theirs=theirs)
-    result.not_converged = [f"{g.preset} seed {r.seed} (best epoch {r.best_epoch} of {len(r.curves['val_accuracy'])})"
-                            for g in (group, baseline) for r in g.runs if r.converged is False]
+    result = Difference(
+        group.label, baseline.label, metric, len(ours), len(theirs), "none", math.nan, ours=ours, theirs=theirs
+    )
+    result.not_converged = [
+        f"{g.preset} seed {r.seed} (best epoch {r.best_epoch} of {len(r.curves['val_accuracy'])})"
+        for g in (group, baseline)
+        for r in g.runs
+        if r.converged is False
+    ]
     if not ours or not theirs:
         result.reason = f"no {metric} in one of the groups"
         return result
@@ -238,8 +256,10 @@ def compare_with_baseline(group: Group, baseline: Group, metric: str, confidence
         result.probability_of_improvement = statistics.probability_of_improvement_unpaired(a, b)
     else:
         result.mean = float(np.mean(list(ours.values())) - np.mean(list(theirs.values())))
-        result.reason = (f"no repeats ({len(ours)} and {len(theirs)} run(s)); run >= {SEEDS_ADVISED} seeds per group, "
-                         f"e.g. seed={','.join(map(str, range(1, SEEDS_ADVISED + 1)))}")
+        result.reason = (
+            f"no repeats ({len(ours)} and {len(theirs)} run(s)); run >= {SEEDS_ADVISED} seeds per group, "
+            f"e.g. seed={','.join(map(str, range(1, SEEDS_ADVISED + 1)))}"
+        )
         return result
     result.t_low, result.t_high, result.bootstrap_low, result.bootstrap_high = intervals(result, confidence)
     result.seeds_needed_1pt = statistics.seeds_needed(result.spread, 0.01, confidence, power)
@@ -260,12 +280,10 @@ def intervals(d: Difference, confidence: float) -> tuple[float, float, float, fl
         values = list(d.per_seed.values())
         return (*statistics.t_interval(values, confidence), *statistics.bootstrap_interval(values, confidence))
     a, b = list(d.ours.values()), list(d.theirs.values())
-    return (*statistics.welch_interval(a, b, confidence),
-            *statistics.bootstrap_interval_unpaired(a, b, confidence))
+    return (*statistics.welch_interval(a, b, confidence), *statistics.bootstrap_interval_unpaired(a, b, confidence))
 
 
-def decide(d: Difference, verdict_confidence: float, p_adjusted: float | None, confidence: float,
-           power: float) -> None:
+def decide(d: Difference, verdict_confidence: float, p_adjusted: float | None, confidence: float, power: float) -> None:
     """Set the verdict of a difference whose statistics are computed.
 
     keep / drop: enough seeds with some spread, every run converged, the interval at
@@ -280,15 +298,21 @@ def decide(d: Difference, verdict_confidence: float, p_adjusted: float | None, c
     corrected = f" (Holm over {d.family_size} comparisons)" if d.family_size > 1 else ""
     d.verdict = "inconclusive"
     if evidence < MIN_SEEDS_FOR_VERDICT:
-        d.reason = (f"too few seeds ({evidence}): a verdict needs >= {MIN_SEEDS_FOR_VERDICT}, and "
-                    f"{SEEDS_ADVISED} are advised (seed={','.join(map(str, range(1, SEEDS_ADVISED + 1)))})")
+        d.reason = (
+            f"too few seeds ({evidence}): a verdict needs >= {MIN_SEEDS_FOR_VERDICT}, and "
+            f"{SEEDS_ADVISED} are advised (seed={','.join(map(str, range(1, SEEDS_ADVISED + 1)))})"
+        )
     elif not d.spread > 1e-12:
-        d.reason = ("zero spread: every seed gave the same difference, so no interval can be estimated "
-                    f"from them (each is {d.mean * 100:+.2f} points); add seeds")
+        d.reason = (
+            "zero spread: every seed gave the same difference, so no interval can be estimated "
+            f"from them (each is {d.mean * 100:+.2f} points); add seeds"
+        )
     elif d.not_converged:
         d.verdict = "not converged"
-        d.reason = (f"raise train.epochs: {len(d.not_converged)} run(s) had their best epoch within the last "
-                    f"train.patience epochs of the cap ({'; '.join(d.not_converged)}), so this compares budgets")
+        d.reason = (
+            f"raise train.epochs: {len(d.not_converged)} run(s) had their best epoch within the last "
+            f"train.patience epochs of the cap ({'; '.join(d.not_converged)}), so this compares budgets"
+        )
     elif d.low > 0 and p_adjusted < 1 - confidence:
         d.verdict, d.reason = "keep", f"the whole {verdict_confidence:.1%} interval is above 0{corrected}"
     elif d.high < 0 and p_adjusted < 1 - confidence:
@@ -342,17 +366,27 @@ def baseline_for(group: Group, groups: list[Group], baseline_preset: str) -> Gro
     return None
 
 
-def compare_groups(groups: list[Group], baseline_preset: str, metric: str, confidence: float,
-                   power: float = 0.8) -> list[Difference]:
+def compare_groups(
+    groups: list[Group], baseline_preset: str, metric: str, confidence: float, power: float = 0.8
+) -> list[Difference]:
     differences = []
     for group in groups:
         if group.preset == baseline_preset:
             continue
         baseline = baseline_for(group, groups, baseline_preset)
         if baseline is None:
-            differences.append(Difference(group.label, f"{baseline_preset} (missing)", metric, len(group.runs), 0,
-                                          "none", math.nan, reason=f"no '{baseline_preset}' runs with the same "
-                                                                   "settings to compare with"))
+            differences.append(
+                Difference(
+                    group.label,
+                    f"{baseline_preset} (missing)",
+                    metric,
+                    len(group.runs),
+                    0,
+                    "none",
+                    math.nan,
+                    reason=f"no '{baseline_preset}' runs with the same settings to compare with",
+                )
+            )
         else:
             difference = compare_with_baseline(group, baseline, metric, confidence, power)
             difference.diversity, difference.cost = diversity(group, baseline), cost(group, baseline)
@@ -360,8 +394,7 @@ def compare_groups(groups: list[Group], baseline_preset: str, metric: str, confi
     return differences
 
 
-def ablation_contributions(groups: list[Group], metric: str, confidence: float,
-                           power: float = 0.8) -> list[Difference]:
+def ablation_contributions(groups: list[Group], metric: str, confidence: float, power: float = 0.8) -> list[Difference]:
     """Each ablated operation's contribution: the full preset minus the preset without it,
     paired by seed. keep: the operation helps; drop: the preset is better without it."""
     contributions = []
@@ -372,10 +405,15 @@ def ablation_contributions(groups: list[Group], metric: str, confidence: float,
         full_name = ablated.preset.rsplit(f"-no-{operation}", 1)[0]
         full = next((g for g in groups if g.preset == full_name and g.settings == ablated.settings), None)
         if full is None:
-            reason = (f"no runs of the full preset '{full_name}' with the same settings: "
-                      "add augmentation.ablate=none to the sweep")
-            contributions.append(Difference(operation, f"{full_name} (missing)", metric, 0, len(ablated.runs), "none",
-                                            math.nan, reason=reason))
+            reason = (
+                f"no runs of the full preset '{full_name}' with the same settings: "
+                "add augmentation.ablate=none to the sweep"
+            )
+            contributions.append(
+                Difference(
+                    operation, f"{full_name} (missing)", metric, 0, len(ablated.runs), "none", math.nan, reason=reason
+                )
+            )
             continue
         difference = compare_with_baseline(full, ablated, metric, confidence, power)
         difference.group = operation
@@ -392,8 +430,14 @@ def class_differences(group: Group, baseline: Group, confidence: float) -> dict[
     with its t interval, Holm-corrected over the classes so that `significant` keeps a 5% chance
     (at confidence 0.95) of any false flag among them. After Balestriero et al. 2022: an
     augmentation that raises the average can cost single classes a lot."""
-    classes = sorted({k[len(CLASS_METRIC_PREFIX):] for r in group.runs + baseline.runs for k in r.metrics
-                      if k.startswith(CLASS_METRIC_PREFIX)})
+    classes = sorted(
+        {
+            k[len(CLASS_METRIC_PREFIX) :]
+            for r in group.runs + baseline.runs
+            for k in r.metrics
+            if k.startswith(CLASS_METRIC_PREFIX)
+        }
+    )
     found = {}
     for name in classes:
         ours, theirs = group.values(CLASS_METRIC_PREFIX + name), baseline.values(CLASS_METRIC_PREFIX + name)
@@ -407,8 +451,14 @@ def class_differences(group: Group, baseline: Group, confidence: float) -> dict[
     for (name, d), p, level in zip(found.items(), adjusted, levels):
         zero_spread = math.isnan(p)
         low, high = (float(np.mean(d)),) * 2 if zero_spread else statistics.t_interval(d, level)
-        table[name] = {"mean": float(np.mean(d)), "low": low, "high": high, "p_adjusted": None if zero_spread else p,
-                       "significant": not zero_spread and p < 1 - confidence, "seeds": len(d)}
+        table[name] = {
+            "mean": float(np.mean(d)),
+            "low": low,
+            "high": high,
+            "p_adjusted": None if zero_spread else p,
+            "significant": not zero_spread and p < 1 - confidence,
+            "seeds": len(d),
+        }
     return table
 
 
@@ -417,11 +467,15 @@ def class_flags(d: Difference) -> list[str]:
     flags = []
     for name, c in d.per_class.items():
         if c["significant"] and c["mean"] < 0 < d.mean:
-            flags.append(f"{d.group} gains {d.mean * 100:+.2f} points on average but costs {name} "
-                         f"{c['mean'] * 100:+.2f} points of test recall [{c['low'] * 100:+.1f}, {c['high'] * 100:+.1f}]")
+            flags.append(
+                f"{d.group} gains {d.mean * 100:+.2f} points on average but costs {name} "
+                f"{c['mean'] * 100:+.2f} points of test recall [{c['low'] * 100:+.1f}, {c['high'] * 100:+.1f}]"
+            )
         elif c["significant"] and c["mean"] > 0 > d.mean:
-            flags.append(f"{d.group} loses {d.mean * 100:+.2f} points on average but gives {name} "
-                         f"{c['mean'] * 100:+.2f} points of test recall [{c['low'] * 100:+.1f}, {c['high'] * 100:+.1f}]")
+            flags.append(
+                f"{d.group} loses {d.mean * 100:+.2f} points on average but gives {name} "
+                f"{c['mean'] * 100:+.2f} points of test recall [{c['low'] * 100:+.1f}, {c['high'] * 100:+.1f}]"
+            )
     return flags
 
 
@@ -445,9 +499,15 @@ def group_table(groups: list[Group]) -> list[dict]:
     epochs to best, and how many runs were still improving at their last epoch."""
     rows = []
     for g in groups:
-        row = {"group": g.label, "preset": g.preset, **g.settings, "runs": len(g.runs),
-               "seeds": ",".join(r.seed for r in g.runs), "repeats_dropped": g.repeats_dropped,
-               "not_converged": sum(r.converged is False for r in g.runs)}
+        row = {
+            "group": g.label,
+            "preset": g.preset,
+            **g.settings,
+            "runs": len(g.runs),
+            "seeds": ",".join(r.seed for r in g.runs),
+            "repeats_dropped": g.repeats_dropped,
+            "not_converged": sum(r.converged is False for r in g.runs),
+        }
         for metric in ("best_val_accuracy", "test_accuracy", "test_balanced_accuracy", "best_epoch"):
             values = list(g.values(metric).values())
             row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std(values) if values else (math.nan, math.nan)

@@ -19,9 +19,10 @@ import hashlib
 import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -77,7 +78,9 @@ class DataConfig:
             found.append(("limit_per_class", f"must be >= 1 or null, got {self.limit_per_class}"))
         if self.cache not in ("auto", "memory", "file"):
             found.append(("cache", f"must be one of auto, memory, file, got {self.cache!r}"))
-        if self.sha256 is not None and (len(self.sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in self.sha256)):
+        if self.sha256 is not None and (
+            len(self.sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in self.sha256)
+        ):
             found.append(("sha256", "must be a 64-character hex digest or null"))
         return found
 
@@ -116,13 +119,22 @@ class RandAugmentConfig:
 # The operations an ablation can remove (augmentation.ablate=<operation>), each with the
 # settings that switch it off.
 ABLATABLE = {
-    "rotation": {"rotation_range": 0.0}, "width_shift": {"width_shift_range": 0.0},
-    "height_shift": {"height_shift_range": 0.0}, "shear": {"shear_range": 0.0}, "zoom": {"zoom_range": 0.0},
-    "horizontal_flip": {"horizontal_flip": False}, "vertical_flip": {"vertical_flip": False},
-    "brightness": {"brightness_range": None}, "channel_shift": {"channel_shift_range": 0.0},
-    "contrast": {"contrast_range": 0.0}, "saturation": {"saturation_range": 0.0}, "hue": {"hue_range": 0.0},
-    "random_erasing": {"random_erasing": RandomErasingConfig()}, "randaugment": {"randaugment": RandAugmentConfig()},
-    "mixup": {"mixup_alpha": 0.0}, "cutmix": {"cutmix_alpha": 0.0},
+    "rotation": {"rotation_range": 0.0},
+    "width_shift": {"width_shift_range": 0.0},
+    "height_shift": {"height_shift_range": 0.0},
+    "shear": {"shear_range": 0.0},
+    "zoom": {"zoom_range": 0.0},
+    "horizontal_flip": {"horizontal_flip": False},
+    "vertical_flip": {"vertical_flip": False},
+    "brightness": {"brightness_range": None},
+    "channel_shift": {"channel_shift_range": 0.0},
+    "contrast": {"contrast_range": 0.0},
+    "saturation": {"saturation_range": 0.0},
+    "hue": {"hue_range": 0.0},
+    "random_erasing": {"random_erasing": RandomErasingConfig()},
+    "randaugment": {"randaugment": RandAugmentConfig()},
+    "mixup": {"mixup_alpha": 0.0},
+    "cutmix": {"cutmix_alpha": 0.0},
 }
 NO_ABLATION = (None, "none")
 
@@ -159,11 +171,11 @@ class AugmentationConfig:
     cutmix_alpha: float = 0.0  # Beta(alpha, alpha) area of a pasted patch, labels mixed by area; 0 = off
     ablate: Optional[str] = None  # an operation to remove (ABLATABLE), named in the label: lesson-no-rotation
 
-    def without(self, operation: str) -> "AugmentationConfig":
+    def without(self, operation: str) -> AugmentationConfig:
         """This preset with `operation` switched off."""
         return dataclasses.replace(self, **ABLATABLE[operation])
 
-    def only(self, operation: str) -> "AugmentationConfig":
+    def only(self, operation: str) -> AugmentationConfig:
         """`operation` alone, at this preset's magnitude: every other operation switched off
         (what an operation's affinity is measured with), named `<name>-only-<operation>`."""
         alone = self
@@ -176,14 +188,17 @@ class AugmentationConfig:
         """The operations this preset uses, in ABLATABLE's order (what an ablation can remove)."""
         return [op for op in ABLATABLE if self.without(op) != self]
 
-    def with_ablation_applied(self) -> "AugmentationConfig":
+    def with_ablation_applied(self) -> AugmentationConfig:
         """The preset an ablation trains: `ablate` switched off and the name `<name>-no-<ablate>`.
         Idempotent, so an applied config can be validated again (a logged config.yaml)."""
         if self.ablate in NO_ABLATION:
             return dataclasses.replace(self, ablate=None)
         suffix = f"-no-{self.ablate}"
-        return self.without(self.ablate) if self.name.endswith(suffix) else dataclasses.replace(
-            self.without(self.ablate), name=self.name + suffix)
+        return (
+            self.without(self.ablate)
+            if self.name.endswith(suffix)
+            else dataclasses.replace(self.without(self.ablate), name=self.name + suffix)
+        )
 
     def zoom_bounds(self) -> tuple[float, float]:
         """The zoom scale range [lo, hi] that `zoom_range` stands for."""
@@ -201,8 +216,9 @@ class AugmentationConfig:
     @property
     def is_identity(self) -> bool:
         """True when this preset changes no image (the plain `none` preset)."""
-        return self == AugmentationConfig(name=self.name, device=self.device, fill_mode=self.fill_mode, cval=self.cval,
-                                          ablate=self.ablate)
+        return self == AugmentationConfig(
+            name=self.name, device=self.device, fill_mode=self.fill_mode, cval=self.cval, ablate=self.ablate
+        )
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
@@ -247,8 +263,13 @@ class AugmentationConfig:
             if self.ablate not in ABLATABLE:
                 found.append(("ablate", f"must be none or an operation ({', '.join(ABLATABLE)}), got {self.ablate!r}"))
             elif self.ablate not in self.active_operations() and not self.name.endswith(f"-no-{self.ablate}"):
-                found.append(("ablate", f"preset {self.name} does not use {self.ablate}, so there is nothing to "
-                                        f"remove; its operations: {active}"))
+                found.append(
+                    (
+                        "ablate",
+                        f"preset {self.name} does not use {self.ablate}, so there is nothing to "
+                        f"remove; its operations: {active}",
+                    )
+                )
         return found
 
 
@@ -267,7 +288,7 @@ class ModelConfig:
     trainable_base: bool = False  # train the whole pretrained base too (false: frozen, the lesson)
     inner_units: int = 100  # the head's inner dense layer; 0: softmax on the pooled features
     dropout: float = 0.2  # before the softmax
-    learning_rate: float = 0.001          # of the head (and of a base trained whole)
+    learning_rate: float = 0.001  # of the head (and of a base trained whole)
     fine_tune_from: Optional[str] = None  # unfreeze the base from the first layer named <prefix>... on
     fine_tune_learning_rate: float = 1e-5  # of the unfrozen base layers
 
@@ -282,11 +303,17 @@ class ModelConfig:
             found.append(("name", f"must be one of {', '.join(MODEL_NAMES)}, got {self.name!r}"))
         if self.fine_tune_from is not None:
             if self.name == "residual_cnn":
-                found.append(("fine_tune_from", "residual_cnn trains from scratch, whole: there is no pretrained "
-                                                "base to fine-tune (set model.fine_tune_from=null)"))
+                found.append(
+                    (
+                        "fine_tune_from",
+                        "residual_cnn trains from scratch, whole: there is no pretrained "
+                        "base to fine-tune (set model.fine_tune_from=null)",
+                    )
+                )
             elif self.trainable_base:
-                found.append(("fine_tune_from", "model.trainable_base=true already trains the whole base: "
-                                                "use one of the two"))
+                found.append(
+                    ("fine_tune_from", "model.trainable_base=true already trains the whole base: use one of the two")
+                )
         if not 0 < self.fine_tune_learning_rate <= 1:
             found.append(("fine_tune_learning_rate", f"must be in (0, 1], got {self.fine_tune_learning_rate}"))
         if self.inner_units < 0:
@@ -300,21 +327,21 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10                 # the cap; early stopping (patience) usually ends a run before it
-    batch_size: int = 32             # the global batch (split over replicas)
-    patience: int = 5                # epochs without a val_accuracy gain before stopping
-    resume: bool = False             # continue this configuration's interrupted training from its last epoch
-    rerun: bool = False              # in a multirun, train even if this configuration has a FINISHED run
-    mixed_precision: bool = False    # float16 compute (GPUs), float32 weights
-    jit_compile: Any = "auto"        # XLA for the train step: auto (on a GPU only) | true | false
-    strategy: str = "auto"           # auto | none | mirrored (the GPUs of a machine) | multi_worker (TF_CONFIG)
-    optimizer: str = "adam"          # adam (AdamW when weight_decay > 0) | sgd (Nesterov momentum 0.9)
-    lr_schedule: str = "constant"    # constant | warmup_cosine (peak: model.learning_rate)
-    warmup_epochs: int = 1           # linear warm-up of warmup_cosine, in epochs
-    weight_decay: float = 0.0        # decoupled weight decay, per unit of learning rate; 0 = none
-    label_smoothing: float = 0.0     # of the cross-entropy targets, 0..1
-    cache_features: bool = True      # frozen backbone + no augmentation: compute its features once
-    test_in_sweeps: bool = True      # in a multirun, each job evaluates its best model on the test split
+    epochs: int = 10  # the cap; early stopping (patience) usually ends a run before it
+    batch_size: int = 32  # the global batch (split over replicas)
+    patience: int = 5  # epochs without a val_accuracy gain before stopping
+    resume: bool = False  # continue this configuration's interrupted training from its last epoch
+    rerun: bool = False  # in a multirun, train even if this configuration has a FINISHED run
+    mixed_precision: bool = False  # float16 compute (GPUs), float32 weights
+    jit_compile: Any = "auto"  # XLA for the train step: auto (on a GPU only) | true | false
+    strategy: str = "auto"  # auto | none | mirrored (the GPUs of a machine) | multi_worker (TF_CONFIG)
+    optimizer: str = "adam"  # adam (AdamW when weight_decay > 0) | sgd (Nesterov momentum 0.9)
+    lr_schedule: str = "constant"  # constant | warmup_cosine (peak: model.learning_rate)
+    warmup_epochs: int = 1  # linear warm-up of warmup_cosine, in epochs
+    weight_decay: float = 0.0  # decoupled weight decay, per unit of learning rate; 0 = none
+    label_smoothing: float = 0.0  # of the cross-entropy targets, 0..1
+    cache_features: bool = True  # frozen backbone + no augmentation: compute its features once
+    test_in_sweeps: bool = True  # in a multirun, each job evaluates its best model on the test split
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
@@ -343,17 +370,18 @@ class TrainConfig:
 
 @dataclass
 class TrackingConfig:
-    uri: Optional[str] = None        # MLflow store; null: $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db
+    uri: Optional[str] = None  # MLflow store; null: $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db
     experiment: str = "augmentation"  # the MLflow experiment of the training runs
-    log_model: bool = True           # log the model as the run's LoggedModel `model`
+    log_model: bool = True  # log the model as the run's LoggedModel `model`
     registered_model: Optional[str] = None  # the registry name for compare.register; null: the experiment's name
-    system_metrics: bool = True              # CPU, memory, GPU of training runs as system/* metrics
+    system_metrics: bool = True  # CPU, memory, GPU of training runs as system/* metrics
     system_metrics_interval_s: float = 10.0  # between samples, seconds
 
     def problems(self) -> list[tuple[str, str]]:
         if not 0.1 <= self.system_metrics_interval_s <= 3600:
-            return [("system_metrics_interval_s",
-                     f"must be in [0.1, 3600] seconds, got {self.system_metrics_interval_s}")]
+            return [
+                ("system_metrics_interval_s", f"must be in [0.1, 3600] seconds, got {self.system_metrics_interval_s}")
+            ]
         return []
 
     @property
@@ -369,16 +397,16 @@ COMPARE_METRICS = ("auto", "test_accuracy", "best_val_accuracy", "test_balanced_
 class CompareConfig:
     """`python -m pipeline.compare`: which runs, against which baseline, on which metric."""
 
-    baseline: str = "none"            # the preset every other group is compared with
-    metric: str = "auto"              # auto: test_accuracy when every compared run has it, else best_val_accuracy;
-                                      # test_balanced_accuracy / test_macro_f1 weigh every class alike
-    confidence: float = 0.95          # of the interval on the difference
-    filter: Optional[str] = None      # an MLflow search filter, e.g. "params.`model.name` = 'residual_cnn'"
-    power: float = 0.8                # for the seeds-needed advice: chance that a study of that size resolves it
-    after_sweep: bool = True          # compare the runs of a multirun when it ends (its verdict table)
-    register: bool = False            # on a keep verdict: register the winning group's best model, alias champion
-    affinity: bool = True             # measure each preset's and operation's affinity with the baseline's models
-                                      # (loads them and TensorFlow; false: skip)
+    baseline: str = "none"  # the preset every other group is compared with
+    metric: str = "auto"  # auto: test_accuracy when every compared run has it, else best_val_accuracy;
+    # test_balanced_accuracy / test_macro_f1 weigh every class alike
+    confidence: float = 0.95  # of the interval on the difference
+    filter: Optional[str] = None  # an MLflow search filter, e.g. "params.`model.name` = 'residual_cnn'"
+    power: float = 0.8  # for the seeds-needed advice: chance that a study of that size resolves it
+    after_sweep: bool = True  # compare the runs of a multirun when it ends (its verdict table)
+    register: bool = False  # on a keep verdict: register the winning group's best model, alias champion
+    affinity: bool = True  # measure each preset's and operation's affinity with the baseline's models
+    # (loads them and TensorFlow; false: skip)
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
@@ -393,9 +421,9 @@ class CompareConfig:
 
 @dataclass
 class PathsConfig:
-    split_dir: str = "data/split"    # the manifests (train/val/test.csv) and classes.json
-    reports_dir: str = "reports"     # metrics, per-class results, pictures, the comparison
-    models_dir: str = "models"       # model.keras, classes.json and work/ (resumable checkpoints)
+    split_dir: str = "data/split"  # the manifests (train/val/test.csv) and classes.json
+    reports_dir: str = "reports"  # metrics, per-class results, pictures, the comparison
+    models_dir: str = "models"  # model.keras, classes.json and work/ (resumable checkpoints)
 
 
 @dataclass
@@ -479,15 +507,25 @@ def flatten(node: dict, prefix: str = "") -> dict[str, str]:
 
 # Settings that do not change what is trained: where things go, how they are reported, and
 # how the data was found (the manifest hash stands for the data itself).
-NOT_IDENTITY = ("tracking.", "paths.", "compare.", "data.download_dir", "data.cache", "data.source", "data.sha256",
-                "train.resume", "train.rerun")
+NOT_IDENTITY = (
+    "tracking.",
+    "paths.",
+    "compare.",
+    "data.download_dir",
+    "data.cache",
+    "data.source",
+    "data.sha256",
+    "train.resume",
+    "train.rerun",
+)
 
 
 def training_identity(config: Config, manifest_sha256: str) -> dict[str, str]:
     """Everything that makes a trained model what it is, as dotted keys, plus the data's manifest hash."""
     flat = flatten(to_dict(config))
-    identity = {k: v for k, v in flat.items()
-                if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in NOT_IDENTITY)}
+    identity = {
+        k: v for k, v in flat.items() if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in NOT_IDENTITY)
+    }
     return {**identity, "data.manifest_sha256": manifest_sha256}
 
 
@@ -540,11 +578,15 @@ def read_yaml_file(path: str | Path, what: str = "config file") -> DictConfig:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"the {what} {path} is not valid YAML{where}: {problem}. Fix that line "
-                          "(keys are `name: value`, nested keys indented by two spaces).") from None
+        raise ConfigError(
+            f"the {what} {path} is not valid YAML{where}: {problem}. Fix that line "
+            "(keys are `name: value`, nested keys indented by two spaces)."
+        ) from None
     if data is None:
-        raise ConfigError(f"the {what} {path} is empty. Write the composed config into it (dvc exp run does, "
-                          "see README 'Configuration'), or run without --params: python -m pipeline.<stage> key=value")
+        raise ConfigError(
+            f"the {what} {path} is empty. Write the composed config into it (dvc exp run does, "
+            "see README 'Configuration'), or run without --params: python -m pipeline.<stage> key=value"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"the {what} {path} holds a {type(data).__name__}, not a mapping of config keys")
     return OmegaConf.create(data)
@@ -568,7 +610,7 @@ def apply_group_option(raw: DictConfig, group: str, option: str) -> DictConfig:
     defaults = node.pop("defaults", [])
     if path.read_text().lstrip().startswith("# @package _global_"):
         for entry in defaults:
-            for target, choice in (entry.items() if isinstance(entry, DictConfig) else []):
+            for target, choice in entry.items() if isinstance(entry, DictConfig) else []:
                 raw = apply_group_option(raw, target.split()[-1].strip("/"), choice)
         return OmegaConf.merge(raw, node)
     base = CONF_DIR / "schema" / f"{group}.yaml"
@@ -588,8 +630,10 @@ def _load_params(argv: list[str]) -> Config:
     for override in argv[2:]:
         key, sep, value = override.partition("=")
         if not sep:
-            raise ConfigError(f"{override!r} is not an override: write key=value (e.g. train.epochs=3) "
-                              "or group=option (e.g. model=residual_cnn)")
+            raise ConfigError(
+                f"{override!r} is not an override: write key=value (e.g. train.epochs=3) "
+                "or group=option (e.g. model=residual_cnn)"
+            )
         check_key(key)
         if "." not in key and (CONF_DIR / key).is_dir():
             raw = apply_group_option(raw, key, value)
@@ -622,11 +666,14 @@ def unknown_key_message(key: str) -> str:
     """'Unknown config key ...; did you mean ...?' with the closest settable key."""
     parent = key.rpartition(".")[0]
     siblings = [k for k in SETTABLE_KEYS if k.rpartition(".")[0] == parent]
-    close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6) or \
-        difflib.get_close_matches(key, sorted(SETTABLE_KEYS), n=1, cutoff=0.7)
+    close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6) or difflib.get_close_matches(
+        key, sorted(SETTABLE_KEYS), n=1, cutoff=0.7
+    )
     hint = f"did you mean '{close[0]}'? " if close else ""
-    return (f"Unknown config key '{key}': {hint}Every key is listed in pipeline/config.py "
-            "(the schema) and conf/schema/ (its defaults).")
+    return (
+        f"Unknown config key '{key}': {hint}Every key is listed in pipeline/config.py "
+        "(the schema) and conf/schema/ (its defaults)."
+    )
 
 
 def check_key(key: str) -> None:
@@ -660,12 +707,16 @@ def check_output_paths(config: Config) -> Config:
         path = Path(getattr(getattr(config, section), name)).expanduser()
         blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
         if blocker is not None:
-            raise ConfigError(f"{key}={path}: {blocker} is a file, not a folder, so nothing can be written there. "
-                              f"Choose another {key}, or move that file away.")
+            raise ConfigError(
+                f"{key}={path}: {blocker} is a file, not a folder, so nothing can be written there. "
+                f"Choose another {key}, or move that file away."
+            )
     model_file = Path(config.paths.models_dir).expanduser() / "model.keras"
     if model_file.is_dir():
-        raise ConfigError(f"paths.models_dir={config.paths.models_dir}: {model_file} is a folder, where training "
-                          "writes the model file. Remove or rename it, or choose another paths.models_dir.")
+        raise ConfigError(
+            f"paths.models_dir={config.paths.models_dir}: {model_file} is a folder, where training "
+            "writes the model file. Remove or rename it, or choose another paths.models_dir."
+        )
     return config
 
 

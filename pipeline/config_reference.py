@@ -80,12 +80,19 @@ def group_options(group: str) -> str:
 
 def reference() -> str:
     comments = field_comments(Path(schema.__file__).read_text())
-    lines = ["# Configuration", "",
-             "Generated from the schema (`pipeline/config.py`) by `python -m pipeline.config_reference`;",
-             "a test keeps it current. Set any key on the command line (`train.epochs=30`), with",
-             "`dvc exp run -S train.epochs=30`, or in a `conf/experiment/` file. A misspelt key or a value",
-             "out of range is refused before any work starts, naming the key.", "",
-             "## Config groups", "", "Choose one option per group (`augmentation=lesson`):", ""]
+    lines = [
+        "# Configuration",
+        "",
+        "Generated from the schema (`pipeline/config.py`) by `python -m pipeline.config_reference`;",
+        "a test keeps it current. Set any key on the command line (`train.epochs=30`), with",
+        "`dvc exp run -S train.epochs=30`, or in a `conf/experiment/` file. A misspelt key or a value",
+        "out of range is refused before any work starts, naming the key.",
+        "",
+        "## Config groups",
+        "",
+        "Choose one option per group (`augmentation=lesson`):",
+        "",
+    ]
     lines += [f"- `{group}`: {group_options(group)}" for group in GROUPS if (CONF / group).is_dir()]
     for section in dataclasses.fields(schema.Config):
         value = section.default_factory() if section.default_factory is not dataclasses.MISSING else None

@@ -38,11 +38,20 @@ from pipeline.errors import DataError
 
 SPLITS = ("train", "val", "test")
 SOURCE_FILE = "source.json"  # beside the manifests: the data.source they were made from
-SPLIT_FOLDER_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                      "validation": "val", "test": "test", "testing": "test"}
+SPLIT_FOLDER_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
-LAYOUT_HELP = ("Expected one folder per class (<root>/<class>/<image>) or train/validation/test folders "
-               "each holding one folder per class; check data.source.")
+LAYOUT_HELP = (
+    "Expected one folder per class (<root>/<class>/<image>) or train/validation/test folders "
+    "each holding one folder per class; check data.source."
+)
 MAX_PIXELS = 250_000_000  # larger images are skipped (decompression-bomb guard), not crashed on
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -136,8 +145,10 @@ def _archive_kind(path: Path) -> str | None:
 def _extracted(archive: Path, actual: str, cache: Path, sha256: str | None, downloaded: bool) -> Path:
     """The dataset root inside the extraction of `archive` (whose sha256 is `actual`), extracted once per content."""
     if sha256 and actual != sha256.lower():
-        raise DataError(f"{archive} has sha256 {actual}, but data.sha256 is {sha256}. "
-                        "The download is damaged or the archive changed: delete it and retry, or fix data.sha256.")
+        raise DataError(
+            f"{archive} has sha256 {actual}, but data.sha256 is {sha256}. "
+            "The download is damaged or the archive changed: delete it and retry, or fix data.sha256."
+        )
     target = cache / "extracted" / actual[:24]
     if not (target / ".complete").exists():
         shutil.rmtree(target, ignore_errors=True)  # left over from an older, interrupted layout
@@ -149,9 +160,14 @@ def _extracted(archive: Path, actual: str, cache: Path, sha256: str | None, down
             shutil.rmtree(scratch, ignore_errors=True)
             if downloaded:
                 archive.unlink(missing_ok=True)  # never keep a broken download: the next run fetches it again
-            again = "It was deleted from the cache; the next run downloads it again." if downloaded else \
-                "Replace it with a good copy, or point data.source at the extracted folder."
-            raise DataError(f"{archive} is not a readable {_archive_kind(archive)} archive ({error}). {again}") from None
+            again = (
+                "It was deleted from the cache; the next run downloads it again."
+                if downloaded
+                else "Replace it with a good copy, or point data.source at the extracted folder."
+            )
+            raise DataError(
+                f"{archive} is not a readable {_archive_kind(archive)} archive ({error}). {again}"
+            ) from None
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
@@ -187,7 +203,9 @@ def safe_extract(archive: Path, target: Path) -> None:
             for member in members:
                 check(member.name)
                 if member.issym() or member.islnk():
-                    raise DataError(f"{archive} holds a link {member.name!r}; links are refused, nothing was extracted.")
+                    raise DataError(
+                        f"{archive} holds a link {member.name!r}; links are refused, nothing was extracted."
+                    )
             tf.extractall(root, members=members, filter="data")
 
 
@@ -196,8 +214,12 @@ def _dataset_root(path: Path) -> Path:
     holds images itself is a class, not a wrapper."""
     while True:
         children = [c for c in path.iterdir() if not is_ignored(c.name)]
-        if len(children) == 1 and children[0].is_dir() and children[0].name.lower() not in SPLIT_FOLDER_NAMES \
-                and any(c.is_dir() and not is_ignored(c.name) for c in children[0].iterdir()):
+        if (
+            len(children) == 1
+            and children[0].is_dir()
+            and children[0].name.lower() not in SPLIT_FOLDER_NAMES
+            and any(c.is_dir() and not is_ignored(c.name) for c in children[0].iterdir())
+        ):
             path = children[0]
         else:
             return path
@@ -225,7 +247,9 @@ def scan(root: Path, respect_existing: bool) -> tuple[list[Candidate], list[str]
     presplit = "train" in split_dirs and len(split_dirs) >= 2
     if presplit and len(split_dirs) != len(top):
         other = sorted(set(top) - {n for n in top if n in SPLIT_FOLDER_NAMES})
-        raise DataError(f"{root} mixes split folders ({', '.join(sorted(split_dirs))}) with other folders ({', '.join(other)}).")
+        raise DataError(
+            f"{root} mixes split folders ({', '.join(sorted(split_dirs))}) with other folders ({', '.join(other)})."
+        )
     groups = [(s, d) for s, d in sorted(split_dirs.items())] if presplit else [(None, root)]
 
     candidates, ignored = [], []
@@ -327,8 +351,14 @@ def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
 def validate_images(candidates: list[Candidate], workers: int = 4) -> list[tuple[str | None, str | None]]:
     """Decode every candidate once, in threads (PIL releases the GIL), with a progress bar."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(inspect_image, [c.path for c in candidates]), total=len(candidates),
-                         desc="validate images", unit="img"))
+        return list(
+            tqdm(
+                pool.map(inspect_image, [c.path for c in candidates]),
+                total=len(candidates),
+                desc="validate images",
+                unit="img",
+            )
+        )
 
 
 # ------------------------------------------------------------------------ splitting
@@ -344,8 +374,14 @@ class SplitResult:
     conflicts: list[dict]
 
 
-def split_dataset(candidates: list[Candidate], checks: list[tuple[str | None, str | None]], ignored: list[str],
-                  fractions: list[float], seed: int, limit_per_class: int | None = None) -> SplitResult:
+def split_dataset(
+    candidates: list[Candidate],
+    checks: list[tuple[str | None, str | None]],
+    ignored: list[str],
+    fractions: list[float],
+    seed: int,
+    limit_per_class: int | None = None,
+) -> SplitResult:
     """Assign every valid image to one split; duplicate groups stay together, conflicts go out."""
     skipped = [{"path": str(c.path), "reason": reason} for c, (_, reason) in zip(candidates, checks) if reason]
     valid = [(c, digest) for c, (digest, _) in zip(candidates, checks) if digest]
@@ -368,8 +404,10 @@ def split_dataset(candidates: list[Candidate], checks: list[tuple[str | None, st
         seen = "; ".join(f"{n} {reason}" for reason, n in reasons.most_common(3)) or "no files at all"
         raise DataError(f"No valid image was found ({len(candidates)} files: {seen}). " + LAYOUT_HELP)
     if len(classes) < 2:
-        raise DataError(f"Only one class was found ({classes[0]}, {sum(len(g) for _, g in units)} images): "
-                        "a classifier needs at least two. " + LAYOUT_HELP)
+        raise DataError(
+            f"Only one class was found ({classes[0]}, {sum(len(g) for _, g in units)} images): "
+            "a classifier needs at least two. " + LAYOUT_HELP
+        )
 
     unit_split: dict[str, str] = {}
     presplit = any(c.folder_split for c, _ in valid)
@@ -399,8 +437,9 @@ def split_dataset(candidates: list[Candidate], checks: list[tuple[str | None, st
         rows[split] += [(str(c.path), c.label, digest) for c in group]
         if len(group) > 1:
             moved = sorted(str(c.path) for c in group if c.folder_split and c.folder_split != split)
-            duplicates.append({"sha256": digest, "split": split, "paths": sorted(str(c.path) for c in group),
-                               "moved": moved})
+            duplicates.append(
+                {"sha256": digest, "split": split, "paths": sorted(str(c.path) for c in group), "moved": moved}
+            )
     for split in SPLITS:
         rows[split].sort()
         if limit_per_class:
@@ -410,16 +449,20 @@ def split_dataset(candidates: list[Candidate], checks: list[tuple[str | None, st
     for label in classes:
         missing = [s for s in expected if not any(row[1] == label for row in rows[s])]
         if missing:
-            raise DataError(f"Class '{label}' has no image in split(s) {', '.join(missing)}: it is too small to appear "
-                            "in every split. Add images, remove the class folder, or change data.split.fractions.")
+            raise DataError(
+                f"Class '{label}' has no image in split(s) {', '.join(missing)}: it is too small to appear "
+                "in every split. Add images, remove the class folder, or change data.split.fractions."
+            )
     return SplitResult(rows, classes, skipped, ignored, duplicates, conflicts)
 
 
 def _split_counts(n: int, fractions: list[float], label: str) -> list[int]:
     needed = sum(1 for f in fractions if f > 0)
     if n < needed:
-        raise DataError(f"Class '{label}' has {n} image(s), too few to appear in all {needed} splits; "
-                        "add images, remove the class folder, or change data.split.fractions.")
+        raise DataError(
+            f"Class '{label}' has {n} image(s), too few to appear in all {needed} splits; "
+            "add images, remove the class folder, or change data.split.fractions."
+        )
     val = max(1, round(n * fractions[1])) if fractions[1] > 0 else 0
     test = max(1, round(n * fractions[2])) if fractions[2] > 0 else 0
     while n - val - test < 1:
@@ -483,10 +526,13 @@ def imbalance_warnings(train_counts: dict[str, int]) -> list[str]:
     if not train_counts:
         return []
     largest = max(train_counts, key=train_counts.get)
-    return [f"class '{name}' has {n} train image(s) against {train_counts[largest]} of '{largest}': a model can "
-            f"ignore it and keep a high accuracy. Add images, or judge by balanced accuracy and macro F1 (evaluate "
-            f"reports both; compare.metric=test_balanced_accuracy)"
-            for name, n in sorted(train_counts.items()) if n < SMALL_CLASS_SHARE * train_counts[largest]]
+    return [
+        f"class '{name}' has {n} train image(s) against {train_counts[largest]} of '{largest}': a model can "
+        f"ignore it and keep a high accuracy. Add images, or judge by balanced accuracy and macro F1 (evaluate "
+        f"reports both; compare.metric=test_balanced_accuracy)"
+        for name, n in sorted(train_counts.items())
+        if n < SMALL_CLASS_SHARE * train_counts[largest]
+    ]
 
 
 def manifest_hash(split_dir: Path) -> str:

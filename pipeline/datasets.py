@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.backend import tf
 from pipeline.augmentation import BatchAugmenter, mix_batch
+from pipeline.backend import tf
 from pipeline.config import AugmentationConfig
 from pipeline.data import load_image
 
@@ -34,7 +34,7 @@ class ImageSet:
     classes: list[str]
 
     @classmethod
-    def from_manifest(cls, paths: list[str], names: list[str], classes: list[str]) -> "ImageSet":
+    def from_manifest(cls, paths: list[str], names: list[str], classes: list[str]) -> ImageSet:
         index = {name: i for i, name in enumerate(classes)}
         return cls(list(paths), [index[n] for n in names], list(classes))
 
@@ -73,8 +73,9 @@ def _to_float(images: tf.Tensor) -> tf.Tensor:
     return tf.cast(images, tf.float32)
 
 
-def build_eval_dataset(images: ImageSet, image_size: tuple[int, int], batch_size: int,
-                       cache: str = "auto") -> tf.data.Dataset:
+def build_eval_dataset(
+    images: ImageSet, image_size: tuple[int, int], batch_size: int, cache: str = "auto"
+) -> tf.data.Dataset:
     """Validation/test batches in manifest order: plain decode + resize, never augmented."""
     ds = decoded_dataset(images, image_size, cache).batch(batch_size)
     return ds.map(lambda x, y: (_to_float(x), y), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -84,9 +85,16 @@ def steps_per_epoch(images: ImageSet, batch_size: int) -> int:
     return -(-len(images) // batch_size)
 
 
-def build_train_dataset(images: ImageSet, image_size: tuple[int, int], batch_size: int,
-                        augmentation: AugmentationConfig, seed: int, start_epoch: int = 0,
-                        augment_images: bool = True, cache: str = "auto") -> tf.data.Dataset:
+def build_train_dataset(
+    images: ImageSet,
+    image_size: tuple[int, int],
+    batch_size: int,
+    augmentation: AugmentationConfig,
+    seed: int,
+    start_epoch: int = 0,
+    augment_images: bool = True,
+    cache: str = "auto",
+) -> tf.data.Dataset:
     """An endless stream of shuffled, augmented training batches; pass `steps_per_epoch` to fit.
 
     Each epoch is one reshuffled pass over the images (the last batch may be smaller).
@@ -120,19 +128,27 @@ def build_train_dataset(images: ImageSet, image_size: tuple[int, int], batch_siz
 # ------------------------------------------------------------------ cached backbone features
 
 
-def backbone_features(features_model, images: ImageSet, image_size: tuple[int, int], batch_size: int,
-                      cache: str = "auto", callbacks: list = ()) -> np.ndarray:
+def backbone_features(
+    features_model,
+    images: ImageSet,
+    image_size: tuple[int, int],
+    batch_size: int,
+    cache: str = "auto",
+    callbacks: list = (),
+) -> np.ndarray:
     """The frozen backbone's pooled features of every image, in manifest order (float32 [n, d]).
 
     Without augmentation a frozen backbone maps each image to the same features every
     epoch, so they are computed once and only the head trains on them."""
     plain = build_eval_dataset(images, image_size, batch_size, cache)
-    return features_model.predict(plain, verbose=1 if sys.stdout.isatty() else 0,
-                                  callbacks=list(callbacks)).astype(np.float32)
+    return features_model.predict(plain, verbose=1 if sys.stdout.isatty() else 0, callbacks=list(callbacks)).astype(
+        np.float32
+    )
 
 
-def build_feature_train_dataset(features: np.ndarray, images: ImageSet, batch_size: int, seed: int,
-                                start_epoch: int = 0) -> tf.data.Dataset:
+def build_feature_train_dataset(
+    features: np.ndarray, images: ImageSet, batch_size: int, seed: int, start_epoch: int = 0
+) -> tf.data.Dataset:
     """The endless, reshuffled stream of (features, one-hot label) batches; as `build_train_dataset`."""
     labels = images.one_hot_labels()
     ds = tf.data.Dataset.from_tensor_slices((features, labels))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 
-
 from pipeline.backend import keras, tf
 from pipeline.config import AugmentationConfig, TrainConfig
 from pipeline.errors import ConfigError
@@ -56,20 +55,25 @@ def make_strategy(train: TrainConfig) -> tf.distribute.Strategy:
 
 def cluster_config() -> dict:
     """$TF_CONFIG, checked: {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}}."""
-    example = ('TF_CONFIG=\'{"cluster": {"worker": ["10.0.0.1:12345", "10.0.0.2:12345"]}, '
-               '"task": {"type": "worker", "index": 0}}\'')
+    example = (
+        'TF_CONFIG=\'{"cluster": {"worker": ["10.0.0.1:12345", "10.0.0.2:12345"]}, '
+        '"task": {"type": "worker", "index": 0}}\''
+    )
     text = os.environ.get("TF_CONFIG")
     if not text:
-        raise ConfigError(f"train.strategy=multi_worker needs $TF_CONFIG describing the cluster, e.g. {example} "
-                          "(see README, 'Several machines').")
+        raise ConfigError(
+            f"train.strategy=multi_worker needs $TF_CONFIG describing the cluster, e.g. {example} "
+            "(see README, 'Several machines')."
+        )
     try:
         spec = json.loads(text)
         task, cluster = spec["task"], spec["cluster"]
         members = cluster[task["type"]]
         members[int(task["index"])]
     except (ValueError, KeyError, TypeError, IndexError) as error:
-        raise ConfigError(f"$TF_CONFIG is not a valid cluster description ({type(error).__name__}: {error}); "
-                          f"expected e.g. {example}") from None
+        raise ConfigError(
+            f"$TF_CONFIG is not a valid cluster description ({type(error).__name__}: {error}); expected e.g. {example}"
+        ) from None
     return spec
 
 
@@ -109,8 +113,13 @@ def _build_from_local_batch(self, iterator=None, data_batch=None):
     if iterator is not None:
         for _, _, batches in iterator:
             data_batch = tf.nest.map_structure(
-                lambda v: self.distribute_strategy.experimental_local_results(v)[0]
-                if isinstance(v, tf.distribute.DistributedValues) else v, next(batches))
+                lambda v: (
+                    self.distribute_strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues)
+                    else v
+                ),
+                next(batches),
+            )
             break
     with self.distribute_strategy.scope():
         self._symbolic_build(data_batch=data_batch)
@@ -126,8 +135,7 @@ def _reduce_logs_per_replica(keras_reduce):
 
     def reduce_per_replica(values, strategy, reduction):
         if reduction in ("auto", "mean") and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            return tf.nest.map_structure(
-                lambda v: strategy.reduce("MEAN", v, axis=0 if v.shape.rank else None), values)
+            return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=0 if v.shape.rank else None), values)
         return keras_reduce(values, strategy, reduction)
 
     reduce_per_replica.patched = True
@@ -156,4 +164,3 @@ def jit_setting(train: TrainConfig) -> bool:
     base: 8 images/s compiled against 184 as a plain tf.function, 2 cores), and it did not
     speed up the residual CNN either; the augmentation warp keeps its own compiled function."""
     return bool(gpus()) if train.jit_compile == "auto" else bool(train.jit_compile)
-

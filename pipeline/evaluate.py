@@ -36,13 +36,20 @@ def classification_metrics(actual: np.ndarray, predicted: np.ndarray, classes: l
         precision = tp / max(int(np.sum(predicted == i)), 1)
         recall = tp / max(int(np.sum(actual == i)), 1)
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": round(precision, 6), "recall": round(recall, 6), "f1": round(f1, 6),
-                           "support": int(np.sum(actual == i))}
+        per_class[name] = {
+            "precision": round(precision, 6),
+            "recall": round(recall, 6),
+            "f1": round(f1, 6),
+            "support": int(np.sum(actual == i)),
+        }
         f1s.append(f1)
     present = [c["recall"] for c in per_class.values() if c["support"]]
-    return {"accuracy": round(float(np.mean(actual == predicted)), 6),
-            "balanced_accuracy": round(float(np.mean(present)), 6) if present else 0.0,
-            "macro_f1": round(float(np.mean(f1s)), 6), "per_class": per_class}
+    return {
+        "accuracy": round(float(np.mean(actual == predicted)), 6),
+        "balanced_accuracy": round(float(np.mean(present)), 6) if present else 0.0,
+        "macro_f1": round(float(np.mean(f1s)), 6),
+        "per_class": per_class,
+    }
 
 
 def run(config: Config) -> dict:
@@ -52,8 +59,10 @@ def run(config: Config) -> dict:
     model = load_saved_model(Path(config.paths.models_dir) / "model.keras")
     image_size = tuple(model.input_shape[1:3])  # the size it was trained at, whatever data.image_size says now
     if image_size != tuple(config.data.image_size):
-        print(f"note: the model takes {image_size[0]}x{image_size[1]} images (data.image_size is "
-              f"{config.data.image_size[0]}x{config.data.image_size[1]}): evaluating at the model's size")
+        print(
+            f"note: the model takes {image_size[0]}x{image_size[1]} images (data.image_size is "
+            f"{config.data.image_size[0]}x{config.data.image_size[1]}): evaluating at the model's size"
+        )
     dataset = build_eval_dataset(test_set, image_size, config.train.batch_size)
 
     probabilities = model.predict(dataset, verbose=0)
@@ -61,8 +70,11 @@ def run(config: Config) -> dict:
     predicted = probabilities.argmax(axis=1)
     loss = float(keras.losses.CategoricalCrossentropy()(keras.ops.one_hot(actual, len(classes)), probabilities))
     report = classification_metrics(actual, predicted, classes)
-    metrics = {"loss": round(loss, 6), **{k: v for k, v in report.items() if k != "per_class"},
-               "test_images": len(actual)}
+    metrics = {
+        "loss": round(loss, 6),
+        **{k: v for k, v in report.items() if k != "per_class"},
+        "test_images": len(actual),
+    }
     per_class = {"test": report["per_class"], "val_recall": val_recall(model, config, classes, image_size)}
 
     reports.mkdir(parents=True, exist_ok=True)
@@ -74,9 +86,11 @@ def run(config: Config) -> dict:
         writer.writerows((classes[a], classes[p]) for a, p in zip(actual, predicted))
     figure = confusion_matrix_figure(actual, predicted, classes, reports / "confusion.png")
     _log_to_training_run(config, reports, metrics, per_class, figure)
-    print(f"test accuracy {metrics['accuracy']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f}, "
-          f"macro F1 {metrics['macro_f1']:.4f}, loss {loss:.4f} "
-          f"on {len(actual)} images -> {reports / 'metrics.json'}")
+    print(
+        f"test accuracy {metrics['accuracy']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f}, "
+        f"macro F1 {metrics['macro_f1']:.4f}, loss {loss:.4f} "
+        f"on {len(actual)} images -> {reports / 'metrics.json'}"
+    )
     return {**metrics, "per_class": per_class}
 
 
@@ -98,18 +112,35 @@ def _log_to_training_run(config: Config, reports: Path, metrics: dict, per_class
     # Logged into the finished run without reopening it: its status and end time stay the training's.
     run_id, client = run["run_id"], mlflow.MlflowClient()
     # measured on the test dataset, by the run's LoggedModel: the model's page shows them
-    test_dataset = next((d for d in client.get_run(run_id).inputs.dataset_inputs
-                         if any(t.key == "mlflow.data.context" and t.value == "testing" for t in d.tags)), None)
+    test_dataset = next(
+        (
+            d
+            for d in client.get_run(run_id).inputs.dataset_inputs
+            if any(t.key == "mlflow.data.context" and t.value == "testing" for t in d.tags)
+        ),
+        None,
+    )
     recalls = {f"test_recall.{name}": c["recall"] for name, c in per_class["test"].items() if c["support"]}
     recalls |= {f"val_recall.{name}": recall for name, recall in per_class["val_recall"].items()}
-    mlflow.log_metrics({"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
-                        "test_macro_f1": metrics["macro_f1"], "test_balanced_accuracy": metrics["balanced_accuracy"],
-                        **recalls}, run_id=run_id, model_id=run.get("model_id"),
-                       dataset=test_dataset.dataset if test_dataset else None)
+    mlflow.log_metrics(
+        {
+            "test_accuracy": metrics["accuracy"],
+            "test_loss": metrics["loss"],
+            "test_macro_f1": metrics["macro_f1"],
+            "test_balanced_accuracy": metrics["balanced_accuracy"],
+            **recalls,
+        },
+        run_id=run_id,
+        model_id=run.get("model_id"),
+        dataset=test_dataset.dataset if test_dataset else None,
+    )
     # the run's description, at the top of its page in the MLflow UI: the headline at a glance
-    client.set_tag(run_id, "mlflow.note.content",
-                   f"**test accuracy {metrics['accuracy']:.4f}** (balanced {metrics['balanced_accuracy']:.4f}, "
-                   f"macro F1 {metrics['macro_f1']:.4f}) on {metrics['test_images']} test images")
+    client.set_tag(
+        run_id,
+        "mlflow.note.content",
+        f"**test accuracy {metrics['accuracy']:.4f}** (balanced {metrics['balanced_accuracy']:.4f}, "
+        f"macro F1 {metrics['macro_f1']:.4f}) on {metrics['test_images']} test images",
+    )
     client.log_artifact(run_id, str(figure))
     client.log_dict(run_id, {**metrics, "per_class": per_class}, "classification_report.json")
 

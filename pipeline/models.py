@@ -17,9 +17,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-
-from pipeline.backend import keras
 from pipeline import efficientnet_lite
+from pipeline.backend import keras
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.errors import ModelError
 
@@ -46,8 +45,10 @@ def resolve_weights(weights: str | None, timeout_s: float = 5.0) -> str | None:
     if weights != "imagenet":
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise ModelError(f"model.weights={weights!r}: no such file. Use model.weights=imagenet, "
-                             "model.weights=null (random init) or a path to a local .weights.h5 file.")
+            raise ModelError(
+                f"model.weights={weights!r}: no such file. Use model.weights=imagenet, "
+                "model.weights=null (random init) or a path to a local .weights.h5 file."
+            )
         return str(path.resolve())
     try:
         urllib.request.urlopen(urllib.request.Request(WEIGHTS_HOST, method="HEAD"), timeout=timeout_s).close()
@@ -74,14 +75,17 @@ RESIDUAL_STAGES = ((64, 2), (128, 2), (256, 1))  # (filters, blocks); each stage
 
 def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, relu: bool = True):
     x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)  # statistics that keep up with ~100 steps an epoch
+    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(
+        x
+    )  # statistics that keep up with ~100 steps an epoch
     return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
 def _residual_block(x, filters: int, stride: int, name: str):
     """A ResNet basic block: two 3x3 convolutions beside a shortcut (a 1x1 projection where the shape changes)."""
-    shortcut = x if stride == 1 and x.shape[-1] == filters else _conv_bn(x, filters, 1, stride, f"{name}_shortcut",
-                                                                         relu=False)
+    shortcut = (
+        x if stride == 1 and x.shape[-1] == filters else _conv_bn(x, filters, 1, stride, f"{name}_shortcut", relu=False)
+    )
     x = _conv_bn(x, filters, 3, stride, f"{name}_a")
     x = _conv_bn(x, filters, 3, 1, f"{name}_b", relu=False)
     return keras.layers.ReLU(name=f"{name}_out")(keras.layers.Add(name=f"{name}_add")([x, shortcut]))
@@ -125,10 +129,11 @@ def set_trainable_layers(base: keras.Model, config: ModelConfig) -> None:
     names = [layer.name for layer in base.layers]
     start = next((i for i, name in enumerate(names) if name.startswith(config.fine_tune_from)), None)
     if start is None:
-        starts = sorted({name.split("_")[0] for name in names if name.startswith("block")},
-                        key=lambda n: (len(n), n))
-        raise ModelError(f"model.fine_tune_from={config.fine_tune_from!r}: no layer of the {config.name} base starts "
-                         f"with that name. Its blocks: {', '.join(starts) or '-'} (layers: {names[1]} ... {names[-1]}).")
+        starts = sorted({name.split("_")[0] for name in names if name.startswith("block")}, key=lambda n: (len(n), n))
+        raise ModelError(
+            f"model.fine_tune_from={config.fine_tune_from!r}: no layer of the {config.name} base starts "
+            f"with that name. Its blocks: {', '.join(starts) or '-'} (layers: {names[1]} ... {names[-1]})."
+        )
     base.trainable = True
     for i, layer in enumerate(base.layers):
         layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
@@ -151,7 +156,8 @@ def build_model(config: ModelConfig, num_classes: int, image_size: tuple[int, in
         set_trainable_layers(base, config)
         # A pretrained base runs in inference mode; one trained from scratch updates its BatchNorm.
         pooled = keras.layers.GlobalAveragePooling2D(name="pool")(
-            base(x, training=config.trainable_base and not config.pretrained))
+            base(x, training=config.trainable_base and not config.pretrained)
+        )
     features = keras.Model(inputs, pooled, name="features")
 
     head_inputs = keras.Input(features.output_shape[1:], name="pooled_features")
@@ -180,23 +186,37 @@ def load_saved_model(path: str | Path) -> keras.Model:
     """A model saved by the train stage (`.keras`), or a ModelError that says what is wrong with the file."""
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"{path}: no such model file. Train one first (python -m pipeline.train or dvc repro), "
-                         "or pass an MLflow model URI such as runs:/<run_id>/model.")
+        raise ModelError(
+            f"{path}: no such model file. Train one first (python -m pipeline.train or dvc repro), "
+            "or pass an MLflow model URI such as runs:/<run_id>/model."
+        )
     if not zipfile.is_zipfile(path):
-        raise ModelError(f"{path} exists but is not a Keras model file (a .keras file is a zip archive; this one is "
-                         f"{path.stat().st_size} bytes of something else, perhaps damaged or cut short). "
-                         "Train again (python -m pipeline.train) or restore the file.")
+        raise ModelError(
+            f"{path} exists but is not a Keras model file (a .keras file is a zip archive; this one is "
+            f"{path.stat().st_size} bytes of something else, perhaps damaged or cut short). "
+            "Train again (python -m pipeline.train) or restore the file."
+        )
     try:
         return keras.models.load_model(path)
     except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as error:
-        raise ModelError(f"{path} cannot be loaded as a Keras model ({str(error).splitlines()[0]}). "
-                         "It may be damaged or saved by another Keras version: train again.") from None
+        raise ModelError(
+            f"{path} cannot be loaded as a Keras model ({str(error).splitlines()[0]}). "
+            "It may be damaged or saved by another Keras version: train again."
+        ) from None
 
 
 def _saved_model(trainer: keras.Model) -> keras.Model:
     """The classifier inside a trainer (itself, or the model behind an augmentation layer)."""
-    return next((layer for layer in trainer.layers if isinstance(layer, keras.Model) and layer.name != "head"
-                 and any(inner.name == "features" for inner in layer.layers)), trainer)
+    return next(
+        (
+            layer
+            for layer in trainer.layers
+            if isinstance(layer, keras.Model)
+            and layer.name != "head"
+            and any(inner.name == "features" for inner in layer.layers)
+        ),
+        trainer,
+    )
 
 
 def scale_learning_rate(optimizer: keras.optimizers.Optimizer, variables: list, factor: float) -> None:
@@ -228,12 +248,14 @@ def learning_rate_schedule(peak: float, train: TrainConfig, steps_per_epoch: int
         return peak
     total = max(1, train.epochs * steps_per_epoch)
     warmup = min(total - 1, train.warmup_epochs * steps_per_epoch)
-    return keras.optimizers.schedules.CosineDecay(peak / 10, decay_steps=total - warmup, alpha=0.0,
-                                                  warmup_target=peak, warmup_steps=warmup)
+    return keras.optimizers.schedules.CosineDecay(
+        peak / 10, decay_steps=total - warmup, alpha=0.0, warmup_target=peak, warmup_steps=warmup
+    )
 
 
-def compile_model(model: keras.Model, config: ModelConfig, train: TrainConfig, steps_per_epoch: int,
-                  jit_compile) -> keras.Model:
+def compile_model(
+    model: keras.Model, config: ModelConfig, train: TrainConfig, steps_per_epoch: int, jit_compile
+) -> keras.Model:
     """Adam (AdamW when `train.weight_decay` > 0) or SGD with Nesterov momentum 0.9, on the schedule;
     cross-entropy with label smoothing. Weight decay is decoupled: each step shrinks a weight by
     learning rate x weight_decay of itself (for SGD the same as an L2 penalty of that coefficient)."""
@@ -244,8 +266,13 @@ def compile_model(model: keras.Model, config: ModelConfig, train: TrainConfig, s
     else:
         optimizer = keras.optimizers.AdamW(rate, weight_decay=decay) if decay else keras.optimizers.Adam(rate)
     if config.fine_tune_from is not None:
-        scale_learning_rate(optimizer, fine_tuned_variables(_saved_model(model)),
-                            config.fine_tune_learning_rate / config.learning_rate)
-    model.compile(optimizer=optimizer, loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
-                  metrics=["accuracy"], jit_compile=jit_compile)
+        scale_learning_rate(
+            optimizer, fine_tuned_variables(_saved_model(model)), config.fine_tune_learning_rate / config.learning_rate
+        )
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
     return model

@@ -46,11 +46,14 @@ def mark_orphaned_runs(experiment_id: str) -> list[str]:
             continue
         client.set_tag(run.info.run_id, "end_reason", f"its process {tags[PID]} on {host} ended without closing it")
         client.set_terminated(run.info.run_id, "KILLED")
-        for model in mlflow.search_logged_models(experiment_ids=[experiment_id], output_format="list",
-                                                 filter_string=f"source_run_id = '{run.info.run_id}'"):
+        for model in mlflow.search_logged_models(
+            experiment_ids=[experiment_id], output_format="list", filter_string=f"source_run_id = '{run.info.run_id}'"
+        ):
             if model.status == LoggedModelStatus.PENDING:
                 mlflow.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
-        print(f"note: run {run.info.run_id} ({run.info.run_name}) was RUNNING, but its process {tags[PID]} on {host} "
-              "is gone (killed?): marked KILLED")
+        print(
+            f"note: run {run.info.run_id} ({run.info.run_name}) was RUNNING, but its process {tags[PID]} on {host} "
+            "is gone (killed?): marked KILLED"
+        )
         marked.append(run.info.run_id)
     return marked

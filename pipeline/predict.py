@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.data import is_ignored, inspect_image, load_image
+from pipeline.data import inspect_image, is_ignored, load_image
 from pipeline.errors import ModelError, UserError
 
 PREDICT_BATCH = 64  # images decoded and predicted at a time: memory stays bounded on any folder
@@ -63,9 +63,11 @@ def _load_mlflow_model(uri: str):
         folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
         return mlflow.keras.load_model(str(folder)), folder
     except (MlflowException, OSError) as error:
-        raise ModelError(f"cannot load the model {uri!r} ({getattr(error, 'message', error)}). Give a .keras file or "
-                         f"an MLflow model URI (runs:/<run_id>/model) from the store {mlflow.get_tracking_uri()}; "
-                         "set $MLFLOW_TRACKING_URI for another store.") from None
+        raise ModelError(
+            f"cannot load the model {uri!r} ({getattr(error, 'message', error)}). Give a .keras file or "
+            f"an MLflow model URI (runs:/<run_id>/model) from the store {mlflow.get_tracking_uri()}; "
+            "set $MLFLOW_TRACKING_URI for another store."
+        ) from None
 
 
 def expand_folders(names: list[str]) -> tuple[list[str], list[str]]:
@@ -74,8 +76,11 @@ def expand_folders(names: list[str]) -> tuple[list[str], list[str]]:
     for name in names:
         path = Path(name)
         if path.is_dir():
-            found += [str(f) for f in sorted(path.rglob("*")) if f.is_file()
-                      and not any(is_ignored(part) for part in f.relative_to(path).parts)]
+            found += [
+                str(f)
+                for f in sorted(path.rglob("*"))
+                if f.is_file() and not any(is_ignored(part) for part in f.relative_to(path).parts)
+            ]
         else:
             named.append(name)
     return named, found
@@ -85,11 +90,12 @@ def predict_files(model, classes: list[str], files: list[str], top_k: int) -> li
     """One result per file: {"file", "top": [(class, probability), ...]} or {"file", "error"}."""
     height, width = model.input_shape[1:3]
     results = [{"file": name} for name in files]
-    with tqdm(total=len(files), desc="predict", unit="img", disable=len(files) <= PREDICT_BATCH,
-              file=sys.stderr) as progress:
+    with tqdm(
+        total=len(files), desc="predict", unit="img", disable=len(files) <= PREDICT_BATCH, file=sys.stderr
+    ) as progress:
         for start in range(0, len(files), PREDICT_BATCH):
             batch, images = [], []
-            for result in results[start:start + PREDICT_BATCH]:
+            for result in results[start : start + PREDICT_BATCH]:
                 _, problem = inspect_image(Path(result["file"]))
                 if problem:
                     result["error"] = problem
@@ -104,12 +110,15 @@ def predict_files(model, classes: list[str], files: list[str], top_k: int) -> li
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("model", help="models/model.keras or an MLflow model URI (runs:/<run_id>/model)")
     parser.add_argument("images", nargs="+", help="image files, or folders (every image below them)")
     parser.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
-    parser.add_argument("--classes", type=Path, help="JSON list of class names (default: classes.json beside the model)")
+    parser.add_argument(
+        "--classes", type=Path, help="JSON list of class names (default: classes.json beside the model)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     args = parser.parse_args(argv)
     if args.top_k < 1:
@@ -122,11 +131,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     named, found = expand_folders(args.images)
     results = predict_files(model, classes, named + found, min(args.top_k, len(classes)))
-    not_images = [r for r in results[len(named):] if "error" in r]
-    results = results[:len(named)] + [r for r in results[len(named):] if "error" not in r]
+    not_images = [r for r in results[len(named) :] if "error" in r]
+    results = results[: len(named)] + [r for r in results[len(named) :] if "error" not in r]
     if not_images:
-        print(f"note: {len(not_images)} file(s) in the folder(s) are not usable images and were left out, e.g. "
-              f"{not_images[0]['file']}: {not_images[0]['error']}", file=sys.stderr)
+        print(
+            f"note: {len(not_images)} file(s) in the folder(s) are not usable images and were left out, e.g. "
+            f"{not_images[0]['file']}: {not_images[0]['error']}",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(results, indent=2))
     for result in results:

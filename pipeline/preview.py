@@ -26,9 +26,11 @@ def run(config: Config, rows: int = 6, variants: int = 5) -> Path:
     print(target.resolve())
     operations = config.augmentation.active_operations()
     if len(operations) > 1:  # which of them helps? the ablation sweep that answers it
-        print(f"operations of {config.augmentation.name}: {', '.join(operations)}; which of them helps:\n"
-              f"  python -m pipeline.train -m augmentation={config.augmentation.name} "
-              f"augmentation.ablate=none,{','.join(operations)} seed=1,2,3,4,5")
+        print(
+            f"operations of {config.augmentation.name}: {', '.join(operations)}; which of them helps:\n"
+            f"  python -m pipeline.train -m augmentation={config.augmentation.name} "
+            f"augmentation.ablate=none,{','.join(operations)} seed=1,2,3,4,5"
+        )
     return target
 
 

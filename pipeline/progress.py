@@ -47,6 +47,10 @@ class ProgressLines(keras.callbacks.Callback):
         epochs = self.params.get("epochs") or self._epoch + 1
         left_in_epoch = epoch_seconds - elapsed
         left_in_run = left_in_epoch + epoch_seconds * (epochs - self._epoch - 1)
-        print(f"epoch {self._epoch + 1}/{epochs}, batch {done}/{self.steps}: "
-              f"{done * self.batch_size / elapsed:.0f} images/s, this epoch ends in {_clock(left_in_epoch)}, "
-              f"the run in at most {_clock(left_in_run)}", file=self.stream, flush=True)
+        print(
+            f"epoch {self._epoch + 1}/{epochs}, batch {done}/{self.steps}: "
+            f"{done * self.batch_size / elapsed:.0f} images/s, this epoch ends in {_clock(left_in_epoch)}, "
+            f"the run in at most {_clock(left_in_run)}",
+            file=self.stream,
+            flush=True,
+        )

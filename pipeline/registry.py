@@ -34,18 +34,26 @@ def register_champion(model_name: str, run_id: str, group: str, metric: str, gro
     the alias `champion` when there is none yet or the current champion's group scored lower on
     the same metric. Returns a one-line account of what happened."""
     client = mlflow.MlflowClient()
-    models = [m for m in mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
-              if m.status == LoggedModelStatus.READY]
+    models = [
+        m
+        for m in mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
+        if m.status == LoggedModelStatus.READY
+    ]
     if not models:
-        raise TrackingError(f"run {run_id} has no READY logged model to register (trained with tracking.log_model=false?)")
+        raise TrackingError(
+            f"run {run_id} has no READY logged model to register (trained with tracking.log_model=false?)"
+        )
     try:
         client.create_registered_model(model_name, tags={"created_by": "pipeline.compare"})
     except MlflowException:
         pass  # exists
     version = next((v for v in client.search_model_versions(f"name = '{model_name}'") if v.run_id == run_id), None)
     if version is None:
-        version = mlflow.register_model(f"models:/{models[0].model_id}", model_name,
-                                        tags={"group": group, "metric": metric, "group_mean": f"{group_mean:.6f}"})
+        version = mlflow.register_model(
+            f"models:/{models[0].model_id}",
+            model_name,
+            tags={"group": group, "metric": metric, "group_mean": f"{group_mean:.6f}"},
+        )
     try:
         champion = client.get_model_version_by_alias(model_name, "champion")
     except MlflowException:
@@ -53,10 +61,13 @@ def register_champion(model_name: str, run_id: str, group: str, metric: str, gro
     where = f"models:/{model_name}@champion"
     if champion is not None and champion.version == version.version:
         return f"registry: {model_name} version {version.version} ({group}) is already the champion: {where}"
-    if champion is None or (champion.tags.get("metric") == metric
-                            and float(champion.tags.get("group_mean", "-inf")) < group_mean):
+    if champion is None or (
+        champion.tags.get("metric") == metric and float(champion.tags.get("group_mean", "-inf")) < group_mean
+    ):
         client.set_registered_model_alias(model_name, "champion", version.version)
         return f"registry: {model_name} version {version.version} ({group}, {metric} {group_mean:.4f}) is the champion: {where}"
-    return (f"registry: {model_name} version {version.version} ({group}, {metric} {group_mean:.4f}) registered; the "
-            f"champion stays version {champion.version} ({champion.tags.get('group')}, "
-            f"{champion.tags.get('metric')} {champion.tags.get('group_mean')})")
+    return (
+        f"registry: {model_name} version {version.version} ({group}, {metric} {group_mean:.4f}) registered; the "
+        f"champion stays version {champion.version} ({champion.tags.get('group')}, "
+        f"{champion.tags.get('metric')} {champion.tags.get('group_mean')})"
+    )

@@ -38,20 +38,30 @@ def _difference_rows(differences: list[dict]) -> list[str]:
     rows = []
     for d in differences:
         wins = "-" if d["probability_of_improvement"] is None else f"{d['probability_of_improvement']:.2f}"
-        seeds = "-" if d["low"] is None else " / ".join(
-            str(n) if n else f">{MOST_SEEDS_ADVISED}" for n in (d["seeds_needed"], d["seeds_needed_1pt"]))
+        seeds = (
+            "-"
+            if d["low"] is None
+            else " / ".join(
+                str(n) if n else f">{MOST_SEEDS_ADVISED}" for n in (d["seeds_needed"], d["seeds_needed_1pt"])
+            )
+        )
         level = "" if d["verdict_confidence"] is None else f" at {d['verdict_confidence']:.1%}"
-        rows.append(f"| {d['group']} | {d['baseline']} | {_points(d['mean'])} | {_interval(d['t_low'], d['t_high'])} "
-                    f"| {_interval(d['bootstrap_low'], d['bootstrap_high'])} | {_p(d['t_p_value'])} "
-                    f"| {_p(d['p_adjusted'])} | {_interval(d['low'], d['high'])}{level} | {_p(d['p_value'])} | {wins} "
-                    f"| {_ratio(d['affinity'])} | {_ratio(d['diversity'])} | {_ratio(d['cost'])} | {seeds} "
-                    f"| {d['method']} | **{d['verdict']}**: {d['reason']} |")
+        rows.append(
+            f"| {d['group']} | {d['baseline']} | {_points(d['mean'])} | {_interval(d['t_low'], d['t_high'])} "
+            f"| {_interval(d['bootstrap_low'], d['bootstrap_high'])} | {_p(d['t_p_value'])} "
+            f"| {_p(d['p_adjusted'])} | {_interval(d['low'], d['high'])}{level} | {_p(d['p_value'])} | {wins} "
+            f"| {_ratio(d['affinity'])} | {_ratio(d['diversity'])} | {_ratio(d['cost'])} | {seeds} "
+            f"| {d['method']} | **{d['verdict']}**: {d['reason']} |"
+        )
     return rows
 
 
-DIFFERENCE_HEADER = ["| {what} | vs | difference | t interval | bootstrap interval | t-test p | Holm p "
-                     "| verdict interval | sign-flip p | P(better) | affinity | diversity | cost "
-                     "| seeds to resolve it / 1 point | method | verdict |", "|---" * 16 + "|"]
+DIFFERENCE_HEADER = [
+    "| {what} | vs | difference | t interval | bootstrap interval | t-test p | Holm p "
+    "| verdict interval | sign-flip p | P(better) | affinity | diversity | cost "
+    "| seeds to resolve it / 1 point | method | verdict |",
+    "|---" * 16 + "|",
+]
 
 
 def class_table(differences: list[dict]) -> list[str]:
@@ -60,14 +70,23 @@ def class_table(differences: list[dict]) -> list[str]:
     if not shown:
         return []
     classes = sorted({name for d in shown for name in d["per_class"]})
-    lines = ["| class | " + " | ".join(f"{d['group']} vs {d['baseline']}" for d in shown) + " |",
-             "|---" * (len(shown) + 1) + "|"]
+    lines = [
+        "| class | " + " | ".join(f"{d['group']} vs {d['baseline']}" for d in shown) + " |",
+        "|---" * (len(shown) + 1) + "|",
+    ]
     for name in classes:
         cells = []
         for d in shown:
             c = d["per_class"].get(name)
-            cells.append("-" if c is None else (f"**{_points(c['mean'])}** [{_points(c['low'])}, {_points(c['high'])}]"
-                                                if c["significant"] else f"{_points(c['mean'])}"))
+            cells.append(
+                "-"
+                if c is None
+                else (
+                    f"**{_points(c['mean'])}** [{_points(c['low'])}, {_points(c['high'])}]"
+                    if c["significant"]
+                    else f"{_points(c['mean'])}"
+                )
+            )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -76,45 +95,71 @@ def render_markdown(report: dict) -> str:
     """The report as markdown: groups (accuracy in %, mean ± std over seeds), the verdicts
     against the baseline, each ablated operation's contribution, the per-class effects and
     notes on the evidence."""
-    lines = [f"# Augmentation comparison: experiment `{report['experiment']}`", "",
-             f"{report['runs']} finished runs"
-             + (f" ({report['runs_left_out']} failed/killed/running runs left out)" if report["runs_left_out"] else "")
-             + (f", filter `{report['filter']}`" if report["filter"] else "") + ".", "",
-             "| group | runs | seeds | best val accuracy % | test accuracy % | test balanced accuracy % | epochs to best "
-             "| not converged |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Augmentation comparison: experiment `{report['experiment']}`",
+        "",
+        f"{report['runs']} finished runs"
+        + (f" ({report['runs_left_out']} failed/killed/running runs left out)" if report["runs_left_out"] else "")
+        + (f", filter `{report['filter']}`" if report["filter"] else "")
+        + ".",
+        "",
+        "| group | runs | seeds | best val accuracy % | test accuracy % | test balanced accuracy % | epochs to best "
+        "| not converged |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for g in report["groups"]:
         epochs = "-" if math.isnan(g["best_epoch_mean"]) else f"{g['best_epoch_mean']:.1f}"
-        lines.append(f"| {g['group']} | {g['runs']} | {g['seeds']} "
-                     f"| {_percent(g['best_val_accuracy_mean'], g['best_val_accuracy_std'], g['best_val_accuracy_n'])} "
-                     f"| {_percent(g['test_accuracy_mean'], g['test_accuracy_std'], g['test_accuracy_n'])} "
-                     f"| {_percent(*(g[f'test_balanced_accuracy_{k}'] for k in ('mean', 'std', 'n')))} "
-                     f"| {epochs} | {g['not_converged']} of {g['runs']} |")
-    lines += ["", f"## Against `{report['baseline']}`: {report['metric']}, difference in points, "
-                  f"{report['confidence']:.0%} intervals", "", *[h.format(what="group") for h in DIFFERENCE_HEADER]]
+        lines.append(
+            f"| {g['group']} | {g['runs']} | {g['seeds']} "
+            f"| {_percent(g['best_val_accuracy_mean'], g['best_val_accuracy_std'], g['best_val_accuracy_n'])} "
+            f"| {_percent(g['test_accuracy_mean'], g['test_accuracy_std'], g['test_accuracy_n'])} "
+            f"| {_percent(*(g[f'test_balanced_accuracy_{k}'] for k in ('mean', 'std', 'n')))} "
+            f"| {epochs} | {g['not_converged']} of {g['runs']} |"
+        )
+    lines += [
+        "",
+        f"## Against `{report['baseline']}`: {report['metric']}, difference in points, "
+        f"{report['confidence']:.0%} intervals",
+        "",
+        *[h.format(what="group") for h in DIFFERENCE_HEADER],
+    ]
     lines += _difference_rows(report["differences"])
     if not report["differences"]:
         lines.append(f"| (no group to compare with `{report['baseline']}`) |" + " |" * 15)
     if report["ablations"]:
-        lines += ["", f"## Which operation helps: the full preset minus the preset without it, {report['metric']}", "",
-                  *[h.format(what="operation") for h in DIFFERENCE_HEADER]]
+        lines += [
+            "",
+            f"## Which operation helps: the full preset minus the preset without it, {report['metric']}",
+            "",
+            *[h.format(what="operation") for h in DIFFERENCE_HEADER],
+        ]
         lines += _difference_rows(report["ablations"])
-    lines += ["", "keep: the verdict interval (the union of the t and bootstrap intervals, widened by Holm's correction "
-                  "over this report's comparisons) is above 0 and the Holm-adjusted t-test p is below "
-                  f"{1 - report['confidence']:.2f}; drop: the same, below 0; not converged: a run's best epoch came "
-                  "within its last train.patience epochs (raise train.epochs); inconclusive: otherwise. "
-                  "The sign-flip p (exact, no normality assumed) is shown but not corrected: it cannot go below "
-                  "2/2^n (0.0625 at 5 seeds). P(better): the share of seeds on which the group beats the baseline. "
-                  "affinity: the baseline models' val accuracy on images augmented by it alone / on clean images; "
-                  "diversity: final training loss with it / without; cost: median epoch time with it / without. "
-                  "Seeds to resolve it: seeds per group for a corrected verdict on this difference, and on a "
-                  f"1-point one, with {report['power']:.0%} power given the spread seen. An ablation's keep means "
-                  "the operation helps its preset.", ""]
+    lines += [
+        "",
+        "keep: the verdict interval (the union of the t and bootstrap intervals, widened by Holm's correction "
+        "over this report's comparisons) is above 0 and the Holm-adjusted t-test p is below "
+        f"{1 - report['confidence']:.2f}; drop: the same, below 0; not converged: a run's best epoch came "
+        "within its last train.patience epochs (raise train.epochs); inconclusive: otherwise. "
+        "The sign-flip p (exact, no normality assumed) is shown but not corrected: it cannot go below "
+        "2/2^n (0.0625 at 5 seeds). P(better): the share of seeds on which the group beats the baseline. "
+        "affinity: the baseline models' val accuracy on images augmented by it alone / on clean images; "
+        "diversity: final training loss with it / without; cost: median epoch time with it / without. "
+        "Seeds to resolve it: seeds per group for a corrected verdict on this difference, and on a "
+        f"1-point one, with {report['power']:.0%} power given the spread seen. An ablation's keep means "
+        "the operation helps its preset.",
+        "",
+    ]
     per_class = class_table(report["differences"] + report["ablations"])
     if per_class:
-        lines += ["## Per class: test recall, difference in points (** Holm-corrected over the classes, "
-                  "with its interval)", "", *per_class, ""]
-        lines += [f"- {flag}" for flag in report["class_flags"]] or ["- no class moves significantly against the "
-                                                                     "average"]
+        lines += [
+            "## Per class: test recall, difference in points (** Holm-corrected over the classes, with its interval)",
+            "",
+            *per_class,
+            "",
+        ]
+        lines += [f"- {flag}" for flag in report["class_flags"]] or [
+            "- no class moves significantly against the average"
+        ]
         lines.append("")
     lines += [f"- {note}" for note in evidence_notes(report) + report["notes"]]
     return "\n".join(lines) + "\n"
@@ -124,17 +169,23 @@ def evidence_notes(report: dict) -> list[str]:
     """What limits the evidence: repeated runs left out, runs still improving, too few seeds."""
     notes = []
     if report["repeats_dropped"]:
-        notes.append(f"{report['repeats_dropped']} repeated run(s) of a seed already counted were left out "
-                     "(the latest FINISHED run of each group and seed is used).")
+        notes.append(
+            f"{report['repeats_dropped']} repeated run(s) of a seed already counted were left out "
+            "(the latest FINISHED run of each group and seed is used)."
+        )
     for g in report["groups"]:
         if g["not_converged"]:
-            notes.append(f"{g['group']}: {g['not_converged']} of {g['runs']} runs had their best epoch within their "
-                         "last train.patience epochs, so they may still have been improving: raise train.epochs "
-                         "(train.resume=true continues them) for a verdict at convergence.")
+            notes.append(
+                f"{g['group']}: {g['not_converged']} of {g['runs']} runs had their best epoch within their "
+                "last train.patience epochs, so they may still have been improving: raise train.epochs "
+                "(train.resume=true continues them) for a verdict at convergence."
+            )
     few = [g["group"] for g in report["groups"] if g["runs"] < SEEDS_ADVISED]
     if few:
-        notes.append(f"fewer than {SEEDS_ADVISED} seeds in {', '.join(few)}: use at least {SEEDS_ADVISED} "
-                     f"(seed=1,2,3,4,5); fewer give wide intervals, and below 3 there is no verdict at all.")
+        notes.append(
+            f"fewer than {SEEDS_ADVISED} seeds in {', '.join(few)}: use at least {SEEDS_ADVISED} "
+            f"(seed=1,2,3,4,5); fewer give wide intervals, and below 3 there is no verdict at all."
+        )
     return notes
 
 

@@ -13,15 +13,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import Config, stage_entry
-from pipeline.data import SOURCE_FILE, SPLITS, imbalance_warnings, resolve_source, scan, split_dataset, validate_images, write_split
+from pipeline.data import (
+    SOURCE_FILE,
+    SPLITS,
+    imbalance_warnings,
+    resolve_source,
+    scan,
+    split_dataset,
+    validate_images,
+    write_split,
+)
 
 
 def run(config: Config) -> dict:
     data = config.data
     report_path = Path(config.paths.reports_dir) / "split_report.json"
     # A failed split must not leave an earlier split behind for train to use.
-    for stale in (report_path, *(Path(config.paths.split_dir) / name
-                                  for name in (*(f"{s}.csv" for s in SPLITS), "classes.json", SOURCE_FILE))):
+    for stale in (
+        report_path,
+        *(Path(config.paths.split_dir) / name for name in (*(f"{s}.csv" for s in SPLITS), "classes.json", SOURCE_FILE)),
+    ):
         stale.unlink(missing_ok=True)
     root = resolve_source(data.source, data.download_dir, data.sha256)
     print(f"dataset: {root}")
@@ -30,8 +41,10 @@ def run(config: Config) -> dict:
     result = split_dataset(candidates, checks, ignored, list(data.split.fractions), config.seed, data.limit_per_class)
     report = write_split(result, Path(config.paths.split_dir), report_path, data.source)
     counts = ", ".join(f"{s} {n}" for s, n in report["counts"].items())
-    print(f"split: {counts} images in {len(report['classes'])} classes; skipped {len(report['skipped'])}, "
-          f"duplicate groups {len(report['duplicates'])}, label conflicts {len(report['conflicts'])}")
+    print(
+        f"split: {counts} images in {len(report['classes'])} classes; skipped {len(report['skipped'])}, "
+        f"duplicate groups {len(report['duplicates'])}, label conflicts {len(report['conflicts'])}"
+    )
     for item in report["skipped"]:
         print(f"  skipped {item['path']}: {item['reason']}")
     for warning in imbalance_warnings(report["per_class"]["train"]):

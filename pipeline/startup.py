@@ -57,6 +57,9 @@ def quiet_tensorflow_start() -> None:
             os.dup2(saved, 2)
             os.close(saved)
         caught.seek(0)
-        kept = [line for line in caught.read().decode(errors="replace").splitlines(keepends=True)
-                if line.strip() and not any(noise in line for noise in STARTUP_NOISE)]
+        kept = [
+            line
+            for line in caught.read().decode(errors="replace").splitlines(keepends=True)
+            if line.strip() and not any(noise in line for noise in STARTUP_NOISE)
+        ]
     sys.stderr.write("".join(kept))

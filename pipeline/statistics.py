@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
 
 BOOTSTRAP_RESAMPLES = 10_000
-EXACT_PERMUTATIONS_UP_TO = 2**20   # beyond this many relabellings, a seeded Monte Carlo sample of them
-MOST_SEEDS_ADVISED = 1000          # seeds_needed answers None beyond this ("not with this spread")
+EXACT_PERMUTATIONS_UP_TO = 2**20  # beyond this many relabellings, a seeded Monte Carlo sample of them
+MOST_SEEDS_ADVISED = 1000  # seeds_needed answers None beyond this ("not with this spread")
 
 
 def t_interval(differences: Sequence[float], confidence: float) -> tuple[float, float]:
@@ -43,8 +43,9 @@ def welch_interval(ours: Sequence[float], theirs: Sequence[float], confidence: f
     return float(mean - half), float(mean + half)
 
 
-def bootstrap_interval(differences: Sequence[float], confidence: float, resamples: int = BOOTSTRAP_RESAMPLES,
-                       seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(
+    differences: Sequence[float], confidence: float, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval on the mean of paired differences: resample the seeds
     with replacement `resamples` times (seeded, so a report is reproducible)."""
     d = np.asarray(differences, dtype=float)
@@ -54,13 +55,19 @@ def bootstrap_interval(differences: Sequence[float], confidence: float, resample
     return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
-def bootstrap_interval_unpaired(ours: Sequence[float], theirs: Sequence[float], confidence: float,
-                                resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval_unpaired(
+    ours: Sequence[float],
+    theirs: Sequence[float],
+    confidence: float,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile bootstrap on mean(ours) - mean(theirs), each group resampled on its own."""
     a, b = np.asarray(ours, dtype=float), np.asarray(theirs, dtype=float)
     rng = np.random.default_rng(seed)
-    means = (a[rng.integers(0, len(a), size=(resamples, len(a)))].mean(axis=1)
-             - b[rng.integers(0, len(b), size=(resamples, len(b)))].mean(axis=1))
+    means = a[rng.integers(0, len(a), size=(resamples, len(a)))].mean(axis=1) - b[
+        rng.integers(0, len(b), size=(resamples, len(b)))
+    ].mean(axis=1)
     tail = (1 - confidence) / 2 * 100
     return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import importlib.metadata
 import fcntl
+import importlib.metadata
 import os
 import platform
 import shutil
@@ -24,19 +24,19 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import mlflow
 from hydra.experimental.callback import Callback
-from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
+from mlflow.entities import LoggedModelOutput, Metric
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
 from pipeline import orphans
-from pipeline.stopping import RunKilled, request_stop, stop_requested
 from pipeline.config import PROJECT_ROOT, Config, flatten, to_dict
 from pipeline.errors import TrackingError
+from pipeline.stopping import RunKilled, request_stop, stop_requested
 
 
 def store_root(project: Path = PROJECT_ROOT) -> Path:
@@ -44,7 +44,7 @@ def store_root(project: Path = PROJECT_ROOT) -> Path:
     temporary copy of it (`dvc exp run --queue/--temp` work in <repo>/.dvc/tmp/exps/...)."""
     parts = project.parts
     for i in range(len(parts) - 2):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
             return Path(*parts[:i])
     return project
 
@@ -90,8 +90,10 @@ def check_server(uri: str, timeout_s: float, patience_s: float = SLOW_SERVER_PAT
     at once; one that accepts but answers slowly (busy, or fifty jobs starting together) is asked
     again with a doubled timeout, starting at `timeout_s`, for up to `patience_s` seconds."""
     if "@" in urllib.parse.urlsplit(uri).netloc:
-        raise TrackingError(f"tracking.uri holds credentials ({uri.split('@')[-1]}): a URI is logged and shared. "
-                            f"Set {CREDENTIALS[0]} and {CREDENTIALS[1]} in the environment instead.")
+        raise TrackingError(
+            f"tracking.uri holds credentials ({uri.split('@')[-1]}): a URI is logged and shared. "
+            f"Set {CREDENTIALS[0]} and {CREDENTIALS[1]} in the environment instead."
+        )
     try:
         _patient_open(urllib.request.Request(uri.rstrip("/") + "/health"), uri, timeout_s, patience_s).close()
     except (urllib.error.URLError, TimeoutError, OSError) as error:
@@ -110,13 +112,19 @@ def check_server(uri: str, timeout_s: float, patience_s: float = SLOW_SERVER_PAT
     except urllib.error.HTTPError as error:
         if error.code == 401:
             who = f"refuses user '{user}': wrong password or unknown user" if user else "asks for credentials"
-            raise TrackingError(f"The MLflow tracking server at {uri} {who}. Set {CREDENTIALS[0]} and "
-                                f"{CREDENTIALS[1]} in the environment of every job (never in a config file); "
-                                "the server's admin creates users.") from None
+            raise TrackingError(
+                f"The MLflow tracking server at {uri} {who}. Set {CREDENTIALS[0]} and "
+                f"{CREDENTIALS[1]} in the environment of every job (never in a config file); "
+                "the server's admin creates users."
+            ) from None
         if error.code == 403:
-            raise TrackingError(f"The MLflow tracking server at {uri} lets user '{user}' in but not read experiments: "
-                                "ask its admin for a permission.") from None
-        raise TrackingError(f"The MLflow tracking server at {uri} answers HTTP {error.code} ({error.reason}).") from None
+            raise TrackingError(
+                f"The MLflow tracking server at {uri} lets user '{user}' in but not read experiments: "
+                "ask its admin for a permission."
+            ) from None
+        raise TrackingError(
+            f"The MLflow tracking server at {uri} answers HTTP {error.code} ({error.reason})."
+        ) from None
     except (urllib.error.URLError, TimeoutError, OSError) as error:
         raise TrackingError(f"The MLflow tracking server at {uri} stopped answering ({error}).") from None
 
@@ -139,12 +147,16 @@ def _patient_open(request: urllib.request.Request, uri: str, timeout_s: float, p
             if not _timed_out(error):
                 raise  # refused, no such host: down, said at once
             if waited >= patience_s:
-                raise TrackingError(f"The MLflow tracking server at {uri} accepts connections but has not answered "
-                                    f"in {waited:.0f} s: it is overloaded or stuck. Try again later, or give it more "
-                                    "workers (mlflow server --workers N).") from None
+                raise TrackingError(
+                    f"The MLflow tracking server at {uri} accepts connections but has not answered "
+                    f"in {waited:.0f} s: it is overloaded or stuck. Try again later, or give it more "
+                    "workers (mlflow server --workers N)."
+                ) from None
             attempt_s = min(2 * attempt_s, max(patience_s - waited, 1.0))
-            print(f"note: the MLflow tracking server at {uri} is slow to answer ({waited:.0f} s so far); "
-                  f"asking again, waiting up to {attempt_s:.0f} s")
+            print(
+                f"note: the MLflow tracking server at {uri} is slow to answer ({waited:.0f} s so far); "
+                f"asking again, waiting up to {attempt_s:.0f} s"
+            )
 
 
 # Launchers whose jobs run on other machines: they cannot share a sqlite file.
@@ -162,9 +174,12 @@ class StoreReachableFromJobs(Callback):
             return
         uri = config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
         if not uri.startswith(("http://", "https://")):
-            print(f"error: the jobs of hydra/launcher={launcher.rsplit('.', 1)[-1]} run on other machines and cannot "
-                  f"write this machine's store ({uri or 'the default sqlite file'}). Start a tracking server "
-                  "(README, 'On a cluster') and pass tracking.uri=http://<server>:5000.", file=sys.stderr)
+            print(
+                f"error: the jobs of hydra/launcher={launcher.rsplit('.', 1)[-1]} run on other machines and cannot "
+                f"write this machine's store ({uri or 'the default sqlite file'}). Start a tracking server "
+                "(README, 'On a cluster') and pass tracking.uri=http://<server>:5000.",
+                file=sys.stderr,
+            )
             raise SystemExit(2)
 
 
@@ -181,8 +196,11 @@ def experiment_link(uri: str, experiment_id: str) -> str:
 def ui_hint(uri: str, experiment_id: str) -> str:
     """One line telling where to look at the runs: the link, and for a local store the command first."""
     link = experiment_link(uri, experiment_id)
-    return f"MLflow UI: {link}" if uri.startswith(("http://", "https://")) else (
-        f"MLflow UI: mlflow ui --backend-store-uri {uri}   then open {link}")
+    return (
+        f"MLflow UI: {link}"
+        if uri.startswith(("http://", "https://"))
+        else (f"MLflow UI: mlflow ui --backend-store-uri {uri}   then open {link}")
+    )
 
 
 def _ensure_experiment(name: str, uri: str, create: bool) -> None:
@@ -191,8 +209,10 @@ def _ensure_experiment(name: str, uri: str, create: bool) -> None:
         mlflow.MlflowClient().set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
     if found is None:
         if not create:
-            raise TrackingError(f"MLflow experiment '{name}' does not exist at {uri}: train first "
-                                "(python -m pipeline.train ...) or set tracking.experiment / tracking.uri.")
+            raise TrackingError(
+                f"MLflow experiment '{name}' does not exist at {uri}: train first "
+                "(python -m pipeline.train ...) or set tracking.experiment / tracking.uri."
+            )
         try:
             mlflow.create_experiment(name, artifact_location=artifact_location(uri), tags=dict([EXPERIMENT_KIND]))
         except MlflowException:
@@ -206,13 +226,15 @@ def store_lock(uri: str) -> Iterator[None]:
     if not uri.startswith("sqlite:///"):
         yield
         return
-    store = Path(uri[len("sqlite:///"):])
+    store = Path(uri[len("sqlite:///") :])
     folder = store.parent
     advice = "Fix its permissions, or choose another store with tracking.uri=sqlite:////writable/path/mlflow.db."
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise TrackingError(f"The MLflow store {store} cannot be created: {error.strerror or error}. {advice}") from None
+        raise TrackingError(
+            f"The MLflow store {store} cannot be created: {error.strerror or error}. {advice}"
+        ) from None
     if store.exists() and not os.access(store, os.R_OK | os.W_OK):
         raise TrackingError(f"The MLflow store {store} is read-only for this user. {advice}")
     if not os.access(folder, os.W_OK):  # sqlite writes its journal beside the store
@@ -230,7 +252,7 @@ def artifact_location(uri: str) -> str | None:
     directory of whichever run created the experiment (a Hydra job folder, or a temporary DVC
     copy that is deleted afterwards). Servers choose for themselves (None)."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlruns").as_uri()
+        return (Path(uri[len("sqlite:///") :]).parent / "mlruns").as_uri()
     return None
 
 
@@ -257,8 +279,11 @@ def sweep_tags() -> dict[str, str]:
         return {}
     if hydra.mode.name != "MULTIRUN":
         return {}
-    tags = {"sweep_id": str(hydra.sweep.dir), "sweep_job": str(hydra.job.num),
-            "hydra_overrides": " ".join(hydra.overrides.task)}
+    tags = {
+        "sweep_id": str(hydra.sweep.dir),
+        "sweep_job": str(hydra.job.num),
+        "hydra_overrides": " ".join(hydra.overrides.task),
+    }
     study = hydra.sweeper.get("study_name")
     if study:  # an Optuna search: group its trials under the study
         tags["optuna_study"] = str(study)
@@ -285,8 +310,12 @@ def run_tags(config: Config, manifest_sha256: str, device: str, placement: str) 
 
 
 @contextlib.contextmanager
-def tracked_run(run_name: str | None = None, continue_run_id: str | None = None,
-                system_metrics_interval_s: float | None = None, node: str | None = None) -> Iterator[mlflow.ActiveRun]:
+def tracked_run(
+    run_name: str | None = None,
+    continue_run_id: str | None = None,
+    system_metrics_interval_s: float | None = None,
+    node: str | None = None,
+) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run that ends FINISHED, FAILED (exception) or KILLED (SIGINT/SIGTERM).
 
     `continue_run_id` reopens that run (an interrupted training being resumed) when the
@@ -298,8 +327,10 @@ def tracked_run(run_name: str | None = None, continue_run_id: str | None = None,
     stop_requested.clear()
     previous = signal.signal(signal.SIGTERM, request_stop)
     if continue_run_id and not _run_exists(continue_run_id):
-        print(f"note: the interrupted MLflow run {continue_run_id} is not in {mlflow.get_tracking_uri()}; "
-              "the resumed training is recorded as a new run")
+        print(
+            f"note: the interrupted MLflow run {continue_run_id} is not in {mlflow.get_tracking_uri()}; "
+            "the resumed training is recorded as a new run"
+        )
         continue_run_id = None
     system_metrics = system_metrics_interval_s is not None
     if system_metrics:
@@ -308,8 +339,11 @@ def tracked_run(run_name: str | None = None, continue_run_id: str | None = None,
         sampler.set_system_metrics_sampling_interval(system_metrics_interval_s)
         if node:
             sampler.set_system_metrics_node_id(node)
-    run = (mlflow.start_run(run_id=continue_run_id, log_system_metrics=system_metrics) if continue_run_id
-           else mlflow.start_run(run_name=run_name, log_system_metrics=system_metrics))
+    run = (
+        mlflow.start_run(run_id=continue_run_id, log_system_metrics=system_metrics)
+        if continue_run_id
+        else mlflow.start_run(run_name=run_name, log_system_metrics=system_metrics)
+    )
     try:
         mlflow.set_tags(orphans.process_tags())  # so that a later run can tell if this process was killed
         yield run
@@ -368,13 +402,19 @@ def log_data_inputs(split_dir: Path) -> None:
         digest = hashlib.sha256((Path(split_dir) / f"{split}.csv").read_bytes()).hexdigest()[:16]
         with warnings.catch_warnings():  # a local folder "can be interpreted in multiple ways": it is a folder
             warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(frames[split], source=root, targets="label", name=f"{name}-{split}",
-                                              digest=digest)
+            dataset = mlflow.data.from_pandas(
+                frames[split], source=root, targets="label", name=f"{name}-{split}", digest=digest
+            )
         mlflow.log_input(dataset, context=context)
 
 
-def log_keras_model(model, image_size: tuple[int, int], classes_file: str | os.PathLike,
-                    best_epoch: int, describe: dict[str, str] | None = None) -> str:
+def log_keras_model(
+    model,
+    image_size: tuple[int, int],
+    classes_file: str | os.PathLike,
+    best_epoch: int,
+    describe: dict[str, str] | None = None,
+) -> str:
     """Log the model as the run's LoggedModel `model` (READY), with signature, input example
     and classes.json (the class names in output order, which `pipeline.predict` reads), linked
     to the run at the best epoch's step, whose metrics become the model's. Returns its model id;
@@ -394,8 +434,7 @@ def log_keras_model(model, image_size: tuple[int, int], classes_file: str | os.P
     run_id = mlflow.active_run().info.run_id
     example = np.full((1, *image_size, 3), 127.0, np.float32)
     signature = infer_signature(example, model.predict(example, verbose=0))
-    logged = mlflow.initialize_logged_model(name="model", source_run_id=run_id, model_type="keras",
-                                            tags=describe or {})
+    logged = mlflow.initialize_logged_model(name="model", source_run_id=run_id, model_type="keras", tags=describe or {})
     try:
         with tempfile.TemporaryDirectory() as scratch:
             path = os.path.join(scratch, "model")
@@ -416,14 +455,21 @@ def link_step_metrics(run_id: str, model_id: str, step: int) -> None:
     """Make the run's metrics at `step` the model's too (as `mlflow.<flavor>.log_model(step=)`
     does): the same values and timestamps, so the run's own history gains no duplicates."""
     client = mlflow.MlflowClient()
-    linked = [Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, run_id=run_id)
-              for key in client.get_run(run_id).data.metrics
-              for m in client.get_metric_history(run_id, key) if m.step == step]
+    linked = [
+        Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, run_id=run_id)
+        for key in client.get_run(run_id).data.metrics
+        for m in client.get_metric_history(run_id, key)
+        if m.step == step
+    ]
     client.log_batch(run_id, metrics=linked)
 
 
-def training_runs(experiment: str, search_filter: str | None = None, run_ids: set[str] | None = None,
-                  curves: tuple[str, ...] = ("val_accuracy", "val_loss")):
+def training_runs(
+    experiment: str,
+    search_filter: str | None = None,
+    run_ids: set[str] | None = None,
+    curves: tuple[str, ...] = ("val_accuracy", "val_loss"),
+):
     """The FINISHED training runs of `experiment` (with their per-epoch `curves`), only those in
     `run_ids` when given, and how many other runs (FAILED, KILLED, RUNNING) were left out.
     Comparison runs are not training runs."""
@@ -434,24 +480,42 @@ def training_runs(experiment: str, search_filter: str | None = None, run_ids: se
     runs, token = [], None
     try:
         while True:
-            page = client.search_runs([found.experiment_id], filter_string=search_filter or "", max_results=1000,
-                                      page_token=token)
+            page = client.search_runs(
+                [found.experiment_id], filter_string=search_filter or "", max_results=1000, page_token=token
+            )
             runs.extend(page)
             token = page.token
             if not token:
                 break
     except MlflowException as error:
-        raise TrackingError(f"compare.filter={search_filter!r} is not a valid MLflow search filter: "
-                            f"{error.message}") from None
-    training = [r for r in runs if "augmentation" in r.data.tags and r.data.tags.get("run_kind") != "comparison"
-                and (run_ids is None or r.info.run_id in run_ids)]
+        raise TrackingError(
+            f"compare.filter={search_filter!r} is not a valid MLflow search filter: {error.message}"
+        ) from None
+    training = [
+        r
+        for r in runs
+        if "augmentation" in r.data.tags
+        and r.data.tags.get("run_kind") != "comparison"
+        and (run_ids is None or r.info.run_id in run_ids)
+    ]
     finished = [r for r in training if r.info.status == "FINISHED"]
     summaries = []
     for r in finished:
-        histories = {name: [m.value for m in sorted(client.get_metric_history(r.info.run_id, name),
-                                                    key=lambda m: m.step)] for name in curves}
-        summaries.append(RunSummary(r.info.run_id, r.data.tags["augmentation"], r.data.tags.get("seed", "?"),
-                                    dict(r.data.params), dict(r.data.metrics), histories, r.info.start_time or 0))
+        histories = {
+            name: [m.value for m in sorted(client.get_metric_history(r.info.run_id, name), key=lambda m: m.step)]
+            for name in curves
+        }
+        summaries.append(
+            RunSummary(
+                r.info.run_id,
+                r.data.tags["augmentation"],
+                r.data.tags.get("seed", "?"),
+                dict(r.data.params),
+                dict(r.data.metrics),
+                histories,
+                r.info.start_time or 0,
+            )
+        )
     return summaries, len(training) - len(finished)
 
 
@@ -461,8 +525,11 @@ def finished_run_with(experiment_name: str, config_hash: str) -> mlflow.entities
     if experiment is None:
         return None
     found = mlflow.MlflowClient().search_runs(
-        [experiment.experiment_id], f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=1)
+        [experiment.experiment_id],
+        f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     return found[0] if found else None
 
 

@@ -30,9 +30,8 @@ def _save(figure, target: Path, dpi: int = 90) -> Path:
 
 def augmentation_grid(config: Config, target: Path, rows: int = 6, variants: int = 5) -> Path:
     """Rows of train images (one per class where possible): original, then augmented variants."""
-    from pipeline.backend import tf  # here, so that drawing a comparison never loads TensorFlow
-
     from pipeline.augmentation import BatchAugmenter
+    from pipeline.backend import tf  # here, so that drawing a comparison never loads TensorFlow
 
     paths, labels = read_manifest(config.paths.split_dir, "train")
     classes = read_classes(config.paths.split_dir)
@@ -48,8 +47,9 @@ def augmentation_grid(config: Config, target: Path, rows: int = 6, variants: int
         seed = tf.constant([config.seed, 1_000_000 + v], tf.int64)
         columns.append(augmenter(tf.constant(originals), seed).numpy())
 
-    figure, axes = plt.subplots(len(picked), variants + 1, figsize=(1.9 * (variants + 1), 2.0 * len(picked)),
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        len(picked), variants + 1, figsize=(1.9 * (variants + 1), 2.0 * len(picked)), squeeze=False
+    )
     for r, (_, label) in enumerate(picked):
         for c in range(variants + 1):
             ax = axes[r][c]
@@ -92,8 +92,15 @@ def confusion_matrix_figure(actual: np.ndarray, predicted: np.ndarray, classes: 
     for i in range(n):
         for j in range(n):
             if counts[i, j]:
-                ax.text(j, i, counts[i, j], ha="center", va="center",
-                        color="white" if counts[i, j] > counts.max() / 2 else "black", fontsize=8)
+                ax.text(
+                    j,
+                    i,
+                    counts[i, j],
+                    ha="center",
+                    va="center",
+                    color="white" if counts[i, j] > counts.max() / 2 else "black",
+                    fontsize=8,
+                )
     return _save(figure, target)
 
 
@@ -105,7 +112,7 @@ def mean_curve(runs: list[RunSummary], metric: str) -> tuple[np.ndarray, np.ndar
     length = max(len(c) for c in curves)
     padded = np.full((len(curves), length), np.nan)
     for i, c in enumerate(curves):
-        padded[i, :len(c)] = c
+        padded[i, : len(c)] = c
     mean = np.nanmean(padded, axis=0)
     std = np.array([np.std(col[~np.isnan(col)], ddof=1) if np.sum(~np.isnan(col)) > 1 else 0.0 for col in padded.T])
     return np.arange(1, length + 1), mean, std
@@ -121,8 +128,14 @@ def comparison_figure(groups: list[Group], differences: list[Difference], target
         for ax, metric in zip(axes[:2], ("val_accuracy", "val_loss")):
             epochs, mean, std = mean_curve(group.runs, metric)
             if len(epochs):
-                ax.plot(epochs, mean, color=colours(i % 10), marker="o", markersize=3,
-                        label=f"{group.label} (n={len(group.runs)})")
+                ax.plot(
+                    epochs,
+                    mean,
+                    color=colours(i % 10),
+                    marker="o",
+                    markersize=3,
+                    label=f"{group.label} (n={len(group.runs)})",
+                )
                 ax.fill_between(epochs, mean - std, mean + std, color=colours(i % 10), alpha=0.2)
     for ax, metric in zip(axes[:2], ("val_accuracy", "val_loss")):
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
@@ -139,11 +152,18 @@ def comparison_figure(groups: list[Group], differences: list[Difference], target
         if not np.isnan(d.mean):
             forest.plot(d.mean * 100, row, "D", color=colour, markersize=7)
         seeds = np.array(list(d.per_seed.values())) * 100
-        forest.plot(seeds, row + np.linspace(-0.22, 0.22, len(seeds)) if len(seeds) > 1 else [row] * len(seeds),
-                    "o", color="black", markersize=3.5, alpha=0.7)
+        forest.plot(
+            seeds,
+            row + np.linspace(-0.22, 0.22, len(seeds)) if len(seeds) > 1 else [row] * len(seeds),
+            "o",
+            color="black",
+            markersize=3.5,
+            alpha=0.7,
+        )
     forest.axvline(0, color="black", linewidth=1)
-    forest.set_yticks(range(len(differences)), [f"{d.group} vs {d.baseline}\n{d.verdict}" for d in differences],
-                      fontsize=8)
+    forest.set_yticks(
+        range(len(differences)), [f"{d.group} vs {d.baseline}\n{d.verdict}" for d in differences], fontsize=8
+    )
     forest.set_ylim(-0.7, max(len(differences), 1) - 0.3)
     forest.invert_yaxis()
     metric = differences[0].metric if differences else "accuracy"
@@ -165,8 +185,15 @@ def class_effects_figure(differences: list[Difference], target: Path) -> Path:
                 values[i, j] = d.per_class[name]["mean"] * 100
     figure, ax = plt.subplots(figsize=(1.4 + 1.1 * max(len(shown), 1), 1.2 + 0.42 * max(len(classes), 1)))
     if not shown:
-        ax.text(0.5, 0.5, "no per-class test recall (run the evaluate stage;\ntrain.test_in_sweeps=true in sweeps)",
-                ha="center", va="center", transform=ax.transAxes, fontsize=9)
+        ax.text(
+            0.5,
+            0.5,
+            "no per-class test recall (run the evaluate stage;\ntrain.test_in_sweeps=true in sweeps)",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            fontsize=9,
+        )
         ax.set_axis_off()
         return _save(figure, target)
     limit = max(float(np.nanmax(np.abs(values))) if values.size and not np.all(np.isnan(values)) else 1.0, 1.0)
@@ -179,8 +206,9 @@ def class_effects_figure(differences: list[Difference], target: Path) -> Path:
             ax.text(j, i, f"{c['mean'] * 100:+.1f}", ha="center", va="center", fontsize=8)
             if c["significant"]:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
-    ax.set_xticks(range(len(shown)), [f"{d.group}\nvs {d.baseline}" for d in shown], fontsize=8, rotation=30,
-                  ha="right")
+    ax.set_xticks(
+        range(len(shown)), [f"{d.group}\nvs {d.baseline}" for d in shown], fontsize=8, rotation=30, ha="right"
+    )
     ax.set_yticks(range(len(classes)), classes, fontsize=9)
     figure.colorbar(image, ax=ax, label="test recall difference (points)")
     ax.set_title("per-class effect (framed: Holm-corrected interval excludes 0)", fontsize=10)
@@ -195,14 +223,29 @@ def affinity_diversity_figure(differences: list[Difference], target: Path) -> Pa
     if shown:
         gains = np.array([d.mean * 100 for d in shown])
         limit = max(float(np.abs(gains).max()), 0.5)
-        points = ax.scatter([d.affinity for d in shown], [d.diversity for d in shown], c=gains, cmap="RdYlGn",
-                            vmin=-limit, vmax=limit, s=90, edgecolors="black")
+        points = ax.scatter(
+            [d.affinity for d in shown],
+            [d.diversity for d in shown],
+            c=gains,
+            cmap="RdYlGn",
+            vmin=-limit,
+            vmax=limit,
+            s=90,
+            edgecolors="black",
+        )
         for d in shown:
             ax.annotate(d.group, (d.affinity, d.diversity), textcoords="offset points", xytext=(6, 4), fontsize=8)
         figure.colorbar(points, ax=ax, label=f"{shown[0].metric} difference (points)")
     else:
-        ax.text(0.5, 0.5, "no affinity measured (compare.affinity=false, or no baseline models)",
-                ha="center", va="center", transform=ax.transAxes, fontsize=9)
+        ax.text(
+            0.5,
+            0.5,
+            "no affinity measured (compare.affinity=false, or no baseline models)",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            fontsize=9,
+        )
     ax.set_xlabel("affinity (baseline models' val accuracy, augmented / clean)")
     ax.set_ylabel("diversity (final training loss, with / without)")
     ax.grid(alpha=0.3)

@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -69,21 +69,39 @@ def shared_dataset() -> Path:
 def run_module(module: str, *args: str, cwd: Path | None = None, env: dict | None = None, timeout=600):
     """Run `python -m module args` as a user would; return the CompletedProcess."""
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd or ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def path_overrides(tmp_path: Path) -> list[str]:
     """Overrides that keep every output of a run inside tmp_path."""
-    return [f"paths.split_dir={tmp_path}/split", f"paths.reports_dir={tmp_path}/reports",
-            f"paths.models_dir={tmp_path}/models", f"hydra.run.dir={tmp_path}/hydra",
-            f"hydra.sweep.dir={tmp_path}/multirun", f"data.download_dir={tmp_path}/downloads"]
+    return [
+        f"paths.split_dir={tmp_path}/split",
+        f"paths.reports_dir={tmp_path}/reports",
+        f"paths.models_dir={tmp_path}/models",
+        f"hydra.run.dir={tmp_path}/hydra",
+        f"hydra.sweep.dir={tmp_path}/multirun",
+        f"data.download_dir={tmp_path}/downloads",
+    ]
 
 
 def train_args(tmp_path: Path, uri: str, *extra: str) -> list[str]:
     """A tiny, fast training: residual_cnn on 32x32 images, 2 epochs, outputs under tmp_path."""
-    return ["model=residual_cnn", "train.epochs=2", "train.batch_size=8", "data.image_size=[32,32]",
-            f"tracking.uri={uri}", *path_overrides(tmp_path), *extra]
+    return [
+        "model=residual_cnn",
+        "train.epochs=2",
+        "train.batch_size=8",
+        "data.image_size=[32,32]",
+        f"tracking.uri={uri}",
+        *path_overrides(tmp_path),
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -108,11 +126,28 @@ def running_mlflow_server(tmp_path: Path, *options: str, env: dict | None = None
     """A real `mlflow server [options]` on 127.0.0.1 with its store in tmp_path; yields its URI."""
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", *options, "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination",
-         str(tmp_path / "server-artifacts"), "--workers", "1"],
-        env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            *options,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/server.db",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--workers",
+            "1",
+        ],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     uri = f"http://127.0.0.1:{port}"
     for _ in range(120):
         try:
@@ -139,7 +174,8 @@ def mlflow_server(tmp_path):
 def sweep_args(tmp_path: Path, uri: str, *extra: str) -> list[str]:
     """train_args for a 1-epoch multirun: each sweep gets its own timestamped folder, as by default."""
     return [a for a in train_args(tmp_path, uri, "train.epochs=1", *extra) if not a.startswith("hydra.")] + [
-        f"hydra.sweep.dir={tmp_path}/multirun/${{now:%H-%M-%S-%f}}"]
+        f"hydra.sweep.dir={tmp_path}/multirun/${{now:%H-%M-%S-%f}}"
+    ]
 
 
 def training_runs(uri: str) -> list:

@@ -44,8 +44,9 @@ def write_val_split(split_dir: Path, per_class: int = 30) -> None:
 
 def half_model() -> keras.Model:
     """Dense weights +1 on the left half's pixels and -1 on the right's: class left when the left is brighter."""
-    model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Flatten(),
-                              keras.layers.Dense(2, activation="softmax")])
+    model = keras.Sequential(
+        [keras.Input((SIZE, SIZE, 3)), keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax")]
+    )
     sign = np.where(np.arange(SIZE)[None, :, None] < SIZE // 2, 1.0, -1.0) * np.ones((SIZE, SIZE, 3))
     kernel = np.stack([sign.ravel(), -sign.ravel()], axis=1) / 100.0
     model.layers[-1].set_weights([kernel.astype(np.float32), np.zeros(2, np.float32)])
@@ -62,7 +63,9 @@ def log_runs(uri: str, tmp_path: Path) -> None:
     model = half_model()
     accuracy = {"none": 0.80, "flips": 0.82, "flips-no-vertical_flip": 0.81, "flips-no-horizontal_flip": 0.79}
     for name, ablate in (("none", None), ("flips", None), ("flips", "vertical_flip"), ("flips", "horizontal_flip")):
-        overrides = [f"augmentation.name={name}", *presets[name]] + ([f"augmentation.ablate={ablate}"] if ablate else [])
+        overrides = [f"augmentation.name={name}", *presets[name]] + (
+            [f"augmentation.ablate={ablate}"] if ablate else []
+        )
         config = compose(overrides)
         label = config.augmentation.name
         for seed in ("1", "2", "3"):
@@ -84,8 +87,9 @@ def test_affinity_of_each_operation_from_the_baselines_models(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     write_val_split(tmp_path / "split")
     log_runs(uri, tmp_path)
-    report = compare.run(compose([f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/reports",
-                                  f"paths.split_dir={tmp_path}/split"]))
+    report = compare.run(
+        compose([f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/reports", f"paths.split_dir={tmp_path}/split"])
+    )
     differences = {d["group"]: d for d in report["differences"]}  # every preset, ablated ones too, against none
     flips = differences["flips"]
     assert differences["flips-no-horizontal_flip"]["affinity"] == 1.0  # the preset left with a vertical flip

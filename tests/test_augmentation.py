@@ -13,22 +13,30 @@ import yaml
 from PIL import Image
 
 from pipeline import preview
-from pipeline.augmentation import (BatchAugmenter, affine_matrices, augmentation_layer, mix_batch, sample_params,
-                                   warp_images)
+from pipeline.augmentation import (
+    BatchAugmenter,
+    affine_matrices,
+    augmentation_layer,
+    mix_batch,
+    sample_params,
+    warp_images,
+)
 from pipeline.config import compose
 from pipeline.data import load_image
 from pipeline.datasets import ImageSet, build_eval_dataset, build_train_dataset, steps_per_epoch
 from tests.conftest import ROOT, path_overrides
 
 SIZE = 64
-NEUTRAL = dict(angle=0.0, shift_x=0.0, shift_y=0.0, shear=0.0, shear_y=0.0, zoom_x=1.0, zoom_y=1.0, flip_h=0.0,
-               flip_v=0.0)
+NEUTRAL = dict(
+    angle=0.0, shift_x=0.0, shift_y=0.0, shear=0.0, shear_y=0.0, zoom_x=1.0, zoom_y=1.0, flip_h=0.0, flip_v=0.0
+)
 
 
 def smooth_image() -> np.ndarray:
     yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-    return np.stack([128 + 100 * np.sin(xx / 7.0), 128 + 100 * np.cos(yy / 5.0), (2 * xx + yy) % 255],
-                    -1).astype(np.float32)
+    return np.stack([128 + 100 * np.sin(xx / 7.0), 128 + 100 * np.cos(yy / 5.0), (2 * xx + yy) % 255], -1).astype(
+        np.float32
+    )
 
 
 def our_warp(image: np.ndarray, **params) -> np.ndarray:
@@ -47,8 +55,10 @@ PARITY_CASES = [
     ({"zx": 0.85, "zy": 0.9}, dict(zoom_x=0.85, zoom_y=0.9)),
     ({"flip_horizontal": True}, dict(flip_h=1)),
     ({"flip_vertical": True}, dict(flip_v=1)),
-    ({"theta": 15, "tx": 3, "ty": -4, "shear": 8, "zx": 1.1, "zy": 0.95, "flip_vertical": True},
-     dict(angle=15, shift_x=3, shift_y=-4, shear=8, zoom_x=1.1, zoom_y=0.95, flip_v=1)),
+    (
+        {"theta": 15, "tx": 3, "ty": -4, "shear": 8, "zx": 1.1, "zy": 0.95, "flip_vertical": True},
+        dict(angle=15, shift_x=3, shift_y=-4, shear=8, zoom_x=1.1, zoom_y=0.95, flip_v=1),
+    ),
 ]
 
 
@@ -66,14 +76,22 @@ def test_warp_matches_imagedatagenerator(theirs, ours):
 
 def test_lesson_preset_is_exactly_the_lesson():
     preset = yaml.safe_load((ROOT / "conf" / "augmentation" / "lesson.yaml").read_text())
-    assert preset == {"name": "lesson", "rotation_range": 30, "width_shift_range": 10.0, "height_shift_range": 10.0,
-                      "shear_range": 10, "zoom_range": 0.1, "vertical_flip": True}
+    assert preset == {
+        "name": "lesson",
+        "rotation_range": 30,
+        "width_shift_range": 10.0,
+        "height_shift_range": 10.0,
+        "shear_range": 10,
+        "zoom_range": 0.1,
+        "vertical_flip": True,
+    }
 
 
 @pytest.mark.parametrize("shift, limit", [(10.0, 10.0), (0.1, 0.1 * 150)])
 def test_sampled_parameters_stay_in_bounds(shift, limit):
-    config = compose(["augmentation=lesson", f"augmentation.width_shift_range={shift}",
-                      f"augmentation.height_shift_range={shift}"]).augmentation
+    config = compose(
+        ["augmentation=lesson", f"augmentation.width_shift_range={shift}", f"augmentation.height_shift_range={shift}"]
+    ).augmentation
     p = {k: v.numpy() for k, v in sample_params(config, 4000, (150, 150), tf.constant([3, 4], tf.int64)).items()}
     assert np.abs(p["angle"]).max() <= 30 and np.abs(p["angle"]).max() > 29
     assert np.abs(p["shear"]).max() <= 10 and np.abs(p["shear"]).max() > 9.9
@@ -122,8 +140,9 @@ def test_training_epochs_differ_and_none_changes_nothing(image_set):
 
     none = compose(["augmentation=none"]).augmentation
     plain = {load_image(p, (32, 32)).astype(np.float32).tobytes() for p in image_set.paths}
-    seen = [img.tobytes() for b in batches(build_train_dataset(image_set, (32, 32), 8, none, seed=5), steps)
-            for img in b]
+    seen = [
+        img.tobytes() for b in batches(build_train_dataset(image_set, (32, 32), 8, none, seed=5), steps) for img in b
+    ]
     assert len(seen) == len(image_set) and set(seen) == plain  # a reshuffled, untouched epoch
 
 
@@ -132,7 +151,7 @@ def test_resume_stream_continues_where_it_stopped(image_set):
     steps = steps_per_epoch(image_set, 8)
     whole = batches(build_train_dataset(image_set, (32, 32), 8, lesson, seed=5), 3 * steps)
     resumed = batches(build_train_dataset(image_set, (32, 32), 8, lesson, seed=5, start_epoch=2), steps)
-    for a, b in zip(whole[2 * steps:], resumed):
+    for a, b in zip(whole[2 * steps :], resumed):
         np.testing.assert_array_equal(a, b)
 
 
@@ -155,8 +174,13 @@ print(digest.hexdigest())
 @pytest.mark.slow  # two fresh Python processes, each loading TensorFlow
 def test_same_seed_gives_same_batches_in_fresh_processes(tiny_dataset):
     def fingerprint(preset):
-        out = subprocess.run([sys.executable, "-c", FINGERPRINT, str(tiny_dataset), preset], cwd=ROOT,
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", FINGERPRINT, str(tiny_dataset), preset],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return out.stdout.strip().splitlines()[-1]
 
     assert fingerprint("strong") == fingerprint("strong")
@@ -195,8 +219,9 @@ def test_model_placement_layer_compiles_with_xla():
 def test_batch_augmenter_identity_for_none():
     none = compose(["augmentation=none"]).augmentation
     images = tf.cast(tf.random.uniform([2, 8, 8, 3], 0, 255, dtype=tf.int32), tf.uint8)
-    np.testing.assert_array_equal(BatchAugmenter(none, (8, 8))(images, tf.constant([1, 1])).numpy(),
-                                  tf.cast(images, tf.float32).numpy())
+    np.testing.assert_array_equal(
+        BatchAugmenter(none, (8, 8))(images, tf.constant([1, 1])).numpy(), tf.cast(images, tf.float32).numpy()
+    )
 
 
 def test_preview_writes_a_png_grid(tmp_path, tiny_dataset, capsys):
@@ -207,8 +232,10 @@ def test_preview_writes_a_png_grid(tmp_path, tiny_dataset, capsys):
         assert image.format == "PNG" and image.width > 400 and image.height > 200
     assert (tmp_path / "split" / "train.csv").exists()  # split ran first
     # ... and it names the ablation sweep over the preset's operations
-    assert ("augmentation=lesson augmentation.ablate=none,rotation,width_shift,height_shift,shear,zoom,vertical_flip"
-            in capsys.readouterr().out)
+    assert (
+        "augmentation=lesson augmentation.ablate=none,rotation,width_shift,height_shift,shear,zoom,vertical_flip"
+        in capsys.readouterr().out
+    )
 
 
 def test_an_ablated_operation_is_off_and_the_rest_unchanged():
@@ -224,5 +251,6 @@ def test_an_ablated_operation_is_off_and_the_rest_unchanged():
     # the only operation ablated: nothing changes the images any more
     nothing = compose(["augmentation=none", "augmentation.rotation_range=30", "augmentation.ablate=rotation"])
     assert nothing.augmentation.is_identity
-    np.testing.assert_array_equal(BatchAugmenter(nothing.augmentation, (32, 32))(images, seeds).numpy(),
-                                  tf.cast(images, tf.float32).numpy())
+    np.testing.assert_array_equal(
+        BatchAugmenter(nothing.augmentation, (32, 32))(images, seeds).numpy(), tf.cast(images, tf.float32).numpy()
+    )

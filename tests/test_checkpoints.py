@@ -55,7 +55,9 @@ def test_a_resume_with_another_config_names_the_differing_keys(tmp_path):
     other = WorkFolder(tmp_path, {**IDENTITY, "seed": "7", "augmentation.name": "lesson"})
     with pytest.raises(ConfigError) as error:
         other.open(resume=True)
-    assert "augmentation.name: none there, lesson now" in str(error.value) and "seed: 1 there, 7 now" in str(error.value)
+    assert "augmentation.name: none there, lesson now" in str(error.value) and "seed: 1 there, 7 now" in str(
+        error.value
+    )
     # in a sweep (refuse_other=False) the job that never started simply starts, and leaves the other alone
     assert other.open(resume=True, refuse_other=False).epochs_done == 0
     other.close(finished=True)
@@ -85,7 +87,8 @@ def test_a_kill_in_mid_write_leaves_the_previous_state(tmp_path):
     state = WorkFolder(tmp_path, IDENTITY).open(resume=True)
     assert state.epochs_done == 2 and state.best_epoch == 2
     assert sorted(p.name for p in folder.path.iterdir()) == sorted(
-        ["lock", "identity.json", "state.json", state.last_weights, state.best_weights])
+        ["lock", "identity.json", "state.json", state.last_weights, state.best_weights]
+    )
 
 
 @pytest.mark.parametrize("schedule", ["constant", "warmup_cosine"])

@@ -13,8 +13,7 @@ import optuna
 import pytest
 
 from pipeline.search import study_storage
-from tests.conftest import (ROOT, free_port, run_module, running_mlflow_server, sweep_args, train_args,
-                            training_runs)
+from tests.conftest import ROOT, free_port, run_module, running_mlflow_server, sweep_args, train_args, training_runs
 
 pytestmark = pytest.mark.slow
 
@@ -22,8 +21,9 @@ pytestmark = pytest.mark.slow
 def test_a_sweep_through_the_submitit_launcher(split_done):
     tmp_path = split_done
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = run_module("pipeline.train", "-m", "hydra/launcher=local", "augmentation=none,lesson",
-                        *sweep_args(tmp_path, uri))
+    result = run_module(
+        "pipeline.train", "-m", "hydra/launcher=local", "augmentation=none,lesson", *sweep_args(tmp_path, uri)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = training_runs(uri)
     assert sorted(r.data.tags["augmentation"] for r in runs) == ["lesson", "none"]
@@ -53,11 +53,29 @@ def test_two_search_workers_share_one_optuna_study(split_done):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     storage = f"sqlite:///{tmp_path}/optuna.db"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    workers = [subprocess.Popen(
-        [sys.executable, "-m", "pipeline.train", "-m", "hparams_search=augmentation", "hydra.sweeper.n_trials=2",
-         "hydra.sweeper.n_jobs=1", f"hydra.sweeper.storage.url={storage}", "hydra.sweeper.study_name=shared",
-         f"hydra.sweeper.sampler.seed={worker}", *sweep_args(tmp_path, uri)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for worker in (1, 2)]
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.train",
+                "-m",
+                "hparams_search=augmentation",
+                "hydra.sweeper.n_trials=2",
+                "hydra.sweeper.n_jobs=1",
+                f"hydra.sweeper.storage.url={storage}",
+                "hydra.sweeper.study_name=shared",
+                f"hydra.sweeper.sampler.seed={worker}",
+                *sweep_args(tmp_path, uri),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for worker in (1, 2)
+    ]
     for worker in workers:
         out, err = worker.communicate(timeout=600)
         assert worker.returncode == 0, err[-3000:]
@@ -82,11 +100,16 @@ def test_two_search_workers_share_one_optuna_study(split_done):
 def auth_server(tmp_path):
     """`mlflow server --app-name basic-auth` on 127.0.0.1, its users in a store of its own."""
     config = tmp_path / "basic_auth.ini"
-    config.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{tmp_path}/auth.db\n"
-                      "admin_username = admin\n"
-                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    env = {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-admin-pw",
-           "MLFLOW_FLASK_SERVER_SECRET_KEY": "a-test-only-secret"}
+    config.write_text(
+        f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{tmp_path}/auth.db\n"
+        "admin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    env = {
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-admin-pw",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "a-test-only-secret",
+    }
     with running_mlflow_server(tmp_path, "--app-name", "basic-auth", env=env) as uri:
         yield uri
 
@@ -95,9 +118,13 @@ def test_a_server_with_basic_auth_lets_in_only_who_it_knows(split_done, auth_ser
     tmp_path = split_done
     args = [a for a in train_args(tmp_path, auth_server, "train.epochs=1") if not a.startswith("hydra.run")]
     no_credentials = {"MLFLOW_TRACKING_USERNAME": "", "MLFLOW_TRACKING_PASSWORD": ""}
-    for env, expected in ((no_credentials, "asks for credentials"),
-                          ({"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "wrong"},
-                           "refuses user 'admin': wrong password or unknown user")):
+    for env, expected in (
+        (no_credentials, "asks for credentials"),
+        (
+            {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "wrong"},
+            "refuses user 'admin': wrong password or unknown user",
+        ),
+    ):
         started = time.monotonic()
         refused = run_module("pipeline.train", *args, env=env)
         assert refused.returncode == 1 and expected in refused.stderr, refused.stderr[-2000:]

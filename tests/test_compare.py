@@ -21,11 +21,11 @@ from tests.conftest import make_image, run_module
 # preset -> {seed: (best_val_accuracy, test_accuracy)}
 KNOWN = {
     "none": {"1": (0.80, 0.78), "2": (0.82, 0.80), "3": (0.81, 0.79)},
-    "lesson": {"1": (0.84, 0.82), "2": (0.85, 0.83), "3": (0.83, 0.84)},   # paired, clearly better
+    "lesson": {"1": (0.84, 0.82), "2": (0.85, 0.83), "3": (0.83, 0.84)},  # paired, clearly better
     "cutmix": {"1": (0.86, 0.85), "2": (0.87, 0.86), "3": (0.88, 0.87)},  # better still, but not converged
-    "strong": {"4": (0.71, 0.70), "5": (0.73, 0.72), "6": (0.72, 0.74)},   # other seeds: Welch, worse
-    "mixup": {"1": (0.82, 0.80), "2": (0.81, 0.79), "3": (0.80, 0.80)},    # straddles 0
-    "light": {"1": (0.83, 0.81)},                                          # one seed only
+    "strong": {"4": (0.71, 0.70), "5": (0.73, 0.72), "6": (0.72, 0.74)},  # other seeds: Welch, worse
+    "mixup": {"1": (0.82, 0.80), "2": (0.81, 0.79), "3": (0.80, 0.80)},  # straddles 0
+    "light": {"1": (0.83, 0.81)},  # one seed only
 }
 
 
@@ -34,8 +34,9 @@ def log_known_runs(uri: str, experiment: str = "augmentation") -> None:
     experiment_id = client.create_experiment(experiment)
     for preset, seeds in KNOWN.items():
         for seed, (val, test) in seeds.items():
-            run = client.create_run(experiment_id, run_name=f"{preset}-{seed}",
-                                    tags={"augmentation": preset, "seed": seed})
+            run = client.create_run(
+                experiment_id, run_name=f"{preset}-{seed}", tags={"augmentation": preset, "seed": seed}
+            )
             rid = run.info.run_id
             client.log_param(rid, "model.name", "residual_cnn")
             client.log_param(rid, "seed", seed)
@@ -89,10 +90,12 @@ def test_means_intervals_and_verdicts_are_exact(tmp_path):
     # the bootstrap of 3 points stays within them
     assert 0.03 - 1e-12 <= lesson["bootstrap_low"] <= lesson["bootstrap_high"] <= 0.05 + 1e-12
     # Holm over the 4 tested comparisons (light has no test), on the t-tests' p
-    raw = {"lesson": stats.ttest_rel(test_values("lesson"), test_values("none")).pvalue,
-           "cutmix": stats.ttest_rel(test_values("cutmix"), test_values("none")).pvalue,
-           "strong": stats.ttest_ind(test_values("strong"), test_values("none"), equal_var=False).pvalue,
-           "mixup": stats.ttest_rel(test_values("mixup"), test_values("none")).pvalue}
+    raw = {
+        "lesson": stats.ttest_rel(test_values("lesson"), test_values("none")).pvalue,
+        "cutmix": stats.ttest_rel(test_values("cutmix"), test_values("none")).pvalue,
+        "strong": stats.ttest_ind(test_values("strong"), test_values("none"), equal_var=False).pvalue,
+        "mixup": stats.ttest_rel(test_values("mixup"), test_values("none")).pvalue,
+    }
     order = sorted(raw, key=raw.get)
     assert order == ["cutmix", "strong", "lesson", "mixup"]
     holm = {name: max(min(1, (4 - j) * raw[order[j]]) for j in range(order.index(name) + 1)) for name in raw}
@@ -125,8 +128,9 @@ def test_means_intervals_and_verdicts_are_exact(tmp_path):
 
     mixup = diffs["mixup"]  # test accuracy differences +0.02, -0.01, +0.01: mean 0.00667, sd 0.01528
     assert mixup["verdict"] == "inconclusive" and mixup["low"] < 0 < mixup["high"]
-    assert mixup["spread"] == pytest.approx(math.sqrt(((0.02 - 0.02 / 3) ** 2 + (-0.01 - 0.02 / 3) ** 2
-                                                       + (0.01 - 0.02 / 3) ** 2) / 2), abs=1e-12)
+    assert mixup["spread"] == pytest.approx(
+        math.sqrt(((0.02 - 0.02 / 3) ** 2 + (-0.01 - 0.02 / 3) ** 2 + (0.01 - 0.02 / 3) ** 2) / 2), abs=1e-12
+    )
     assert mixup["seeds_needed"] > 5 and mixup["seeds_needed_1pt"] < mixup["seeds_needed"]
     assert f"about {mixup['seeds_needed']} seeds would resolve a 0.67-point gain" in mixup["reason"]
     light = diffs["light"]
@@ -145,7 +149,11 @@ def test_means_intervals_and_verdicts_are_exact(tmp_path):
     mixup_row = next(line for line in markdown.splitlines() if line.startswith("| mixup | none |"))
     assert f"| {mixup['seeds_needed']} / {mixup['seeds_needed_1pt']} |" in mixup_row  # the advice, in every row
     assert json.loads((reports / "comparison.json").read_text())["differences"][0]["verdict"] in {
-        "keep", "drop", "inconclusive", "not converged"}
+        "keep",
+        "drop",
+        "inconclusive",
+        "not converged",
+    }
     assert (reports / "comparison.png").stat().st_size > 10_000
 
     client = MlflowClient(uri)
@@ -154,7 +162,12 @@ def test_means_intervals_and_verdicts_are_exact(tmp_path):
     logged = client.search_runs([experiment.experiment_id], "tags.run_kind = 'comparison'")
     assert len(logged) == 1 and logged[0].data.tags["compared_experiment"] == "augmentation"
     assert {a.path for a in client.list_artifacts(logged[0].info.run_id)} == {
-        "comparison.md", "comparison.png", "comparison.json", "class_effects.png", "affinity_diversity.png"}
+        "comparison.md",
+        "comparison.png",
+        "comparison.json",
+        "class_effects.png",
+        "affinity_diversity.png",
+    }
     # A second comparison does not count the first one as a training run.
     again = compare.run(compose([f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/again"]))
     assert again["runs"] == 16
@@ -163,9 +176,17 @@ def test_means_intervals_and_verdicts_are_exact(tmp_path):
 def test_validation_accuracy_is_used_before_evaluate(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     log_known_runs(uri)
-    report = compare.run(compose([f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/r",
-                                  "compare.metric=best_val_accuracy", "compare.confidence=0.9",
-                                  "compare.filter=\"tags.augmentation LIKE '%e%'\""]))
+    report = compare.run(
+        compose(
+            [
+                f"tracking.uri={uri}",
+                f"paths.reports_dir={tmp_path}/r",
+                "compare.metric=best_val_accuracy",
+                "compare.confidence=0.9",
+                "compare.filter=\"tags.augmentation LIKE '%e%'\"",
+            ]
+        )
+    )
     assert report["metric"] == "best_val_accuracy" and report["runs"] == 6  # none and lesson match '%e%'
     (lesson,) = report["differences"]
     vals = [[KNOWN[p][s][0] for s in "123"] for p in ("lesson", "none")]
@@ -178,13 +199,28 @@ def summary(preset, seed, **params):
 
 
 def test_other_varied_settings_make_their_own_groups():
-    runs = [summary(p, s, **{"model.name": m, "augmentation.rotation_range": "30" if p == "lesson" else "0",
-                             "tracking.uri": f"file{s}"})
-            for p in ("none", "lesson") for s in ("1", "2") for m in ("residual_cnn", "xception")]
+    runs = [
+        summary(
+            p,
+            s,
+            **{
+                "model.name": m,
+                "augmentation.rotation_range": "30" if p == "lesson" else "0",
+                "tracking.uri": f"file{s}",
+            },
+        )
+        for p in ("none", "lesson")
+        for s in ("1", "2")
+        for m in ("residual_cnn", "xception")
+    ]
     assert varied_settings(runs) == ["model.name"]  # not rotation (the preset's), not seed/tracking
     groups = group_runs(runs)
     assert [(g.preset, g.settings["model.name"], len(g.runs)) for g in groups] == [
-        ("lesson", "residual_cnn", 2), ("none", "residual_cnn", 2), ("lesson", "xception", 2), ("none", "xception", 2)]
+        ("lesson", "residual_cnn", 2),
+        ("none", "residual_cnn", 2),
+        ("lesson", "xception", 2),
+        ("none", "xception", 2),
+    ]
 
 
 def test_paired_interval_needs_the_same_seeds():
@@ -212,8 +248,10 @@ def test_compare_explains_an_empty_or_missing_experiment(tmp_path):
 def test_curves_band_over_seeds():
     from pipeline.visuals import mean_curve
 
-    runs = [RunSummary("a", "none", "1", {}, {}, {"val_accuracy": [0.2, 0.4, 0.6]}),
-            RunSummary("b", "none", "2", {}, {}, {"val_accuracy": [0.4, 0.6]})]  # stopped early
+    runs = [
+        RunSummary("a", "none", "1", {}, {}, {"val_accuracy": [0.2, 0.4, 0.6]}),
+        RunSummary("b", "none", "2", {}, {}, {"val_accuracy": [0.4, 0.6]}),
+    ]  # stopped early
     epochs, mean, std = mean_curve(runs, "val_accuracy")
     assert list(epochs) == [1, 2, 3]
     np.testing.assert_allclose(mean, [0.3, 0.5, 0.6])
@@ -226,7 +264,9 @@ def log_tiny_models(uri: str, preset: str, tmp_path) -> None:
 
     from pipeline import tracking
 
-    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
+    model = keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")]
+    )
     classes = tmp_path / "classes.json"
     classes.write_text('["cat", "dog", "fox"]')
     mlflow.set_tracking_uri(uri)
@@ -243,21 +283,34 @@ def test_a_keep_verdict_registers_the_champion(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     log_known_runs(uri)
     log_tiny_models(uri, "lesson", tmp_path)
-    args = [f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/reports", "compare.register=true",
-            "compare.affinity=false"]
+    args = [
+        f"tracking.uri={uri}",
+        f"paths.reports_dir={tmp_path}/reports",
+        "compare.register=true",
+        "compare.affinity=false",
+    ]
     compare.run(compose(args))
     assert "is the champion: models:/augmentation@champion" in capsys.readouterr().out
     client = MlflowClient(uri)
     champion = client.get_model_version_by_alias("augmentation", "champion")
-    best_lesson = max((r for r in client.search_runs([client.get_experiment_by_name("augmentation").experiment_id],
-                                                     "tags.augmentation = 'lesson' and attributes.status = 'FINISHED'")),
-                      key=lambda r: r.data.metrics["test_accuracy"])
+    best_lesson = max(
+        (
+            r
+            for r in client.search_runs(
+                [client.get_experiment_by_name("augmentation").experiment_id],
+                "tags.augmentation = 'lesson' and attributes.status = 'FINISHED'",
+            )
+        ),
+        key=lambda r: r.data.metrics["test_accuracy"],
+    )
     assert champion.run_id == best_lesson.info.run_id and champion.tags["group"] == "lesson"
     # the comparison run sits in its own experiment, not among the training runs
     (comparison,) = client.search_runs([client.get_experiment_by_name("augmentation-comparisons").experiment_id])
     assert comparison.data.tags["run_kind"] == "comparison"
-    assert "augmentation-comparisons" not in {r.data.tags.get("compared_experiment") for r in client.search_runs(
-        [client.get_experiment_by_name("augmentation").experiment_id])}
+    assert "augmentation-comparisons" not in {
+        r.data.tags.get("compared_experiment")
+        for r in client.search_runs([client.get_experiment_by_name("augmentation").experiment_id])
+    }
 
     compare.run(compose(args))
     assert "is already the champion" in capsys.readouterr().out
@@ -274,16 +327,21 @@ def test_a_keep_verdict_registers_the_champion(tmp_path, capsys):
         client.log_metric(run.info.run_id, "best_val_accuracy", test)
         client.set_terminated(run.info.run_id, "FINISHED")
     log_tiny_models(uri, "strong", tmp_path)
-    for extra, expected in ((["compare.filter=\"tags.seed != '4' and tags.seed != '5' and tags.seed != '6'\""],
-                             "(strong, test_accuracy 0.9100) is the champion"),
-                            (["compare.filter=\"tags.augmentation != 'strong'\""], "the champion stays version 2")):
+    for extra, expected in (
+        (
+            ["compare.filter=\"tags.seed != '4' and tags.seed != '5' and tags.seed != '6'\""],
+            "(strong, test_accuracy 0.9100) is the champion",
+        ),
+        (["compare.filter=\"tags.augmentation != 'strong'\""], "the champion stays version 2"),
+    ):
         compare.run(compose([*args, *extra]))
         assert expected in capsys.readouterr().out
     assert client.get_model_version_by_alias("augmentation", "champion").tags["group"] == "strong"
 
     photo = make_image(tmp_path / "photo.png", size=(8, 8), seed=3)
-    predicted = run_module("pipeline.predict", "models:/augmentation@champion", str(photo), "--json",
-                           env={"MLFLOW_TRACKING_URI": uri})
+    predicted = run_module(
+        "pipeline.predict", "models:/augmentation@champion", str(photo), "--json", env={"MLFLOW_TRACKING_URI": uri}
+    )
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert {name for name, _ in json.loads(predicted.stdout)[0]["top"]} <= {"cat", "dog", "fox"}
 
@@ -320,7 +378,11 @@ def test_a_verdict_needs_three_seeds_and_some_spread():
     assert two_seeds.low == pytest.approx(one_image) == two_seeds.high  # a zero-width interval above 0 ...
     assert two_seeds.verdict == "inconclusive" and "too few seeds (2)" in two_seeds.reason  # ... is no evidence
     same_three = compare_with_baseline(*_paired([one_image] * 3), "test_accuracy", 0.95)
-    assert same_three.verdict == "inconclusive" and "zero spread" in same_three.reason and "+0.29 points" in same_three.reason
+    assert (
+        same_three.verdict == "inconclusive"
+        and "zero spread" in same_three.reason
+        and "+0.29 points" in same_three.reason
+    )
     three = compare_with_baseline(*_paired([0.03, 0.04, 0.05]), "test_accuracy", 0.95)
     assert three.verdict == "keep" and three.low > 0  # three seeds that agree, with spread: a verdict
     worse = compare_with_baseline(*_paired([-0.03, -0.04, -0.05, -0.02, -0.06]), "test_accuracy", 0.95)
@@ -344,12 +406,22 @@ def test_per_class_effects_diversity_and_cost_by_hand():
     runs = []
     for i in range(5):
         seed = str(i + 1)
-        plain = RunSummary(f"n{seed}", "none", seed, {"seed": seed}, {
-            "test_accuracy": 0.80, "test_recall.shoes": 0.9, "test_recall.shirts": 0.7},
-            {"loss": [0.9, 0.5, 0.4], "epoch_seconds": [2.0, 1.0, 1.0]})
-        augmented = RunSummary(f"l{seed}", "lesson", seed, {"seed": seed}, {
-            "test_accuracy": 0.81, "test_recall.shoes": 0.9 + shoes[i], "test_recall.shirts": 0.7 + shirts[i]},
-            {"loss": [1.2, 0.9, 0.6], "epoch_seconds": [6.0, 3.0, 4.0]})
+        plain = RunSummary(
+            f"n{seed}",
+            "none",
+            seed,
+            {"seed": seed},
+            {"test_accuracy": 0.80, "test_recall.shoes": 0.9, "test_recall.shirts": 0.7},
+            {"loss": [0.9, 0.5, 0.4], "epoch_seconds": [2.0, 1.0, 1.0]},
+        )
+        augmented = RunSummary(
+            f"l{seed}",
+            "lesson",
+            seed,
+            {"seed": seed},
+            {"test_accuracy": 0.81, "test_recall.shoes": 0.9 + shoes[i], "test_recall.shirts": 0.7 + shirts[i]},
+            {"loss": [1.2, 0.9, 0.6], "epoch_seconds": [6.0, 3.0, 4.0]},
+        )
         runs += [plain, augmented]
     none, lesson = sorted(group_runs(runs), key=lambda g: g.preset != "none")
     d = compare_with_baseline(lesson, none, "test_accuracy", 0.95)
@@ -369,8 +441,14 @@ def test_per_class_effects_diversity_and_cost_by_hand():
 
 def test_convergence_is_judged_against_the_cap_and_patience():
     def run(best, trained, epochs, patience):
-        return RunSummary("r", "lesson", "1", {"train.epochs": str(epochs), "train.patience": str(patience)},
-                          {"best_epoch": best}, {"val_accuracy": [0.5] * trained})
+        return RunSummary(
+            "r",
+            "lesson",
+            "1",
+            {"train.epochs": str(epochs), "train.patience": str(patience)},
+            {"best_epoch": best},
+            {"val_accuracy": [0.5] * trained},
+        )
 
     assert run(best=11, trained=21, epochs=30, patience=10).converged  # early stopping saw it out
     assert run(best=20, trained=30, epochs=30, patience=10).converged  # the cap came exactly after patience

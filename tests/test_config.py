@@ -19,13 +19,16 @@ def test_defaults_compose_and_mirror_the_lesson():
     assert config.augmentation.name == "none" and config.augmentation.is_identity
 
 
-@pytest.mark.parametrize("override, key", [
-    ("data.split.fractions=[0.5,0.6,0.1]", "data.split.fractions"),
-    ("data.image_size=[0,150]", "data.image_size"),
-    ("augmentation.rotation_range=-5", "augmentation.rotation_range"),
-    ("+augmentation.rotaton_range=3", "rotaton_range"),
-    ("train.batch_size=abc", "train.batch_size"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("data.split.fractions=[0.5,0.6,0.1]", "data.split.fractions"),
+        ("data.image_size=[0,150]", "data.image_size"),
+        ("augmentation.rotation_range=-5", "augmentation.rotation_range"),
+        ("+augmentation.rotaton_range=3", "rotaton_range"),
+        ("train.batch_size=abc", "train.batch_size"),
+    ],
+)
 def test_bad_config_fails_before_work_and_names_the_key(tmp_path, override, key):
     result = run_module("pipeline.split", override, *path_overrides(tmp_path))
     assert result.returncode != 0
@@ -50,8 +53,9 @@ def test_committed_params_yaml_is_the_composition_of_conf_defaults(tmp_path):
 
     out = tmp_path / "params.yaml"
     compose_and_dump(str(out), str(ROOT / "conf"), None, "config", str(ROOT), [])
-    assert yaml.safe_load(out.read_text()) == yaml.safe_load((ROOT / "params.yaml").read_text()), \
+    assert yaml.safe_load(out.read_text()) == yaml.safe_load((ROOT / "params.yaml").read_text()), (
         "params.yaml is stale: regenerate it from conf/ (see README, 'Configuration')"
+    )
 
 
 def test_every_preset_and_experiment_composes():
@@ -81,12 +85,15 @@ def test_schema_defaults_file_mirrors_the_dataclass(group, schema):
     assert on_disk == expected
 
 
-@pytest.mark.parametrize("overrides, key, value", [
-    (["augmentation.rotation_range=10"], "rotation_range", 10.0),
-    (["augmentation=lesson", "augmentation.horizontal_flip=true"], "horizontal_flip", True),
-    (["augmentation=mixup", "augmentation.random_erasing.probability=0.3"], "random_erasing", 0.3),
-    (["model=residual_cnn", "model.trainable_base=false"], "trainable_base", False),
-])
+@pytest.mark.parametrize(
+    "overrides, key, value",
+    [
+        (["augmentation.rotation_range=10"], "rotation_range", 10.0),
+        (["augmentation=lesson", "augmentation.horizontal_flip=true"], "horizontal_flip", True),
+        (["augmentation=mixup", "augmentation.random_erasing.probability=0.3"], "random_erasing", 0.3),
+        (["model=residual_cnn", "model.trainable_base=false"], "trainable_base", False),
+    ],
+)
 def test_every_schema_key_is_settable_on_every_preset(overrides, key, value):
     config = compose(overrides)
     section = config.model if overrides[0].startswith("model") else config.augmentation
@@ -97,7 +104,9 @@ def test_every_schema_key_is_settable_on_every_preset(overrides, key, value):
 def test_a_misspelt_key_is_refused_naming_the_right_one(tmp_path):
     result = run_module("pipeline.train", "augmentation.rotaton_range=10", *path_overrides(tmp_path))
     assert result.returncode == 2
-    assert "augmentation.rotaton_range" in result.stderr and "did you mean 'augmentation.rotation_range'" in result.stderr
+    assert (
+        "augmentation.rotaton_range" in result.stderr and "did you mean 'augmentation.rotation_range'" in result.stderr
+    )
     assert "Traceback" not in result.stderr
     typo_group = run_module("pipeline.split", "augmentaton=lesson", *path_overrides(tmp_path))
     assert typo_group.returncode == 2 and "did you mean 'augmentation'" in typo_group.stderr
@@ -108,8 +117,16 @@ def test_params_file_takes_group_overrides(tmp_path):
 
     params = tmp_path / "params.yaml"
     params.write_text((ROOT / "params.yaml").read_text())
-    config = _load_params(["--params", str(params), "model=residual_cnn", "augmentation=lesson",
-                           "augmentation.horizontal_flip=true", "train.epochs=3"])
+    config = _load_params(
+        [
+            "--params",
+            str(params),
+            "model=residual_cnn",
+            "augmentation=lesson",
+            "augmentation.horizontal_flip=true",
+            "train.epochs=3",
+        ]
+    )
     assert config.model.name == "residual_cnn" and config.model.weights is None
     assert config.augmentation.rotation_range == 30 and config.augmentation.horizontal_flip
     assert config.train.epochs == 3
@@ -121,11 +138,14 @@ def test_params_file_takes_group_overrides(tmp_path):
         _load_params(["--params", str(params), "train.epoch=3"])
 
 
-@pytest.mark.parametrize("content, complaint", [
-    ("", "is empty"),
-    ("data:\n  source: [unclosed\n", "not valid YAML at line"),
-    ("- just\n- a list\n", "not a mapping"),
-])
+@pytest.mark.parametrize(
+    "content, complaint",
+    [
+        ("", "is empty"),
+        ("data:\n  source: [unclosed\n", "not valid YAML at line"),
+        ("- just\n- a list\n", "not a mapping"),
+    ],
+)
 def test_broken_or_empty_params_file_gives_one_clear_line(tmp_path, content, complaint):
     params = tmp_path / "params.yaml"
     params.write_text(content)
@@ -143,8 +163,11 @@ def test_an_augmenting_none_is_never_labelled_as_the_plain_baseline():
 
 
 def test_ablate_names_an_operation_the_preset_uses():
-    with pytest.raises(ConfigError, match="preset lesson does not use brightness.*its operations: rotation, "
-                                          "width_shift, height_shift, shear, zoom, vertical_flip"):
+    with pytest.raises(
+        ConfigError,
+        match="preset lesson does not use brightness.*its operations: rotation, "
+        "width_shift, height_shift, shear, zoom, vertical_flip",
+    ):
         compose(["augmentation=lesson", "augmentation.ablate=brightness"])
     with pytest.raises(ConfigError, match="augmentation.ablate: must be none or an operation"):
         compose(["augmentation=lesson", "augmentation.ablate=rotate"])
@@ -165,15 +188,18 @@ def test_an_output_folder_under_a_file_is_refused_naming_the_key(tmp_path, key):
     blocker.write_text("not a folder")
     with pytest.raises(ConfigError) as error:
         check_output_paths(compose([f"{key}={blocker}/x"]))
-    assert str(error.value) == (f"{key}={blocker}/x: {blocker} is a file, not a folder, so nothing can be written "
-                                f"there. Choose another {key}, or move that file away.")
+    assert str(error.value) == (
+        f"{key}={blocker}/x: {blocker} is a file, not a folder, so nothing can be written "
+        f"there. Choose another {key}, or move that file away."
+    )
 
 
 def test_a_path_error_is_one_line_from_the_command(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    result = run_module("pipeline.split", f"paths.split_dir={blocker}/x", f"data.source={tmp_path}",
-                        f"hydra.run.dir={tmp_path}/h")
+    result = run_module(
+        "pipeline.split", f"paths.split_dir={blocker}/x", f"data.source={tmp_path}", f"hydra.run.dir={tmp_path}/h"
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: paths.split_dir={blocker}/x: {blocker} is a file")
 
@@ -190,7 +216,9 @@ def test_the_configuration_reference_is_generated_from_the_schema():
     from pipeline.config_reference import reference
 
     written = (ROOT / "docs" / "configuration.md").read_text()
-    assert written == reference(), "docs/configuration.md is stale: python -m pipeline.config_reference > docs/configuration.md"
+    assert written == reference(), (
+        "docs/configuration.md is stale: python -m pipeline.config_reference > docs/configuration.md"
+    )
     # every key of the schema, documented: a field added without a comment shows up here
     rows = [line for line in written.splitlines() if line.startswith("| `")]
     assert len(rows) > 60 and all(not line.endswith("|  |") for line in rows)

@@ -40,10 +40,19 @@ def recorded_runs(uri: str):
 def test_mirrored_strategy_over_two_logical_cpus(split_done):
     tmp_path = split_done
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = subprocess.run([sys.executable, "-c", TWO_CPU_DEVICES,
-                             *train_args(tmp_path, uri, "train.strategy=mirrored", "augmentation=lesson")],
-                            cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            TWO_CPU_DEVICES,
+            *train_args(tmp_path, uri, "train.strategy=mirrored", "augmentation=lesson"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     client, runs = recorded_runs(uri)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
@@ -60,10 +69,16 @@ def test_multi_worker_strategy_with_two_local_workers(split_done):
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         args = train_args(tmp_path, uri, "train.strategy=multi_worker", f"hydra.run.dir={tmp_path}/hydra-{index}")
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "pipeline.train", *args], cwd=ROOT,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": tf_config},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "pipeline.train", *args],
+                cwd=ROOT,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": tf_config},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     try:
         outputs = [w.communicate(timeout=600)[0] for w in workers]
     finally:
@@ -83,11 +98,14 @@ def test_multi_worker_strategy_with_two_local_workers(split_done):
     assert not list(helper.glob("work/*/state.json"))  # and its finished work folder is gone
 
 
-@pytest.mark.parametrize("tf_config, complaint", [
-    (None, "needs $TF_CONFIG"),
-    ("{not json", "not a valid cluster description"),
-    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}', "IndexError"),
-])
+@pytest.mark.parametrize(
+    "tf_config, complaint",
+    [
+        (None, "needs $TF_CONFIG"),
+        ("{not json", "not a valid cluster description"),
+        ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}', "IndexError"),
+    ],
+)
 def test_bad_tf_config_is_explained(monkeypatch, tf_config, complaint):
     if tf_config is None:
         monkeypatch.delenv("TF_CONFIG", raising=False)

@@ -21,9 +21,17 @@ pytestmark = pytest.mark.slow
 
 
 def sh(*args: str, cwd: Path, columns: int | None = None) -> str:
-    env = {**os.environ, **({"COLUMNS": str(columns)} if columns else {}), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # the venv's dvc
-           "TF_CPP_MIN_LOG_LEVEL": "3", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t",
-           "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    env = {
+        **os.environ,
+        **({"COLUMNS": str(columns)} if columns else {}),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # the venv's dvc
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
     result = subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout + result.stderr
@@ -33,8 +41,13 @@ def sh(*args: str, cwd: Path, columns: int | None = None) -> str:
 def project(tmp_path) -> Path:
     """A fresh clone-like copy of the project's tracked files, committed in its own git repo."""
     repo = tmp_path / "project"
-    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for name in tracked:
         if (ROOT / name).is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
@@ -46,8 +59,14 @@ def project(tmp_path) -> Path:
 
 
 def test_exp_run_repro_and_what_reruns(project, tiny_dataset, tmp_path):
-    settings = [f"data.source={tiny_dataset}", "model=residual_cnn", "train.epochs=1", "train.batch_size=8",
-                "data.image_size=[32,32]", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]
+    settings = [
+        f"data.source={tiny_dataset}",
+        "model=residual_cnn",
+        "train.epochs=1",
+        "train.batch_size=8",
+        "data.image_size=[32,32]",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+    ]
     out = sh("dvc", "exp", "run", *[a for s in settings for a in ("-S", s)], cwd=project)
     for stage in ("split", "train", "evaluate"):
         assert f"Running stage '{stage}'" in out
@@ -82,10 +101,23 @@ def test_exp_run_repro_and_what_reruns(project, tiny_dataset, tmp_path):
 def test_queued_experiments_run_and_land_in_the_project_store(project, tiny_dataset):
     """dvc exp run --queue with a Hydra sweep, dvc queue start -j 2, dvc exp show: no tracking.uri is
     set, so the runs must reach <project>/mlflow.db although DVC runs them in temporary copies."""
-    settings = [f"data.source={tiny_dataset}", "model=residual_cnn", "train.epochs=1", "train.batch_size=8",
-                "data.image_size=[32,32]"]
-    out = sh("dvc", "exp", "run", "--queue", *[a for s in settings for a in ("-S", s)],
-             "-S", "augmentation=none,lesson", cwd=project)
+    settings = [
+        f"data.source={tiny_dataset}",
+        "model=residual_cnn",
+        "train.epochs=1",
+        "train.batch_size=8",
+        "data.image_size=[32,32]",
+    ]
+    out = sh(
+        "dvc",
+        "exp",
+        "run",
+        "--queue",
+        *[a for s in settings for a in ("-S", s)],
+        "-S",
+        "augmentation=none,lesson",
+        cwd=project,
+    )
     assert out.count("Queued experiment") == 2
     sh("dvc", "queue", "start", "--jobs", "2", cwd=project)  # two at once on a brand-new store
     deadline = time.monotonic() + 900

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import struct
 
 import keras
 import numpy as np
@@ -100,8 +99,12 @@ def test_whole_model_equals_cached_features_through_the_head():
 def _weights_by_layer(model: keras.Model) -> dict[str, np.ndarray]:
     """'base/<layer>/<weight>' and 'head/<layer>/<weight>' -> a copy of its value."""
     parts = {"base": model.get_layer("features").get_layer("efficientnet_lite0"), "head": model.get_layer("head")}
-    return {f"{part}/{layer.name}/{v.name}": keras.ops.convert_to_numpy(v).copy()
-            for part, network in parts.items() for layer in network.layers for v in layer.weights}
+    return {
+        f"{part}/{layer.name}/{v.name}": keras.ops.convert_to_numpy(v).copy()
+        for part, network in parts.items()
+        for layer in network.layers
+        for v in layer.weights
+    }
 
 
 def test_fine_tuning_moves_only_the_unfrozen_layers_at_their_own_rate(tmp_path):
@@ -157,6 +160,7 @@ def test_weights_null_and_a_local_weights_file(tmp_path):
     random_model = build_model(untrained.model, 3, (32, 32))
     from_file = build_model(compose(["experiment=cpu", f"model.weights={saved}"]).model, 3, (32, 32))
     stem = lambda m: keras.ops.convert_to_numpy(  # noqa: E731
-        m.get_layer("features").get_layer("efficientnet_lite0").get_layer("stem_conv").kernel)
+        m.get_layer("features").get_layer("efficientnet_lite0").get_layer("stem_conv").kernel
+    )
     np.testing.assert_array_equal(stem(from_file), keras.ops.convert_to_numpy(base.get_layer("stem_conv").kernel))
     assert not np.allclose(stem(random_model), stem(from_file))

@@ -15,8 +15,11 @@ from pipeline.models import build_model
 
 def test_evaluate_uses_the_size_the_model_was_trained_at(split_done, capsys):
     tmp_path = split_done
-    overrides = [f"paths.split_dir={tmp_path}/split", f"paths.reports_dir={tmp_path}/reports",
-                 f"paths.models_dir={tmp_path}/models"]
+    overrides = [
+        f"paths.split_dir={tmp_path}/split",
+        f"paths.reports_dir={tmp_path}/reports",
+        f"paths.models_dir={tmp_path}/models",
+    ]
     trained_at = compose(["model=residual_cnn", "data.image_size=[32,32]", *overrides])
     model = build_model(trained_at.model, len(read_classes(tmp_path / "split")), (32, 32))
     (tmp_path / "models").mkdir()

@@ -22,7 +22,7 @@ def reference_photo() -> np.ndarray:
     if photos:
         with Image.open(photos[0]) as image:
             return np.asarray(image.convert("RGB").resize((SIZE[1], SIZE[0])))
-    yy, xx = np.mgrid[0:SIZE[0], 0:SIZE[1]]
+    yy, xx = np.mgrid[0 : SIZE[0], 0 : SIZE[1]]
     scene = np.stack([xx * 2, yy * 2, (xx + yy)], axis=-1) % 256
     return scene.astype(np.uint8)
 
@@ -38,8 +38,9 @@ def png_16bit(pixels: np.ndarray, path: Path) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 16, {1: 0, 3: 2}[channels], 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
     return path
 
 

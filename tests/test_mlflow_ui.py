@@ -21,8 +21,10 @@ def system_chromium() -> str:
         found = shutil.which(name)
         if found:
             return found
-    pytest.skip("no Chromium found (looked for chromium, chromium-browser, google-chrome): "
-                "install Debian's package with `apt-get install chromium` (.ci/run does this when it can)")
+    pytest.skip(
+        "no Chromium found (looked for chromium, chromium-browser, google-chrome): "
+        "install Debian's package with `apt-get install chromium` (.ci/run does this when it can)"
+    )
 
 
 def ui_number(value: float) -> str:
@@ -36,8 +38,11 @@ def test_runs_and_their_val_accuracy_in_the_mlflow_ui(split_done, mlflow_server)
     tmp_path = split_done
     # test_in_sweeps off: with a job's test metrics (a dozen test_* keys) the last "val_accuracy" text of the
     # compare view was no longer a visible one (CI, 3b10add); the sweep's test evaluation is tested in test_train
-    args = [a for a in train_args(tmp_path, mlflow_server, "train.epochs=1", "train.test_in_sweeps=false")
-            if not a.startswith("hydra.run")]
+    args = [
+        a
+        for a in train_args(tmp_path, mlflow_server, "train.epochs=1", "train.test_in_sweeps=false")
+        if not a.startswith("hydra.run")
+    ]
     trained = run_module("pipeline.train", "-m", "augmentation=none,lesson", *args)
     assert trained.returncode == 0, trained.stderr[-3000:]
     client = MlflowClient(mlflow_server)
@@ -46,8 +51,9 @@ def test_runs_and_their_val_accuracy_in_the_mlflow_ui(split_done, mlflow_server)
     assert set(runs) == {"none", "lesson"}
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=browser_path,
-                                             args=["--no-sandbox", "--disable-dev-shm-usage"])
+        browser = playwright.chromium.launch(
+            executable_path=browser_path, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
 
         # the link training prints lands on the runs, in the UI's model-training mode
@@ -59,8 +65,9 @@ def test_runs_and_their_val_accuracy_in_the_mlflow_ui(split_done, mlflow_server)
         page.screenshot(path=str(tmp_path / "mlflow-runs.png"))
 
         ids = json.dumps([r.info.run_id for r in runs.values()])
-        page.goto(f"{mlflow_server}/#/compare-runs?runs={ids}&experiments=[\"{experiment.experiment_id}\"]",
-                  wait_until="load")
+        page.goto(
+            f'{mlflow_server}/#/compare-runs?runs={ids}&experiments=["{experiment.experiment_id}"]', wait_until="load"
+        )
         page.get_by_text("Run details").first.wait_for(timeout=60_000)
         for run in runs.values():
             page.get_by_text(run.info.run_name, exact=True).first.wait_for(timeout=60_000)
@@ -70,8 +77,11 @@ def test_runs_and_their_val_accuracy_in_the_mlflow_ui(split_done, mlflow_server)
         browser.close()
 
     assert "Comparing 2 Runs from 1 Experiment" in shown
-    details = shown[shown.index("Run details"):]  # the table below the plots
-    parameters, metrics = details[details.index("Parameters"):details.index("Metrics")], details[details.index("Metrics"):]
+    details = shown[shown.index("Run details") :]  # the table below the plots
+    parameters, metrics = (
+        details[details.index("Parameters") : details.index("Metrics")],
+        details[details.index("Metrics") :],
+    )
     assert "augmentation.name" in parameters and "lesson" in parameters and "none" in parameters
     assert "val_accuracy" in metrics
     for run in runs.values():

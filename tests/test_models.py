@@ -42,18 +42,23 @@ def test_optimizer_weight_decay_and_label_smoothing_reach_the_training():
     model = compile_model(build_model(config.model, 3, (32, 32)), config.model, config.train, 10, False)
     assert isinstance(model.optimizer, keras.optimizers.AdamW) and model.optimizer.weight_decay == pytest.approx(0.05)
     assert model.loss.label_smoothing == pytest.approx(0.1)
-    sgd = compose(["model=residual_cnn", "train.optimizer=sgd", "train.weight_decay=0.0005", "model.learning_rate=0.05"])
+    sgd = compose(
+        ["model=residual_cnn", "train.optimizer=sgd", "train.weight_decay=0.0005", "model.learning_rate=0.05"]
+    )
     model = compile_model(build_model(sgd.model, 3, (32, 32)), sgd.model, sgd.train, 10, False)
     assert isinstance(model.optimizer, keras.optimizers.SGD) and model.optimizer.nesterov
     assert model.optimizer.momentum == pytest.approx(0.9) and model.optimizer.weight_decay == pytest.approx(0.0005)
 
 
-@pytest.mark.parametrize("override, key", [
-    ("train.lr_schedule=linear", "train.lr_schedule"),
-    ("train.optimizer=rmsprop", "train.optimizer"),
-    ("train.weight_decay=-1", "train.weight_decay"),
-    ("train.label_smoothing=1.5", "train.label_smoothing"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.lr_schedule=linear", "train.lr_schedule"),
+        ("train.optimizer=rmsprop", "train.optimizer"),
+        ("train.weight_decay=-1", "train.weight_decay"),
+        ("train.label_smoothing=1.5", "train.label_smoothing"),
+    ],
+)
 def test_training_keys_are_validated(override, key):
     with pytest.raises(ConfigError, match=key):
         compose([override])

@@ -21,8 +21,10 @@ def test_the_next_run_marks_a_killed_processs_run_killed_and_its_model_failed(tm
     alive_tags = orphans.process_tags()  # this very process: alive
     gone_tags = {**alive_tags, orphans.STARTED: "1.00"}  # same pid, another start: a process that is gone
     elsewhere = {**gone_tags, orphans.HOST: "another-host"}  # cannot be checked from here
-    runs = {name: client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-            for name, tags in (("alive", alive_tags), ("gone", gone_tags), ("elsewhere", elsewhere))}
+    runs = {
+        name: client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        for name, tags in (("alive", alive_tags), ("gone", gone_tags), ("elsewhere", elsewhere))
+    }
     pending = mlflow.initialize_logged_model(name="model", source_run_id=runs["gone"], experiment_id=experiment_id)
 
     tracking.connect(config)  # what train and compare do first

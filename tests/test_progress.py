@@ -17,12 +17,20 @@ def test_a_fit_whose_output_is_a_log_prints_where_it_is_and_when_it_ends():
     x = np.random.default_rng(0).normal(size=(40, 4)).astype("float32")
     y = keras.ops.one_hot(np.arange(40) % 2, 2)
     log = io.StringIO()
-    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[ProgressLines(steps_per_epoch=5, batch_size=8,
-                                                                                every_s=0, stream=log)])
+    model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=2,
+        verbose=0,
+        callbacks=[ProgressLines(steps_per_epoch=5, batch_size=8, every_s=0, stream=log)],
+    )
     lines = log.getvalue().splitlines()
     assert len(lines) == 10  # every batch, with every_s=0
-    pattern = (r"epoch (\d)/2, batch (\d)/5: \d+ images/s, this epoch ends in \d+:\d\d, "
-               r"the run in at most \d+:\d\d")
+    pattern = (
+        r"epoch (\d)/2, batch (\d)/5: \d+ images/s, this epoch ends in \d+:\d\d, "
+        r"the run in at most \d+:\d\d"
+    )
     seen = [tuple(map(int, re.fullmatch(pattern, line).groups())) for line in lines]
     assert seen == [(e, b) for e in (1, 2) for b in range(1, 6)]
     assert "this epoch ends in 0:00" in lines[4]  # its last batch

@@ -224,6 +224,7 @@ def test_a_text_file_named_as_an_archive_is_a_clear_error_that_does_not_stick(tm
         zip_tree(first, archive)
     else:
         import tarfile
+
         with tarfile.open(archive, "w:gz") as tf:
             tf.add(first, arcname="data")
     assert run_split(tmp_path, archive)["classes"] == ["cat", "dog", "fox"]  # the good copy is used
@@ -288,8 +289,14 @@ def test_training_refuses_a_split_without_validation_images(tmp_path, tiny_datas
     run_split(tmp_path, tiny_dataset, "data.split.fractions=[1,0,0]")
     assert len(rows(tmp_path, "train")) == 36 and not rows(tmp_path, "val")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    config = compose([f"data.source={tiny_dataset}", f"tracking.uri={uri}", "model=residual_cnn",
-                      *[o for o in path_overrides(tmp_path) if not o.startswith("hydra.")]])
+    config = compose(
+        [
+            f"data.source={tiny_dataset}",
+            f"tracking.uri={uri}",
+            "model=residual_cnn",
+            *[o for o in path_overrides(tmp_path) if not o.startswith("hydra.")],
+        ]
+    )
     with pytest.raises(DataError, match=r"val\.csv lists no images.*data\.split\.fractions"):
         train.run(config)
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "models").exists()  # nothing recorded
@@ -313,8 +320,9 @@ def test_a_failed_split_leaves_no_earlier_manifests(tmp_path, tiny_dataset):
     assert (tmp_path / "split" / "train.csv").exists()
     with pytest.raises(DataError):
         run_split(tmp_path, tmp_path / "no-such-folder")
-    assert not any((tmp_path / "split" / name).exists() for name in ("train.csv", "val.csv", "test.csv",
-                                                                   "classes.json"))
+    assert not any(
+        (tmp_path / "split" / name).exists() for name in ("train.csv", "val.csv", "test.csv", "classes.json")
+    )
     assert not (tmp_path / "reports" / "split_report.json").exists()
 
 

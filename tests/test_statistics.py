@@ -80,7 +80,8 @@ def test_holm_adjustment_by_hand():
     # At 5%, the first two are rejected and the 0.03 is not (its step tests at 0.05/2): Holm's
     # step-down rule, where Bonferroni (x4) would reject only 0.005 and 0.01 as well.
     assert statistics.holm_levels([0.01, 0.04, 0.03, 0.005], 0.95) == pytest.approx(
-        [1 - 0.05 / 3, 1 - 0.05 / 1, 1 - 0.05 / 2, 1 - 0.05 / 4])
+        [1 - 0.05 / 3, 1 - 0.05 / 1, 1 - 0.05 / 2, 1 - 0.05 / 4]
+    )
     assert statistics.holm_adjusted([0.2, 0.9]) == pytest.approx([0.4, 0.9])  # capped by the running max, not 1.8
     assert statistics.holm_adjusted([0.6, 0.7]) == pytest.approx([1.0, 1.0])  # capped at 1
     adjusted = statistics.holm_adjusted([0.01, math.nan, 0.02])  # an untested comparison is not counted
@@ -93,7 +94,8 @@ def test_t_test_p_values_match_scipy():
     assert statistics.paired_t_p_value(DIFFERENCES) == pytest.approx(expected, rel=1e-12)
     ours, theirs = [0.70, 0.72, 0.74], [0.78, 0.80, 0.79, 0.81]
     assert statistics.welch_t_p_value(ours, theirs) == pytest.approx(
-        stats.ttest_ind(ours, theirs, equal_var=False).pvalue, rel=1e-12)
+        stats.ttest_ind(ours, theirs, equal_var=False).pvalue, rel=1e-12
+    )
     assert math.isnan(statistics.paired_t_p_value([0.01, 0.01, 0.01]))  # no spread: no test
     # 5 seeds that agree: the sign-flip p stops at 2/32 = 0.0625, the t-test's p goes below 0.05,
     # so Holm over 3 comparisons can still pass (0.0625 x 3 never could)

@@ -24,8 +24,9 @@ pytestmark = pytest.mark.slow
 def test_optuna_search_over_augmentation(split_done):
     tmp_path = split_done
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = run_module("pipeline.train", "-m", "hparams_search=augmentation", "hydra.sweeper.n_trials=3",
-                        *sweep_args(tmp_path, uri))
+    result = run_module(
+        "pipeline.train", "-m", "hparams_search=augmentation", "hydra.sweeper.n_trials=3", *sweep_args(tmp_path, uri)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Best parameters: {'augmentation.rotation_range'" in result.stdout + result.stderr
 
@@ -37,8 +38,10 @@ def test_optuna_search_over_augmentation(split_done):
     # every trial drew its own magnitudes, inside the search space
     rotations = [float(r.data.params["augmentation.rotation_range"]) for r in runs]
     assert all(0 <= v <= 40 for v in rotations)
-    assert len({tuple(sorted((k, v) for k, v in r.data.params.items() if k.startswith("augmentation.")))
-                for r in runs}) == 3
+    assert (
+        len({tuple(sorted((k, v) for k, v in r.data.params.items() if k.startswith("augmentation."))) for r in runs})
+        == 3
+    )
     (results,) = (tmp_path / "multirun").glob("*/optimization_results.yaml")
     best = yaml.safe_load(results.read_text())
     assert best["best_value"] == pytest.approx(max(r.data.metrics["best_val_accuracy"] for r in runs))
@@ -46,8 +49,9 @@ def test_optuna_search_over_augmentation(split_done):
 
     # The same search again (same sampler seed, same trials): every trial is found FINISHED and
     # its recorded objective returned; nothing is trained twice.
-    again = run_module("pipeline.train", "-m", "hparams_search=augmentation", "hydra.sweeper.n_trials=3",
-                       *sweep_args(tmp_path, uri))
+    again = run_module(
+        "pipeline.train", "-m", "hparams_search=augmentation", "hydra.sweeper.n_trials=3", *sweep_args(tmp_path, uri)
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("skip: this configuration already has the FINISHED MLflow run") == 3
     assert len(training_runs(uri)) == 3
@@ -73,7 +77,7 @@ def test_a_failing_job_does_not_sink_the_sweep_and_reruns_add_runs(split_done):
     assert "end_reason" in failed.data.tags
 
     second = run_module("pipeline.train", "-m", *args)  # the same sweep again: the failed job is tried again,
-    assert second.returncode != 0                         # the finished one skipped
+    assert second.returncode != 0  # the finished one skipped
     assert "skip: this configuration already has the FINISHED MLflow run" in second.stdout
     runs = training_runs(uri)
     assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED", "FINISHED"]
@@ -104,8 +108,15 @@ def test_an_interrupted_sweep_resumes_with_the_same_command(split_done):
     exactly one FINISHED run per configuration, and the sweep ends with the comparison."""
     tmp_path = split_done
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    command = [sys.executable, "-m", "pipeline.train", "-m", "augmentation=none,lesson", "seed=1,2",
-               *sweep_args(tmp_path, uri, "train.epochs=3")]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.train",
+        "-m",
+        "augmentation=none,lesson",
+        "seed=1,2",
+        *sweep_args(tmp_path, uri, "train.epochs=3"),
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     sweep = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
@@ -127,7 +138,8 @@ def test_an_interrupted_sweep_resumes_with_the_same_command(split_done):
     assert len(finished) == 4
     assert len({r.data.tags["config_hash"] for r in finished}) == 4
     assert {(r.data.tags["augmentation"], r.data.tags["seed"]) for r in finished} == {
-        (p, s) for p in ("none", "lesson") for s in ("1", "2")}
+        (p, s) for p in ("none", "lesson") for s in ("1", "2")
+    }
     # the end-of-sweep comparison covers all four runs, the two skipped ones included
     assert "comparison of the 4 runs of this sweep" in again.stdout
     assert "## Against `none`" in again.stdout and "| lesson | none |" in again.stdout
@@ -139,8 +151,14 @@ def test_an_ablation_sweep_reports_each_operation(split_done):
     """augmentation.ablate over the preset's operations: each operation's contribution, paired by seed."""
     tmp_path = split_done
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = run_module("pipeline.train", "-m", "augmentation=lesson", "augmentation.ablate=none,rotation,zoom",
-                        "seed=1,2", *sweep_args(tmp_path, uri))
+    result = run_module(
+        "pipeline.train",
+        "-m",
+        "augmentation=lesson",
+        "augmentation.ablate=none,rotation,zoom",
+        "seed=1,2",
+        *sweep_args(tmp_path, uri),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = finished_runs(uri)
     assert sorted({r.data.tags["augmentation"] for r in runs}) == ["lesson", "lesson-no-rotation", "lesson-no-zoom"]
@@ -155,4 +173,5 @@ def test_an_ablation_sweep_reports_each_operation(split_done):
     assert ablations["rotation"]["method"] == "paired over 2 seeds"
     by_seed = {(r.data.tags["augmentation"], r.data.tags["seed"]): r.data.metrics["best_val_accuracy"] for r in runs}
     assert ablations["zoom"]["per_seed"] == pytest.approx(
-        {s: by_seed[("lesson", s)] - by_seed[("lesson-no-zoom", s)] for s in ("1", "2")})
+        {s: by_seed[("lesson", s)] - by_seed[("lesson-no-zoom", s)] for s in ("1", "2")}
+    )

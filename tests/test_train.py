@@ -30,8 +30,9 @@ def only_run(uri: str, experiment: str = "augmentation"):
 def test_training_run_is_recorded_and_its_model_predicts(split_done):
     tmp_path = split_done
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = run_module("pipeline.train", *train_args(tmp_path, uri, "augmentation=lesson",
-                                                      "tracking.system_metrics_interval_s=0.5"))
+    result = run_module(
+        "pipeline.train", *train_args(tmp_path, uri, "augmentation=lesson", "tracking.system_metrics_interval_s=0.5")
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     client, run = only_run(uri)
@@ -57,8 +58,9 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" in result.stdout
     # ... the manifests are the run's datasets, digests from the files themselves
-    inputs = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset
-              for d in run.inputs.dataset_inputs}
+    inputs = {
+        next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset for d in run.inputs.dataset_inputs
+    }
     assert set(inputs) == {"training", "validation", "testing"}
     assert inputs["training"].name == "tiny-train" and inputs["testing"].name == "tiny-test"
     assert inputs["training"].digest == hashlib.sha256((tmp_path / "split" / "train.csv").read_bytes()).hexdigest()[:16]
@@ -67,7 +69,10 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
     (logged,) = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list")
     assert str(logged.status).endswith("READY") and logged.source_run_id == run.info.run_id
     assert {k: logged.tags[k] for k in ("preset", "model", "seed")} == {  # what it is, in the UI's model list
-        "preset": run.data.tags["augmentation"], "model": run.data.params["model.name"], "seed": run.data.params["seed"]}
+        "preset": run.data.tags["augmentation"],
+        "model": run.data.params["model.name"],
+        "seed": run.data.params["seed"],
+    }
     best_epoch = int(run.data.metrics["best_epoch"])
     assert [(o.model_id, o.step) for o in run.outputs.model_outputs] == [(logged.model_id, best_epoch)]
     model_metrics = {m.key: m for m in mlflow.get_logged_model(logged.model_id).metrics}
@@ -83,23 +88,43 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
     # ... and MLflow's own CLI serves it
     request = tmp_path / "request.json"
     request.write_text(json.dumps({"inputs": np.full((1, 32, 32, 3), 100.0).tolist()}))
-    served = subprocess.run([os.path.join(os.path.dirname(sys.executable), "mlflow"), "models", "predict", "-m",
-                             f"runs:/{run.info.run_id}/model", "--env-manager", "local", "-i", str(request), "-t", "json"],
-                            env={**os.environ, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True, timeout=300)
+    served = subprocess.run(
+        [
+            os.path.join(os.path.dirname(sys.executable), "mlflow"),
+            "models",
+            "predict",
+            "-m",
+            f"runs:/{run.info.run_id}/model",
+            "--env-manager",
+            "local",
+            "-i",
+            str(request),
+            "-t",
+            "json",
+        ],
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert served.returncode == 0, served.stderr[-2000:]
     (answer,) = json.loads(served.stdout.strip().splitlines()[-1])["predictions"]
     np.testing.assert_allclose(answer, probabilities[0], atol=1e-5)
 
     # evaluate: the test metrics belong to the model and to the test dataset; the run's times stay the training's
     trained = client.get_run(run.info.run_id).info
-    evaluated = run_module("pipeline.evaluate", *[a for a in train_args(tmp_path, uri) if a.startswith("paths.")],
-                           "data.image_size=[32,32]")
+    evaluated = run_module(
+        "pipeline.evaluate",
+        *[a for a in train_args(tmp_path, uri) if a.startswith("paths.")],
+        "data.image_size=[32,32]",
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     model_metrics = {m.key: m for m in mlflow.get_logged_model(logged.model_id).metrics}
     assert model_metrics["test_accuracy"].dataset_name == "tiny-test"
     assert model_metrics["test_accuracy"].dataset_digest == inputs["testing"].digest
     assert model_metrics["test_accuracy"].value == pytest.approx(
-        json.loads((tmp_path / "reports" / "metrics.json").read_text())["accuracy"])
+        json.loads((tmp_path / "reports" / "metrics.json").read_text())["accuracy"]
+    )
     after = client.get_run(run.info.run_id)
     assert (after.info.status, after.info.end_time) == (trained.status, trained.end_time)
     assert "test_accuracy" in after.data.metrics
@@ -113,8 +138,16 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
     broken = tmp_path / "mine" / "notes.jpg"
     broken.write_text("not an image")
     for model in (str(tmp_path / "models" / "model.keras"), f"runs:/{run.info.run_id}/model"):
-        result = run_module("pipeline.predict", model, str(good), str(broken), "--top-k", "2", "--json",
-                            env={"MLFLOW_TRACKING_URI": uri})
+        result = run_module(
+            "pipeline.predict",
+            model,
+            str(good),
+            str(broken),
+            "--top-k",
+            "2",
+            "--json",
+            env={"MLFLOW_TRACKING_URI": uri},
+        )
         assert result.returncode == 1, result.stderr[-2000:]  # one file failed, the other was predicted
         photo, notes = json.loads(result.stdout)
         assert [name for name, _ in photo["top"]] != [] and len(photo["top"]) == 2
@@ -138,8 +171,13 @@ def test_failure_is_recorded_failed(split_done):
 def start_and_stop_after(args: list[str], epoch_line: str) -> subprocess.Popen:
     """Start training and send SIGTERM once `epoch_line` (e.g. 'Epoch 3/') is printed."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.train", *args], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.train", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         for line in process.stdout:
             if epoch_line in line:
@@ -184,16 +222,23 @@ def test_sigterm_marks_the_run_killed_and_resume_is_the_same_run(split_done):
 
     # resumed with another seed or preset: refused, naming the keys, nothing trained
     for other in (["seed=7"], ["augmentation=lesson"]):
-        refused = run_module("pipeline.train", *train_args(tmp_path, uri, f"train.epochs={done + 2}",
-                                                           "model.learning_rate=0.003", "train.resume=true", *other))
+        refused = run_module(
+            "pipeline.train",
+            *train_args(
+                tmp_path, uri, f"train.epochs={done + 2}", "model.learning_rate=0.003", "train.resume=true", *other
+            ),
+        )
         assert refused.returncode == 2 and "another configuration" in refused.stderr
-        assert ("seed: 42 there, 7 now" if other == ["seed=7"] else "augmentation.name: none there, lesson now") \
-            in refused.stderr
+        assert (
+            "seed: 42 there, 7 now" if other == ["seed=7"] else "augmentation.name: none there, lesson now"
+        ) in refused.stderr
         assert "Traceback" not in refused.stderr
     assert work_state(tmp_path)["epochs_done"] == done
 
-    resumed = run_module("pipeline.train", *train_args(tmp_path, uri, f"train.epochs={done + 2}",
-                                                       "model.learning_rate=0.003", "train.resume=true"))
+    resumed = run_module(
+        "pipeline.train",
+        *train_args(tmp_path, uri, f"train.epochs={done + 2}", "model.learning_rate=0.003", "train.resume=true"),
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming from epoch {done}" in resumed.stdout
     client, run = only_run(uri)  # the same MLflow run, continued
@@ -215,9 +260,18 @@ def test_one_sigterm_right_after_the_run_starts_stops_it(split_done):
     tmp_path = split_done
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.train", *train_args(
-        tmp_path, uri, "train.epochs=500", "train.patience=500", "augmentation=lesson")], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.train",
+            *train_args(tmp_path, uri, "train.epochs=500", "train.patience=500", "augmentation=lesson"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         client = MlflowClient(uri)
         for _ in range(600):  # until the MLflow run exists
@@ -257,10 +311,16 @@ def test_two_trainings_at_once_on_a_new_store_both_finish(split_done):
     tmp_path = split_done
     uri = f"sqlite:///{tmp_path}/fresh.db"
     env = {**os.environ}
-    processes = [subprocess.Popen([sys.executable, "-m", "pipeline.train", *train_args(tmp_path, uri, f"seed={seed}",
-                                                                                         "train.epochs=3")],
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for seed in (1, 2)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pipeline.train", *train_args(tmp_path, uri, f"seed={seed}", "train.epochs=3")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     for p, output in zip(processes, outputs):
         assert p.returncode == 0, output[-3000:]
@@ -321,17 +381,25 @@ def test_multirun_gives_one_run_per_job_and_compare_reads_them(split_done):
     runs = client.search_runs([client.get_experiment_by_name("augmentation").experiment_id])
     assert len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}
     assert {(r.data.tags["augmentation"], r.data.tags["seed"]) for r in runs} == {
-        (p, s) for p in ("none", "lesson") for s in ("1", "2", "3")}
+        (p, s) for p in ("none", "lesson") for s in ("1", "2", "3")
+    }
     assert len({r.data.tags["sweep_id"] for r in runs}) == 1
     assert len(list((tmp_path / "multirun").glob("*/models/model.keras"))) == 6  # own folder per job
     # each job ended on the test split: metrics.json in its folder, test metrics (per class too) in its run
     assert len(list((tmp_path / "multirun").glob("*/reports/metrics.json"))) == 6
-    assert all({"test_accuracy", "test_balanced_accuracy", "test_recall.cat", "val_recall.cat"} <= set(r.data.metrics)
-               for r in runs)
+    assert all(
+        {"test_accuracy", "test_balanced_accuracy", "test_recall.cat", "val_recall.cat"} <= set(r.data.metrics)
+        for r in runs
+    )
     assert "verdict" in result.stdout and "test_accuracy, difference in points" in result.stdout  # end of sweep
 
-    report = run_module("pipeline.compare", f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/reports",
-                        f"paths.split_dir={tmp_path}/split", f"hydra.run.dir={tmp_path}/hydra-compare")
+    report = run_module(
+        "pipeline.compare",
+        f"tracking.uri={uri}",
+        f"paths.reports_dir={tmp_path}/reports",
+        f"paths.split_dir={tmp_path}/split",
+        f"hydra.run.dir={tmp_path}/hydra-compare",
+    )
     assert report.returncode == 0, report.stderr[-3000:]
     assert "| none | 3 | 1,2,3 |" in report.stdout and "| lesson | 3 | 1,2,3 |" in report.stdout
     assert "paired over 3 seeds" in report.stdout
