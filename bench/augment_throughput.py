@@ -18,8 +18,8 @@ from pathlib import Path
 import tensorflow as tf
 
 from pipeline.config import compose
-from pipeline.data import scan
 from pipeline.datasets import ImageSet, build_train_dataset, steps_per_epoch
+from pipeline.manifests import scan
 
 SIZE, BATCH = (150, 150), 32
 LESSON = dict(

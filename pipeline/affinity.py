@@ -27,10 +27,10 @@ from tqdm import tqdm
 
 from pipeline.augmentation import BatchAugmenter
 from pipeline.backend import tf
-from pipeline.comparison import Difference, Group, baseline_for
 from pipeline.config import AugmentationConfig, validate
-from pipeline.data import read_classes, read_manifest
 from pipeline.datasets import ImageSet, decoded_dataset
+from pipeline.manifests import read_classes, read_manifest
+from pipeline.verdicts import Difference, Group, baseline_for
 
 LABEL_MIXING = ("mixup", "cutmix")
 AFFINITY_SEED = 0  # augmentation draws [AFFINITY_SEED, batch index]

@@ -248,7 +248,7 @@ class WorkFolder:
             ) from None
 
 
-class TrainingState(keras.callbacks.Callback):
+class EpochCheckpoints(keras.callbacks.Callback):
     """Checkpoints every epoch into a `WorkFolder`, keeps the best epoch, stops early.
 
     Restores the last checkpoint (model + optimizer) at the start of `fit`; commits after

@@ -19,7 +19,7 @@ affinity_diversity.png).
 
 A Hydra multirun of `pipeline.train` ends with this comparison over the runs of that sweep
 (`CompareAfterSweep`; compare.after_sweep=false turns it off).
-Statistics and verdict rules: pipeline/comparison.py and pipeline/statistics.py; the
+Statistics and verdict rules: pipeline/verdicts.py and pipeline/seed_statistics.py; the
 markdown: pipeline/report.py. MLflow, scipy, matplotlib (and TensorFlow, for affinity) load
 inside `run`, so that `--help` and a wrong key answer at once.
 """
@@ -45,7 +45,9 @@ CURVES = ("val_accuracy", "val_loss", "loss", "epoch_seconds")  # per-epoch hist
 def run(config: Config, run_ids: set[str] | None = None) -> dict:
     """Compare the FINISHED training runs of the experiment (only `run_ids`, when given)."""
     from pipeline import tracking
-    from pipeline.comparison import (
+    from pipeline.registry import register_winner
+    from pipeline.report import json_safe, render_markdown
+    from pipeline.verdicts import (
         ablation_contributions,
         choose_metric,
         class_flags,
@@ -54,8 +56,6 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
         group_runs,
         group_table,
     )
-    from pipeline.registry import register_winner
-    from pipeline.report import json_safe, render_markdown
     from pipeline.visuals import affinity_diversity_figure, class_effects_figure, comparison_figure
 
     settings = config.compare

@@ -20,7 +20,7 @@ import numpy as np
 from pipeline.augmentation import BatchAugmenter, mix_batch
 from pipeline.backend import tf
 from pipeline.config import AugmentationConfig
-from pipeline.data import load_image
+from pipeline.images import load_image
 
 MEMORY_CACHE_LIMIT_BYTES = 4 * 1024**3  # decoded uint8 images above this go to a cache file
 

@@ -21,8 +21,8 @@ import numpy as np
 
 from pipeline.backend import keras
 from pipeline.config import Config, stage_entry
-from pipeline.data import read_classes, read_manifest
 from pipeline.datasets import ImageSet, build_eval_dataset
+from pipeline.manifests import read_classes, read_manifest
 from pipeline.models import load_saved_model
 from pipeline.visuals import confusion_matrix_figure
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.data import inspect_image, is_ignored, load_image
 from pipeline.errors import ModelError, UserError
+from pipeline.images import inspect_image, is_ignored, load_image
 
 PREDICT_BATCH = 64  # images decoded and predicted at a time: memory stays bounded on any folder
 

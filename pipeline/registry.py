@@ -10,8 +10,8 @@ import mlflow
 from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 
-from pipeline.comparison import Difference, Group
 from pipeline.errors import TrackingError
+from pipeline.verdicts import Difference, Group
 
 
 def register_winner(model_name: str, groups: list[Group], differences: list[Difference], metric: str) -> str:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 
-from pipeline.comparison import SEEDS_ADVISED
-from pipeline.statistics import MOST_SEEDS_ADVISED
+from pipeline.seed_statistics import MOST_SEEDS_ADVISED
+from pipeline.verdicts import SEEDS_ADVISED
 
 
 def _points(value: float | None) -> str:

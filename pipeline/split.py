@@ -13,16 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import Config, stage_entry
-from pipeline.data import (
-    SOURCE_FILE,
-    SPLITS,
-    imbalance_warnings,
-    resolve_source,
-    scan,
-    split_dataset,
-    validate_images,
-    write_split,
-)
+from pipeline.images import validate_images
+from pipeline.manifests import SOURCE_FILE, SPLITS, imbalance_warnings, scan, split_dataset, write_split
+from pipeline.sources import resolve_source
 
 
 def run(config: Config) -> dict:
@@ -37,7 +30,7 @@ def run(config: Config) -> dict:
     root = resolve_source(data.source, data.download_dir, data.sha256)
     print(f"dataset: {root}")
     candidates, ignored = scan(root, data.split.respect_existing)
-    checks = validate_images(candidates)
+    checks = validate_images([c.path for c in candidates])
     result = split_dataset(candidates, checks, ignored, list(data.split.fractions), config.seed, data.limit_per_class)
     report = write_split(result, Path(config.paths.split_dir), report_path, data.source)
     counts = ", ".join(f"{s} {n}" for s, n in report["counts"].items())

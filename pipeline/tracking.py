@@ -473,7 +473,7 @@ def training_runs(
     """The FINISHED training runs of `experiment` (with their per-epoch `curves`), only those in
     `run_ids` when given, and how many other runs (FAILED, KILLED, RUNNING) were left out.
     Comparison runs are not training runs."""
-    from pipeline.comparison import RunSummary  # here: training never needs the comparison's code
+    from pipeline.verdicts import RunSummary  # here: training never needs the comparison's code
 
     client = mlflow.MlflowClient()
     found = client.get_experiment_by_name(experiment)

@@ -27,9 +27,8 @@ import yaml
 from pipeline import devices, evaluate, tracking
 from pipeline.augmentation import augmentation_layer
 from pipeline.backend import keras
-from pipeline.checkpoints import SavedState, StopOnSignal, TrainingState, WorkFolder, write_atomically
+from pipeline.checkpoints import EpochCheckpoints, SavedState, StopOnSignal, WorkFolder, write_atomically
 from pipeline.config import Config, digest_of, in_multirun, stage_entry, to_dict, training_identity
-from pipeline.data import manifest_hash, read_classes, read_manifest, split_source
 from pipeline.datasets import (
     ImageSet,
     backbone_features,
@@ -40,6 +39,7 @@ from pipeline.datasets import (
     steps_per_epoch,
 )
 from pipeline.errors import ConfigError, DataError
+from pipeline.manifests import manifest_hash, read_classes, read_manifest, split_source
 from pipeline.models import build_model, compile_model, frozen_backbone
 from pipeline.progress import ProgressLines
 from pipeline.stopping import raise_if_stopped
@@ -161,7 +161,7 @@ def fit(config: Config, training: Training, callbacks: list = (), start_epoch: i
 
 def train_from_state(config: Config, training: Training, work: WorkFolder, state: SavedState, on_commit=None) -> None:
     """Fit from where `state` stopped (checkpoint every epoch), then load the best epoch's weights."""
-    checkpoints = TrainingState(work, state, config.train.patience, len(training.train_set), on_commit)
+    checkpoints = EpochCheckpoints(work, state, config.train.patience, len(training.train_set), on_commit)
     if not state.patience_exhausted(config.train.patience):
         fit(config, training, [checkpoints], start_epoch=state.epochs_done)
     if state.best_weights:

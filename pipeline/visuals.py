@@ -14,10 +14,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipeline.config import Config  # noqa: E402
-from pipeline.data import load_image, read_classes, read_manifest  # noqa: E402
+from pipeline.images import load_image  # noqa: E402
+from pipeline.manifests import read_classes, read_manifest  # noqa: E402
 
 if TYPE_CHECKING:  # the comparison's types only: importing it would load scipy
-    from pipeline.comparison import Difference, Group, RunSummary
+    from pipeline.verdicts import Difference, Group, RunSummary
 
 
 def _save(figure, target: Path, dpi: int = 90) -> Path:

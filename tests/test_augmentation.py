@@ -22,8 +22,8 @@ from pipeline.augmentation import (
     warp_images,
 )
 from pipeline.config import compose
-from pipeline.data import load_image
 from pipeline.datasets import ImageSet, build_eval_dataset, build_train_dataset, steps_per_epoch
+from pipeline.images import load_image
 from tests.conftest import ROOT, path_overrides
 
 SIZE = 64

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.checkpoints import TrainingState, WorkFolder
+from pipeline.checkpoints import EpochCheckpoints, WorkFolder
 from pipeline.errors import ConfigError, UserError
 
 IDENTITY = {"seed": "1", "augmentation.name": "none", "train.epochs": "10"}
@@ -20,7 +20,7 @@ def tiny_model() -> keras.Model:
 
 def run_epochs(folder: WorkFolder, state, model: keras.Model, accuracies: dict[int, float]) -> None:
     """Finish the given epochs (1-based) with the given val_accuracy; weights = the epoch number."""
-    callback = TrainingState(folder, state, patience=100, images_per_epoch=10)
+    callback = EpochCheckpoints(folder, state, patience=100, images_per_epoch=10)
     callback.set_model(model)
     callback.on_train_begin()
     for epoch, accuracy in accuracies.items():

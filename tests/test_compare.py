@@ -13,9 +13,9 @@ from mlflow.tracking import MlflowClient
 from scipy import stats
 
 from pipeline import compare
-from pipeline.comparison import RunSummary, compare_with_baseline, group_runs, varied_settings
 from pipeline.config import compose
 from pipeline.errors import TrackingError
+from pipeline.verdicts import RunSummary, compare_with_baseline, group_runs, varied_settings
 from tests.conftest import make_image, run_module
 
 # preset -> {seed: (best_val_accuracy, test_accuracy)}
@@ -398,7 +398,7 @@ def test_long_group_labels_make_short_unique_metric_names():
 
 
 def test_per_class_effects_diversity_and_cost_by_hand():
-    from pipeline.comparison import class_flags, cost, diversity
+    from pipeline.verdicts import class_flags, cost, diversity
 
     # lesson gains 1 point on average over 5 seeds, but costs "shoes" 6 to 8 points on every seed
     shoes = [-0.06, -0.07, -0.08, -0.07, -0.06]

@@ -58,15 +58,11 @@ def project(tmp_path) -> Path:
     return repo
 
 
+TINY = ["model=residual_cnn", "train.epochs=1", "train.batch_size=8", "data.image_size=[32,32]"]  # seconds a run
+
+
 def test_exp_run_repro_and_what_reruns(project, tiny_dataset, tmp_path):
-    settings = [
-        f"data.source={tiny_dataset}",
-        "model=residual_cnn",
-        "train.epochs=1",
-        "train.batch_size=8",
-        "data.image_size=[32,32]",
-        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-    ]
+    settings = [f"data.source={tiny_dataset}", *TINY, f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]
     out = sh("dvc", "exp", "run", *[a for s in settings for a in ("-S", s)], cwd=project)
     for stage in ("split", "train", "evaluate"):
         assert f"Running stage '{stage}'" in out
@@ -101,13 +97,7 @@ def test_exp_run_repro_and_what_reruns(project, tiny_dataset, tmp_path):
 def test_queued_experiments_run_and_land_in_the_project_store(project, tiny_dataset):
     """dvc exp run --queue with a Hydra sweep, dvc queue start -j 2, dvc exp show: no tracking.uri is
     set, so the runs must reach <project>/mlflow.db although DVC runs them in temporary copies."""
-    settings = [
-        f"data.source={tiny_dataset}",
-        "model=residual_cnn",
-        "train.epochs=1",
-        "train.batch_size=8",
-        "data.image_size=[32,32]",
-    ]
+    settings = [f"data.source={tiny_dataset}", *TINY]
     out = sh(
         "dvc",
         "exp",

@@ -73,7 +73,7 @@ def test_a_shape_mismatch_names_the_tensor(tmp_path):
 
 
 def test_imagenet_top5_of_shoe_photos_holds_a_shoe(shared_dataset):
-    from pipeline.data import load_image
+    from pipeline.images import load_image
 
     network = efficientnet_lite.efficientnet_lite0((224, 224, 3), include_top=True)
     efficientnet_lite.load_imagenet_weights(network)

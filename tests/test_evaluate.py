@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import evaluate
 from pipeline.config import compose
-from pipeline.data import read_classes
+from pipeline.manifests import read_classes
 from pipeline.models import build_model
 
 

@@ -198,7 +198,8 @@ def val_accuracy_of(model_path, tmp_path) -> float:
     """The saved model's accuracy on the val split, computed here from the images."""
     import keras
 
-    from pipeline.data import load_image, read_classes, read_manifest
+    from pipeline.images import load_image
+    from pipeline.manifests import read_classes, read_manifest
 
     paths, labels = read_manifest(tmp_path / "split", "val")
     classes = read_classes(tmp_path / "split")
@@ -431,8 +432,9 @@ def test_plain_runs_of_a_frozen_backbone_train_the_head_on_cached_features(split
     predicts what base + trained head predicted during training."""
     import keras
 
-    from pipeline.data import load_image, read_classes, read_manifest
     from pipeline.datasets import ImageSet, backbone_features
+    from pipeline.images import load_image
+    from pipeline.manifests import read_classes, read_manifest
 
     tmp_path = split_done
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -5,7 +5,7 @@ One run's accuracy is noisy: on the clothing dataset one validation image is wor
 points and a single run's standard error near 85% is about 1.9 points. So each group
 (augmentation preset, plus any other setting that was varied) is summarised over its seeds,
 and each augmented group is compared with the baseline group (`none`) of the same other
-settings (statistics: pipeline/statistics.py):
+settings (statistics: pipeline/seed_statistics.py):
 
 - paired by seed when the seeds of one group are all among the other's, and >= 2 (same
   init, same shuffling: pairing removes that shared noise): Student-t and bootstrap
@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline import statistics
+from pipeline import seed_statistics as statistics
 
 SEEDS_ADVISED = 5  # the fewest seeds per group a study should have; fewer are flagged in the report
 MIN_SEEDS_FOR_VERDICT = 3  # below this, never keep or drop

@@ -1,0 +1,114 @@
+"""Reading one image as every stage does: decoded fully once when the split is made (a file that
+cannot be decoded is skipped with its reason), then loaded the same way for training,
+evaluation and prediction (EXIF orientation, 16-bit scaled to 8, alpha over white, RGB).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+from tqdm import tqdm
+
+SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
+MAX_PIXELS = 250_000_000  # larger images are skipped (decompression-bomb guard), not crashed on
+
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
+
+
+def is_ignored(name: str) -> bool:
+    """Hidden and system files or folders (.DS_Store, Thumbs.db, __MACOSX): never data."""
+    return name.startswith(".") or name.lower() in SYSTEM_FILES or name == "__MACOSX"
+
+
+def inspect_image(path: Path) -> tuple[str | None, str | None]:
+    """Fully decode one file as training will. Returns (sha256 of the bytes, None) or (None, reason it is skipped)."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return None, f"unreadable: {error.strerror or error}"
+    if not data:
+        return None, "empty file (0 bytes)"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                if min(decode_rgb(image).size) < 1:
+                    return None, "image has no pixels"
+    except Image.UnidentifiedImageError:
+        return None, "not an image (no decoder recognises it)"
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return None, f"image too large (over {MAX_PIXELS:,} pixels)"
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        text = str(error)
+        reason = "truncated image" if "truncated" in text.lower() else "cannot decode"
+        return None, f"{reason}: {text}"
+    return hashlib.sha256(data).hexdigest(), None
+
+
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit gray (Pillow opens it as one of these)
+
+
+def decode_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow image as an upright 8-bit RGB image: the one decoding every stage shares.
+
+    * EXIF orientation is applied (a phone photo taken upright stays upright);
+    * 16-bit gray (`I;16*`) is scaled from 0..65535 to 0..255, not clipped; 32-bit integer
+      gray (`I`) from the smallest of 0..255, 0..65535 and 0..2**32-1 that holds its values
+      (the file's bit depth says nothing of the range its writer used); 16-bit RGB PNG/TIFF
+      Pillow already scales; float images (`F`) are read as 0..1 when their maximum is <= 1,
+      else as 0..255;
+    * transparent pixels are composed over white; CMYK, palette and gray convert as usual.
+    """
+    image.load()
+    image = ImageOps.exif_transpose(image)
+    if image.mode in HIGH_DEPTH_MODES or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        largest = float(np.nanmax(values)) if values.size else 0.0
+        if image.mode == "F":
+            scale = 255.0 if largest <= 1.0 else 1.0
+        elif image.mode == "I":
+            scale = 255.0 / (255.0 if largest <= 255 else 65535.0 if largest <= 65535 else 2.0**32 - 1)
+        else:
+            scale = 255.0 / 65535.0
+        gray = np.clip(np.round(np.nan_to_num(values) * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """Decode (`decode_rgb`) and resize (bilinear) one image to size=(height, width).
+
+    Returns uint8 [height, width, 3]. Used by training, evaluation, preview and predict
+    alike, and the split stage validates with the same decoding: they see the same pixels.
+    """
+    with Image.open(path) as image:
+        rgb = decode_rgb(image)
+    height, width = size
+    if rgb.size != (width, height):
+        rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def validate_images(paths: list[Path], workers: int = 4) -> list[tuple[str | None, str | None]]:
+    """Decode every file once, in threads (PIL releases the GIL), with a progress bar: (sha256, None) or
+    (None, why it is skipped) per file."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(
+            tqdm(
+                pool.map(inspect_image, paths),
+                total=len(paths),
+                desc="validate images",
+                unit="img",
+            )
+        )
