@@ -35,7 +35,8 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from pipeline.config import Config, stage_entry, validate
+from pipeline.cli import stage_entry
+from pipeline.config import Config, validate
 from pipeline.errors import TrackingError, UserError
 
 FIGURES = ("comparison.png", "class_effects.png", "affinity_diversity.png")

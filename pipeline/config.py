@@ -1,4 +1,4 @@
-"""Typed configuration: the schema behind `conf/`, its validation, and stage entry points.
+"""Typed configuration: the schema behind `conf/` and its validation (the command line: cli.py).
 
 One schema serves the three ways a stage runs:
 
@@ -18,17 +18,14 @@ import difflib
 import hashlib
 import json
 import math
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.errors import ConfigError, UserError
+from pipeline.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -455,6 +452,37 @@ def _collect_problems(node: Any, prefix: str = "") -> list[str]:
     return found
 
 
+# ------------------------------------------------------------------ keys
+
+
+def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        keys.append(prefix + f.name)
+        if dataclasses.is_dataclass(value):
+            keys += _dotted_keys(value, f"{prefix}{f.name}.")
+    return keys
+
+
+SETTABLE_KEYS = frozenset(_dotted_keys(Config()))
+LEAF_KEYS = SETTABLE_KEYS - {k.rpartition(".")[0] for k in SETTABLE_KEYS}
+
+
+def unknown_key_message(key: str) -> str:
+    """'Unknown config key ...; did you mean ...?' with the closest settable key."""
+    parent = key.rpartition(".")[0]
+    siblings = [k for k in SETTABLE_KEYS if k.rpartition(".")[0] == parent]
+    close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6) or difflib.get_close_matches(
+        key, sorted(SETTABLE_KEYS), n=1, cutoff=0.7
+    )
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return (
+        f"Unknown config key '{key}': {hint}Every key is listed in pipeline/config.py "
+        "(the schema) and conf/schema/ (its defaults)."
+    )
+
+
 def validate(raw: DictConfig | dict) -> Config:
     """Merge a composed config into the schema and check every range.
 
@@ -479,14 +507,19 @@ def validate(raw: DictConfig | dict) -> Config:
     return config
 
 
-def compose(overrides: list[str] | None = None) -> Config:
-    """Compose `conf/` with Hydra's compose API (tests, notebooks) and validate it."""
+def compose_raw(overrides: list[str] | None = None, with_hydra: bool = False) -> DictConfig:
+    """`conf/` composed by Hydra's compose API with `overrides`, not yet validated (`with_hydra`:
+    with Hydra's own section, whose `runtime.choices` say which option each group got)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        raw = hydra_compose(config_name="config", overrides=list(overrides or []))
-    return validate(raw)
+        return hydra_compose(config_name="config", overrides=list(overrides or []), return_hydra_config=with_hydra)
+
+
+def compose(overrides: list[str] | None = None) -> Config:
+    """Compose `conf/` with Hydra's compose API (tests, notebooks) and validate it."""
+    return validate(compose_raw(overrides))
 
 
 def to_dict(config: Config) -> dict:
@@ -532,213 +565,3 @@ def training_identity(config: Config, manifest_sha256: str) -> dict[str, str]:
 def digest_of(values: dict[str, str]) -> str:
     """A stable sha256 of string key/values (order-independent)."""
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
-
-
-# ------------------------------------------------------------------ entry points
-
-
-def in_multirun() -> bool:
-    """True inside a job of a Hydra multirun (-m)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return HydraConfig.get().mode.name == "MULTIRUN"
-    except (ImportError, ValueError):
-        return False
-
-
-def _explained(job: Callable[[], Any]) -> Any:
-    """Run `job`; a UserError or an interruption becomes one line on stderr and an exit code.
-
-    In a Hydra multirun the error is re-raised instead: Hydra marks that job failed and
-    the sweep goes on with the next one.
-    """
-    try:
-        return job()
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        if in_multirun():
-            raise
-        sys.exit(error.exit_code)
-    except KeyboardInterrupt as stop:
-        print(f"stopped ({stop or 'Ctrl-C'})", file=sys.stderr)
-        sys.exit(getattr(stop, "exit_code", 130))
-
-
-def read_yaml_file(path: str | Path, what: str = "config file") -> DictConfig:
-    """A YAML mapping from `path`, or a ConfigError naming the file, the line and the fix."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise ConfigError(f"cannot read the {what} {path}: {error.strerror or error}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(
-            f"the {what} {path} is not valid YAML{where}: {problem}. Fix that line "
-            "(keys are `name: value`, nested keys indented by two spaces)."
-        ) from None
-    if data is None:
-        raise ConfigError(
-            f"the {what} {path} is empty. Write the composed config into it (dvc exp run does, "
-            "see README 'Configuration'), or run without --params: python -m pipeline.<stage> key=value"
-        )
-    if not isinstance(data, dict):
-        raise ConfigError(f"the {what} {path} holds a {type(data).__name__}, not a mapping of config keys")
-    return OmegaConf.create(data)
-
-
-def apply_group_option(raw: DictConfig, group: str, option: str) -> DictConfig:
-    """`group=option` applied to a composed config, as Hydra would compose it.
-
-    A group's section is replaced by conf/<group>/<option>.yaml on its schema defaults;
-    an `@package _global_` file (experiment/) applies its `override /group: option`
-    defaults first, then merges its own keys at the root.
-    """
-    folder = CONF_DIR / group
-    path = folder / f"{option}.yaml"
-    if group == "hparams_search":
-        raise ConfigError(f"{group}={option} is a Hydra sweep: run it as python -m pipeline.train -m {group}={option}")
-    if not path.is_file():
-        options = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
-        raise ConfigError(f"{group}={option}: there is no conf/{group}/{option}.yaml; the options are: {options}")
-    node = read_yaml_file(path)
-    defaults = node.pop("defaults", [])
-    if path.read_text().lstrip().startswith("# @package _global_"):
-        for entry in defaults:
-            for target, choice in entry.items() if isinstance(entry, DictConfig) else []:
-                raw = apply_group_option(raw, target.split()[-1].strip("/"), choice)
-        return OmegaConf.merge(raw, node)
-    base = CONF_DIR / "schema" / f"{group}.yaml"
-    raw = OmegaConf.create({k: v for k, v in raw.items() if k != group})
-    return OmegaConf.merge(raw, {group: OmegaConf.merge(OmegaConf.load(base), node) if base.is_file() else node})
-
-
-def _load_params(argv: list[str]) -> Config:
-    """`--params FILE [key=value | group=option ...]`: an already composed config (DVC's params.yaml).
-
-    `group=option` (e.g. model=residual_cnn, experiment=cpu) replaces that group's section with
-    conf/<group>/<option>.yaml; `key=value` sets one key. Applied in the order given.
-    """
-    if len(argv) < 2:
-        raise ConfigError("--params needs a file, e.g. --params params.yaml")
-    raw = read_yaml_file(argv[1], "params file")
-    for override in argv[2:]:
-        key, sep, value = override.partition("=")
-        if not sep:
-            raise ConfigError(
-                f"{override!r} is not an override: write key=value (e.g. train.epochs=3) "
-                "or group=option (e.g. model=residual_cnn)"
-            )
-        check_key(key)
-        if "." not in key and (CONF_DIR / key).is_dir():
-            raw = apply_group_option(raw, key, value)
-        else:
-            try:
-                raw = OmegaConf.merge(raw, OmegaConf.from_dotlist([override]))
-            except OmegaConfBaseException as error:
-                raise ConfigError(f"cannot apply {override!r}: {str(error).splitlines()[0]}") from None
-    return validate(raw)
-
-
-# ------------------------------------------------------------------ key checks
-
-
-def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
-    keys = []
-    for f in dataclasses.fields(node):
-        value = getattr(node, f.name)
-        keys.append(prefix + f.name)
-        if dataclasses.is_dataclass(value):
-            keys += _dotted_keys(value, f"{prefix}{f.name}.")
-    return keys
-
-
-SETTABLE_KEYS = frozenset(_dotted_keys(Config()))
-LEAF_KEYS = SETTABLE_KEYS - {k.rpartition(".")[0] for k in SETTABLE_KEYS}
-
-
-def unknown_key_message(key: str) -> str:
-    """'Unknown config key ...; did you mean ...?' with the closest settable key."""
-    parent = key.rpartition(".")[0]
-    siblings = [k for k in SETTABLE_KEYS if k.rpartition(".")[0] == parent]
-    close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6) or difflib.get_close_matches(
-        key, sorted(SETTABLE_KEYS), n=1, cutoff=0.7
-    )
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    return (
-        f"Unknown config key '{key}': {hint}Every key is listed in pipeline/config.py "
-        "(the schema) and conf/schema/ (its defaults)."
-    )
-
-
-def check_key(key: str) -> None:
-    """Refuse a key that is neither a schema key nor a config group, suggesting the closest one."""
-    key = key.lstrip("+~")
-    if key.split(".")[0].split("/")[0] == "hydra" or "@" in key or "/" in key:
-        return  # Hydra's own settings and package/group paths: Hydra checks those
-    if "." not in key and (CONF_DIR / key).is_dir():
-        return  # a group choice: augmentation=lesson
-    parts = key.split(".")
-    if key in SETTABLE_KEYS or any(".".join(parts[:depth]) in LEAF_KEYS for depth in range(1, len(parts))):
-        return  # a key, or an item of a list-valued key (data.image_size.0)
-    raise ConfigError(unknown_key_message(key))
-
-
-def check_command_line(args: list[str]) -> None:
-    """Check every `key=value` of a Hydra command line before Hydra composes it."""
-    for arg in args:
-        if not arg.startswith("-") and "=" in arg:
-            check_key(arg.split("=", 1)[0])
-
-
-OUTPUT_PATHS = ("paths.split_dir", "paths.reports_dir", "paths.models_dir", "data.download_dir")
-
-
-def check_output_paths(config: Config) -> Config:
-    """Refuse, naming the key, an output folder that cannot be one: a path through a file
-    (/etc/hostname/x), or a folder where a file must go (models/model.keras as a folder)."""
-    for key in OUTPUT_PATHS:
-        section, name = key.split(".")
-        path = Path(getattr(getattr(config, section), name)).expanduser()
-        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
-        if blocker is not None:
-            raise ConfigError(
-                f"{key}={path}: {blocker} is a file, not a folder, so nothing can be written there. "
-                f"Choose another {key}, or move that file away."
-            )
-    model_file = Path(config.paths.models_dir).expanduser() / "model.keras"
-    if model_file.is_dir():
-        raise ConfigError(
-            f"paths.models_dir={config.paths.models_dir}: {model_file} is a folder, where training "
-            "writes the model file. Remove or rename it, or choose another paths.models_dir."
-        )
-    return config
-
-
-def stage_entry(task: Callable[[Config], Any]) -> Callable[[], Any]:
-    """Turn `task(config)` into a command line entry point.
-
-    `--params FILE [key=value ...]` loads an already composed config (DVC's params.yaml);
-    otherwise Hydra composes `conf/` with the command line (single run or `-m`).
-    Returns what `task` returns (Hydra's sweepers read it as the objective).
-    """
-
-    def main() -> Any:
-        if sys.argv[1:2] == ["--params"]:
-            return _explained(lambda: task(check_output_paths(_load_params(sys.argv[1:]))))
-
-        _explained(lambda: check_command_line(sys.argv[1:]))
-        import hydra
-
-        @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-        def hydra_task(raw: DictConfig) -> Any:
-            return _explained(lambda: task(check_output_paths(validate(raw))))
-
-        return hydra_task()
-
-    return main

@@ -1,6 +1,6 @@
 """Errors a user can fix: each message says what is wrong, which key or file, and what to do.
 
-Every stage's entry point (`config.stage_entry`) prints these as one line and exits
+Every stage's entry point (`cli.stage_entry`) prints these as one line and exits
 non-zero instead of a traceback; anything else is a bug and keeps its traceback.
 """
 

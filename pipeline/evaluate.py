@@ -20,7 +20,8 @@ import mlflow
 import numpy as np
 
 from pipeline.backend import keras
-from pipeline.config import Config, stage_entry
+from pipeline.cli import stage_entry
+from pipeline.config import Config
 from pipeline.datasets import ImageSet, build_eval_dataset
 from pipeline.manifests import read_classes, read_manifest
 from pipeline.models import load_saved_model

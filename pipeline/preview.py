@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import Config, stage_entry
+from pipeline.cli import stage_entry
+from pipeline.config import Config
 from pipeline.visuals import augmentation_grid
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import Config, stage_entry
+from pipeline.cli import stage_entry
+from pipeline.config import Config
 from pipeline.images import validate_images
 from pipeline.manifests import SOURCE_FILE, SPLITS, imbalance_warnings, scan, split_dataset, write_split
 from pipeline.sources import resolve_source

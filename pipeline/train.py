@@ -28,7 +28,8 @@ from pipeline import devices, evaluate, tracking
 from pipeline.augmentation import augmentation_layer
 from pipeline.backend import keras
 from pipeline.checkpoints import EpochCheckpoints, SavedState, StopOnSignal, WorkFolder, write_atomically
-from pipeline.config import Config, digest_of, in_multirun, stage_entry, to_dict, training_identity
+from pipeline.cli import in_multirun, stage_entry
+from pipeline.config import Config, digest_of, to_dict, training_identity
 from pipeline.datasets import (
     ImageSet,
     backbone_features,

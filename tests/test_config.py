@@ -113,11 +113,11 @@ def test_a_misspelt_key_is_refused_naming_the_right_one(tmp_path):
 
 
 def test_params_file_takes_group_overrides(tmp_path):
-    from pipeline.config import _load_params
+    from pipeline.cli import load_params
 
     params = tmp_path / "params.yaml"
     params.write_text((ROOT / "params.yaml").read_text())
-    config = _load_params(
+    config = load_params(
         [
             "--params",
             str(params),
@@ -130,12 +130,17 @@ def test_params_file_takes_group_overrides(tmp_path):
     assert config.model.name == "residual_cnn" and config.model.weights is None
     assert config.augmentation.rotation_range == 30 and config.augmentation.horizontal_flip
     assert config.train.epochs == 3
-    lesson = _load_params(["--params", str(params), "experiment=lesson"])
+    lesson = load_params(["--params", str(params), "experiment=lesson"])
     assert lesson.augmentation.name == "lesson" and lesson.train.epochs == 50
+    # an experiment over a params file that chose another model: its model section, as Hydra composes it
+    cpu = load_params(["--params", str(params), "model=residual_cnn", "train.epochs=7", "experiment=cpu"])
+    assert (cpu.model.name, cpu.model.weights, cpu.model.dropout) == ("efficientnet_lite0", "imagenet", 0.5)
+    assert cpu.data.image_size == [150, 150] and cpu.train.patience == 10
+    assert cpu.train.epochs == 7  # as with Hydra: a key set on the command line wins over the experiment's 60
     with pytest.raises(ConfigError, match="the options are: .*residual_cnn"):
-        _load_params(["--params", str(params), "model=resnet9000"])
+        load_params(["--params", str(params), "model=resnet9000"])
     with pytest.raises(ConfigError, match="did you mean 'train.epochs'"):
-        _load_params(["--params", str(params), "train.epoch=3"])
+        load_params(["--params", str(params), "train.epoch=3"])
 
 
 @pytest.mark.parametrize(
@@ -182,7 +187,7 @@ def test_ablate_names_an_operation_the_preset_uses():
 
 @pytest.mark.parametrize("key", ["paths.models_dir", "paths.split_dir", "paths.reports_dir", "data.download_dir"])
 def test_an_output_folder_under_a_file_is_refused_naming_the_key(tmp_path, key):
-    from pipeline.config import check_output_paths
+    from pipeline.cli import check_output_paths
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -205,7 +210,7 @@ def test_a_path_error_is_one_line_from_the_command(tmp_path):
 
 
 def test_a_folder_where_the_model_file_goes_is_refused_before_training(tmp_path):
-    from pipeline.config import check_output_paths
+    from pipeline.cli import check_output_paths
 
     (tmp_path / "models" / "model.keras").mkdir(parents=True)
     with pytest.raises(ConfigError, match=r"model.keras is a folder"):

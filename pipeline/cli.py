@@ -1,0 +1,206 @@
+"""The command line of every stage: `python -m pipeline.<stage> [key=value ...]` (Hydra composes
+`conf/`, `-m` for sweeps) or `--params params.yaml [overrides]` (DVC's stages), each key checked
+against the schema before anything runs, and a user's error printed as one line.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pipeline.config import (
+    CONF_DIR,
+    LEAF_KEYS,
+    SETTABLE_KEYS,
+    Config,
+    compose_raw,
+    flatten,
+    unknown_key_message,
+    validate,
+)
+from pipeline.errors import ConfigError, UserError
+
+
+def in_multirun() -> bool:
+    """True inside a job of a Hydra multirun (-m)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().mode.name == "MULTIRUN"
+    except (ImportError, ValueError):
+        return False
+
+
+def _explained(job: Callable[[], Any]) -> Any:
+    """Run `job`; a UserError or an interruption becomes one line on stderr and an exit code.
+
+    In a Hydra multirun the error is re-raised instead: Hydra marks that job failed and
+    the sweep goes on with the next one.
+    """
+    try:
+        return job()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        if in_multirun():
+            raise
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt as stop:
+        print(f"stopped ({stop or 'Ctrl-C'})", file=sys.stderr)
+        sys.exit(getattr(stop, "exit_code", 130))
+
+
+def read_yaml_file(path: str | Path, what: str = "config file") -> DictConfig:
+    """A YAML mapping from `path`, or a ConfigError naming the file, the line and the fix."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read the {what} {path}: {error.strerror or error}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(
+            f"the {what} {path} is not valid YAML{where}: {problem}. Fix that line "
+            "(keys are `name: value`, nested keys indented by two spaces)."
+        ) from None
+    if data is None:
+        raise ConfigError(
+            f"the {what} {path} is empty. Write the composed config into it (dvc exp run does, "
+            "see README 'Configuration'), or run without --params: python -m pipeline.<stage> key=value"
+        )
+    if not isinstance(data, dict):
+        raise ConfigError(f"the {what} {path} holds a {type(data).__name__}, not a mapping of config keys")
+    return OmegaConf.create(data)
+
+
+def apply_group_option(raw: DictConfig, group: str, option: str) -> DictConfig:
+    """`group=option` applied to an already composed config, composed by Hydra itself.
+
+    Every config section whose group option changes (`model` for model=residual_cnn; those an
+    experiment overrides, e.g. experiment=cpu's model) becomes that section as Hydra composes
+    it; then every other key the option changes (an experiment's own settings) is set.
+    """
+    if group == "hparams_search":
+        raise ConfigError(f"{group}={option} is a Hydra sweep: run it as python -m pipeline.train -m {group}={option}")
+    options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    if option not in options:
+        raise ConfigError(
+            f"{group}={option}: there is no conf/{group}/{option}.yaml; the options are: {', '.join(options)}"
+        )
+    plain, chosen = compose_raw([], with_hydra=True), compose_raw([f"{group}={option}"], with_hydra=True)
+    was, now = plain.hydra.runtime.choices, chosen.hydra.runtime.choices
+    replaced = [g for g in now if g in chosen and g != "hydra" and was.get(g) != now[g]]
+    raw = OmegaConf.merge(
+        OmegaConf.masked_copy(raw, [k for k in raw if k not in replaced]), {g: chosen[g] for g in replaced}
+    )
+    before = flatten(OmegaConf.to_container(OmegaConf.masked_copy(plain, [k for k in plain if k != "hydra"])))
+    after = flatten(OmegaConf.to_container(OmegaConf.masked_copy(chosen, [k for k in chosen if k != "hydra"])))
+    changed = [f"{k}={v}" for k, v in after.items() if before.get(k) != v and k.split(".")[0] not in replaced]
+    return OmegaConf.merge(raw, OmegaConf.from_dotlist(changed)) if changed else raw
+
+
+def load_params(argv: list[str]) -> Config:
+    """`--params FILE [key=value | group=option ...]`: an already composed config (DVC's params.yaml).
+
+    As on Hydra's command line, group choices (model=residual_cnn, experiment=cpu) apply first,
+    in the order given (`apply_group_option`), and `key=value` overrides after them, so a key
+    set on the command line wins over what a group sets.
+    """
+    if len(argv) < 2:
+        raise ConfigError("--params needs a file, e.g. --params params.yaml")
+    raw = read_yaml_file(argv[1], "params file")
+    groups, keys = [], []
+    for override in argv[2:]:
+        key, sep, value = override.partition("=")
+        if not sep:
+            raise ConfigError(
+                f"{override!r} is not an override: write key=value (e.g. train.epochs=3) "
+                "or group=option (e.g. model=residual_cnn)"
+            )
+        check_key(key)
+        (groups if "." not in key and (CONF_DIR / key).is_dir() else keys).append((key, value, override))
+    for group, option, _ in groups:
+        raw = apply_group_option(raw, group, option)
+    for *_, override in keys:
+        try:
+            raw = OmegaConf.merge(raw, OmegaConf.from_dotlist([override]))
+        except OmegaConfBaseException as error:
+            raise ConfigError(f"cannot apply {override!r}: {str(error).splitlines()[0]}") from None
+    return validate(raw)
+
+
+def check_key(key: str) -> None:
+    """Refuse a key that is neither a schema key nor a config group, suggesting the closest one."""
+    key = key.lstrip("+~")
+    if key.split(".")[0].split("/")[0] == "hydra" or "@" in key or "/" in key:
+        return  # Hydra's own settings and package/group paths: Hydra checks those
+    if "." not in key and (CONF_DIR / key).is_dir():
+        return  # a group choice: augmentation=lesson
+    parts = key.split(".")
+    if key in SETTABLE_KEYS or any(".".join(parts[:depth]) in LEAF_KEYS for depth in range(1, len(parts))):
+        return  # a key, or an item of a list-valued key (data.image_size.0)
+    raise ConfigError(unknown_key_message(key))
+
+
+def check_command_line(args: list[str]) -> None:
+    """Check every `key=value` of a Hydra command line before Hydra composes it."""
+    for arg in args:
+        if not arg.startswith("-") and "=" in arg:
+            check_key(arg.split("=", 1)[0])
+
+
+OUTPUT_PATHS = ("paths.split_dir", "paths.reports_dir", "paths.models_dir", "data.download_dir")
+
+
+def check_output_paths(config: Config) -> Config:
+    """Refuse, naming the key, an output folder that cannot be one: a path through a file
+    (/etc/hostname/x), or a folder where a file must go (models/model.keras as a folder)."""
+    for key in OUTPUT_PATHS:
+        section, name = key.split(".")
+        path = Path(getattr(getattr(config, section), name)).expanduser()
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise ConfigError(
+                f"{key}={path}: {blocker} is a file, not a folder, so nothing can be written there. "
+                f"Choose another {key}, or move that file away."
+            )
+    model_file = Path(config.paths.models_dir).expanduser() / "model.keras"
+    if model_file.is_dir():
+        raise ConfigError(
+            f"paths.models_dir={config.paths.models_dir}: {model_file} is a folder, where training "
+            "writes the model file. Remove or rename it, or choose another paths.models_dir."
+        )
+    return config
+
+
+def stage_entry(task: Callable[[Config], Any]) -> Callable[[], Any]:
+    """Turn `task(config)` into a command line entry point.
+
+    `--params FILE [key=value ...]` loads an already composed config (DVC's params.yaml);
+    otherwise Hydra composes `conf/` with the command line (single run or `-m`).
+    Returns what `task` returns (Hydra's sweepers read it as the objective).
+    """
+
+    def main() -> Any:
+        if sys.argv[1:2] == ["--params"]:
+            return _explained(lambda: task(check_output_paths(load_params(sys.argv[1:]))))
+
+        _explained(lambda: check_command_line(sys.argv[1:]))
+        import hydra
+
+        @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+        def hydra_task(raw: DictConfig) -> Any:
+            return _explained(lambda: task(check_output_paths(validate(raw))))
+
+        return hydra_task()
+
+    return main
