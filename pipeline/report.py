@@ -65,7 +65,8 @@ DIFFERENCE_HEADER = [
 
 
 def class_table(differences: list[dict]) -> list[str]:
-    """Classes x comparisons: mean difference of test recall in points, ** where significant."""
+    """Classes x comparisons: mean difference of test recall in points with its (Holm-corrected over
+    the classes) interval, bold where the interval excludes 0."""
     shown = [d for d in differences if d["per_class"]]
     if not shown:
         return []
@@ -78,15 +79,11 @@ def class_table(differences: list[dict]) -> list[str]:
         cells = []
         for d in shown:
             c = d["per_class"].get(name)
-            cells.append(
-                "-"
-                if c is None
-                else (
-                    f"**{_points(c['mean'])}** [{_points(c['low'])}, {_points(c['high'])}]"
-                    if c["significant"]
-                    else f"{_points(c['mean'])}"
-                )
-            )
+            if c is None:
+                cells.append("-")
+                continue
+            mean = f"**{_points(c['mean'])}**" if c["significant"] else _points(c["mean"])
+            cells.append(f"{mean} [{_points(c['low'])}, {_points(c['high'])}]")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -152,7 +149,7 @@ def render_markdown(report: dict) -> str:
     per_class = class_table(report["differences"] + report["ablations"])
     if per_class:
         lines += [
-            "## Per class: test recall, difference in points (** Holm-corrected over the classes, with its interval)",
+            "## Per class: test recall, difference in points [interval, Holm-corrected over the classes; bold: it excludes 0]",
             "",
             *per_class,
             "",

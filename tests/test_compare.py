@@ -435,6 +435,10 @@ def test_per_class_effects_diversity_and_cost_by_hand():
     assert c["shoes"]["significant"] and c["shirts"]["significant"]
     (flag,) = class_flags(d)  # the loss against the average gain is flagged; shirts gain with the average
     assert "costs shoes -6.80 points" in flag
+    from pipeline.report import class_table
+
+    shoes_row = next(row for row in class_table([vars(d)]) if row.startswith("| shoes |"))
+    assert shoes_row == f"| shoes | **-6.80** [{expected.low * 100:+.2f}, {expected.high * 100:+.2f}] |"
     # diversity: final losses 0.6 / 0.4; cost: median epoch time 4.0 of (6,3,4 x5) over 1.0 of (2,1,1 x5)
     assert diversity(lesson, none) == pytest.approx(1.5) and cost(lesson, none) == pytest.approx(4.0)
 
