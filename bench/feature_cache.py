@@ -6,7 +6,7 @@ Without augmentation a frozen backbone maps each image to the same features ever
 so the training stage computes them once and trains only the head (`train.cache_features`).
 This times a 10-epoch plain run of `xception` with `weights=null` at 150x150 on a few hundred
 real images (30 per class and split), both ways, through the training stage's own code
-(`train.prepare_training` / `train.fit`), in one process. The cached run's time includes
+(`training.prepare_training` / `training.fit`), in one process. The cached run's time includes
 computing the features. Prints the seconds of each, the median epoch after the first, and:
 
     feature_cache_speedup=<uncached seconds / cached seconds>     (goal >= 5)
@@ -26,7 +26,7 @@ import keras
 from pipeline import devices
 from pipeline.config import compose
 from pipeline.split import run as run_split
-from pipeline.train import fit, prepare_training
+from pipeline.training import fit, prepare_training
 
 
 class EpochTimer(keras.callbacks.Callback):

@@ -5,7 +5,7 @@
         model=xception model.weights=null train.mixed_precision=true      # on a GPU
 
 Same model, same images, same process, through the training stage's own code
-(`train.prepare_training` / `train.fit`, so augmentation sits where `augmentation.device`
+(`training.prepare_training` / `training.fit`, so augmentation sits where `augmentation.device`
 puts it: tf.data on a CPU, inside the model on a GPU). The first epoch (decode, cache,
 graph tracing, XLA) is warm-up and not counted; an epoch's time is its training steps,
 without the validation pass. Trailing arguments are Hydra overrides. Last line:
@@ -25,7 +25,7 @@ import keras
 from pipeline import devices
 from pipeline.config import compose
 from pipeline.split import run as run_split
-from pipeline.train import fit, prepare_training
+from pipeline.training import fit, prepare_training
 
 
 class TrainStepTimer(keras.callbacks.Callback):

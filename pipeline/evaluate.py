@@ -16,16 +16,11 @@ import csv
 import json
 from pathlib import Path
 
-import mlflow
 import numpy as np
 
-from pipeline.backend import keras
 from pipeline.cli import stage_entry
 from pipeline.config import Config
-from pipeline.datasets import ImageSet, build_eval_dataset
 from pipeline.manifests import read_classes, read_manifest
-from pipeline.models import load_saved_model
-from pipeline.visuals import confusion_matrix_figure
 
 
 def classification_metrics(actual: np.ndarray, predicted: np.ndarray, classes: list[str]) -> dict:
@@ -54,6 +49,12 @@ def classification_metrics(actual: np.ndarray, predicted: np.ndarray, classes: l
 
 
 def run(config: Config) -> dict:
+    # TensorFlow and MLflow load here, not at import: `--help` and a wrong key answer at once
+    from pipeline.backend import keras
+    from pipeline.datasets import ImageSet, build_eval_dataset
+    from pipeline.models import load_saved_model
+    from pipeline.visuals import confusion_matrix_figure
+
     reports = Path(config.paths.reports_dir)
     classes = read_classes(config.paths.split_dir)
     test_set = ImageSet.from_manifest(*read_manifest(config.paths.split_dir, "test"), classes)
@@ -95,8 +96,10 @@ def run(config: Config) -> dict:
     return {**metrics, "per_class": per_class}
 
 
-def val_recall(model: keras.Model, config: Config, classes: list[str], image_size: tuple[int, int]) -> dict:
+def val_recall(model, config: Config, classes: list[str], image_size: tuple[int, int]) -> dict:
     """Each class's recall on the validation split: where the best epoch's accuracy came from."""
+    from pipeline.datasets import ImageSet, build_eval_dataset
+
     val_set = ImageSet.from_manifest(*read_manifest(config.paths.split_dir, "val"), classes)
     predicted = model.predict(build_eval_dataset(val_set, image_size, config.train.batch_size), verbose=0).argmax(1)
     per_class = classification_metrics(np.asarray(val_set.labels), predicted, classes)["per_class"]
@@ -104,6 +107,8 @@ def val_recall(model: keras.Model, config: Config, classes: list[str], image_siz
 
 
 def _log_to_training_run(config: Config, reports: Path, metrics: dict, per_class: dict, figure: Path) -> None:
+    import mlflow
+
     run_file = reports / "run.json"
     if not run_file.exists():
         print(f"note: {run_file} is missing, so the test metrics are not logged to MLflow")

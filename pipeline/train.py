@@ -14,162 +14,31 @@ Returns the best val_accuracy (the objective of Optuna sweeps).
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-import tempfile
-from dataclasses import dataclass, replace
-from pathlib import Path
-
-import mlflow
-import yaml
-
-from pipeline import devices, evaluate, tracking
-from pipeline.augmentation import augmentation_layer
-from pipeline.backend import keras
-from pipeline.checkpoints import EpochCheckpoints, SavedState, StopOnSignal, WorkFolder, write_atomically
-from pipeline.cli import in_multirun, stage_entry
-from pipeline.config import Config, digest_of, to_dict, training_identity
-from pipeline.datasets import (
-    ImageSet,
-    backbone_features,
-    build_eval_dataset,
-    build_feature_eval_dataset,
-    build_feature_train_dataset,
-    build_train_dataset,
-    steps_per_epoch,
-)
-from pipeline.errors import ConfigError, DataError
-from pipeline.manifests import manifest_hash, read_classes, read_manifest, split_source
-from pipeline.models import build_model, compile_model, frozen_backbone
-from pipeline.progress import ProgressLines
-from pipeline.stopping import raise_if_stopped
-from pipeline.visuals import augmentation_grid, training_curves
-
-
-def output_dirs(config: Config, chief: bool = True) -> tuple[Path, Path, Path]:
-    """(models dir, reports dir, work root): the configured ones, or the job folder in a multirun.
-
-    The work root holds the per-configuration checkpoint folders (`WorkFolder`); it stays
-    `paths.models_dir` in a multirun, so that a sweep run again finds its interrupted jobs.
-    The non-chief processes of a multi-worker cluster write their checkpoints into
-    `<models>/workers/<type>-<index>` so that no two processes write the same file.
-    """
-    work_root = models_dir = Path(config.paths.models_dir)
-    reports_dir = Path(config.paths.reports_dir)
-    if in_multirun():
-        from hydra.core.hydra_config import HydraConfig
-
-        job_dir = Path(HydraConfig.get().runtime.output_dir)
-        models_dir, reports_dir = job_dir / "models", job_dir / "reports"
-    if not chief:
-        work_root = models_dir = work_root / "workers" / devices.task_name()
-    return models_dir, reports_dir, work_root
-
-
-@dataclass
-class Training:
-    """Everything `fit` needs, built under the distribution strategy."""
-
-    model: keras.Model  # what is saved: raw pixels in, class probabilities out
-    trainer: keras.Model  # what is fitted: `model`, behind the Augment layer when placement is 'model'
-    train_set: ImageSet
-    val_set: ImageSet
-    placement: str
-    replicas: int  # of the distribution strategy
-    features: keras.Model | None = None  # set when the frozen backbone's features are cached: `trainer` is the head
-    node: str | None = None  # this process's task in a multi-worker cluster (worker-0), else None
-
-
-def prepare_training(config: Config, strategy) -> Training:
-    split_dir = config.paths.split_dir
-    classes = read_classes(split_dir)
-    train_set = ImageSet.from_manifest(*read_manifest(split_dir, "train"), classes)
-    val_set = ImageSet.from_manifest(*read_manifest(split_dir, "val"), classes)
-    image_size = tuple(config.data.image_size)
-
-    devices.configure_precision(config.train)
-    placement = devices.augmentation_placement(config.augmentation)
-    cached = config.train.cache_features and frozen_backbone(config.model) and config.augmentation.is_identity
-    with strategy.scope():
-        model = build_model(config.model, len(classes), image_size)
-        trainer = model.get_layer("head") if cached else model
-        if placement == "model" and not config.augmentation.is_identity:
-            trainer = keras.Sequential(
-                [keras.Input((*image_size, 3)), augmentation_layer(config.augmentation, config.seed), model],
-                name="augmented_training",
-            )
-        compile_model(
-            trainer,
-            config.model,
-            config.train,
-            steps_per_epoch(train_set, config.train.batch_size),
-            devices.jit_setting(config.train),
-        )
-    features = model.get_layer("features") if cached else None
-    if features is not None:
-        features.jit_compile = devices.jit_setting(config.train)  # its predict pass: no XLA on a CPU
-    return Training(
-        model,
-        trainer,
-        train_set,
-        val_set,
-        placement,
-        devices.replica_count(strategy),
-        features,
-        devices.task_name() if devices.is_multi_worker(strategy) else None,
-    )
-
-
-def fit(config: Config, training: Training, callbacks: list = (), start_epoch: int = 0) -> None:
-    """Keras fit on the augmented train stream from `start_epoch`, validated on plain images."""
-    image_size, batch = tuple(config.data.image_size), config.train.batch_size
-    if training.features is not None:
-        print(
-            f"frozen backbone, no augmentation: its features are computed once ({len(training.train_set)} train, "
-            f"{len(training.val_set)} val images) and only the head trains (train.cache_features=false: off)"
-        )
-        train_features, val_features = (
-            backbone_features(training.features, images, image_size, batch, config.data.cache, [StopOnSignal()])
-            for images in (training.train_set, training.val_set)
-        )
-        train_ds = build_feature_train_dataset(train_features, training.train_set, batch, config.seed, start_epoch)
-        val_ds = build_feature_eval_dataset(val_features, training.val_set, batch)
-    else:
-        train_ds = build_train_dataset(
-            training.train_set,
-            image_size,
-            batch,
-            config.augmentation,
-            config.seed,
-            start_epoch=start_epoch,
-            augment_images=training.placement == "data",
-            cache=config.data.cache,
-        )
-        val_ds = build_eval_dataset(training.val_set, image_size, batch, cache=config.data.cache)
-    steps = steps_per_epoch(training.train_set, batch)
-    watched = sys.stdout.isatty()  # a terminal gets Keras' progress bar; a log gets a line every 30 s
-    training.trainer.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=config.train.epochs,
-        initial_epoch=start_epoch,
-        steps_per_epoch=steps,
-        callbacks=[*callbacks, StopOnSignal(), *([] if watched else [ProgressLines(steps, batch)])],
-        verbose=1 if watched else 2,
-    )
-
-
-def train_from_state(config: Config, training: Training, work: WorkFolder, state: SavedState, on_commit=None) -> None:
-    """Fit from where `state` stopped (checkpoint every epoch), then load the best epoch's weights."""
-    checkpoints = EpochCheckpoints(work, state, config.train.patience, len(training.train_set), on_commit)
-    if not state.patience_exhausted(config.train.patience):
-        fit(config, training, [checkpoints], start_epoch=state.epochs_done)
-    if state.best_weights:
-        work.load_weights(training.trainer, state.best_weights)
+from pipeline.cli import stage_entry
+from pipeline.config import Config
 
 
 def run(config: Config) -> float:
+    # TensorFlow, Keras and MLflow load here, not at import: `--help` and a wrong key answer at once
+    from dataclasses import replace
+
+    from pipeline import devices, evaluate, tracking
+    from pipeline.backend import keras
+    from pipeline.checkpoints import WorkFolder
+    from pipeline.cli import in_multirun
+    from pipeline.config import digest_of, training_identity
+    from pipeline.manifests import manifest_hash
+    from pipeline.training import (
+        output_dirs,
+        prepare_training,
+        record_training,
+        refuse_a_changed_schedule,
+        require_images,
+        skip_finished,
+        train_from_state,
+        with_split_source,
+    )
+
     strategy = devices.make_strategy(config.train)  # first: a multi-worker strategy must precede other TF work
     keras.utils.set_random_seed(config.seed)
     require_images(config.paths.split_dir)  # before anything is recorded
@@ -196,191 +65,6 @@ def run(config: Config) -> float:
             replace(config, paths=replace(config.paths, models_dir=str(models_dir), reports_dir=str(reports_dir)))
         )
     return best_val
-
-
-def refuse_a_changed_schedule(work: WorkFolder, config: Config) -> None:
-    """A resume may change train.epochs, but not under warmup_cosine, whose decay is laid out
-    over train.epochs: the resumed run would follow neither schedule."""
-    started = (work.started_as or {}).get("train.epochs")
-    if "train.epochs" in work.resumed_with() and config.train.lr_schedule == "warmup_cosine":
-        raise ConfigError(
-            f"train.resume=true with train.epochs={config.train.epochs}, but the interrupted training "
-            f"started with train.epochs={started} under train.lr_schedule=warmup_cosine, whose cosine "
-            f"decay spans train.epochs: resume with train.epochs={started}, or start afresh without "
-            "train.resume (its checkpoints stay until then)."
-        )
-
-
-def with_split_source(config: Config) -> Config:
-    """The config with `data.source` set to what the split was made from: a run records the
-    data it trains on, whatever `data.source` says on this command line."""
-    source = split_source(config.paths.split_dir)
-    if source is None or source == config.data.source:
-        return config
-    print(
-        f"note: {config.paths.split_dir} was split from {source}; this run records that as data.source "
-        f"(not {config.data.source})"
-    )
-    return replace(config, data=replace(config.data, source=source))
-
-
-def require_images(split_dir: str) -> None:
-    """Training needs train images, and validation images to choose its best epoch and to stop early."""
-    for split in ("train", "val"):
-        if not read_manifest(split_dir, split)[0]:
-            raise DataError(
-                f"{split_dir}/{split}.csv lists no images: training needs a {split} split to "
-                + ("learn from" if split == "train" else "pick its best epoch and stop early")
-                + ". Give it a share in data.split.fractions (e.g. [0.8,0.1,0.1]), or a "
-                + "validation/ folder in a pre-split dataset, and run the split stage again."
-            )
-
-
-def skip_finished(finished: mlflow.entities.Run, reports_dir: Path, uri: str) -> float:
-    """A sweep job whose configuration was trained already: name that run, return its objective.
-    Its run.json points at the earlier run, so the end-of-sweep comparison includes it."""
-    best_val = finished.data.metrics.get("best_val_accuracy", 0.0)
-    print(
-        f"skip: this configuration already has the FINISHED MLflow run {finished.info.run_id} "
-        f"({finished.info.run_name}, best val_accuracy {best_val:.4f}); train.rerun=true trains it again"
-    )
-    write_run_record(
-        reports_dir, finished.info, uri, None, best_val, finished.data.metrics.get("best_epoch"), skipped=True
-    )
-    return best_val
-
-
-def record_training(
-    config: Config,
-    training: Training,
-    work: WorkFolder,
-    state: SavedState,
-    uri: str,
-    models_dir: Path,
-    reports_dir: Path,
-    data_hash: str,
-) -> float:
-    """Train as one MLflow run (the interrupted run itself when resuming); write the stage's outputs."""
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    run_name = f"{config.augmentation.label}-{config.model.name}-seed{config.seed}"
-    interval = config.tracking.system_metrics_interval_s if config.tracking.system_metrics else None
-    with tracking.tracked_run(
-        run_name, state.mlflow_run_id, system_metrics_interval_s=interval, node=training.node
-    ) as active:
-        if active.info.run_id == state.mlflow_run_id:
-            tracking.record_resume(state.epochs_done, state.history)
-            # params are immutable: what the resume changed (train.epochs, train.patience) is a tag, and the
-            # run now stands for the configuration it finishes as (a constant schedule: the same training)
-            for key, value in work.resumed_with().items():
-                mlflow.set_tag(f"resumed_with.{key}", value)
-            mlflow.set_tag("config_hash", digest_of(work.identity))
-        else:
-            state.mlflow_run_id = active.info.run_id
-            mlflow.log_params(tracking.flat_params(config))
-            mlflow.log_params(
-                {
-                    "data.train_images": len(training.train_set),
-                    "data.val_images": len(training.val_set),
-                    "data.classes": ",".join(training.train_set.classes),
-                    "train.start_epoch": state.epochs_done,
-                }
-            )
-            mlflow.set_tags(
-                {
-                    **tracking.run_tags(config, data_hash, devices.describe_device(), training.placement),
-                    "replicas": str(training.replicas),
-                    "config_hash": digest_of(work.identity),
-                }
-            )  # same hash = same trained model
-            tracking.log_data_inputs(Path(config.paths.split_dir))
-            with tempfile.TemporaryDirectory() as scratch:
-                config_file = Path(scratch) / "config.yaml"
-                config_file.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-                mlflow.log_artifact(str(config_file))
-                mlflow.log_artifact(
-                    str(augmentation_grid(config, Path(scratch) / "augmentation_preview.png", rows=5, variants=4))
-                )
-
-        train_from_state(config, training, work, state, on_commit=lambda epoch, m: mlflow.log_metrics(m, step=epoch))
-        raise_if_stopped()
-
-        models_dir.mkdir(parents=True, exist_ok=True)
-        model_path = models_dir / "model.keras"
-        scratch_model = models_dir / f".tmp-{os.getpid()}-model.keras"  # Keras wants the .keras suffix
-        try:
-            training.model.save(scratch_model)
-            os.replace(scratch_model, model_path)
-        finally:
-            scratch_model.unlink(missing_ok=True)  # gone after the rename; left by a failure, removed
-        classes_path = models_dir / "classes.json"  # the model's output order, for predict
-        write_atomically(classes_path, json.dumps(training.train_set.classes) + "\n")
-        mlflow.log_artifact(str(write_history(state.history, reports_dir / "history.csv")))
-        curves = {
-            k: [row[k] for row in state.history]
-            for k in ("accuracy", "val_accuracy", "loss", "val_loss")
-            if all(k in row for row in state.history)
-        }
-        mlflow.log_artifact(str(training_curves(curves, reports_dir / "training_curves.png", run_name)))
-        best_val, best_epoch = state.best_val_accuracy or 0.0, state.best_epoch
-        mlflow.log_metrics({"best_val_accuracy": best_val, "best_epoch": best_epoch})
-        model_id = None
-        raise_if_stopped()
-        if config.tracking.log_model:  # the saved file, reloaded off the strategy: no cluster needed
-            model_id = tracking.log_keras_model(
-                keras.models.load_model(model_path),
-                tuple(config.data.image_size),
-                classes_path,
-                best_epoch,
-                describe={"preset": config.augmentation.label, "model": config.model.name, "seed": str(config.seed)},
-            )
-        write_run_record(reports_dir, active.info, uri, model_id, best_val, best_epoch)
-    print(
-        f"best val_accuracy {best_val:.4f} at epoch {best_epoch}; model {model_path}; MLflow run {active.info.run_id}"
-        + (f", model models:/{model_id}" if model_id else "")
-    )
-    print(tracking.ui_hint(uri, active.info.experiment_id))
-    return best_val
-
-
-def write_run_record(
-    reports_dir: Path,
-    run: mlflow.entities.RunInfo,
-    uri: str,
-    model_id: str | None,
-    best_val: float,
-    best_epoch: float | None,
-    **extra,
-) -> None:
-    """run.json: the MLflow run behind this stage's outputs, for `evaluate` and the end-of-sweep comparison."""
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(
-        reports_dir / "run.json",
-        json.dumps(
-            {
-                "run_id": run.run_id,
-                "experiment_id": run.experiment_id,
-                "tracking_uri": uri,
-                "model_id": model_id,
-                "best_val_accuracy": best_val,
-                "best_epoch": best_epoch,
-                **extra,
-            },
-            indent=2,
-        )
-        + "\n",
-    )
-
-
-def write_history(history: list[dict[str, float]], target: Path) -> Path:
-    """history.csv: one row per epoch (1-based), one column per metric."""
-    keys = sorted({k for row in history for k in row})
-    rows = [",".join(["epoch", *keys])]
-    rows += [
-        ",".join([str(epoch), *(f"{row[k]:.6f}" if k in row else "" for k in keys)])
-        for epoch, row in enumerate(history, start=1)
-    ]
-    write_atomically(target, "\n".join(rows) + "\n")
-    return target
 
 
 main = stage_entry(run)

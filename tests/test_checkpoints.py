@@ -94,7 +94,7 @@ def test_a_kill_in_mid_write_leaves_the_previous_state(tmp_path):
 @pytest.mark.parametrize("schedule", ["constant", "warmup_cosine"])
 def test_a_resume_with_more_epochs_is_recorded_or_refused_by_schedule(tmp_path, schedule):
     from pipeline.config import compose
-    from pipeline.train import refuse_a_changed_schedule
+    from pipeline.training import refuse_a_changed_schedule
 
     started = {**IDENTITY, "train.epochs": "12", "train.lr_schedule": schedule}
     folder = WorkFolder(tmp_path, started)
