@@ -17,6 +17,7 @@ so a report is reproducible. MixUp and CutMix mix labels too and have no affinit
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -84,6 +85,7 @@ def measure_affinities(
 ) -> list[str]:
     """Fill `affinity` of every difference (a preset whole) and ablation (its operation alone)
     from the baseline group's models; returns notes on what could not be measured."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar here, not one per download
     split = Path(split_dir)
     if not (split / "val.csv").is_file():
         return [f"no affinity: no validation split at {split} (python -m pipeline.split)"]

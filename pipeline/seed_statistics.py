@@ -23,6 +23,7 @@ from scipy import stats
 BOOTSTRAP_RESAMPLES = 10_000
 EXACT_PERMUTATIONS_UP_TO = 2**20  # beyond this many relabellings, a seeded Monte Carlo sample of them
 MOST_SEEDS_ADVISED = 1000  # seeds_needed answers None beyond this ("not with this spread")
+NO_SPREAD = 1e-9  # a spread below this (in accuracy units) is rounding: differences of whole images, all equal
 
 
 def t_interval(differences: Sequence[float], confidence: float) -> tuple[float, float]:
@@ -77,10 +78,12 @@ def paired_t_p_value(differences: Sequence[float]) -> float:
 
     Unlike the sign-flip p it has no floor set by the number of seeds, so it is the p-value a
     correction for many comparisons can use: it agrees with the t interval (p < 1 - confidence
-    exactly when the interval at `confidence` excludes 0). NaN when all differences are equal."""
+    exactly when the interval at `confidence` excludes 0). NaN when all differences are equal:
+    equal up to float rounding too (one hat image more on every seed is 1/12 computed five ways),
+    where t would be a huge number made of rounding error."""
     d = np.asarray(differences, dtype=float)
     spread = d.std(ddof=1)
-    if not spread > 0:
+    if not spread > NO_SPREAD:
         return math.nan
     t = d.mean() / (spread / math.sqrt(len(d)))
     return float(2 * stats.t.sf(abs(t), len(d) - 1))
@@ -90,7 +93,7 @@ def welch_t_p_value(ours: Sequence[float], theirs: Sequence[float]) -> float:
     """Two-sided p-value of Welch's t-test of equal means (unpaired, >= 2 runs each); NaN without spread."""
     a, b = np.asarray(ours, dtype=float), np.asarray(theirs, dtype=float)
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    if not va + vb > 0:
+    if not math.sqrt(va + vb) > NO_SPREAD:
         return math.nan
     dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     t = (a.mean() - b.mean()) / math.sqrt(va + vb)

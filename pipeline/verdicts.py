@@ -302,7 +302,7 @@ def decide(d: Difference, verdict_confidence: float, p_adjusted: float | None, c
             f"too few seeds ({evidence}): a verdict needs >= {MIN_SEEDS_FOR_VERDICT}, and "
             f"{SEEDS_ADVISED} are advised (seed={','.join(map(str, range(1, SEEDS_ADVISED + 1)))})"
         )
-    elif not d.spread > 1e-12:
+    elif not d.spread > statistics.NO_SPREAD:
         d.reason = (
             "zero spread: every seed gave the same difference, so no interval can be estimated "
             f"from them (each is {d.mean * 100:+.2f} points); add seeds"
@@ -468,12 +468,12 @@ def class_flags(d: Difference) -> list[str]:
     for name, c in d.per_class.items():
         if c["significant"] and c["mean"] < 0 < d.mean:
             flags.append(
-                f"{d.group} gains {d.mean * 100:+.2f} points on average but costs {name} "
+                f"{d.group} gains {d.mean * 100:.2f} points on average but costs {name} "
                 f"{c['mean'] * 100:+.2f} points of test recall [{c['low'] * 100:+.1f}, {c['high'] * 100:+.1f}]"
             )
         elif c["significant"] and c["mean"] > 0 > d.mean:
             flags.append(
-                f"{d.group} loses {d.mean * 100:+.2f} points on average but gives {name} "
+                f"{d.group} loses {-d.mean * 100:.2f} points on average but gives {name} "
                 f"{c['mean'] * 100:+.2f} points of test recall [{c['low'] * 100:+.1f}, {c['high'] * 100:+.1f}]"
             )
     return flags

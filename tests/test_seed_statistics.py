@@ -102,3 +102,12 @@ def test_t_test_p_values_match_scipy():
     agree = [0.03, 0.04, 0.05, 0.02, 0.06]
     assert statistics.sign_flip_p_value(agree) == pytest.approx(0.0625)
     assert statistics.paired_t_p_value(agree) * 3 < 0.05
+
+
+def test_differences_equal_but_for_rounding_are_no_evidence():
+    # one hat image more (1/12) on every seed, computed from different counts: equal up to float rounding
+    differences = [10 / 12 - 9 / 12, 11 / 12 - 10 / 12, 1.0 - 11 / 12]
+    assert len(set(differences)) > 1 and np.std(differences) < 1e-15  # not exactly equal ...
+    assert math.isnan(statistics.paired_t_p_value(differences))  # ... but no spread to test with
+    assert math.isnan(statistics.welch_t_p_value([0.1 + 0.2, 0.3], [0.2, 0.2]))  # 0.30000000000000004 and 0.3
+    assert statistics.paired_t_p_value([0.08, 0.09, 0.07]) < 0.05  # a real spread is tested
