@@ -83,7 +83,10 @@ def class_table(differences: list[dict]) -> list[str]:
                 cells.append("-")
                 continue
             mean = f"**{_points(c['mean'])}**" if c["significant"] else _points(c["mean"])
-            cells.append(f"{mean} [{_points(c['low'])}, {_points(c['high'])}]")
+            if c["p_adjusted"] is None:  # no spread: the same difference on every seed, nothing to test
+                cells.append(f"{mean} (every seed alike)")
+            else:
+                cells.append(f"{mean} [{_points(c['low'])}, {_points(c['high'])}]")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 

@@ -23,7 +23,9 @@ from scipy import stats
 BOOTSTRAP_RESAMPLES = 10_000
 EXACT_PERMUTATIONS_UP_TO = 2**20  # beyond this many relabellings, a seeded Monte Carlo sample of them
 MOST_SEEDS_ADVISED = 1000  # seeds_needed answers None beyond this ("not with this spread")
-NO_SPREAD = 1e-9  # a spread below this (in accuracy units) is rounding: differences of whole images, all equal
+# A spread below this (accuracy units: 0.001 points) is rounding, not variation: metrics are logged to
+# 6 decimals, so "one image more on every seed" comes back as 0.083333 and 0.083334.
+NO_SPREAD = 1e-5
 
 
 def t_interval(differences: Sequence[float], confidence: float) -> tuple[float, float]:
@@ -78,9 +80,8 @@ def paired_t_p_value(differences: Sequence[float]) -> float:
 
     Unlike the sign-flip p it has no floor set by the number of seeds, so it is the p-value a
     correction for many comparisons can use: it agrees with the t interval (p < 1 - confidence
-    exactly when the interval at `confidence` excludes 0). NaN when all differences are equal:
-    equal up to float rounding too (one hat image more on every seed is 1/12 computed five ways),
-    where t would be a huge number made of rounding error."""
+    exactly when the interval at `confidence` excludes 0). NaN when all differences are equal,
+    up to rounding too (`NO_SPREAD`): t would be a huge number made of rounding error."""
     d = np.asarray(differences, dtype=float)
     spread = d.std(ddof=1)
     if not spread > NO_SPREAD:

@@ -110,4 +110,6 @@ def test_differences_equal_but_for_rounding_are_no_evidence():
     assert len(set(differences)) > 1 and np.std(differences) < 1e-15  # not exactly equal ...
     assert math.isnan(statistics.paired_t_p_value(differences))  # ... but no spread to test with
     assert math.isnan(statistics.welch_t_p_value([0.1 + 0.2, 0.3], [0.2, 0.2]))  # 0.30000000000000004 and 0.3
+    # recalls logged to 6 decimals: 12/12 - 11/12 and 11/12 - 10/12 come back as 0.083333 and 0.083334
+    assert math.isnan(statistics.paired_t_p_value([1.0 - 0.916667, 0.916667 - 0.833333, 1.0 - 0.916667]))
     assert statistics.paired_t_p_value([0.08, 0.09, 0.07]) < 0.05  # a real spread is tested
