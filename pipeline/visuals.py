@@ -184,7 +184,7 @@ def class_effects_figure(differences: list[Difference], target: Path) -> Path:
         for i, name in enumerate(classes):
             if name in d.per_class:
                 values[i, j] = d.per_class[name]["mean"] * 100
-    figure, ax = plt.subplots(figsize=(1.4 + 1.1 * max(len(shown), 1), 1.2 + 0.42 * max(len(classes), 1)))
+    figure, ax = plt.subplots(figsize=(max(5.0, 2.4 + 1.1 * len(shown)), 1.4 + 0.42 * max(len(classes), 1)))
     if not shown:
         ax.text(
             0.5,
@@ -204,7 +204,16 @@ def class_effects_figure(differences: list[Difference], target: Path) -> Path:
             c = d.per_class.get(name)
             if c is None:
                 continue
-            ax.text(j, i, f"{c['mean'] * 100:+.1f}", ha="center", va="center", fontsize=8)
+            dark = abs(c["mean"] * 100) > 0.6 * limit
+            ax.text(
+                j,
+                i,
+                f"{c['mean'] * 100:+.1f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if dark else "black",
+            )
             if c["significant"]:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
     ax.set_xticks(
@@ -212,7 +221,7 @@ def class_effects_figure(differences: list[Difference], target: Path) -> Path:
     )
     ax.set_yticks(range(len(classes)), classes, fontsize=9)
     figure.colorbar(image, ax=ax, label="test recall difference (points)")
-    ax.set_title("per-class effect (framed: Holm-corrected interval excludes 0)", fontsize=10)
+    ax.set_title("per-class effect on test recall\n(framed: its Holm-corrected interval excludes 0)", fontsize=10)
     return _save(figure, target)
 
 
