@@ -7,7 +7,7 @@ augmentation") found that an augmentation's gain is predicted by two cheap numbe
   the operation, divided by its accuracy on the clean images. Near 1: the augmented images
   still look like the data; low: the operation moves them off the data's distribution.
 - diversity: how much harder the augmentation makes the training data (final training loss
-  with it over without it); `comparison.diversity` reads it from the recorded histories.
+  with it over without it); `verdicts.diversity` reads it from the recorded histories.
 
 Affinity needs no training: the baseline group's logged models (`runs:/<id>/model`) are
 loaded and run on the validation split, clean and augmented. An operation is measured alone
@@ -39,14 +39,16 @@ AFFINITY_SEED = 0  # augmentation draws [AFFINITY_SEED, batch index]
 
 def accuracy(
     model,
-    images: ImageSet,
+    decoded: tf.data.Dataset,
+    labels: np.ndarray,
     image_size: tuple[int, int],
     batch_size: int,
     augmentation: AugmentationConfig | None = None,
 ) -> float:
-    """The model's accuracy on `images`, augmented by `augmentation` (seeded draws) when given."""
+    """The model's accuracy on the `decoded` images (`datasets.decoded_dataset`, cached), augmented
+    by `augmentation` (seeded draws) when given."""
     augmenter = BatchAugmenter(augmentation, image_size) if augmentation is not None else None
-    ds = decoded_dataset(images, image_size).batch(batch_size).enumerate()
+    ds = decoded.batch(batch_size).enumerate()
 
     def prepare(index, batch):
         pixels, labels = batch
@@ -56,7 +58,7 @@ def accuracy(
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
     predicted = model.predict(ds, verbose=0).argmax(axis=1)
-    return float(np.mean(predicted == np.asarray(images.labels)))
+    return float(np.mean(predicted == labels))
 
 
 def logged_augmentation(group: Group, notes: list[str]) -> AugmentationConfig | None:
@@ -113,7 +115,10 @@ def measure_affinities(
     clean: dict[str, float] = {}  # run id -> clean val accuracy
     under: dict[tuple[str, str], float] = {}
     models = {r.run_id for _, baseline, _ in wanted for r in baseline.runs}
-    progress = tqdm(total=len(models) * (1 + len({a.name for *_, a in wanted})), desc="affinity", unit="pass")
+    augmentations = {a.name: a for *_, a in wanted}.values()  # each measured once per model
+    decoded: dict[tuple[int, int], tf.data.Dataset] = {}  # image size -> val images, decoded once
+    labels = np.asarray(images.labels)
+    progress = tqdm(total=len(models) * (1 + len(augmentations)), desc="affinity", unit="pass")
     for run_id in sorted(models):
         try:
             model = mlflow.keras.load_model(f"runs:/{run_id}/model")
@@ -121,10 +126,14 @@ def measure_affinities(
             notes.append(f"no affinity from run {run_id}: its model cannot be loaded ({str(error).splitlines()[0]})")
             continue
         image_size = tuple(model.input_shape[1:3])
-        clean[run_id] = accuracy(model, images, image_size, batch_size)
+        if image_size not in decoded:
+            decoded[image_size] = decoded_dataset(images, image_size)
+        clean[run_id] = accuracy(model, decoded[image_size], labels, image_size, batch_size)
         progress.update()
-        for augmentation in {a.name: a for *_, a in wanted}.values():
-            under[run_id, augmentation.name] = accuracy(model, images, image_size, batch_size, augmentation)
+        for augmentation in augmentations:
+            under[run_id, augmentation.name] = accuracy(
+                model, decoded[image_size], labels, image_size, batch_size, augmentation
+            )
             progress.update()
     progress.close()
     for d, baseline, augmentation in wanted:
