@@ -24,11 +24,12 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import yaml
-from tqdm import tqdm
 
 from pipeline.augmentation import BatchAugmenter
+from pipeline.augmentation_config import AugmentationConfig
 from pipeline.backend import tf
-from pipeline.config import AugmentationConfig, validate
+from pipeline.bars import progress_bar
+from pipeline.config import validate
 from pipeline.datasets import ImageSet, decoded_dataset
 from pipeline.manifests import read_classes, read_manifest
 from pipeline.verdicts import Difference, Group, baseline_for
@@ -118,7 +119,7 @@ def measure_affinities(
     augmentations = {a.name: a for *_, a in wanted}.values()  # each measured once per model
     decoded: dict[tuple[int, int], tf.data.Dataset] = {}  # image size -> val images, decoded once
     labels = np.asarray(images.labels)
-    progress = tqdm(total=len(models) * (1 + len(augmentations)), desc="affinity", unit="pass")
+    progress = progress_bar(total=len(models) * (1 + len(augmentations)), desc="affinity", unit="pass")
     for run_id in sorted(models):
         try:
             model = mlflow.keras.load_model(f"runs:/{run_id}/model")

@@ -45,7 +45,7 @@ CURVES = ("val_accuracy", "val_loss", "loss", "epoch_seconds")  # per-epoch hist
 
 def run(config: Config, run_ids: set[str] | None = None) -> dict:
     """Compare the FINISHED training runs of the experiment (only `run_ids`, when given)."""
-    from pipeline import tracking
+    from pipeline import run_search, store, tracking
     from pipeline.registry import register_winner
     from pipeline.report import json_safe, render_markdown
     from pipeline.verdicts import (
@@ -61,7 +61,7 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
 
     settings = config.compare
     tracking.connect(config, create_experiment=False)
-    runs, left_out = tracking.training_runs(config.tracking.experiment, settings.filter, run_ids, CURVES)
+    runs, left_out = run_search.training_runs(config.tracking.experiment, settings.filter, run_ids, CURVES)
     if not runs:
         raise TrackingError(
             f"No FINISHED training runs in experiment '{config.tracking.experiment}'"
@@ -114,7 +114,7 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
         f"-> {reports / 'comparison.md'}, {reports / 'comparison.json'}, "
         + ", ".join(str(reports / name) for name in FIGURES)
     )
-    print(tracking.ui_hint(tracking.tracking_uri(config), experiment_id) + "   (this comparison)")
+    print(tracking.ui_hint(store.tracking_uri(config), experiment_id) + "   (this comparison)")
     return report
 
 
@@ -146,11 +146,11 @@ def log_comparison_run(config: Config, report: dict, reports: Path) -> str:
     sits among the training runs); returns that experiment's id."""
     import mlflow
 
-    from pipeline import tracking
+    from pipeline import run_search, store, tracking
 
     name = time.strftime("comparison-%Y%m%d-%H%M%S")
     experiment = config.tracking.experiment
-    target = tracking.use_experiment(tracking.comparisons_experiment(experiment), tracking.tracking_uri(config))
+    target = tracking.use_experiment(run_search.comparisons_experiment(experiment), store.tracking_uri(config))
     with mlflow.start_run(
         run_name=name,
         tags={

@@ -1,10 +1,16 @@
-"""Command `config_reference`: the configuration reference, written from the schema itself.
+"""Command `config_reference`: the configuration reference and the defaults YAML, written from the schema.
 
-    python -m pipeline.config_reference > docs/configuration.md
+    python -m pipeline.config_reference > docs/configuration.md   # or --write: both, in place
 
 Every key of `config.Config` with its type, its default and the comment beside its field in
-pipeline/config.py, and the options of every config group in conf/. A test keeps
+pipeline/config.py (pipeline/augmentation_config.py for `augmentation.*`), and the options of every config group in conf/. A test keeps
 docs/configuration.md equal to this output, so the reference cannot drift from the code.
+
+The defaults are written once, in the dataclasses. Hydra and DVC compose YAML, though: DVC's
+`dvc exp run -S` composes `conf/` in its own process, which never imports this package. So
+`conf/schema/<section>.yaml` (every key of a section with its default and comment, laid under
+the chosen preset so that any key is settable on any preset) is generated from the dataclasses
+by `--write`, and a test keeps it equal.
 """
 
 from __future__ import annotations
@@ -15,10 +21,14 @@ import io
 import tokenize
 from pathlib import Path
 
+from pipeline import augmentation_config
 from pipeline import config as schema
 
 CONF = schema.PROJECT_ROOT / "conf"
-GROUPS = ("experiment", "augmentation", "model", "data", "train", "tracking", "compare", "hparams_search")
+GROUPS = ("experiment", "augmentation", "model", "hparams_search")
+# The sections whose defaults conf/config.yaml lays from conf/schema/ (presets name themselves).
+SCHEMA_SECTIONS = ("data", "augmentation", "model", "train", "tracking", "compare")
+NAMED_BY_PRESET = ("augmentation", "model")
 
 
 def field_comments(source: str) -> dict[tuple[str, str], str]:
@@ -74,16 +84,70 @@ def key_rows(node: type, comments: dict, prefix: str = "") -> list[str]:
     return rows
 
 
+def _yaml_value(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
+    if isinstance(value, float) and "e" in repr(value) and "." not in repr(value):
+        return repr(value).replace("e", ".0e")  # 1e-05 is a string to YAML 1.1 readers; 1.0e-05 a float
+    return str(value)
+
+
+def schema_yaml(section: str, comments: dict) -> str:
+    """conf/schema/<section>.yaml: every key of the section's dataclass with its default and comment."""
+    node = type(getattr(schema.Config(), section))
+    module = "augmentation_config" if section == "augmentation" else "config"
+    lines = [
+        f"# Generated from {node.__name__} in pipeline/{module}.py by `python -m pipeline.config_reference",
+        "# --write`: change a default there, not here. "
+        + (
+            "conf/config.yaml lays these keys under the chosen\n# preset, so any key can be set on any preset "
+            "and a preset file lists only what it changes."
+            if section in NAMED_BY_PRESET
+            else "conf/config.yaml composes them as the\n# defaults of `"
+            + section
+            + "`: set a key on the command line, "
+            "with dvc exp run -S, or in conf/experiment/."
+        ),
+    ]
+
+    def rows(cls: type, indent: str) -> None:
+        for f in dataclasses.fields(cls):
+            value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            comment = comments.get((cls.__name__, f.name), "")
+            if dataclasses.is_dataclass(value):
+                lines.append(f"{indent}{f.name}:" + (f"  # {comment}" if comment else ""))
+                rows(type(value), indent + "  ")
+                continue
+            if f.name == "name" and section in NAMED_BY_PRESET and not indent:
+                value, comment = "???", "every preset names itself"
+            text = f"{indent}{f.name}: {_yaml_value(value)}"
+            lines.append(f"{text:<{max(34, len(text) + 2)}}# {comment}" if comment else text)
+
+    rows(node, "")
+    return "\n".join(lines) + "\n"
+
+
 def group_options(group: str) -> str:
     return ", ".join(f"`{p.stem}`" for p in sorted((CONF / group).glob("*.yaml")))
 
 
+def schema_comments() -> dict[tuple[str, str], str]:
+    comments = {}
+    for module in (schema, augmentation_config):  # the schema's two files
+        comments |= field_comments(Path(module.__file__).read_text())
+    return comments
+
+
 def reference() -> str:
-    comments = field_comments(Path(schema.__file__).read_text())
+    comments = schema_comments()
     lines = [
         "# Configuration",
         "",
-        "Generated from the schema (`pipeline/config.py`) by `python -m pipeline.config_reference`;",
+        "Generated from the schema (`pipeline/config.py`, `pipeline/augmentation_config.py`) by `python -m pipeline.config_reference`;",
         "a test keeps it current. Set any key on the command line (`train.epochs=30`), with",
         "`dvc exp run -S train.epochs=30`, or in a `conf/experiment/` file. A misspelt key or a value",
         "out of range is refused before any work starts, naming the key.",
@@ -109,7 +173,18 @@ def reference() -> str:
 
 
 def main() -> None:
-    print(reference(), end="")
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.config_reference", description=__doc__.split("\n")[0])
+    parser.add_argument("--write", action="store_true", help="write docs/configuration.md and conf/schema/*.yaml")
+    if not parser.parse_args().write:
+        print(reference(), end="")
+        return
+    (schema.PROJECT_ROOT / "docs" / "configuration.md").write_text(reference())
+    comments = schema_comments()
+    for section in SCHEMA_SECTIONS:
+        (CONF / "schema" / f"{section}.yaml").write_text(schema_yaml(section, comments))
+    print(f"wrote docs/configuration.md and conf/schema/{{{','.join(SCHEMA_SECTIONS)}}}.yaml")
 
 
 if __name__ == "__main__":

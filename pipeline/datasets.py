@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.augmentation import BatchAugmenter, mix_batch
+from pipeline.augmentation_config import AugmentationConfig
 from pipeline.backend import tf
-from pipeline.config import AugmentationConfig
 from pipeline.images import load_image
 
 MEMORY_CACHE_LIMIT_BYTES = 4 * 1024**3  # decoded uint8 images above this go to a cache file

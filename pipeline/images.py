@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
-from tqdm import tqdm
+
+from pipeline.bars import progress_bar
 
 SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
 MAX_PIXELS = 250_000_000  # larger images are skipped (decompression-bomb guard), not crashed on
@@ -105,7 +106,7 @@ def validate_images(paths: list[Path], workers: int = 4) -> list[tuple[str | Non
     (None, why it is skipped) per file."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(
-            tqdm(
+            progress_bar(
                 pool.map(inspect_image, paths),
                 total=len(paths),
                 desc="validate images",

@@ -70,9 +70,6 @@ def _cached_imagenet(name: str) -> bool:
     return folder.is_dir() and any(name in f.name for f in folder.iterdir())
 
 
-RESIDUAL_STAGES = ((64, 2), (128, 2), (256, 1))  # (filters, blocks); each stage halves the resolution
-
-
 def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, relu: bool = True):
     x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(
@@ -91,14 +88,14 @@ def _residual_block(x, filters: int, stride: int, name: str):
     return keras.layers.ReLU(name=f"{name}_out")(keras.layers.Add(name=f"{name}_add")([x, shortcut]))
 
 
-def residual_cnn_features(x):
+def residual_cnn_features(x, stages: list[list[int]]):
     """The from-scratch CPU backbone: a stem of two 3x3 convolutions (32 filters, the first with
-    stride 2), three residual stages (64, 128, 256 filters; 2, 2, 1 blocks; each starting with
-    stride 2) with BatchNorm, global average pooling. About 1.6 M parameters; at 96x96 pixels
-    about 0.2 G multiply-adds per image."""
+    stride 2), residual `stages` ([filters, blocks] each, starting with stride 2; by default 64,
+    128, 256 filters in 2, 2, 1 blocks) with BatchNorm, global average pooling. The default has
+    about 1.6 M parameters and at 96x96 pixels about 0.2 G multiply-adds per image."""
     x = _conv_bn(x, 32, 3, 2, "stem1")
     x = _conv_bn(x, 32, 3, 1, "stem2")
-    for i, (filters, blocks) in enumerate(RESIDUAL_STAGES, start=1):
+    for i, (filters, blocks) in enumerate(stages, start=1):
         for j in range(blocks):
             x = _residual_block(x, filters, 2 if j == 0 else 1, f"stage{i}_block{j + 1}")
     return keras.layers.GlobalAveragePooling2D(name="pool")(x)
@@ -150,7 +147,7 @@ def build_model(config: ModelConfig, num_classes: int, image_size: tuple[int, in
     inputs = keras.Input((height, width, 3), name="image")
     x = _preprocess(config.name, inputs)
     if config.name == "residual_cnn":
-        pooled = residual_cnn_features(x)
+        pooled = residual_cnn_features(x, config.residual_stages)
     else:
         base = base_network(config, image_size)
         set_trainable_layers(base, config)

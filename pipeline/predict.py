@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from pipeline.bars import progress_bar
 from pipeline.errors import ModelError, UserError
 from pipeline.images import inspect_image, is_ignored, load_image
 
@@ -56,7 +56,7 @@ def _load_mlflow_model(uri: str):
     from mlflow.exceptions import MlflowException
 
     from pipeline.config import compose
-    from pipeline.tracking import tracking_uri
+    from pipeline.store import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(compose([])))
     try:
@@ -90,7 +90,7 @@ def predict_files(model, classes: list[str], files: list[str], top_k: int) -> li
     """One result per file: {"file", "top": [(class, probability), ...]} or {"file", "error"}."""
     height, width = model.input_shape[1:3]
     results = [{"file": name} for name in files]
-    with tqdm(
+    with progress_bar(
         total=len(files), desc="predict", unit="img", disable=len(files) <= PREDICT_BATCH, file=sys.stderr
     ) as progress:
         for start in range(0, len(files), PREDICT_BATCH):

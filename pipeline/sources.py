@@ -15,8 +15,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
-
+from pipeline.bars import progress_bar
 from pipeline.errors import DataError
 from pipeline.images import is_ignored
 from pipeline.manifests import SPLIT_FOLDER_NAMES
@@ -72,7 +71,7 @@ def download(url: str, target: Path, timeout_s: float = 30.0) -> None:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response, open(partial, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {target.name}") as bar:
+            with progress_bar(total=total, unit="B", unit_scale=True, desc=f"download {target.name}") as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))

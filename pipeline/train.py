@@ -22,12 +22,12 @@ def run(config: Config) -> float:
     # TensorFlow, Keras and MLflow load here, not at import: `--help` and a wrong key answer at once
     from dataclasses import replace
 
-    from pipeline import devices, evaluate, tracking
+    from pipeline import devices, evaluate, run_search, tracking
     from pipeline.backend import keras
     from pipeline.checkpoints import WorkFolder
     from pipeline.cli import in_multirun
-    from pipeline.config import digest_of, training_identity
     from pipeline.manifests import manifest_hash
+    from pipeline.run_identity import digest_of, training_identity
     from pipeline.training import (
         output_dirs,
         prepare_training,
@@ -49,7 +49,7 @@ def run(config: Config) -> float:
     data_hash = manifest_hash(config.paths.split_dir)
     identity = training_identity(config, data_hash)
     if in_multirun() and not config.train.rerun and not devices.is_multi_worker(strategy):
-        finished = tracking.finished_run_with(config.tracking.experiment, digest_of(identity))
+        finished = run_search.finished_run_with(config.tracking.experiment, digest_of(identity))
         if finished:
             return skip_finished(finished, reports_dir, uri)
     work = WorkFolder(work_root, identity)

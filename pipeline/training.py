@@ -15,12 +15,12 @@ from pathlib import Path
 import mlflow
 import yaml
 
-from pipeline import devices, tracking
+from pipeline import devices, logged_model, tracking
 from pipeline.augmentation import augmentation_layer
 from pipeline.backend import keras
 from pipeline.checkpoints import EpochCheckpoints, SavedState, StopOnSignal, WorkFolder, write_atomically
 from pipeline.cli import in_multirun
-from pipeline.config import Config, digest_of, to_dict
+from pipeline.config import Config, to_dict
 from pipeline.datasets import (
     ImageSet,
     backbone_features,
@@ -34,6 +34,7 @@ from pipeline.errors import ConfigError, DataError
 from pipeline.manifests import read_classes, read_manifest, split_source
 from pipeline.models import build_model, compile_model, frozen_backbone
 from pipeline.progress import ProgressLines
+from pipeline.run_identity import digest_of
 from pipeline.stopping import raise_if_stopped
 from pipeline.visuals import augmentation_grid, training_curves
 
@@ -288,7 +289,7 @@ def record_training(
         model_id = None
         raise_if_stopped()
         if config.tracking.log_model:  # the saved file, reloaded off the strategy: no cluster needed
-            model_id = tracking.log_keras_model(
+            model_id = logged_model.log_keras_model(
                 keras.models.load_model(model_path),
                 tuple(config.data.image_size),
                 classes_path,

@@ -37,6 +37,38 @@ def make_image(path: Path, size=(40, 30), seed=0, mode="RGB", fmt=None, pattern=
     return path
 
 
+# The longest tests (a minute or more each; CI prints them with --durations), longest first.
+LONGEST_FIRST = (
+    "test_exp_run_repro_and_what_reruns",
+    "test_training_run_is_recorded_and_its_model_predicts",
+    "test_a_server_with_basic_auth_lets_in_only_who_it_knows",
+    "test_queued_experiments_run_and_land_in_the_project_store",
+    "test_multirun_gives_one_run_per_job_and_compare_reads_them",
+    "test_a_failing_job_does_not_sink_the_sweep_and_reruns_add_runs",
+    "test_an_ablation_sweep_reports_each_operation",
+    "test_runs_and_their_val_accuracy_in_the_mlflow_ui",
+    "test_an_interrupted_sweep_resumes_with_the_same_command",
+    "test_plain_runs_of_a_frozen_backbone_train_the_head_on_cached_features",
+    "test_a_damaged_checkpoint_is_a_clear_error",
+    "test_sigterm_marks_the_run_killed_and_resume_is_the_same_run",
+    "test_optuna_search_over_augmentation",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest tests first, then the other slow ones, then the quick ones. With `-n auto
+    --dist load --maxschedchunk 1` (pytest-xdist) each worker takes the next test when it is
+    free: the long ones start side by side at once and the short ones fill the gaps at the end,
+    so no long test is left running alone."""
+
+    def rank(item) -> tuple[int, bool]:
+        name = item.originalname or item.name
+        longest = LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+        return longest, item.get_closest_marker("slow") is None
+
+    items.sort(key=rank)
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_tracking_uri():
     """mlflow.set_tracking_uri also exports $MLFLOW_TRACKING_URI: without this, one test's store
@@ -92,9 +124,10 @@ def path_overrides(tmp_path: Path) -> list[str]:
 
 
 def train_args(tmp_path: Path, uri: str, *extra: str) -> list[str]:
-    """A tiny, fast training: residual_cnn on 32x32 images, 2 epochs, outputs under tmp_path."""
+    """A tiny, fast training: a one-block residual_cnn on 32x32 images, 2 epochs, outputs under tmp_path."""
     return [
         "model=residual_cnn",
+        "model.residual_stages=[[32,1]]",
         "train.epochs=2",
         "train.batch_size=8",
         "data.image_size=[32,32]",

@@ -18,7 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from pipeline import compare, tracking
+from pipeline import compare, logged_model
 from pipeline.config import compose, to_dict
 
 SIZE = 8
@@ -79,7 +79,7 @@ def log_runs(uri: str, tmp_path: Path) -> None:
                 for step, loss in enumerate((0.9, 0.5 + 0.1 * (label != "none")), start=1):
                     mlflow.log_metric("loss", loss, step=step)
                 if label == "none":
-                    tracking.log_keras_model(model, (SIZE, SIZE), classes, best_epoch=1)
+                    logged_model.log_keras_model(model, (SIZE, SIZE), classes, best_epoch=1)
 
 
 @pytest.mark.slow

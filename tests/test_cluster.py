@@ -12,7 +12,7 @@ import time
 import optuna
 import pytest
 
-from pipeline.search import study_storage
+from pipeline.optuna_storage import study_storage
 from tests.conftest import ROOT, free_port, run_module, running_mlflow_server, sweep_args, train_args, training_runs
 
 pytestmark = pytest.mark.slow

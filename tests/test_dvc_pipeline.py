@@ -57,7 +57,13 @@ def project(tmp_path) -> Path:
     return repo
 
 
-TINY = ["model=residual_cnn", "train.epochs=1", "train.batch_size=8", "data.image_size=[32,32]"]  # seconds a run
+TINY = [
+    "model=residual_cnn",
+    "model.residual_stages=[[32,1]]",
+    "train.epochs=1",
+    "train.batch_size=8",
+    "data.image_size=[32,32]",
+]  # seconds a run
 
 
 def test_exp_run_repro_and_what_reruns(project, tiny_dataset, tmp_path):

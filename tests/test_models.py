@@ -26,6 +26,16 @@ def test_residual_cnn_is_whole_and_two_parts():
     assert not frozen_backbone(compose(["model=xception", "model.trainable_base=true"]).model)
 
 
+def test_residual_cnn_stages_are_configurable_and_checked():
+    small = build_model(compose(["model=residual_cnn", "model.residual_stages=[[16,1],[24,2]]"]).model, 3, (32, 32))
+    names = [layer.name for layer in small.get_layer("features").layers]
+    blocks = sorted({"_".join(name.split("_")[:2]) for name in names if name.startswith("stage")})
+    assert blocks == ["stage1_block1", "stage2_block1", "stage2_block2"]
+    assert small.get_layer("features").output_shape[-1] == 24
+    with pytest.raises(ConfigError, match=r"model.residual_stages: needs 1 to 6 \[filters, blocks\] pairs"):
+        compose(["model=residual_cnn", "model.residual_stages=[[16]]"])
+
+
 def test_warmup_cosine_rises_then_decays_to_zero():
     train = compose(["train.lr_schedule=warmup_cosine", "train.epochs=10", "train.warmup_epochs=2"]).train
     schedule = learning_rate_schedule(0.002, train, steps_per_epoch=50)

@@ -39,3 +39,19 @@ def test_a_fit_whose_output_is_a_log_prints_where_it_is_and_when_it_ends():
     quiet = io.StringIO()  # the default: no faster than every 30 s, so a 1-second fit prints nothing
     model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[ProgressLines(5, 8, stream=quiet)])
     assert quiet.getvalue() == ""
+
+
+def test_a_bar_into_a_log_redraws_rarely_and_on_a_terminal_as_usual():
+    """tqdm redraws ten times a second; into a file that is thousands of updates on one line."""
+    from pipeline.bars import LOG_INTERVAL_S, progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    log, terminal = io.StringIO(), Terminal()
+    with progress_bar(total=3, file=log, desc="validate") as into_log, progress_bar(total=3, file=terminal) as shown:
+        into_log.update(3)
+        shown.update(3)
+    assert into_log.mininterval == LOG_INTERVAL_S and shown.mininterval == 0.1  # tqdm's own default
+    assert "validate: 100%" in log.getvalue() and "3/3" in log.getvalue()  # the final state is written

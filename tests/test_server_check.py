@@ -9,7 +9,7 @@ import time
 import pytest
 
 from pipeline.errors import TrackingError
-from pipeline.tracking import check_server
+from pipeline.store import check_server
 from tests.conftest import free_port
 
 

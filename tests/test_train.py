@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -85,6 +87,10 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     folder = mlflow.artifacts.download_artifacts(f"models:/{logged.model_id}")
     assert {"MLmodel", "classes.json", "input_example.json"} <= set(os.listdir(folder))
+    # its environment pins what it loads with, at the installed versions
+    pinned = dict(line.split("==") for line in Path(folder, "requirements.txt").read_text().split())
+    assert pinned["tensorflow"] == importlib.metadata.version("tensorflow")
+    assert pinned["keras"] == importlib.metadata.version("keras") and pinned["mlflow"] == mlflow.__version__
     # ... and MLflow's own CLI serves it
     request = tmp_path / "request.json"
     request.write_text(json.dumps({"inputs": np.full((1, 32, 32, 3), 100.0).tolist()}))

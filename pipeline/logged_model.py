@@ -1,0 +1,88 @@
+"""A training run's output: its model, logged as an MLflow LoggedModel.
+
+The model is saved with its signature, an input example, the pinned packages it loads with
+and `classes.json`, and linked to its run at the best epoch, whose metrics become the model's.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+
+import mlflow
+from mlflow.entities import LoggedModelOutput, Metric
+
+
+def log_keras_model(
+    model,
+    image_size: tuple[int, int],
+    classes_file: str | os.PathLike,
+    best_epoch: int,
+    describe: dict[str, str] | None = None,
+) -> str:
+    """Log the model as the run's LoggedModel `model` (READY), with signature, input example
+    and classes.json (the class names in output order, which `pipeline.predict` reads), linked
+    to the run at the best epoch's step, whose metrics become the model's. Returns its model id;
+    `models:/<id>` and `runs:/<run id>/model` both load it.
+
+    `mlflow.keras.log_model(..., input_example=...)` in MLflow 3.17 writes the example before
+    creating its folder (mlflow#16183), so the model is saved into a folder made here and
+    uploaded with `log_model_artifacts`; a failed upload leaves the LoggedModel FAILED.
+    Its name stays `model` (what `runs:/<run id>/model` resolves); `describe` (preset, model,
+    seed) becomes its tags, so the UI's model list says what each one is.
+    """
+    import tempfile
+
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    run_id = mlflow.active_run().info.run_id
+    example = np.full((1, *image_size, 3), 127.0, np.float32)
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    logged = mlflow.initialize_logged_model(name="model", source_run_id=run_id, model_type="keras", tags=describe or {})
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            path = os.path.join(scratch, "model")
+            os.makedirs(path)
+            mlflow.keras.save_model(
+                model, path, signature=signature, input_example=example, pip_requirements=model_requirements()
+            )
+            shutil.copy(classes_file, os.path.join(path, "classes.json"))
+            mlflow.MlflowClient().log_model_artifacts(logged.model_id, path)
+    except BaseException:
+        mlflow.finalize_logged_model(logged.model_id, "FAILED")
+        raise
+    mlflow.finalize_logged_model(logged.model_id, "READY")
+    mlflow.log_outputs([LoggedModelOutput(logged.model_id, step=best_epoch)])
+    link_step_metrics(run_id, logged.model_id, best_epoch)
+    return logged.model_id
+
+
+@functools.cache
+def model_requirements() -> list[str]:
+    """The pinned packages a logged model loads with: what MLflow would infer (tensorflow, keras,
+    numpy, mlflow at their installed versions), read from the installed distributions instead of
+    a subprocess that loads the model once more (12 s of a tiny run). The TensorFlow distribution
+    is the one installed (`tensorflow`, `tensorflow-cpu`, ...)."""
+    from importlib.metadata import packages_distributions, version
+
+    providers = packages_distributions()
+    names = []
+    for module in ("tensorflow", "keras", "numpy", "mlflow"):
+        candidates = providers.get(module, [module])  # `mlflow` is also provided by mlflow-skinny, -tracing
+        names.append(module if module in candidates else candidates[0])
+    return [f"{name}=={version(name)}" for name in names]
+
+
+def link_step_metrics(run_id: str, model_id: str, step: int) -> None:
+    """Make the run's metrics at `step` the model's too (as `mlflow.<flavor>.log_model(step=)`
+    does): the same values and timestamps, so the run's own history gains no duplicates."""
+    client = mlflow.MlflowClient()
+    linked = [
+        Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, run_id=run_id)
+        for key in client.get_run(run_id).data.metrics
+        for m in client.get_metric_history(run_id, key)
+        if m.step == step
+    ]
+    client.log_batch(run_id, metrics=linked)

@@ -1,0 +1,39 @@
+"""When two training runs are the same configuration: everything that makes a trained model what
+it is, hashed. A sweep skips a configuration whose hash already has a FINISHED run, and a
+resumed training refuses a work folder left by another configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from pipeline.config import Config, flatten, to_dict
+
+# Settings that do not change what is trained: where things go, how they are reported, and
+# how the data was found (the manifest hash stands for the data itself).
+NOT_IDENTITY = (
+    "tracking.",
+    "paths.",
+    "compare.",
+    "data.download_dir",
+    "data.cache",
+    "data.source",
+    "data.sha256",
+    "train.resume",
+    "train.rerun",
+)
+
+
+def training_identity(config: Config, manifest_sha256: str) -> dict[str, str]:
+    """Everything that makes a trained model what it is, as dotted keys, plus the data's manifest hash."""
+    flat = flatten(to_dict(config))
+    identity = {
+        k: v for k, v in flat.items() if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in NOT_IDENTITY)
+    }
+    return {**identity, "data.manifest_sha256": manifest_sha256}
+
+
+def digest_of(values: dict[str, str]) -> str:
+    """A stable sha256 of string key/values (order-independent)."""
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,85 @@
+"""Finding recorded runs again: the FINISHED training runs a comparison reads (with their
+curves), the run that already trained a configuration (a sweep skips it), and the experiment
+where comparisons go.
+"""
+
+from __future__ import annotations
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from pipeline.errors import TrackingError
+
+
+def training_runs(
+    experiment: str,
+    search_filter: str | None = None,
+    run_ids: set[str] | None = None,
+    curves: tuple[str, ...] = ("val_accuracy", "val_loss"),
+):
+    """The FINISHED training runs of `experiment` (with their per-epoch `curves`), only those in
+    `run_ids` when given, and how many other runs (FAILED, KILLED, RUNNING) were left out.
+    Comparison runs are not training runs."""
+    from pipeline.verdicts import RunSummary  # here: training never needs the comparison's code
+
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    runs, token = [], None
+    try:
+        while True:
+            page = client.search_runs(
+                [found.experiment_id], filter_string=search_filter or "", max_results=1000, page_token=token
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+    except MlflowException as error:
+        raise TrackingError(
+            f"compare.filter={search_filter!r} is not a valid MLflow search filter: {error.message}"
+        ) from None
+    training = [
+        r
+        for r in runs
+        if "augmentation" in r.data.tags
+        and r.data.tags.get("run_kind") != "comparison"
+        and (run_ids is None or r.info.run_id in run_ids)
+    ]
+    finished = [r for r in training if r.info.status == "FINISHED"]
+    summaries = []
+    for r in finished:
+        histories = {
+            name: [m.value for m in sorted(client.get_metric_history(r.info.run_id, name), key=lambda m: m.step)]
+            for name in curves
+        }
+        summaries.append(
+            RunSummary(
+                r.info.run_id,
+                r.data.tags["augmentation"],
+                r.data.tags.get("seed", "?"),
+                dict(r.data.params),
+                dict(r.data.metrics),
+                histories,
+                r.info.start_time or 0,
+            )
+        )
+    return summaries, len(training) - len(finished)
+
+
+def finished_run_with(experiment_name: str, config_hash: str) -> mlflow.entities.Run | None:
+    """The latest FINISHED training run of the experiment tagged with `config_hash` (None if none)."""
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return None
+    found = mlflow.MlflowClient().search_runs(
+        [experiment.experiment_id],
+        f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return found[0] if found else None
+
+
+def comparisons_experiment(experiment: str) -> str:
+    """Comparison runs live in their own experiment, beside the training runs they compare."""
+    return f"{experiment}-comparisons"
