@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import io
+import textwrap
 import tokenize
 from pathlib import Path
 
@@ -100,19 +101,18 @@ def schema_yaml(section: str, comments: dict) -> str:
     """conf/schema/<section>.yaml: every key of the section's dataclass with its default and comment."""
     node = type(getattr(schema.Config(), section))
     module = "augmentation_config" if section == "augmentation" else "config"
-    lines = [
-        f"# Generated from {node.__name__} in pipeline/{module}.py by `python -m pipeline.config_reference",
-        "# --write`: change a default there, not here. "
-        + (
-            "conf/config.yaml lays these keys under the chosen\n# preset, so any key can be set on any preset "
-            "and a preset file lists only what it changes."
-            if section in NAMED_BY_PRESET
-            else "conf/config.yaml composes them as the\n# defaults of `"
-            + section
-            + "`: set a key on the command line, "
-            "with dvc exp run -S, or in conf/experiment/."
-        ),
-    ]
+    where = (
+        "conf/config.yaml lays these keys under the chosen preset, so any key can be set on any preset and "
+        "a preset file lists only what it changes."
+        if section in NAMED_BY_PRESET
+        else f"conf/config.yaml composes them as the defaults of `{section}`: set a key on the command line, "
+        "with dvc exp run -S, or in conf/experiment/."
+    )
+    header = (
+        f"Generated from {node.__name__} in pipeline/{module}.py by `python -m pipeline.config_reference "
+        f"--write`: change a default there, not here. {where}"
+    )
+    lines = ["# " + line for line in textwrap.wrap(header, 96)]
 
     def rows(cls: type, indent: str) -> None:
         for f in dataclasses.fields(cls):
