@@ -55,12 +55,14 @@ def field_comments(source: str) -> dict[tuple[str, str], str]:
     return found
 
 
+def default_value(f: dataclasses.Field):
+    """A field's default, built by its factory when it has one (MISSING when it has neither)."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def _default(f: dataclasses.Field) -> str:
-    if f.default is not dataclasses.MISSING:
-        value = f.default
-    elif f.default_factory is not dataclasses.MISSING:
-        value = f.default_factory()
-    else:
+    value = default_value(f)
+    if value is dataclasses.MISSING:
         return "(required)"
     if value is None:
         return "null"
@@ -73,7 +75,7 @@ def key_rows(node: type, comments: dict, prefix: str = "") -> list[str]:
     """Markdown table rows for the dataclass `node`, its nested dataclasses expanded."""
     rows = []
     for f in dataclasses.fields(node):
-        value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        value = default_value(f)
         if dataclasses.is_dataclass(value):
             rows += key_rows(type(value), comments, f"{prefix}{f.name}.")
             continue
@@ -116,7 +118,7 @@ def schema_yaml(section: str, comments: dict) -> str:
 
     def rows(cls: type, indent: str) -> None:
         for f in dataclasses.fields(cls):
-            value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            value = default_value(f)
             comment = comments.get((cls.__name__, f.name), "")
             if dataclasses.is_dataclass(value):
                 lines.append(f"{indent}{f.name}:" + (f"  # {comment}" if comment else ""))
@@ -142,8 +144,8 @@ def schema_comments() -> dict[tuple[str, str], str]:
     return comments
 
 
-def reference() -> str:
-    comments = schema_comments()
+def reference(comments: dict[tuple[str, str], str] | None = None) -> str:
+    comments = comments if comments is not None else schema_comments()
     lines = [
         "# Configuration",
         "",
@@ -180,8 +182,8 @@ def main() -> None:
     if not parser.parse_args().write:
         print(reference(), end="")
         return
-    (schema.PROJECT_ROOT / "docs" / "configuration.md").write_text(reference())
     comments = schema_comments()
+    (schema.PROJECT_ROOT / "docs" / "configuration.md").write_text(reference(comments))
     for section in SCHEMA_SECTIONS:
         (CONF / "schema" / f"{section}.yaml").write_text(schema_yaml(section, comments))
     print(f"wrote docs/configuration.md and conf/schema/{{{','.join(SCHEMA_SECTIONS)}}}.yaml")
