@@ -5,7 +5,7 @@
         model=xception model.weights=null train.mixed_precision=true      # on a GPU
 
 Same model, same images, same process, through the training stage's own code
-(`training.prepare_training` / `training.fit`, so augmentation sits where `augmentation.device`
+(`training.prepare_training` / `training.fit`, so augmentation sits where `augmentation.placement`
 puts it: tf.data on a CPU, inside the model on a GPU). The first epoch (decode, cache,
 graph tracing, XLA) is warm-up and not counted; an epoch's time is its training steps,
 without the validation pass. Trailing arguments are Hydra overrides. Last line:

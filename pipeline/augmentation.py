@@ -372,7 +372,7 @@ class BatchAugmenter:
 
 
 def augmentation_layer(config: AugmentationConfig, seed: int):
-    """A Keras layer that augments inside the model (placement `device=model`), training only.
+    """A Keras layer that augments inside the model (`augmentation.placement=model`), training only.
 
     It draws from [seed, step] with its own step counter, so each batch differs; it is
     built from XLA-compilable ops and so keeps a jit-compiled train step compiled.

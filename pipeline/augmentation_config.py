@@ -83,7 +83,7 @@ class AugmentationConfig:
     """
 
     name: str = "none"  # the preset's name: the run's tag `augmentation` and the comparison's group
-    device: str = "auto"  # auto | data (tf.data, CPU) | model (inside the train step)
+    placement: str = "auto"  # where the augmentation runs: auto | data (tf.data, CPU) | model (inside the train step)
     rotation_range: float = 0.0  # degrees, uniform in (-r, r)
     width_shift_range: float = 0.0  # horizontal shift: < 1 a fraction of the width, >= 1 pixels
     height_shift_range: float = 0.0  # vertical shift: < 1 a fraction of the height, >= 1 pixels
@@ -150,7 +150,7 @@ class AugmentationConfig:
     def is_identity(self) -> bool:
         """True when this preset changes no image (the plain `none` preset)."""
         return self == AugmentationConfig(
-            name=self.name, device=self.device, fill_mode=self.fill_mode, cval=self.cval, ablate=self.ablate
+            name=self.name, placement=self.placement, fill_mode=self.fill_mode, cval=self.cval, ablate=self.ablate
         )
 
     def problems(self) -> list[tuple[str, str]]:
@@ -187,8 +187,8 @@ class AugmentationConfig:
             found.append(("brightness_range", f"needs [lo, hi] with 0 <= lo <= hi, got {list(self.brightness_range)}"))
         if self.fill_mode not in FILL_MODES:
             found.append(("fill_mode", f"must be one of {', '.join(FILL_MODES)}, got {self.fill_mode!r}"))
-        if self.device not in ("auto", "data", "model"):
-            found.append(("device", f"must be one of auto, data, model, got {self.device!r}"))
+        if self.placement not in ("auto", "data", "model"):
+            found.append(("placement", f"must be one of auto, data, model, got {self.placement!r}"))
         if self.mixup_alpha > 0 and self.cutmix_alpha > 0:
             found.append(("cutmix_alpha", "use MixUp or CutMix, not both (set mixup_alpha=0 or cutmix_alpha=0)"))
         if self.ablate not in NO_ABLATION:

@@ -288,8 +288,14 @@ SETTABLE_KEYS = frozenset(_dotted_keys(Config()))
 LEAF_KEYS = SETTABLE_KEYS - {k.rpartition(".")[0] for k in SETTABLE_KEYS}
 
 
+# Keys that were renamed: the old name is refused, saying the new one.
+RENAMED_KEYS = {"augmentation.device": "augmentation.placement"}
+
+
 def unknown_key_message(key: str) -> str:
     """'Unknown config key ...; did you mean ...?' with the closest settable key."""
+    if key in RENAMED_KEYS:
+        return f"The config key '{key}' is now '{RENAMED_KEYS[key]}' (same values): use that name."
     parent = key.rpartition(".")[0]
     siblings = [k for k in SETTABLE_KEYS if k.rpartition(".")[0] == parent]
     close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6) or difflib.get_close_matches(

@@ -101,7 +101,7 @@ def build_train_dataset(
     Batch k of the stream (epoch = k // steps_per_epoch) is augmented with the stateless
     seed [seed, k]: a fixed seed gives the same batches in any process, every epoch gets
     new draws, and `start_epoch` resumes the stream exactly where an interrupted run was.
-    `augment_images=False` leaves the per-image augmentation to the model (device=model);
+    `augment_images=False` leaves the per-image augmentation to the model (placement=model);
     MixUp/CutMix always run here because they mix labels too.
     """
     augmenter = BatchAugmenter(augmentation, image_size)

@@ -26,8 +26,8 @@ def describe_device() -> str:
 
 def augmentation_placement(config: AugmentationConfig) -> str:
     """'data' (tf.data on the CPU) or 'model' (inside the train step, on the GPU)."""
-    if config.device != "auto":
-        return config.device
+    if config.placement != "auto":
+        return config.placement
     return "model" if gpus() else "data"
 
 

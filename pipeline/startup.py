@@ -15,7 +15,6 @@ import logging
 import os
 import sys
 import tempfile
-import warnings
 
 STARTUP_NOISE = (
     "All log messages before absl::InitializeLog()",
@@ -37,8 +36,6 @@ def quiet_tensorflow_start() -> None:
     """Import TensorFlow and probe its devices with start-up noise filtered out of stderr."""
     if os.environ.get(VERBOSE_VARIABLE):
         return
-    # Keras warns on every fit that tf.data ignores `shuffle`; ours are shuffled in the dataset itself.
-    warnings.filterwarnings("ignore", message=r".*`shuffle=True` was passed, but will be ignored")
     # MLflow's system-metrics monitor announces itself at INFO on every run (and that it found no GPU).
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     if "tensorflow" in sys.modules:

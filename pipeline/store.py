@@ -46,6 +46,16 @@ def tracking_uri(config: Config) -> str:
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
+def check_store(config: Config, timeout_s: float = 5.0) -> None:
+    """The store answers and lets us in (a server) or can be written (sqlite), said in a second:
+    training calls this before it loads TensorFlow."""
+    uri = tracking_uri(config)
+    if uri.startswith(("http://", "https://")):
+        check_server(uri, timeout_s)
+    elif uri.startswith("sqlite:///"):
+        check_sqlite_store(Path(uri[len("sqlite:///") :]))
+
+
 SLOW_SERVER_PATIENCE_S = 120.0  # as long as MLflow's own client keeps retrying a request
 
 
@@ -148,14 +158,8 @@ class StoreReachableFromJobs(Callback):
             raise SystemExit(2)
 
 
-@contextlib.contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    """For a sqlite store: check it can be written (within seconds, naming the path), then hold
-    an exclusive lock on `<store>.lock` while the store and the experiment are created."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    store = Path(uri[len("sqlite:///") :])
+def check_sqlite_store(store: Path) -> None:
+    """A sqlite store can be created and written, or a TrackingError naming the path and the fix."""
     folder = store.parent
     advice = "Fix its permissions, or choose another store with tracking.uri=sqlite:////writable/path/mlflow.db."
     try:
@@ -168,6 +172,17 @@ def store_lock(uri: str) -> Iterator[None]:
         raise TrackingError(f"The MLflow store {store} is read-only for this user. {advice}")
     if not os.access(folder, os.W_OK):  # sqlite writes its journal beside the store
         raise TrackingError(f"The folder of the MLflow store {store} ({folder}) is read-only for this user. {advice}")
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """For a sqlite store: check it can be written (naming the path), then hold an exclusive
+    lock on `<store>.lock` while the store and the experiment are created."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    store = Path(uri[len("sqlite:///") :])
+    check_sqlite_store(store)
     with open(store.with_name(store.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from pipeline.cli import stage_entry
 from pipeline.config import Config
+from pipeline.store import check_store
 
 
 def run(config: Config) -> float:
+    check_store(config)  # a dead or locked server is said at once, before TensorFlow loads
     # TensorFlow, Keras and MLflow load here, not at import: `--help` and a wrong key answer at once
     from dataclasses import replace
 

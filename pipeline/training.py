@@ -147,6 +147,7 @@ def fit(config: Config, training: Training, callbacks: list = (), start_epoch: i
         epochs=config.train.epochs,
         initial_epoch=start_epoch,
         steps_per_epoch=steps,
+        shuffle=False,  # the datasets shuffle themselves, seeded; Keras cannot shuffle a tf.data pipeline
         callbacks=[*callbacks, StopOnSignal(), *([] if watched else [ProgressLines(steps, batch)])],
         verbose=1 if watched else 2,
     )

@@ -111,6 +111,46 @@ def run_module(module: str, *args: str, cwd: Path | None = None, env: dict | Non
     )
 
 
+def run_in_process(module: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m module args` inside this test's process: the same entry point, command line,
+    exit code and output as run_module, without a fresh interpreter loading TensorFlow again
+    (seconds a call). What only a fresh process shows (start-up, signals, the same batches in
+    two processes, two processes at once, a multirun's launcher) keeps run_module.
+
+    Hydra is told to leave logging alone (`hydra/job_logging=none`): its logging.config call
+    would close every handler of this process, pytest's and absl's included. No stage logs
+    through `logging`, so the output is the same."""
+    import io
+    import runpy
+    import warnings
+
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved_argv, saved_env = sys.argv, dict(os.environ)
+    os.environ.update({"TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+    hydra_composes = args[:1] != ("--params",) and module != "pipeline.predict"
+    sys.argv = [module, *args, *(["hydra/job_logging=none", "hydra/hydra_logging=none"] if hydra_composes else [])]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*found in sys.modules", RuntimeWarning)  # imported before: fine
+            try:
+                runpy.run_module(module, run_name="__main__")
+            except SystemExit as exit:
+                if isinstance(exit.code, str):
+                    print(exit.code, file=sys.stderr)
+                code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+    finally:
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+        GlobalHydra.instance().clear()  # the next command (or compose()) starts from a clean Hydra
+        HydraConfig.instance().cfg = None
+    return subprocess.CompletedProcess([module, *args], code, stdout.getvalue(), stderr.getvalue())
+
+
 def path_overrides(tmp_path: Path) -> list[str]:
     """Overrides that keep every output of a run inside tmp_path."""
     return [

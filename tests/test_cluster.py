@@ -13,7 +13,16 @@ import optuna
 import pytest
 
 from pipeline.optuna_storage import study_storage
-from tests.conftest import ROOT, free_port, run_module, running_mlflow_server, sweep_args, train_args, training_runs
+from tests.conftest import (
+    ROOT,
+    free_port,
+    run_in_process,
+    run_module,
+    running_mlflow_server,
+    sweep_args,
+    train_args,
+    training_runs,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -138,7 +147,7 @@ def test_a_server_with_basic_auth_lets_in_only_who_it_knows(split_done, auth_ser
     assert in_uri.returncode == 1 and "tracking.uri holds credentials" in in_uri.stderr
 
     credentials = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "s3cret-admin-pw"}
-    trained = run_module("pipeline.train", *args, env=credentials)
+    trained = run_in_process("pipeline.train", *args, env=credentials)
     assert trained.returncode == 0, trained.stderr[-3000:]
     os.environ.update(credentials)
     try:

@@ -16,7 +16,7 @@ from pipeline import compare
 from pipeline.config import compose
 from pipeline.errors import TrackingError
 from pipeline.verdicts import RunSummary, compare_with_baseline, group_runs, varied_settings
-from tests.conftest import make_image, run_module
+from tests.conftest import make_image, run_in_process
 
 # preset -> {seed: (best_val_accuracy, test_accuracy)}
 KNOWN = {
@@ -339,7 +339,7 @@ def test_a_keep_verdict_registers_the_champion(tmp_path, capsys):
     assert client.get_model_version_by_alias("augmentation", "champion").tags["group"] == "strong"
 
     photo = make_image(tmp_path / "photo.png", size=(8, 8), seed=3)
-    predicted = run_module(
+    predicted = run_in_process(
         "pipeline.predict", "models:/augmentation@champion", str(photo), "--json", env={"MLFLOW_TRACKING_URI": uri}
     )
     assert predicted.returncode == 0, predicted.stderr[-2000:]

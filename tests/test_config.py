@@ -121,6 +121,17 @@ def test_a_misspelt_key_is_refused_naming_the_right_one(tmp_path):
     assert typo_group.returncode == 2 and "did you mean 'augmentation'" in typo_group.stderr
 
 
+def test_a_renamed_key_is_refused_saying_its_new_name(tmp_path):
+    from pipeline.cli import load_params
+
+    old = tmp_path / "params.yaml"  # a params.yaml written before the rename
+    old.write_text((ROOT / "params.yaml").read_text().replace("  placement: auto", "  device: model"))
+    with pytest.raises(ConfigError, match="'augmentation.device' is now 'augmentation.placement'"):
+        load_params(["--params", str(old)])
+    with pytest.raises(ConfigError, match="'augmentation.device' is now 'augmentation.placement'"):
+        load_params(["--params", str(ROOT / "params.yaml"), "augmentation.device=model"])
+
+
 def test_params_file_takes_group_overrides(tmp_path):
     from pipeline.cli import load_params
 

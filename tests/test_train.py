@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import free_port, make_image, run_module, train_args
+from tests.conftest import free_port, make_image, run_in_process, run_module, train_args
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def only_run(uri: str, experiment: str = "augmentation"):
 def test_training_run_is_recorded_and_its_model_predicts(split_done):
     tmp_path = split_done
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = run_module(
+    result = run_in_process(
         "pipeline.train", *train_args(tmp_path, uri, "augmentation=lesson", "tracking.system_metrics_interval_s=0.5")
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -119,7 +119,7 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
 
     # evaluate: the test metrics belong to the model and to the test dataset; the run's times stay the training's
     trained = client.get_run(run.info.run_id).info
-    evaluated = run_module(
+    evaluated = run_in_process(
         "pipeline.evaluate",
         *[a for a in train_args(tmp_path, uri) if a.startswith("paths.")],
         "data.image_size=[32,32]",
@@ -144,7 +144,7 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
     broken = tmp_path / "mine" / "notes.jpg"
     broken.write_text("not an image")
     for model in (str(tmp_path / "models" / "model.keras"), f"runs:/{run.info.run_id}/model"):
-        result = run_module(
+        result = run_in_process(
             "pipeline.predict",
             model,
             str(good),
@@ -160,7 +160,7 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
         assert {name for name, _ in photo["top"]} <= {"cat", "dog", "fox"}
         assert photo["top"][0][1] >= photo["top"][1][1] and 0 < sum(p for _, p in photo["top"]) <= 1.0 + 1e-6
         assert "not an image" in notes["error"] and f"{broken}: not an image" in result.stderr
-    missing = run_module("pipeline.predict", str(tmp_path / "nope.keras"), str(good))
+    missing = run_in_process("pipeline.predict", str(tmp_path / "nope.keras"), str(good))
     assert missing.returncode == 2 and "no such model file" in missing.stderr
 
 
@@ -168,7 +168,7 @@ def test_failure_is_recorded_failed(split_done):
     tmp_path = split_done
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     (tmp_path / "split" / "val.csv").write_text("path,label\n/nonexistent/image.png,cat\n")
-    result = run_module("pipeline.train", *train_args(tmp_path, uri))
+    result = run_in_process("pipeline.train", *train_args(tmp_path, uri))
     assert result.returncode != 0
     _, run = only_run(uri)
     assert run.info.status == "FAILED" and "end_reason" in run.data.tags
@@ -229,7 +229,7 @@ def test_sigterm_marks_the_run_killed_and_resume_is_the_same_run(split_done):
 
     # resumed with another seed or preset: refused, naming the keys, nothing trained
     for other in (["seed=7"], ["augmentation=lesson"]):
-        refused = run_module(
+        refused = run_in_process(
             "pipeline.train",
             *train_args(
                 tmp_path, uri, f"train.epochs={done + 2}", "model.learning_rate=0.003", "train.resume=true", *other
@@ -242,7 +242,7 @@ def test_sigterm_marks_the_run_killed_and_resume_is_the_same_run(split_done):
         assert "Traceback" not in refused.stderr
     assert work_state(tmp_path)["epochs_done"] == done
 
-    resumed = run_module(
+    resumed = run_in_process(
         "pipeline.train",
         *train_args(tmp_path, uri, f"train.epochs={done + 2}", "model.learning_rate=0.003", "train.resume=true"),
     )
@@ -305,11 +305,11 @@ def test_a_damaged_checkpoint_is_a_clear_error(split_done):
     (folder / ".tmp-999-last-e0099.weights.h5").write_bytes(b"")  # kill -9 in mid-write: never named, ignored
     last = folder / work_state(tmp_path)["last_weights"]
     last.write_bytes(last.read_bytes()[:200])  # a committed file damaged afterwards (disk trouble)
-    resumed = run_module("pipeline.train", *train_args(tmp_path, uri, "train.epochs=6", "train.resume=true"))
+    resumed = run_in_process("pipeline.train", *train_args(tmp_path, uri, "train.epochs=6", "train.resume=true"))
     assert resumed.returncode == 1
     assert f"the checkpoint {last} cannot be read" in resumed.stderr and "train.resume=false" in resumed.stderr
     assert "Traceback" not in resumed.stderr
-    again = run_module("pipeline.train", *train_args(tmp_path, uri, "train.epochs=2"))  # resume=false starts afresh
+    again = run_in_process("pipeline.train", *train_args(tmp_path, uri, "train.epochs=2"))  # resume=false starts afresh
     assert again.returncode == 0, again.stderr[-2000:]
     assert "discarding the interrupted state" in again.stdout
 
@@ -356,14 +356,14 @@ def test_a_damaged_model_file_is_explained(tmp_path):
     model = tmp_path / "model.keras"
     model.write_bytes(b"\x00" * 64)
     photo = make_image(tmp_path / "photo.png", seed=1)
-    result = run_module("pipeline.predict", str(model), str(photo))
+    result = run_in_process("pipeline.predict", str(model), str(photo))
     assert result.returncode == 2
     assert f"{model} exists but is not a Keras model file" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_training_against_a_real_mlflow_server(split_done, mlflow_server):
     tmp_path = split_done
-    result = run_module("pipeline.train", *train_args(tmp_path, mlflow_server, "augmentation=light"))
+    result = run_in_process("pipeline.train", *train_args(tmp_path, mlflow_server, "augmentation=light"))
     assert result.returncode == 0, result.stderr[-3000:]
     client, run = only_run(mlflow_server)
     assert run.info.status == "FINISHED" and run.data.tags["augmentation"] == "light"
@@ -400,7 +400,7 @@ def test_multirun_gives_one_run_per_job_and_compare_reads_them(split_done):
     )
     assert "verdict" in result.stdout and "test_accuracy, difference in points" in result.stdout  # end of sweep
 
-    report = run_module(
+    report = run_in_process(
         "pipeline.compare",
         f"tracking.uri={uri}",
         f"paths.reports_dir={tmp_path}/reports",
@@ -445,7 +445,7 @@ def test_plain_runs_of_a_frozen_backbone_train_the_head_on_cached_features(split
     tmp_path = split_done
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = [a if a != "model=residual_cnn" else "model=mobilenet_v2" for a in train_args(tmp_path, uri)]
-    result = run_module("pipeline.train", *args, "model.weights=null", "train.epochs=3")
+    result = run_in_process("pipeline.train", *args, "model.weights=null", "train.epochs=3")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "its features are computed once" in result.stdout
 
@@ -462,5 +462,7 @@ def test_plain_runs_of_a_frozen_backbone_train_the_head_on_cached_features(split
     accuracy = float(np.mean(whole.argmax(axis=1) == np.array(val.labels)))
     assert accuracy == pytest.approx(run.data.metrics["best_val_accuracy"])  # measured on cached features
 
-    uncached = run_module("pipeline.train", *args, "model.weights=null", "train.epochs=1", "train.cache_features=false")
+    uncached = run_in_process(
+        "pipeline.train", *args, "model.weights=null", "train.epochs=1", "train.cache_features=false"
+    )
     assert uncached.returncode == 0 and "computed once" not in uncached.stdout
