@@ -72,9 +72,9 @@ def run(config: Config) -> dict:
     predicted = probabilities.argmax(axis=1)
     loss = float(keras.losses.CategoricalCrossentropy()(keras.ops.one_hot(actual, len(classes)), probabilities))
     report = classification_metrics(actual, predicted, classes)
-    metrics = {
-        "loss": round(loss, 6),
+    metrics = {  # accuracy first: the first metric column of `dvc exp show` and `dvc metrics show`
         **{k: v for k, v in report.items() if k != "per_class"},
+        "loss": round(loss, 6),
         "test_images": len(actual),
     }
     per_class = {"test": report["per_class"], "val_recall": val_recall(model, config, classes, image_size)}
