@@ -101,7 +101,7 @@ def test_exp_run_repro_and_what_reruns(project, tiny_dataset, tmp_path):
     make_image(tiny_dataset / "cat" / "cat_00.png", size=(48, 40), seed=999, pattern=0)
     assert "Running stage 'split'" in sh("dvc", "repro", "split", cwd=project)
     stale = sh("dvc", "status", "train", cwd=project)
-    assert "modified:           data/split" in stale or "modified: data/split" in " ".join(stale.split()), stale
+    assert "changed deps: modified: data/split" in " ".join(stale.split()), stale
 
 
 def test_queued_experiments_run_and_land_in_the_project_store(project, tiny_dataset):
