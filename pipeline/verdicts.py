@@ -254,11 +254,17 @@ def compare_with_baseline(
         result.p_value = statistics.label_permutation_p_value(a, b)
         result.t_p_value = statistics.welch_t_p_value(a, b)
         result.probability_of_improvement = statistics.probability_of_improvement_unpaired(a, b)
-    else:
-        result.mean = float(np.mean(list(ours.values())) - np.mean(list(theirs.values())))
+    else:  # a single run on one side: a difference, but no interval
+        if common:  # on the shared seed: a half-finished sweep must not mix seeds' luck into it
+            result.per_seed = {s: ours[s] - theirs[s] for s in common}
+            result.mean = float(np.mean(list(result.per_seed.values())))
+            measured_on = f"measured on seed {', '.join(common)} alone"
+        else:
+            result.mean = float(np.mean(list(ours.values())) - np.mean(list(theirs.values())))
+            measured_on = "no seed in common: group means"
         result.reason = (
-            f"no repeats ({len(ours)} and {len(theirs)} run(s)); run >= {SEEDS_ADVISED} seeds per group, "
-            f"e.g. seed={','.join(map(str, range(1, SEEDS_ADVISED + 1)))}"
+            f"no repeats ({len(ours)} and {len(theirs)} run(s); {measured_on}); run >= {SEEDS_ADVISED} seeds "
+            f"per group, e.g. seed={','.join(map(str, range(1, SEEDS_ADVISED + 1)))}"
         )
         return result
     result.t_low, result.t_high, result.bootstrap_low, result.bootstrap_high = intervals(result, confidence)

@@ -135,8 +135,8 @@ def test_means_intervals_and_verdicts_are_exact(tmp_path):
     assert f"about {mixup['seeds_needed']} seeds would resolve a 0.67-point gain" in mixup["reason"]
     light = diffs["light"]
     assert light["verdict"] == "inconclusive" and light["low"] is None
-    assert "no repeats" in light["reason"]
-    assert light["mean"] == pytest.approx(0.81 - 0.79, abs=1e-12)
+    assert "no repeats" in light["reason"] and "measured on seed 1 alone" in light["reason"]
+    assert light["mean"] == pytest.approx(0.81 - 0.78, abs=1e-12)  # on seed 1, not against none's mean (0.79)
 
     reports = tmp_path / "reports"
     markdown = (reports / "comparison.md").read_text()
@@ -228,6 +228,9 @@ def test_paired_interval_needs_the_same_seeds():
     none, lesson = sorted(group_runs(runs), key=lambda g: g.preset != "none")
     result = compare_with_baseline(lesson, none, "test_accuracy", 0.95)
     assert result.verdict == "inconclusive" and result.low is None and result.mean == 0.0
+    other_seed = sorted(group_runs([summary("none", "1"), summary("lesson", "2")]), key=lambda g: g.preset != "none")
+    unshared = compare_with_baseline(other_seed[1], other_seed[0], "test_accuracy", 0.95)
+    assert unshared.low is None and "no seed in common" in unshared.reason
 
 
 def test_compare_explains_an_empty_or_missing_experiment(tmp_path):
