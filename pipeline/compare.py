@@ -105,7 +105,7 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
     (reports / "comparison.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
     comparison_figure(groups, differences + ablations, reports / "comparison.png")
     class_effects_figure(differences + ablations, reports / "class_effects.png")
-    affinity_diversity_figure(differences + ablations, reports / "affinity_diversity.png")
+    affinity_diversity_figure(differences, ablations, reports / "affinity_diversity.png")
     print(markdown)
     if settings.register:
         print(register_winner(config.tracking.model_name, groups, differences, metric))

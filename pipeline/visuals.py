@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import matplotlib
 import matplotlib.ticker
+from matplotlib.transforms import Bbox
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -143,7 +144,8 @@ def comparison_figure(groups: list[Group], differences: list[Difference], target
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    if axes[0].get_legend_handles_labels()[0]:  # runs without recorded curves draw none
+        axes[0].legend(fontsize=8)
 
     forest = axes[2]
     for row, d in enumerate(differences):
@@ -225,39 +227,76 @@ def class_effects_figure(differences: list[Difference], target: Path) -> Path:
     return _save(figure, target)
 
 
-def affinity_diversity_figure(differences: list[Difference], target: Path) -> Path:
-    """Each preset and ablated operation at (affinity, diversity), coloured by its measured
-    difference (points): Gontijo-Lopes et al. 2020 found gains at high affinity and diversity."""
-    shown = [d for d in differences if d.affinity is not None and d.diversity is not None and not np.isnan(d.mean)]
-    figure, ax = plt.subplots(figsize=(6.4, 4.8))
-    if shown:
-        gains = np.array([d.mean * 100 for d in shown])
-        limit = max(float(np.abs(gains).max()), 0.5)
-        points = ax.scatter(
-            [d.affinity for d in shown],
-            [d.diversity for d in shown],
-            c=gains,
-            cmap="RdYlGn",
-            vmin=-limit,
-            vmax=limit,
-            s=90,
-            edgecolors="black",
-        )
-        for d in shown:
-            ax.annotate(d.group, (d.affinity, d.diversity), textcoords="offset points", xytext=(6, 4), fontsize=8)
-        figure.colorbar(points, ax=ax, label=f"{shown[0].metric} difference (points)")
-    else:
-        ax.text(
-            0.5,
-            0.5,
-            "no affinity measured (compare.affinity=false, or no baseline models)",
-            ha="center",
-            va="center",
-            transform=ax.transAxes,
-            fontsize=9,
-        )
-    ax.set_xlabel("affinity (baseline models' val accuracy, augmented / clean)")
-    ax.set_ylabel("diversity (final training loss, with / without)")
-    ax.grid(alpha=0.3)
-    ax.set_title("why an augmentation helps: affinity vs diversity", fontsize=10)
-    return _save(figure, target)
+def affinity_diversity_figure(differences: list[Difference], ablations: list[Difference], target: Path) -> Path:
+    """Each preset (against the baseline) and each ablated operation (its contribution to its
+    preset) at (affinity, diversity), coloured by the measured difference (points), one panel
+    each: Gontijo-Lopes et al. 2020 found gains at high affinity and diversity."""
+    panels = [
+        (title, [d for d in found if d.affinity is not None and d.diversity is not None and not np.isnan(d.mean)])
+        for title, found in (("presets, against the baseline", differences), ("operations, in their preset", ablations))
+    ]
+    panels = [(title, shown) for title, shown in panels if shown] or [("", [])]
+    figure, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.8), squeeze=False, layout="constrained")
+    every = [d for _, shown in panels for d in shown]
+    limit = max([abs(d.mean * 100) for d in every] + [0.5])
+    for ax, (title, shown) in zip(axes[0], panels):
+        if shown:
+            points = ax.scatter(
+                [d.affinity for d in shown],
+                [d.diversity for d in shown],
+                c=[d.mean * 100 for d in shown],
+                cmap="RdYlGn",
+                vmin=-limit,
+                vmax=limit,
+                s=90,
+                edgecolors="black",
+            )
+            ax.margins(x=0.35, y=0.15)  # room for the labels
+            ax.set_title(title, fontsize=9)
+        else:
+            ax.text(
+                0.5,
+                0.5,
+                "no affinity measured (compare.affinity=false, or no baseline models)",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                fontsize=9,
+            )
+        ax.set_xlabel("affinity (baseline models' val accuracy, augmented / clean)")
+        ax.set_ylabel("diversity (final training loss, with / without)")
+        ax.grid(alpha=0.3)
+    if every:
+        figure.colorbar(points, ax=list(axes[0]), label=f"{every[0].metric} difference (points)")
+    figure.suptitle("why an augmentation helps: affinity vs diversity", fontsize=10)
+    figure.canvas.draw()  # the final axes limits and layout, which label placement measures in
+    for ax, (_, shown) in zip(axes[0], panels):
+        _label_points(ax, [(d.affinity, d.diversity) for d in shown], [d.group for d in shown])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target, dpi=90)  # not _save: its tight_layout cannot place a colorbar shared by panels
+    plt.close(figure)
+    return target
+
+
+def _label_points(ax, points: list[tuple[float, float]], labels: list[str]) -> None:
+    """Name each point beside it - right, left, above or below it, the first place inside the axes
+    that overlaps no marker and no label placed before - so points close together, as an ablation's
+    operations often are, stay readable and each name stays next to its own point."""
+    renderer = ax.figure.canvas.get_renderer()
+    radius = 7  # pixels: the markers (s=90) are about 13 across
+    markers = ax.transData.transform(points)
+    placed = [Bbox.from_bounds(px - radius, py - radius, 2 * radius, 2 * radius) for px, py in markers]
+    places = [((7, 2), "left"), ((-7, 2), "right"), ((7, -9), "left"), ((-7, -9), "right"), ((0, 9), "center")]
+    places += [((0, -18 - 10 * step), "center") for step in range(len(labels))]  # below, further each time
+    for (x, y), label in sorted(zip(points, labels), key=lambda item: -item[0][1]):
+        for offset, align in places:
+            text = ax.annotate(label, (x, y), textcoords="offset points", xytext=offset, ha=align, fontsize=8)
+            text.set_in_layout(False)
+            box = text.get_window_extent(renderer)
+            inside = ax.bbox.x0 <= box.x0 and box.x1 <= ax.bbox.x1 and ax.bbox.y0 <= box.y0 and box.y1 <= ax.bbox.y1
+            if inside and not any(box.overlaps(other) for other in placed):
+                break
+            text.remove()
+        else:
+            ax.add_artist(text)  # no free place: the last one, overlapping
+        placed.append(box)

@@ -261,6 +261,36 @@ def test_curves_band_over_seeds():
     np.testing.assert_allclose(std, [np.std([0.2, 0.4], ddof=1), np.std([0.4, 0.6], ddof=1), 0.0])
 
 
+def test_point_labels_stay_readable_beside_their_points():
+    """An ablation's operations often sit close together in the affinity/diversity scatter:
+    every name must land inside the axes, on no marker and no other name, next to its point."""
+    import matplotlib.pyplot as plt
+
+    from pipeline.visuals import _label_points
+
+    figure, ax = plt.subplots(figsize=(6.4, 4.8))
+    points = [(0.945, 1.015), (0.958, 1.023), (0.965, 0.994), (0.944, 0.954), (0.95, 1.0), (0.85, 1.53)]
+    names = ["zoom", "width_shift", "height_shift", "shear", "a_long_operation_name", "vertical_flip"]
+    ax.scatter(*zip(*points), s=90)
+    ax.margins(x=0.35, y=0.15)
+    figure.canvas.draw()
+    _label_points(ax, points, names)
+
+    renderer = figure.canvas.get_renderer()
+    boxes = {text.get_text(): text.get_window_extent(renderer) for text in ax.texts}
+    assert sorted(boxes) == sorted(names)
+    markers = dict(zip(names, ax.transData.transform(points)))
+    for name, box in boxes.items():
+        assert ax.bbox.x0 <= box.x0 and box.x1 <= ax.bbox.x1 and ax.bbox.y0 <= box.y0 and box.y1 <= ax.bbox.y1, name
+        assert not any(box.overlaps(other) for other_name, other in boxes.items() if other_name != name), name
+        assert not any(box.contains(*marker) for marker in markers.values()), name
+        x, y = markers[name]
+        assert abs(box.y0 - y) < 40 and min(abs(box.x0 - x), abs(box.x1 - x), abs(box.x0 + box.width / 2 - x)) < 20, (
+            name
+        )
+    plt.close(figure)
+
+
 def log_tiny_models(uri: str, preset: str, tmp_path) -> None:
     """A real (tiny) Keras model as the LoggedModel of each FINISHED run of `preset`."""
     import keras
