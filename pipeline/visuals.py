@@ -171,7 +171,7 @@ def comparison_figure(groups: list[Group], differences: list[Difference], target
     forest.invert_yaxis()
     metric = differences[0].metric if differences else "accuracy"
     forest.set_xlabel(f"{metric} minus baseline (points)")
-    forest.set_title("difference: interval, mean (diamond), each seed (dots)", fontsize=10)
+    forest.set_title("difference: interval,\nmean (diamond), each seed (dots)", fontsize=10)
     forest.grid(alpha=0.3, axis="x")
     return _save(figure, target)
 
