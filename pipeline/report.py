@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from pipeline.seed_statistics import MOST_SEEDS_ADVISED
-from pipeline.verdicts import SEEDS_ADVISED
+from pipeline.verdicts import CONVERGE_ADVICE, SEEDS_ADVISED
 
 
 def _points(value: float | None) -> str:
@@ -175,10 +175,11 @@ def evidence_notes(report: dict) -> list[str]:
         )
     for g in report["groups"]:
         if g["not_converged"]:
+            advice = CONVERGE_ADVICE[True] if g["annealed"] else "raise train.epochs (train.resume=true continues them)"
             notes.append(
                 f"{g['group']}: {g['not_converged']} of {g['runs']} runs had their best epoch within their "
-                "last train.patience epochs, so they may still have been improving: raise train.epochs "
-                "(train.resume=true continues them) for a verdict at convergence."
+                f"last train.patience epochs, so they may still have been improving: {advice} for a verdict "
+                "at convergence."
             )
     few = [g["group"] for g in report["groups"] if g["runs"] < SEEDS_ADVISED]
     if few:

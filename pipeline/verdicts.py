@@ -21,8 +21,9 @@ least `MIN_SEEDS_FOR_VERDICT` seeds (runs per group when unpaired) and some spre
 them. Two seeds, or seeds that all differ by exactly the same amount, give an interval of
 (almost) no width that measures nothing: inconclusive, saying why.
 It needs convergence too: when any run of either group had its best epoch within the last
-`train.patience` epochs of its cap, the verdict is `not converged` (raise train.epochs): the
-two groups are then compared at a budget, not each at its best.
+`train.patience` epochs of its cap, the verdict is `not converged` (raise train.epochs; or, for
+a schedule that anneals to the cap, train with a constant one): the two groups are then
+compared at a budget, not each at its best.
 
 Many comparisons in one report are many chances of a false verdict (6 at 5%: up to 26%), so
 `correct_for_many` applies Holm's step-down correction to the family (every group against the
@@ -46,6 +47,11 @@ from pipeline import seed_statistics as statistics
 
 SEEDS_ADVISED = 5  # the fewest seeds per group a study should have; fewer are flagged in the report
 MIN_SEEDS_FOR_VERDICT = 3  # below this, never keep or drop
+CONVERGE_ADVICE = {  # what to do about runs not converged, by whether their learning rate annealed to the cap
+    False: "raise train.epochs",
+    True: "train with train.lr_schedule=constant (warmup_cosine anneals to its cap, so the best epoch "
+    "comes late whatever train.epochs is; early stopping then ends each run)",
+}
 
 # Params that differ between the runs of one group by design, or do not change the model.
 NOT_GROUPING = (
@@ -97,6 +103,13 @@ class RunSummary:
         cap = max(int(float(self.params.get("train.epochs", trained))), trained)
         patience = int(float(self.params.get("train.patience", 1)))
         return self.best_epoch <= cap - patience
+
+    @property
+    def annealed_to_cap(self) -> bool:
+        """Its learning rate decays to ~0 at `train.epochs` (warmup_cosine): the smallest steps,
+        and often the best epoch, come at the end whatever the cap, so a longer cap stretches
+        the schedule rather than showing whether the run had converged."""
+        return self.params.get("train.lr_schedule") == "warmup_cosine"
 
     def final(self, curve: str) -> float | None:
         """The last recorded value of a per-epoch metric (None if not recorded)."""
@@ -152,6 +165,7 @@ class Difference:
     ours: dict[str, float] = field(default_factory=dict)  # seed -> metric, group
     theirs: dict[str, float] = field(default_factory=dict)  # seed -> metric, baseline
     not_converged: list[str] = field(default_factory=list)  # runs whose best epoch was within patience of the cap
+    annealed: bool = False  # some of those runs annealed their learning rate to the cap (warmup_cosine)
     per_class: dict[str, dict] = field(default_factory=dict)  # class -> ClassDifference fields (paired)
     diversity: float | None = None  # final training loss, group / baseline
     cost: float | None = None  # median epoch time, group / baseline
@@ -234,6 +248,7 @@ def compare_with_baseline(
         for r in g.runs
         if r.converged is False
     ]
+    result.annealed = any(r.annealed_to_cap for g in (group, baseline) for r in g.runs if r.converged is False)
     if not ours or not theirs:
         result.reason = f"no {metric} in one of the groups"
         return result
@@ -316,7 +331,7 @@ def decide(d: Difference, verdict_confidence: float, p_adjusted: float | None, c
     elif d.not_converged:
         d.verdict = "not converged"
         d.reason = (
-            f"raise train.epochs: {len(d.not_converged)} run(s) had their best epoch within the last "
+            f"{CONVERGE_ADVICE[d.annealed]}: {len(d.not_converged)} run(s) had their best epoch within the last "
             f"train.patience epochs of the cap ({'; '.join(d.not_converged)}), so this compares budgets"
         )
     elif d.low > 0 and p_adjusted < 1 - confidence:
@@ -505,6 +520,7 @@ def group_table(groups: list[Group]) -> list[dict]:
     epochs to best, and how many runs were still improving at their last epoch."""
     rows = []
     for g in groups:
+        still_improving = [r for r in g.runs if r.converged is False]
         row = {
             "group": g.label,
             "preset": g.preset,
@@ -512,7 +528,8 @@ def group_table(groups: list[Group]) -> list[dict]:
             "runs": len(g.runs),
             "seeds": ",".join(r.seed for r in g.runs),
             "repeats_dropped": g.repeats_dropped,
-            "not_converged": sum(r.converged is False for r in g.runs),
+            "not_converged": len(still_improving),
+            "annealed": any(r.annealed_to_cap for r in still_improving),
         }
         for metric in ("best_val_accuracy", "test_accuracy", "test_balanced_accuracy", "best_epoch"):
             values = list(g.values(metric).values())

@@ -29,7 +29,7 @@ KNOWN = {
 }
 
 
-def log_known_runs(uri: str, experiment: str = "augmentation") -> None:
+def log_known_runs(uri: str, experiment: str = "augmentation", lr_schedule: str = "constant") -> None:
     client = MlflowClient(uri)
     experiment_id = client.create_experiment(experiment)
     for preset, seeds in KNOWN.items():
@@ -43,6 +43,7 @@ def log_known_runs(uri: str, experiment: str = "augmentation") -> None:
             client.log_param(rid, "augmentation.rotation_range", "0.0" if preset == "none" else "30.0")
             client.log_param(rid, "train.epochs", "4")
             client.log_param(rid, "train.patience", "1")
+            client.log_param(rid, "train.lr_schedule", lr_schedule)
             still_improving = preset == "cutmix"  # its best epoch is its last
             fractions = (0.5, 0.9, 0.98, 1.0) if still_improving else (0.5, 0.9, 1.0, 0.98)
             for step, fraction in enumerate(fractions, start=1):
@@ -246,6 +247,25 @@ def test_compare_explains_an_empty_or_missing_experiment(tmp_path):
     with pytest.raises(TrackingError, match="compare.filter"):
         compare.run(compose([*settings, "tracking.experiment=empty", "compare.filter=this is not a filter"]))
     assert not (tmp_path / "r" / "comparison.md").exists()
+
+
+def test_runs_annealed_to_their_cap_are_told_to_use_a_constant_schedule(tmp_path):
+    """Under warmup_cosine a still-learning run peaks at the end of whatever cap it gets, so
+    "raise train.epochs" would never bring a verdict: the advice names the constant schedule."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    log_known_runs(uri, lr_schedule="warmup_cosine")
+    report = compare.run(
+        compose([f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/reports", "compare.affinity=false"])
+    )
+
+    diffs = {d["group"]: d for d in report["differences"]}
+    cutmix = diffs["cutmix"]
+    assert cutmix["verdict"] == "not converged" and cutmix["annealed"]
+    assert "train.lr_schedule=constant" in cutmix["reason"] and "raise train.epochs" not in cutmix["reason"]
+    assert diffs["lesson"]["verdict"] == "keep"  # converged runs keep their verdict whatever the schedule
+    markdown = (tmp_path / "reports" / "comparison.md").read_text()
+    assert "cutmix: 3 of 3 runs had their best epoch" in markdown
+    assert "train with train.lr_schedule=constant" in markdown
 
 
 def test_curves_band_over_seeds():
