@@ -139,7 +139,8 @@ def render_markdown(report: dict) -> str:
         "keep: the verdict interval (the union of the t and bootstrap intervals, widened by Holm's correction "
         "over this report's comparisons) is above 0 and the Holm-adjusted t-test p is below "
         f"{1 - report['confidence']:.2f}; drop: the same, below 0; not converged: a run's best epoch came "
-        "within its last train.patience epochs (raise train.epochs; under warmup_cosine, use a constant schedule); inconclusive: otherwise. "
+        "within its last train.patience epochs (raise train.epochs; under warmup_cosine, use a constant "
+        "schedule); inconclusive: otherwise. "
         "The sign-flip p (exact, no normality assumed) is shown but not corrected: it cannot go below "
         "2/2^n (0.0625 at 5 seeds). P(better): the share of seeds on which the group beats the baseline. "
         "affinity: the baseline models' val accuracy on images augmented by it alone / on clean images; "
@@ -175,7 +176,7 @@ def evidence_notes(report: dict) -> list[str]:
         )
     for g in report["groups"]:
         if g["not_converged"]:
-            advice = CONVERGE_ADVICE[True] if g["annealed"] else "raise train.epochs (train.resume=true continues them)"
+            advice = CONVERGE_ADVICE[g["annealed"]] + ("" if g["annealed"] else " (train.resume=true continues them)")
             notes.append(
                 f"{g['group']}: {g['not_converged']} of {g['runs']} runs had their best epoch within their "
                 f"last train.patience epochs, so they may still have been improving: {advice} for a verdict "

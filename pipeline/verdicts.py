@@ -242,13 +242,12 @@ def compare_with_baseline(
     result = Difference(
         group.label, baseline.label, metric, len(ours), len(theirs), "none", math.nan, ours=ours, theirs=theirs
     )
+    still_improving = [(g, r) for g in (group, baseline) for r in g.runs if r.converged is False]
     result.not_converged = [
         f"{g.preset} seed {r.seed} (best epoch {r.best_epoch} of {len(r.curves['val_accuracy'])})"
-        for g in (group, baseline)
-        for r in g.runs
-        if r.converged is False
+        for g, r in still_improving
     ]
-    result.annealed = any(r.annealed_to_cap for g in (group, baseline) for r in g.runs if r.converged is False)
+    result.annealed = any(r.annealed_to_cap for _, r in still_improving)
     if not ours or not theirs:
         result.reason = f"no {metric} in one of the groups"
         return result

@@ -293,10 +293,8 @@ def _label_points(ax, points: list[tuple[float, float]], labels: list[str]) -> N
             text = ax.annotate(label, (x, y), textcoords="offset points", xytext=offset, ha=align, fontsize=8)
             text.set_in_layout(False)
             box = text.get_window_extent(renderer)
-            inside = ax.bbox.x0 <= box.x0 and box.x1 <= ax.bbox.x1 and ax.bbox.y0 <= box.y0 and box.y1 <= ax.bbox.y1
-            if inside and not any(box.overlaps(other) for other in placed):
-                break
+            inside = ax.bbox.contains(box.x0, box.y0) and ax.bbox.contains(box.x1, box.y1)
+            if (inside and not any(box.overlaps(other) for other in placed)) or (offset, align) == places[-1]:
+                break  # a free place, or no free place at all: the last one, overlapping
             text.remove()
-        else:
-            ax.add_artist(text)  # no free place: the last one, overlapping
         placed.append(box)
