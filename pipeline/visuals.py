@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,12 @@ from pipeline.manifests import read_classes, read_manifest  # noqa: E402
 
 if TYPE_CHECKING:  # the comparison's types only: importing it would load scipy
     from pipeline.verdicts import Difference, Group, RunSummary
+
+
+def _wrapped(text: str, width: int = 30) -> str:
+    """`text` on lines of at most `width` characters (where it has spaces): a group label such as
+    "lesson, train.lr_schedule=constant vs none, ..." would otherwise squeeze the plots beside it."""
+    return "\n".join(textwrap.fill(line, width, break_long_words=False) for line in text.split("\n"))
 
 
 def _save(figure, target: Path, dpi: int = 90) -> Path:
@@ -124,7 +131,17 @@ def comparison_figure(groups: list[Group], differences: list[Difference], target
     """Validation accuracy and loss per epoch (mean line, band = +/- 1 std over seeds), one
     colour per group; and each difference (from the baseline, or an ablated operation's
     contribution) with its interval, its mean and every seed's own difference as a dot."""
-    figure, axes = plt.subplots(1, 3, figsize=(16, 4.6), gridspec_kw={"width_ratios": [1, 1, 0.9]})
+    return _save(draw_comparison(groups, differences), target)
+
+
+def draw_comparison(groups: list[Group], differences: list[Difference]):
+    """The figure of `comparison_figure`, not yet laid out or saved; taller when the differences'
+    labels need more lines than 4.6 inches hold."""
+    labels = [f"{_wrapped(f'{d.group} vs {d.baseline}', 36)}\n{d.verdict}" for d in differences]
+    lines = sum(label.count("\n") + 1 for label in labels)
+    figure, axes = plt.subplots(
+        1, 3, figsize=(16, max(4.6, 1.4 + 0.15 * lines)), gridspec_kw={"width_ratios": [1, 1, 0.9]}
+    )
     colours = plt.get_cmap("tab10")
     for i, group in enumerate(groups):
         for ax, metric in zip(axes[:2], ("val_accuracy", "val_loss")):
@@ -136,7 +153,7 @@ def comparison_figure(groups: list[Group], differences: list[Difference], target
                     color=colours(i % 10),
                     marker="o",
                     markersize=3,
-                    label=f"{group.label} (n={len(group.runs)})",
+                    label=_wrapped(f"{group.label} (n={len(group.runs)})", 40),
                 )
                 ax.fill_between(epochs, mean - std, mean + std, color=colours(i % 10), alpha=0.2)
     for ax, metric in zip(axes[:2], ("val_accuracy", "val_loss")):
@@ -164,16 +181,14 @@ def comparison_figure(groups: list[Group], differences: list[Difference], target
             alpha=0.7,
         )
     forest.axvline(0, color="black", linewidth=1)
-    forest.set_yticks(
-        range(len(differences)), [f"{d.group} vs {d.baseline}\n{d.verdict}" for d in differences], fontsize=8
-    )
+    forest.set_yticks(range(len(differences)), labels, fontsize=8)
     forest.set_ylim(-0.7, max(len(differences), 1) - 0.3)
     forest.invert_yaxis()
     metric = differences[0].metric if differences else "accuracy"
     forest.set_xlabel(f"{metric} minus baseline (points)")
     forest.set_title("difference: interval,\nmean (diamond), each seed (dots)", fontsize=10)
     forest.grid(alpha=0.3, axis="x")
-    return _save(figure, target)
+    return figure
 
 
 def class_effects_figure(differences: list[Difference], target: Path) -> Path:
@@ -219,7 +234,7 @@ def class_effects_figure(differences: list[Difference], target: Path) -> Path:
             if c["significant"]:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
     ax.set_xticks(
-        range(len(shown)), [f"{d.group}\nvs {d.baseline}" for d in shown], fontsize=8, rotation=30, ha="right"
+        range(len(shown)), [_wrapped(f"{d.group}\nvs {d.baseline}") for d in shown], fontsize=8, rotation=30, ha="right"
     )
     ax.set_yticks(range(len(classes)), classes, fontsize=9)
     figure.colorbar(image, ax=ax, label="test recall difference (points)")

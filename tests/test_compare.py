@@ -311,6 +311,43 @@ def test_point_labels_stay_readable_beside_their_points():
     plt.close(figure)
 
 
+def test_long_group_labels_leave_the_curves_room():
+    """Groups named by their settings ("lesson, train.lr_schedule=constant") once squeezed the
+    curve panels to slivers and pushed the forest plot's title off the figure."""
+    import matplotlib.pyplot as plt
+
+    from pipeline.verdicts import Difference, Group
+    from pipeline.visuals import draw_comparison
+
+    curves = {"val_accuracy": [0.3, 0.5, 0.6], "val_loss": [2.0, 1.5, 1.2]}
+    groups, differences = [], []
+    for schedule in ("constant", "warmup_cosine"):
+        settings = {"train.lr_schedule": schedule}
+        for preset in ("lesson", "none"):
+            runs = [RunSummary(f"{preset}{s}", preset, str(s), {}, {}, curves) for s in (1, 2, 3)]
+            groups.append(Group(preset, settings, runs))
+        differences.append(
+            Difference(
+                groups[-2].label, groups[-1].label, "test_accuracy", 3, 3, "paired over 3 seeds", 0.02, -0.03, 0.07,
+                verdict="inconclusive", per_seed={"1": 0.0, "2": 0.02, "3": 0.04},
+            )
+        )  # fmt: skip
+    figure = draw_comparison(groups, differences)
+    figure.tight_layout()
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    curves_ax, loss_ax, forest = figure.axes
+    assert curves_ax.get_position().width > 0.18 and loss_ax.get_position().width > 0.18
+    assert forest.get_position().width > 0.12
+    inside = figure.bbox
+    title = forest.title.get_window_extent(renderer)
+    assert inside.x0 <= title.x0 and title.x1 <= inside.x1
+    ticks = [label.get_window_extent(renderer) for label in forest.get_yticklabels()]
+    assert all(inside.x0 <= box.x0 for box in ticks)
+    assert not ticks[0].overlaps(ticks[1])
+    plt.close(figure)
+
+
 def log_tiny_models(uri: str, preset: str, tmp_path) -> None:
     """A real (tiny) Keras model as the LoggedModel of each FINISHED run of `preset`."""
     import keras
