@@ -128,6 +128,11 @@ class Group:
     def label(self) -> str:
         return ", ".join([self.preset, *(f"{k}={v}" for k, v in self.settings.items())])
 
+    @property
+    def still_improving(self) -> list[RunSummary]:
+        """Its runs whose best epoch came within `train.patience` epochs of their cap."""
+        return [r for r in self.runs if r.converged is False]
+
     def values(self, metric: str) -> dict[str, float]:
         """{seed: metric} for the runs that have it."""
         return {r.seed: r.metrics[metric] for r in self.runs if metric in r.metrics}
@@ -242,7 +247,7 @@ def compare_with_baseline(
     result = Difference(
         group.label, baseline.label, metric, len(ours), len(theirs), "none", math.nan, ours=ours, theirs=theirs
     )
-    still_improving = [(g, r) for g in (group, baseline) for r in g.runs if r.converged is False]
+    still_improving = [(g, r) for g in (group, baseline) for r in g.still_improving]
     result.not_converged = [
         f"{g.preset} seed {r.seed} (best epoch {r.best_epoch} of {len(r.curves['val_accuracy'])})"
         for g, r in still_improving
@@ -519,7 +524,6 @@ def group_table(groups: list[Group]) -> list[dict]:
     epochs to best, and how many runs were still improving at their last epoch."""
     rows = []
     for g in groups:
-        still_improving = [r for r in g.runs if r.converged is False]
         row = {
             "group": g.label,
             "preset": g.preset,
@@ -527,8 +531,8 @@ def group_table(groups: list[Group]) -> list[dict]:
             "runs": len(g.runs),
             "seeds": ",".join(r.seed for r in g.runs),
             "repeats_dropped": g.repeats_dropped,
-            "not_converged": len(still_improving),
-            "annealed": any(r.annealed_to_cap for r in still_improving),
+            "not_converged": len(g.still_improving),
+            "annealed": any(r.annealed_to_cap for r in g.still_improving),
         }
         for metric in ("best_val_accuracy", "test_accuracy", "test_balanced_accuracy", "best_epoch"):
             values = list(g.values(metric).values())
