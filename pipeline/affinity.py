@@ -25,13 +25,15 @@ import mlflow
 import numpy as np
 import yaml
 
+from pipeline.array_cache import ArrayCache
 from pipeline.augmentation import BatchAugmenter
 from pipeline.augmentation_config import AugmentationConfig
 from pipeline.backend import tf
 from pipeline.bars import progress_bar
-from pipeline.config import validate
-from pipeline.datasets import ImageSet, decoded_dataset
-from pipeline.manifests import read_classes, read_manifest
+from pipeline.config import ModelConfig, validate
+from pipeline.datasets import ImageSet, decoded_images
+from pipeline.frozen_runtime import SplitClassifier
+from pipeline.manifests import read_classes
 from pipeline.verdicts import Difference, Group, baseline_for
 
 LABEL_MIXING = ("mixup", "cutmix")
@@ -39,26 +41,25 @@ AFFINITY_SEED = 0  # augmentation draws [AFFINITY_SEED, batch index]
 
 
 def accuracy(
-    model,
-    decoded: tf.data.Dataset,
+    classifier: SplitClassifier,
+    pixels: np.ndarray,
     labels: np.ndarray,
-    image_size: tuple[int, int],
     batch_size: int,
     augmentation: AugmentationConfig | None = None,
 ) -> float:
-    """The model's accuracy on the `decoded` images (`datasets.decoded_dataset`, cached), augmented
-    by `augmentation` (seeded draws) when given."""
-    augmenter = BatchAugmenter(augmentation, image_size) if augmentation is not None else None
-    ds = decoded.batch(batch_size).enumerate()
+    """The classifier's accuracy on the decoded `pixels` (uint8 [n, h, w, 3]), augmented by
+    `augmentation` (draws [AFFINITY_SEED, batch index]) when given."""
+    augmenter = BatchAugmenter(augmentation, pixels.shape[1:3]) if augmentation is not None else None
 
-    def prepare(index, batch):
-        pixels, labels = batch
-        if augmenter is None:
-            return tf.cast(pixels, tf.float32), labels
-        return augmenter(pixels, tf.stack([tf.constant(AFFINITY_SEED, tf.int64), index])), labels
+    def batches():
+        for index, start in enumerate(range(0, len(pixels), batch_size)):
+            batch = pixels[start : start + batch_size]
+            if augmenter is None:
+                yield batch.astype(np.float32)
+            else:
+                yield augmenter(tf.constant(batch), tf.constant([AFFINITY_SEED, index], tf.int64)).numpy()
 
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
-    predicted = model.predict(ds, verbose=0).argmax(axis=1)
+    predicted = classifier.probabilities(batches()).argmax(axis=1)
     return float(np.mean(predicted == labels))
 
 
@@ -85,6 +86,8 @@ def measure_affinities(
     baseline_preset: str,
     split_dir: str,
     batch_size: int,
+    model_settings: ModelConfig,
+    cache_dir: str,
 ) -> list[str]:
     """Fill `affinity` of every difference (a preset whole) and ablation (its operation alone)
     from the baseline group's models; returns notes on what could not be measured."""
@@ -93,7 +96,7 @@ def measure_affinities(
     if not (split / "val.csv").is_file():
         return [f"no affinity: no validation split at {split} (python -m pipeline.split)"]
     classes = read_classes(split)
-    images = ImageSet.from_manifest(*read_manifest(split, "val"), classes)
+    images = ImageSet.read(split, "val", classes)
     notes: list[str] = []
     wanted: list[tuple[Difference, Group, AugmentationConfig]] = []
     for d in differences:
@@ -117,7 +120,7 @@ def measure_affinities(
     under: dict[tuple[str, str], float] = {}
     models = {r.run_id for _, baseline, _ in wanted for r in baseline.runs}
     augmentations = {a.name: a for *_, a in wanted}.values()  # each measured once per model
-    decoded: dict[tuple[int, int], tf.data.Dataset] = {}  # image size -> val images, decoded once
+    decoded: dict[tuple[int, int], np.ndarray] = {}  # image size -> val images, decoded once
     labels = np.asarray(images.labels)
     progress = progress_bar(total=len(models) * (1 + len(augmentations)), desc="affinity", unit="pass")
     for run_id in sorted(models):
@@ -128,12 +131,16 @@ def measure_affinities(
             continue
         image_size = tuple(model.input_shape[1:3])
         if image_size not in decoded:
-            decoded[image_size] = decoded_dataset(images, image_size)
-        clean[run_id] = accuracy(model, decoded[image_size], labels, image_size, batch_size)
+            decoded[image_size] = decoded_images(images, image_size, ArrayCache(cache_dir))
+        # converted only when cached: the baselines' frozen base was, by their training on this machine
+        classifier = SplitClassifier(
+            model, model_settings.frozen_runtime, model_settings.frozen_precision, cache_dir, convert=False
+        )
+        clean[run_id] = accuracy(classifier, decoded[image_size], labels, batch_size)
         progress.update()
         for augmentation in augmentations:
             under[run_id, augmentation.name] = accuracy(
-                model, decoded[image_size], labels, image_size, batch_size, augmentation
+                classifier, decoded[image_size], labels, batch_size, augmentation
             )
             progress.update()
     progress.close()

@@ -79,7 +79,14 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
         from pipeline.affinity import measure_affinities  # TensorFlow and the models load here, only when asked
 
         notes = measure_affinities(
-            groups, differences, ablations, settings.baseline, config.paths.split_dir, config.train.batch_size
+            groups,
+            differences,
+            ablations,
+            settings.baseline,
+            config.paths.split_dir,
+            config.train.batch_size,
+            config.model,
+            config.paths.cache_dir,
         )
     report = {
         "experiment": config.tracking.experiment,

@@ -37,6 +37,8 @@ MODEL_NAMES = ("xception", "mobilenet_v2", "efficientnet_b0", "efficientnet_lite
 LR_SCHEDULES = ("constant", "warmup_cosine")
 OPTIMIZERS = ("adam", "sgd")
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker")
+FROZEN_RUNTIMES = ("auto", "openvino", "tensorflow")  # frozen_runtime.RUNTIMES, without loading TensorFlow
+FROZEN_PRECISIONS = ("f32", "bf16")
 
 
 # --------------------------------------------------------------------------- schema
@@ -102,6 +104,9 @@ class ModelConfig:
     learning_rate: float = 0.001  # of the head (and of a base trained whole)
     fine_tune_from: Optional[str] = None  # unfreeze the base from the first layer named <prefix>... on
     fine_tune_learning_rate: float = 1e-5  # of the unfrozen base layers
+    frozen_runtime: str = "auto"  # where frozen layers run: auto (OpenVINO on a CPU when installed,
+    # else TensorFlow) | openvino | tensorflow
+    frozen_precision: str = "f32"  # of the frozen layers: f32 (exact) | bf16 (OpenVINO, CPUs with bf16: faster)
     residual_stages: list[list[int]] = field(default_factory=lambda: [[64, 2], [128, 2], [256, 1]])  # residual_cnn:
     # [filters, blocks] per stage, each stage halving the resolution (a smaller network for quick trials)
 
@@ -127,6 +132,14 @@ class ModelConfig:
                 found.append(
                     ("fine_tune_from", "model.trainable_base=true already trains the whole base: use one of the two")
                 )
+        if self.frozen_runtime not in FROZEN_RUNTIMES:
+            found.append(
+                ("frozen_runtime", f"must be one of {', '.join(FROZEN_RUNTIMES)}, got {self.frozen_runtime!r}")
+            )
+        if self.frozen_precision not in FROZEN_PRECISIONS:
+            found.append(
+                ("frozen_precision", f"must be one of {', '.join(FROZEN_PRECISIONS)}, got {self.frozen_precision!r}")
+            )
         if not 0 < self.fine_tune_learning_rate <= 1:
             found.append(("fine_tune_learning_rate", f"must be in (0, 1], got {self.fine_tune_learning_rate}"))
         if self.inner_units < 0:
@@ -156,7 +169,9 @@ class TrainConfig:
     warmup_epochs: int = 1  # linear warm-up of warmup_cosine, in epochs
     weight_decay: float = 0.0  # decoupled weight decay, per unit of learning rate; 0 = none
     label_smoothing: float = 0.0  # of the cross-entropy targets, 0..1
-    cache_features: bool = True  # frozen backbone + no augmentation: compute its features once
+    cache_features: bool = True  # frozen base: the head trains on its features (plain ones computed once)
+    augment_views: int = 4  # frozen base + augmentation: augmented views per image, computed by the first
+    # epochs and reused by later ones (0: a fresh view every epoch)
     test_in_sweeps: bool = True  # in a multirun, each job evaluates its best model on the test split
 
     def problems(self) -> list[tuple[str, str]]:
@@ -175,6 +190,8 @@ class TrainConfig:
             found.append(("epochs", f"must be >= 1, got {self.epochs}"))
         if not 1 <= self.batch_size <= 4096:
             found.append(("batch_size", f"must be in 1..4096, got {self.batch_size}"))
+        if self.augment_views < 0:
+            found.append(("augment_views", f"must be >= 0 (0: a fresh view every epoch), got {self.augment_views}"))
         if self.patience < 1:
             found.append(("patience", f"must be >= 1, got {self.patience}"))
         if self.jit_compile not in ("auto", True, False):
@@ -240,6 +257,8 @@ class PathsConfig:
     split_dir: str = "data/split"  # the manifests (train/val/test.csv) and classes.json
     reports_dir: str = "reports"  # metrics, per-class results, pictures, the comparison
     models_dir: str = "models"  # model.keras, classes.json and work/ (resumable checkpoints)
+    cache_dir: str = "~/.cache/augment-pipeline"  # converted frozen networks, decoded images and their
+    # features, kept by content for the next run (the least recently used go past 8 GiB)
 
 
 @dataclass

@@ -10,33 +10,55 @@ units 0..255 (the model applies its own preprocessing), labels one-hot float32.
 from __future__ import annotations
 
 import atexit
+import hashlib
+import os
 import shutil
-import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from pipeline.array_cache import ArrayCache
 from pipeline.augmentation import BatchAugmenter, mix_batch
 from pipeline.augmentation_config import AugmentationConfig
 from pipeline.backend import tf
-from pipeline.images import load_image
+from pipeline.bars import progress_bar
+from pipeline.images import DECODER_VERSION, load_checked_image, load_image
+from pipeline.manifests import read_classes, read_manifest_rows
 
 MEMORY_CACHE_LIMIT_BYTES = 4 * 1024**3  # decoded uint8 images above this go to a cache file
 
 
 @dataclass
 class ImageSet:
-    """One split: image paths, integer labels and the class list."""
+    """One split: image paths, integer labels, the class list and, when read from a manifest,
+    each file's sha256 at split time (checked when the file is decoded, `decoded_images`)."""
 
     paths: list[str]
     labels: list[int]
     classes: list[str]
+    sha256: list[str] | None = None
 
     @classmethod
-    def from_manifest(cls, paths: list[str], names: list[str], classes: list[str]) -> ImageSet:
+    def from_manifest(
+        cls, paths: list[str], names: list[str], classes: list[str], sha256: list[str] | None = None
+    ) -> ImageSet:
         index = {name: i for i, name in enumerate(classes)}
-        return cls(list(paths), [index[n] for n in names], list(classes))
+        return cls(list(paths), [index[n] for n in names], list(classes), list(sha256) if sha256 else None)
+
+    @classmethod
+    def read(cls, split_dir: str | Path, split: str, classes: list[str] | None = None) -> ImageSet:
+        """The `split` (train, val, test) of the manifests in `split_dir`."""
+        rows = read_manifest_rows(split_dir, split)
+        hashes = [r.get("sha256") for r in rows]
+        return cls.from_manifest(
+            [r["path"] for r in rows],
+            [r["label"] for r in rows],
+            classes if classes is not None else read_classes(split_dir),
+            hashes if all(hashes) else None,  # a hand-made manifest without them: read unchecked, uncached
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -61,6 +83,40 @@ def decoded_dataset(images: ImageSet, image_size: tuple[int, int], cache: str = 
     if cache == "auto":
         cache = "memory" if len(images) * height * width * 3 <= MEMORY_CACHE_LIMIT_BYTES else "file"
     return ds.cache() if cache == "memory" else ds.cache(_cache_file())
+
+
+def images_key(images: ImageSet, image_size: tuple[int, int]) -> dict:
+    """What decoded pixels depend on: every file's content (its manifest sha256), in order, and the size."""
+    if images.sha256 is None:
+        raise ValueError("images_key needs an ImageSet read from a manifest (ImageSet.read)")
+    content = hashlib.sha256("\n".join(images.sha256).encode()).hexdigest()
+    return {"images_sha256": content, "count": len(images), "size": list(image_size), "decoder": DECODER_VERSION}
+
+
+def decoded_images(images: ImageSet, image_size: tuple[int, int], cache: ArrayCache | None = None) -> np.ndarray:
+    """Every image decoded and resized as training sees it: uint8 [n, height, width, 3], in order.
+
+    Each file is checked against its manifest sha256 as it is read (a file changed or removed
+    since the split is an error that names it), and the array is kept in `cache`, so the runs
+    of a sweep decode the split once."""
+
+    def decode() -> np.ndarray:
+        out = np.empty((len(images), *image_size, 3), np.uint8)
+        hashes = images.sha256 or [None] * len(images)
+
+        def load(i: int) -> None:
+            out[i] = load_checked_image(images.paths[i], image_size, hashes[i])
+
+        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 1)) as pool:
+            for _ in progress_bar(
+                pool.map(load, range(len(images))), total=len(images), desc="decode images", unit="img", leave=False
+            ):
+                pass
+        return out
+
+    if cache is None or images.sha256 is None:
+        return decode()
+    return cache.get_or_compute("decoded", images_key(images, image_size), decode)
 
 
 def _cache_file() -> str:
@@ -125,25 +181,7 @@ def build_train_dataset(
     return ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
-# ------------------------------------------------------------------ cached backbone features
-
-
-def backbone_features(
-    features_model,
-    images: ImageSet,
-    image_size: tuple[int, int],
-    batch_size: int,
-    cache: str = "auto",
-    callbacks: list = (),
-) -> np.ndarray:
-    """The frozen backbone's pooled features of every image, in manifest order (float32 [n, d]).
-
-    Without augmentation a frozen backbone maps each image to the same features every
-    epoch, so they are computed once and only the head trains on them."""
-    plain = build_eval_dataset(images, image_size, batch_size, cache)
-    return features_model.predict(plain, verbose=1 if sys.stdout.isatty() else 0, callbacks=list(callbacks)).astype(
-        np.float32
-    )
+# ------------------------------------------------------------------ the head's features
 
 
 def build_feature_train_dataset(

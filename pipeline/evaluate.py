@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.cli import stage_entry
 from pipeline.config import Config
-from pipeline.manifests import read_classes, read_manifest
+from pipeline.manifests import read_classes
 
 
 def classification_metrics(actual: np.ndarray, predicted: np.ndarray, classes: list[str]) -> dict:
@@ -51,13 +51,14 @@ def classification_metrics(actual: np.ndarray, predicted: np.ndarray, classes: l
 def run(config: Config) -> dict:
     # TensorFlow and MLflow load here, not at import: `--help` and a wrong key answer at once
     from pipeline.backend import keras
-    from pipeline.datasets import ImageSet, build_eval_dataset
-    from pipeline.models import load_saved_model
+    from pipeline.datasets import ImageSet
+    from pipeline.frozen_runtime import SplitClassifier
+    from pipeline.models import frozen_backbone, load_saved_model
     from pipeline.visuals import confusion_matrix_figure
 
     reports = Path(config.paths.reports_dir)
     classes = read_classes(config.paths.split_dir)
-    test_set = ImageSet.from_manifest(*read_manifest(config.paths.split_dir, "test"), classes)
+    test_set = ImageSet.read(config.paths.split_dir, "test", classes)
     model = load_saved_model(Path(config.paths.models_dir) / "model.keras")
     image_size = tuple(model.input_shape[1:3])  # the size it was trained at, whatever data.image_size says now
     if image_size != tuple(config.data.image_size):
@@ -65,9 +66,14 @@ def run(config: Config) -> dict:
             f"note: the model takes {image_size[0]}x{image_size[1]} images (data.image_size is "
             f"{config.data.image_size[0]}x{config.data.image_size[1]}): evaluating at the model's size"
         )
-    dataset = build_eval_dataset(test_set, image_size, config.train.batch_size)
-
-    probabilities = model.predict(dataset, verbose=0)
+    classifier = SplitClassifier(
+        model,
+        config.model.frozen_runtime,
+        config.model.frozen_precision,
+        config.paths.cache_dir,
+        convert=frozen_backbone(config.model),
+    )
+    probabilities = predict_split(classifier, test_set, image_size, config)
     actual = np.asarray(test_set.labels)
     predicted = probabilities.argmax(axis=1)
     loss = float(keras.losses.CategoricalCrossentropy()(keras.ops.one_hot(actual, len(classes)), probabilities))
@@ -77,7 +83,7 @@ def run(config: Config) -> dict:
         "loss": round(loss, 6),
         "test_images": len(actual),
     }
-    per_class = {"test": report["per_class"], "val_recall": val_recall(model, config, classes, image_size)}
+    per_class = {"test": report["per_class"], "val_recall": val_recall(classifier, config, classes, image_size)}
 
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -96,12 +102,23 @@ def run(config: Config) -> dict:
     return {**metrics, "per_class": per_class}
 
 
-def val_recall(model, config: Config, classes: list[str], image_size: tuple[int, int]) -> dict:
-    """Each class's recall on the validation split: where the best epoch's accuracy came from."""
-    from pipeline.datasets import ImageSet, build_eval_dataset
+def predict_split(classifier, images, image_size: tuple[int, int], config: Config) -> np.ndarray:
+    """The classifier's probabilities for every image of a split, decoded as in training (kept in
+    `paths.cache_dir`, each file checked against its manifest sha256)."""
+    from pipeline.array_cache import ArrayCache
+    from pipeline.datasets import decoded_images
 
-    val_set = ImageSet.from_manifest(*read_manifest(config.paths.split_dir, "val"), classes)
-    predicted = model.predict(build_eval_dataset(val_set, image_size, config.train.batch_size), verbose=0).argmax(1)
+    pixels = decoded_images(images, image_size, ArrayCache(config.paths.cache_dir))
+    batch = config.train.batch_size
+    return classifier.probabilities(pixels[i : i + batch].astype(np.float32) for i in range(0, len(pixels), batch))
+
+
+def val_recall(classifier, config: Config, classes: list[str], image_size: tuple[int, int]) -> dict:
+    """Each class's recall on the validation split: where the best epoch's accuracy came from."""
+    from pipeline.datasets import ImageSet
+
+    val_set = ImageSet.read(config.paths.split_dir, "val", classes)
+    predicted = predict_split(classifier, val_set, image_size, config).argmax(1)
     per_class = classification_metrics(np.asarray(val_set.labels), predicted, classes)["per_class"]
     return {name: c["recall"] for name, c in per_class.items() if c["support"]}
 

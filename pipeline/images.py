@@ -87,7 +87,12 @@ def decode_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+# Raised when `decode_rgb` or the resize changes what pixels a file gives: decoded arrays
+# cached on disk under the old number are then not read again (datasets.images_key).
+DECODER_VERSION = 1
+
+
+def load_image(path: str | Path | io.BytesIO, size: tuple[int, int]) -> np.ndarray:
     """Decode (`decode_rgb`) and resize (bilinear) one image to size=(height, width).
 
     Returns uint8 [height, width, 3]. Used by training, evaluation, preview and predict
@@ -99,6 +104,29 @@ def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     if rgb.size != (width, height):
         rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def load_checked_image(path: str | Path, size: tuple[int, int], sha256: str | None) -> np.ndarray:
+    """`load_image`, after checking that the file still has the bytes its manifest recorded
+    (`sha256`; None: unchecked). A file changed, moved or removed since the split raises a
+    DataError naming it: training on other pixels than the record says is never silent."""
+    from pipeline.errors import DataError
+
+    rerun = "Run the split stage again (python -m pipeline.split, or dvc repro) so that the manifests match the files."
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise DataError(
+            f"{path} is listed in the split but cannot be read ({error.strerror or error}). {rerun}"
+        ) from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise DataError(
+            f"{path} has changed since the split was made (its sha256 differs from the manifest's). {rerun}"
+        )
+    try:
+        return load_image(io.BytesIO(data), size)
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise DataError(f"{path} cannot be decoded ({error}). {rerun}") from None
 
 
 def validate_images(paths: list[Path], workers: int = 4) -> list[tuple[str | None, str | None]]:

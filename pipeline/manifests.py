@@ -260,13 +260,18 @@ def manifest_hash(split_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(split_dir: str | Path, split: str) -> tuple[list[str], list[str]]:
-    """Return (paths, labels) of one split's manifest."""
+def read_manifest_rows(split_dir: str | Path, split: str) -> list[dict[str, str]]:
+    """One split's manifest: a {path, label, sha256} row per image (the sha256 of its bytes at split time)."""
     path = Path(split_dir) / f"{split}.csv"
     if not path.exists():
         raise DataError(f"{path} is missing: run the split stage first (python -m pipeline.split or dvc repro).")
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+        return list(csv.DictReader(f))
+
+
+def read_manifest(split_dir: str | Path, split: str) -> tuple[list[str], list[str]]:
+    """Return (paths, labels) of one split's manifest."""
+    rows = read_manifest_rows(split_dir, split)
     return [r["path"] for r in rows], [r["label"] for r in rows]
 
 

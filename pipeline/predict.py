@@ -87,7 +87,17 @@ def expand_folders(names: list[str]) -> tuple[list[str], list[str]]:
 
 
 def predict_files(model, classes: list[str], files: list[str], top_k: int) -> list[dict]:
-    """One result per file: {"file", "top": [(class, probability), ...]} or {"file", "error"}."""
+    """One result per file: {"file", "top": [(class, probability), ...]} or {"file", "error"}.
+
+    The model's frozen part runs in OpenVINO when this machine has it converted already (a model
+    trained here on a frozen base has), else in TensorFlow."""
+    from pipeline.config import ModelConfig, PathsConfig
+    from pipeline.frozen_runtime import SplitClassifier
+
+    defaults = ModelConfig()
+    classifier = SplitClassifier(
+        model, defaults.frozen_runtime, defaults.frozen_precision, PathsConfig().cache_dir, convert=False
+    )
     height, width = model.input_shape[1:3]
     results = [{"file": name} for name in files]
     with progress_bar(total=len(files), desc="predict", unit="img", disable=len(files) <= PREDICT_BATCH) as progress:
@@ -101,7 +111,7 @@ def predict_files(model, classes: list[str], files: list[str], top_k: int) -> li
                     batch.append(result)
                     images.append(load_image(result["file"], (height, width)))
             if images:
-                for result, row in zip(batch, model.predict(np.stack(images).astype(np.float32), verbose=0)):
+                for result, row in zip(batch, classifier.probabilities([np.stack(images).astype(np.float32)])):
                     result["top"] = [(classes[i], float(row[i])) for i in np.argsort(row)[::-1][:top_k]]
             progress.update(min(PREDICT_BATCH, len(files) - start))
     return results

@@ -144,7 +144,7 @@ def render_markdown(report: dict) -> str:
         "The sign-flip p (exact, no normality assumed) is shown but not corrected: it cannot go below "
         "2/2^n (0.0625 at 5 seeds). P(better): the share of seeds on which the group beats the baseline. "
         "affinity: the baseline models' val accuracy on images augmented by it alone / on clean images; "
-        "diversity: final training loss with it / without; cost: median epoch time with it / without. "
+        "diversity: final training loss with it / without; cost: a run's training time with it / without. "
         "Seeds to resolve it: seeds per group for a corrected verdict on this difference, and on a "
         f"1-point one, with {report['power']:.0%} power given the spread seen. An ablation's keep means "
         "the operation helps its preset.",

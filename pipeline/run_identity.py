@@ -22,14 +22,21 @@ NOT_IDENTITY = (
     "data.sha256",
     "train.resume",
     "train.rerun",
+    "model.frozen_runtime",  # the runtimes' features agree within 1e-4; their precision is identity
 )
+
+
+# Settings of augmented training only: a plain run trains the same model whatever they say
+# (and `compare` pairs a plain baseline with augmented groups of any value of them).
+AUGMENTED_ONLY = ("train.augment_views",)
 
 
 def training_identity(config: Config, manifest_sha256: str) -> dict[str, str]:
     """Everything that makes a trained model what it is, as dotted keys, plus the data's manifest hash."""
     flat = flatten(to_dict(config))
+    ignored = NOT_IDENTITY + (AUGMENTED_ONLY if config.augmentation.is_identity else ())
     identity = {
-        k: v for k, v in flat.items() if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in NOT_IDENTITY)
+        k: v for k, v in flat.items() if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in ignored)
     }
     return {**identity, "data.manifest_sha256": manifest_sha256}
 

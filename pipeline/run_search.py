@@ -61,6 +61,7 @@ def training_runs(
                 dict(r.data.metrics),
                 histories,
                 r.info.start_time or 0,
+                augmented=r.data.tags.get("augmented", "true") == "true",
             )
         )
     return summaries, len(training) - len(finished)

@@ -16,6 +16,7 @@ import mlflow
 import yaml
 
 from pipeline import devices, logged_model, tracking
+from pipeline.array_cache import ArrayCache
 from pipeline.augmentation import augmentation_layer
 from pipeline.backend import keras
 from pipeline.checkpoints import EpochCheckpoints, SavedState, StopOnSignal, WorkFolder, write_atomically
@@ -23,14 +24,16 @@ from pipeline.cli import in_multirun
 from pipeline.config import Config, to_dict
 from pipeline.datasets import (
     ImageSet,
-    backbone_features,
     build_eval_dataset,
     build_feature_eval_dataset,
     build_feature_train_dataset,
     build_train_dataset,
+    decoded_images,
     steps_per_epoch,
 )
 from pipeline.errors import ConfigError, DataError
+from pipeline.frozen_features import AugmentedViews, plain_features
+from pipeline.frozen_runtime import FrozenNetwork, frozen_network
 from pipeline.manifests import read_classes, read_manifest, split_source
 from pipeline.models import build_model, compile_model, frozen_backbone
 from pipeline.progress import ProgressLines
@@ -69,20 +72,31 @@ class Training:
     val_set: ImageSet
     placement: str
     replicas: int  # of the distribution strategy
-    features: keras.Model | None = None  # set when the frozen backbone's features are cached: `trainer` is the head
+    network: FrozenNetwork | None = None  # the frozen `features` part, when the head trains on its outputs
     node: str | None = None  # this process's task in a multi-worker cluster (worker-0), else None
+
+
+def trains_on_features(config: Config, placement: str) -> bool:
+    """True when the base is frozen and the head can train on its features: plain images, or
+    images augmented in tf.data (`augmentation.placement=data`, the CPU's default; on a GPU the
+    augmentation runs inside the compiled step of the whole model)."""
+    return (
+        config.train.cache_features
+        and frozen_backbone(config.model)
+        and (config.augmentation.is_identity or placement == "data")
+    )
 
 
 def prepare_training(config: Config, strategy) -> Training:
     split_dir = config.paths.split_dir
     classes = read_classes(split_dir)
-    train_set = ImageSet.from_manifest(*read_manifest(split_dir, "train"), classes)
-    val_set = ImageSet.from_manifest(*read_manifest(split_dir, "val"), classes)
+    train_set = ImageSet.read(split_dir, "train", classes)
+    val_set = ImageSet.read(split_dir, "val", classes)
     image_size = tuple(config.data.image_size)
 
     devices.configure_precision(config.train)
     placement = devices.augmentation_placement(config.augmentation)
-    cached = config.train.cache_features and frozen_backbone(config.model) and config.augmentation.is_identity
+    cached = trains_on_features(config, placement)
     with strategy.scope():
         model = build_model(config.model, len(classes), image_size)
         trainer = model.get_layer("head") if cached else model
@@ -98,9 +112,14 @@ def prepare_training(config: Config, strategy) -> Training:
             steps_per_epoch(train_set, config.train.batch_size),
             devices.jit_setting(config.train),
         )
-    features = model.get_layer("features") if cached else None
-    if features is not None:
-        features.jit_compile = devices.jit_setting(config.train)  # its predict pass: no XLA on a CPU
+    network = None
+    if cached:
+        network = frozen_network(
+            model.get_layer("features"),
+            config.model.frozen_runtime,
+            config.model.frozen_precision,
+            config.paths.cache_dir,
+        )
     return Training(
         model,
         trainer,
@@ -108,25 +127,41 @@ def prepare_training(config: Config, strategy) -> Training:
         val_set,
         placement,
         devices.replica_count(strategy),
-        features,
+        network,
         devices.task_name() if devices.is_multi_worker(strategy) else None,
     )
+
+
+def feature_datasets(config: Config, training: Training, start_epoch: int):
+    """(train, val) datasets of the frozen base's features for the head: plain features from the
+    cache, augmented views computed as the epochs need them (`frozen_features`)."""
+    image_size, batch = tuple(config.data.image_size), config.train.batch_size
+    cache, network, views = ArrayCache(config.paths.cache_dir), training.network, config.train.augment_views
+    if config.augmentation.is_identity:
+        how = "the features of each image are computed once (kept in paths.cache_dir for the next run)"
+    else:
+        how = (
+            f"each image's augmented features are computed for {views} views (epochs 1-{views}) and reused by later "
+            "epochs (train.augment_views; 0: a fresh view every epoch)"
+            if views
+            else "each epoch's augmented images go through the base afresh (train.augment_views=0)"
+        )
+    print(f"frozen base in {network.description}: only the head trains; {how}")
+    val_features = plain_features(network, training.val_set, image_size, batch, cache, "val")
+    val_ds = build_feature_eval_dataset(val_features, training.val_set, batch)
+    if config.augmentation.is_identity:
+        train_features = plain_features(network, training.train_set, image_size, batch, cache, "train")
+        return build_feature_train_dataset(train_features, training.train_set, batch, config.seed, start_epoch), val_ds
+    pixels = decoded_images(training.train_set, image_size, cache)
+    stream = AugmentedViews(network, training.train_set, pixels, config.augmentation, batch, config.seed, views)
+    return stream.dataset(start_epoch), val_ds
 
 
 def fit(config: Config, training: Training, callbacks: list = (), start_epoch: int = 0) -> None:
     """Keras fit on the augmented train stream from `start_epoch`, validated on plain images."""
     image_size, batch = tuple(config.data.image_size), config.train.batch_size
-    if training.features is not None:
-        print(
-            f"frozen backbone, no augmentation: its features are computed once ({len(training.train_set)} train, "
-            f"{len(training.val_set)} val images) and only the head trains (train.cache_features=false: off)"
-        )
-        train_features, val_features = (
-            backbone_features(training.features, images, image_size, batch, config.data.cache, [StopOnSignal()])
-            for images in (training.train_set, training.val_set)
-        )
-        train_ds = build_feature_train_dataset(train_features, training.train_set, batch, config.seed, start_epoch)
-        val_ds = build_feature_eval_dataset(val_features, training.val_set, batch)
+    if training.network is not None:
+        train_ds, val_ds = feature_datasets(config, training, start_epoch)
     else:
         train_ds = build_train_dataset(
             training.train_set,
@@ -247,6 +282,7 @@ def record_training(
                     "data.val_images": len(training.val_set),
                     "data.classes": ",".join(training.train_set.classes),
                     "train.start_epoch": state.epochs_done,
+                    "model.frozen_runtime_used": training.network.description if training.network else "none",
                 }
             )
             mlflow.set_tags(

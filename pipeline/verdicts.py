@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline import seed_statistics as statistics
+from pipeline.run_identity import AUGMENTED_ONLY  # a plain run's value of these is no setting of its group
 
 SEEDS_ADVISED = 5  # the fewest seeds per group a study should have; fewer are flagged in the report
 MIN_SEEDS_FOR_VERDICT = 3  # below this, never keep or drop
@@ -65,6 +66,8 @@ NOT_GROUPING = (
     "data.download_dir",
     "data.cache",
     "augmentation.name",
+    "model.frozen_runtime",  # where frozen layers ran: f32 runtimes agree within 1e-4
+    "model.frozen_runtime_used",
 )
 
 
@@ -79,6 +82,11 @@ class RunSummary:
     metrics: dict[str, float]
     curves: dict[str, list[float]] = field(default_factory=dict)  # val_accuracy / val_loss per epoch
     started_ms: int = 0  # start time, to keep the latest of repeated runs
+    augmented: bool = True  # its training images were augmented (tag `augmented`)
+
+    def setting(self, key: str) -> str | None:
+        """The run's value of a grouping key; None where the key does not apply (`AUGMENTED_ONLY`)."""
+        return None if key in AUGMENTED_ONLY and not self.augmented else self.params.get(key, "")
 
     @property
     def ablated(self) -> str | None:
@@ -173,7 +181,7 @@ class Difference:
     annealed: bool = False  # some of those runs annealed their learning rate to the cap (warmup_cosine)
     per_class: dict[str, dict] = field(default_factory=dict)  # class -> ClassDifference fields (paired)
     diversity: float | None = None  # final training loss, group / baseline
-    cost: float | None = None  # median epoch time, group / baseline
+    cost: float | None = None  # training time of a run, group / baseline
     affinity: float | None = None  # baseline models' val accuracy under the augmentation / clean
 
 
@@ -190,11 +198,12 @@ def varied_settings(runs: list[RunSummary]) -> list[str]:
     keys = sorted({k for r in runs for k in r.params if _is_grouping_key(k)})
     varied = []
     for key in keys:
-        if len({r.params.get(key) for r in runs}) < 2:
+        applies = [r for r in runs if r.setting(key) is not None]
+        if len({r.setting(key) for r in applies}) < 2:
             continue
         per_preset: dict[str, set] = {}
-        for r in runs:
-            per_preset.setdefault(r.preset, set()).add(r.params.get(key))
+        for r in applies:
+            per_preset.setdefault(r.preset, set()).add(r.setting(key))
         if any(len(values) > 1 for values in per_preset.values()):
             varied.append(key)
     return varied
@@ -210,7 +219,7 @@ def group_runs(runs: list[RunSummary]) -> list[Group]:
     keys = varied_settings(runs)
     groups: dict[tuple, Group] = {}
     for r in sorted(runs, key=lambda r: r.started_ms, reverse=True):
-        settings = {k: r.params.get(k, "") for k in keys}
+        settings = {k: r.setting(k) for k in keys if r.setting(k) is not None}
         group = groups.setdefault((r.preset, *settings.values()), Group(r.preset, settings, []))
         if any(kept.seed == r.seed for kept in group.runs):
             group.repeats_dropped += 1
@@ -384,9 +393,11 @@ def seeds_advice(d: Difference, power: float) -> str:
 
 
 def baseline_for(group: Group, groups: list[Group], baseline_preset: str) -> Group | None:
-    """The baseline group with the same other settings."""
+    """The baseline group with the same other settings (a plain baseline has no `AUGMENTED_ONLY` ones)."""
     for candidate in groups:
-        if candidate.preset == baseline_preset and candidate.settings == group.settings:
+        unmatched = set(group.settings) - set(candidate.settings)
+        same = all(group.settings.get(k) == v for k, v in candidate.settings.items())
+        if candidate.preset == baseline_preset and same and unmatched <= set(AUGMENTED_ONLY):
             return candidate
     return None
 
@@ -513,10 +524,12 @@ def diversity(group: Group, reference: Group) -> float | None:
 
 
 def cost(group: Group, reference: Group) -> float | None:
-    """Training cost: the median epoch time (s) of `group`'s runs over that of `reference`'s."""
-    ours = [t for r in group.runs for t in r.curves.get("epoch_seconds", [])]
-    theirs = [t for r in reference.runs for t in r.curves.get("epoch_seconds", [])]
-    return float(np.median(ours) / np.median(theirs)) if ours and theirs and np.median(theirs) > 0 else None
+    """Training cost: a run's training time (its epochs' seconds summed), the mean of `group`'s runs
+    over that of `reference`'s. Per run, not per epoch: with augmented views reused (train.augment_views)
+    the first epochs pay the base passes and the later ones almost nothing."""
+    ours = [sum(r.curves["epoch_seconds"]) for r in group.runs if r.curves.get("epoch_seconds")]
+    theirs = [sum(r.curves["epoch_seconds"]) for r in reference.runs if r.curves.get("epoch_seconds")]
+    return float(np.mean(ours) / np.mean(theirs)) if ours and theirs and np.mean(theirs) > 0 else None
 
 
 def group_table(groups: list[Group]) -> list[dict]:

@@ -162,6 +162,7 @@ def path_overrides(tmp_path: Path) -> list[str]:
         f"hydra.run.dir={tmp_path}/hydra",
         f"hydra.sweep.dir={tmp_path}/multirun",
         f"data.download_dir={tmp_path}/downloads",
+        f"paths.cache_dir={tmp_path}/cache",
     ]
 
 

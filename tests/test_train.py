@@ -438,28 +438,30 @@ def test_plain_runs_of_a_frozen_backbone_train_the_head_on_cached_features(split
     predicts what base + trained head predicted during training."""
     import keras
 
-    from pipeline.datasets import ImageSet, backbone_features
+    from pipeline.datasets import ImageSet
+    from pipeline.frozen_features import plain_features
+    from pipeline.frozen_runtime import frozen_network
     from pipeline.images import load_image
-    from pipeline.manifests import read_classes, read_manifest
 
     tmp_path = split_done
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = [a if a != "model=residual_cnn" else "model=mobilenet_v2" for a in train_args(tmp_path, uri)]
     result = run_in_process("pipeline.train", *args, "model.weights=null", "train.epochs=3")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "its features are computed once" in result.stdout
+    assert "the features of each image are computed once" in result.stdout
 
     model = keras.models.load_model(tmp_path / "models" / "model.keras")
-    val = ImageSet.from_manifest(*read_manifest(tmp_path / "split", "val"), read_classes(tmp_path / "split"))
-    features = backbone_features(model.get_layer("features"), val, (32, 32), 8)  # the training-time path
-    from_cache = model.get_layer("head").predict(features, verbose=0)
+    val = ImageSet.read(tmp_path / "split", "val")
+    network = frozen_network(model.get_layer("features"), cache_dir=tmp_path / "cache")  # the training-time path
+    from_cache = model.get_layer("head").predict(plain_features(network, val, (32, 32), 8, None), verbose=0)
     images = np.stack([load_image(p, (32, 32)) for p in val.paths]).astype(np.float32)
     whole = model.predict(images, verbose=0)
-    np.testing.assert_allclose(whole, from_cache, atol=1e-5)
+    np.testing.assert_allclose(whole, from_cache, atol=1e-4)
 
     _, run = only_run(uri)
     assert run.data.params["train.cache_features"] == "True"
-    accuracy = float(np.mean(whole.argmax(axis=1) == np.array(val.labels)))
+    assert run.data.params["model.frozen_runtime_used"] == network.description
+    accuracy = float(np.mean(from_cache.argmax(axis=1) == np.array(val.labels)))
     assert accuracy == pytest.approx(run.data.metrics["best_val_accuracy"])  # measured on cached features
 
     uncached = run_in_process(

@@ -1,0 +1,73 @@
+"""Arrays kept on disk under a content key: the decoded images of a split and the frozen base's
+features of them, computed by the first run of a sweep and read by every later one.
+
+An entry's key names everything its content depends on (the manifest with every image's sha256,
+the image size, the network's content digest, the runtime and precision), so an entry is never
+stale: changed inputs give another key. Entries are `.npy` files written under a temporary name
+and renamed into place (two processes computing the same entry both write whole files; either
+one wins), read back memory-mapped (the page cache is shared between the jobs of a sweep), and
+the least recently used are removed once the folder holds more than `limit_bytes`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ARRAY_CACHE_LIMIT_BYTES = 8 * 1024**3
+FOLDER = "arrays"
+
+
+class ArrayCache:
+    def __init__(self, cache_dir: str | Path, limit_bytes: int = ARRAY_CACHE_LIMIT_BYTES):
+        self.root = Path(cache_dir).expanduser() / FOLDER
+        self.limit_bytes = limit_bytes
+
+    def path(self, kind: str, key: dict) -> Path:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+        return self.root / f"{kind}-{digest}.npy"
+
+    def get(self, kind: str, key: dict) -> np.ndarray | None:
+        """The entry, memory-mapped read-only, or None when there is none (or it is damaged)."""
+        path = self.path(kind, key)
+        try:
+            array = np.load(path, mmap_mode="r")
+        except (OSError, ValueError):  # missing, or cut short by a crash before the rename: not an entry
+            return None
+        os.utime(path)  # recently used
+        return array
+
+    def put(self, kind: str, key: dict, array: np.ndarray) -> np.ndarray:
+        path = self.path(kind, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with open(scratch, "wb") as f:
+            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+        os.replace(scratch, path)
+        self._evict(keep=path)
+        return array
+
+    def get_or_compute(self, kind: str, key: dict, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        found = self.get(kind, key)
+        return found if found is not None else self.put(kind, key, compute())
+
+    def _evict(self, keep: Path) -> None:
+        """Remove the least recently used entries until the folder is under the limit."""
+        entries = []
+        for path in self.root.glob("*.npy"):
+            try:
+                entries.append((path.stat().st_mtime, path.stat().st_size, path))
+            except OSError:  # removed meanwhile by another process
+                continue
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in sorted(entries):
+            if total <= self.limit_bytes:
+                break
+            if path != keep:
+                path.unlink(missing_ok=True)
+                total -= size

@@ -1,0 +1,157 @@
+"""The head's training data when the base is frozen: the base's features, not its pixels.
+
+A frozen base maps an image to the same features every time, so only the head needs training
+steps; what costs is the base's forward pass. Two ways to pay it less:
+
+* **Plain images**: the features of a split are computed once (`plain_features`) and kept on
+  disk by content (`ArrayCache`), so every plain run of a sweep after the first reads them.
+* **Augmented images** (`AugmentedViews`): the augmented training stream of epoch `v` is one
+  *view* of the training set. With `train.augment_views=V`, epochs 1..V compute their views
+  (each image warped with that epoch's draws, through the base), and every later epoch `e`
+  reuses view `e mod V`, reshuffled into new batches: data echoing (Choi et al. 2019,
+  arXiv:1907.05550), at V base passes per run instead of one per epoch. `V=0`: a fresh view
+  every epoch, which is what the whole model in Keras does, through the faster runtime.
+
+Views are deterministic: epoch `e`'s order is a permutation drawn from [seed, e] and batch `k`
+of the stream is augmented with the stateless seed [seed, k] (MixUp/CutMix with [seed + 1, k]),
+as in `datasets.build_train_dataset`; a resumed run recomputes exactly the views it had.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.array_cache import ArrayCache
+from pipeline.augmentation import BatchAugmenter, mix_batch
+from pipeline.augmentation_config import AugmentationConfig
+from pipeline.backend import tf
+from pipeline.bars import progress_bar
+from pipeline.datasets import ImageSet, decoded_images, images_key, steps_per_epoch
+from pipeline.frozen_runtime import FrozenNetwork
+from pipeline.stopping import raise_if_stopped
+
+
+def plain_features(
+    network: FrozenNetwork,
+    images: ImageSet,
+    image_size: tuple[int, int],
+    batch_size: int,
+    cache: ArrayCache | None,
+    split: str = "",
+) -> np.ndarray:
+    """The frozen network's outputs for every image (float32 [n, d], in order), kept in `cache`."""
+
+    def compute() -> np.ndarray:
+        pixels = decoded_images(images, image_size, cache)
+        bar = progress_bar(total=len(images), desc=f"base features{f' ({split})' if split else ''}", unit="img")
+        parts = []
+        for out, count in network.map(
+            (pixels[i : i + batch_size], len(pixels[i : i + batch_size])) for i in range(0, len(images), batch_size)
+        ):
+            parts.append(out)
+            bar.update(count)
+            raise_if_stopped()
+        bar.close()
+        return np.concatenate(parts) if parts else np.zeros((0, *network.output_shape), np.float32)
+
+    if cache is None or images.sha256 is None:
+        return compute()
+    key = {"images": images_key(images, image_size), "network": network.digest, "runtime": network.description}
+    return cache.get_or_compute("features", key, compute)
+
+
+def epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
+    """The order in which epoch `epoch` (0-based) visits the `count` training images."""
+    return np.random.default_rng([seed, epoch]).permutation(count)
+
+
+class AugmentedViews:
+    """The head's endless training stream of (features, one-hot labels) batches from augmented images."""
+
+    def __init__(
+        self,
+        network: FrozenNetwork,
+        images: ImageSet,
+        pixels: np.ndarray,
+        augmentation: AugmentationConfig,
+        batch_size: int,
+        seed: int,
+        views: int,
+    ):
+        self.network, self.images, self.pixels = network, images, pixels
+        self.augmentation, self.batch_size, self.seed, self.views = augmentation, batch_size, seed, views
+        self.steps = steps_per_epoch(images, batch_size)
+        self.labels = np.eye(len(images.classes), dtype=np.float32)[np.asarray(images.labels, np.int64)]
+        self.mixes_labels = augmentation.mixup_alpha > 0 or augmentation.cutmix_alpha > 0
+        augmenter = BatchAugmenter(augmentation, tuple(pixels.shape[1:3]))
+        classes = len(images.classes)
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, *pixels.shape[1:]], tf.uint8),
+                tf.TensorSpec([None, classes], tf.float32),
+                tf.TensorSpec([], tf.int64),
+            ]
+        )
+        def augment(batch, labels, index):
+            params = augmenter.sample(tf.shape(batch)[0], tf.stack([tf.constant(seed, tf.int64), index]))
+            warped = augmenter.apply(batch, params)
+            return mix_batch(warped, labels, augmentation, tf.stack([tf.constant(seed + 1, tf.int64), index]))
+
+        self._augment = augment
+        self._features: dict[int, np.ndarray] = {}  # view -> float32 [n, d] in image order
+        self._view_labels: dict[int, np.ndarray] = {}  # view -> [n, classes], when MixUp/CutMix mixed them
+
+    def _batches_of(self, epoch: int) -> list[np.ndarray]:
+        order = epoch_order(self.seed, epoch, len(self.images))
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def _fresh(self, epoch: int, keep: bool):
+        """Epoch `epoch`'s augmented batches through the network, as (features, labels); with
+        `keep`, stored as view `epoch` once the whole epoch has gone through."""
+        if keep:
+            features = np.empty((len(self.images), *self.network.output_shape), np.float32)
+            labels = np.empty_like(self.labels)
+
+        def warped():
+            for b, indices in enumerate(self._batches_of(epoch)):
+                raise_if_stopped()
+                index = tf.constant(epoch * self.steps + b, tf.int64)
+                pixels, mixed = self._augment(self.pixels[indices], self.labels[indices], index)
+                yield pixels.numpy(), (mixed.numpy(), indices)
+
+        for out, (mixed, indices) in self.network.map(warped()):
+            if keep:
+                features[indices], labels[indices] = out, mixed
+            yield out, mixed
+        if keep:
+            self._features[epoch] = features
+            if self.mixes_labels:
+                self._view_labels[epoch] = labels
+
+    def epoch(self, epoch: int):
+        """(features, labels) batches of epoch `epoch` (0-based): fresh while the epoch is a view of
+        its own (epoch < views, or views == 0), else view `epoch mod views` in this epoch's order."""
+        view = epoch % self.views if self.views else epoch
+        if view == epoch and view not in self._features:
+            yield from self._fresh(epoch, keep=self.views > 0)
+            return
+        if view not in self._features:  # a resumed run: compute the view as its own epoch did
+            for _ in self._fresh(view, keep=True):
+                pass
+        labels = self._view_labels.get(view, self.labels)
+        for indices in self._batches_of(epoch):
+            yield self._features[view][indices], labels[indices]
+
+    def stream(self, start_epoch: int = 0):
+        epoch = start_epoch
+        while True:
+            yield from self.epoch(epoch)
+            epoch += 1
+
+    def dataset(self, start_epoch: int = 0) -> tf.data.Dataset:
+        signature = (
+            tf.TensorSpec([None, *self.network.output_shape], tf.float32),
+            tf.TensorSpec([None, len(self.images.classes)], tf.float32),
+        )
+        return tf.data.Dataset.from_generator(lambda: self.stream(start_epoch), output_signature=signature).prefetch(2)

@@ -1,0 +1,100 @@
+"""The frozen layers in OpenVINO: the same features as TensorFlow, converted once per content, and
+TensorFlow (said once) where OpenVINO cannot be had."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from tests.conftest import SHARED_DATASET, make_image, run_module, train_args
+
+pytest.importorskip("openvino", reason="OpenVINO is part of the project's dependencies")
+
+
+def real_or_made_images(tmp_path: Path, count: int = 12) -> np.ndarray:
+    """float32 pixels [count, 150, 150, 3]: photos of the shared dataset where it is, else made ones."""
+    from pipeline.images import load_image
+
+    photos = sorted(SHARED_DATASET.glob("test/*/*.jpg"))[:count] if SHARED_DATASET.is_dir() else []
+    if len(photos) < count:
+        photos = [make_image(tmp_path / f"img{i}.png", size=(200, 170), seed=i, pattern=i % 5) for i in range(count)]
+    return np.stack([load_image(p, (150, 150)) for p in photos]).astype(np.float32)
+
+
+@pytest.mark.slow
+def test_openvino_gives_tensorflows_features_on_the_real_weights_and_converts_once(tmp_path):
+    from pipeline import frozen_runtime
+    from pipeline.config import compose
+    from pipeline.frozen_runtime import FrozenNetwork, frozen_network
+    from pipeline.models import build_model
+
+    model = build_model(compose(["experiment=cpu"]).model, 10, (150, 150))  # ImageNet weights from the package
+    features = model.get_layer("features")
+    pixels = real_or_made_images(tmp_path)
+
+    network = frozen_network(features, "auto", "f32", tmp_path)
+    assert network.runtime == "openvino" and network.description.endswith(" f32")
+    expected = FrozenNetwork(features)(pixels)
+    assert expected.shape == (len(pixels), 1280) and np.abs(expected).max() > 0.5  # real features, not zeros
+    np.testing.assert_allclose(network(pixels), expected, atol=1e-4, rtol=0)
+    # several batches, two in flight, in order; a last batch of another size
+    batched = network.outputs([pixels[:5], pixels[5:10], pixels[10:]])
+    np.testing.assert_allclose(batched, expected, atol=1e-4, rtol=0)
+
+    saved = next((tmp_path / frozen_runtime.NETWORKS_FOLDER).glob("*/saved_model.pb"))
+    written = saved.stat().st_mtime_ns
+    frozen_runtime._compiled.clear()  # as a new process: only the disk cache is left
+    again = frozen_network(
+        build_model(compose(["experiment=cpu"]).model, 10, (150, 150)).get_layer("features"), cache_dir=tmp_path
+    )
+    assert again.runtime == "openvino" and again.digest == network.digest
+    assert saved.stat().st_mtime_ns == written  # read from the cache, not exported again
+    np.testing.assert_allclose(again(pixels[:3]), expected[:3], atol=1e-4, rtol=0)
+
+    bf16 = frozen_network(features, "openvino", "bf16", tmp_path)
+    if bf16.precision == "bf16":  # a CPU with bf16: close, not equal
+        relative = np.abs(bf16(pixels) - expected).max() / np.abs(expected).max()
+        assert 0 < relative < 0.2
+
+
+def test_a_changed_network_gets_another_digest():
+    from pipeline.backend import keras
+    from pipeline.frozen_runtime import content_digest
+
+    def network(seed):
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((16, 16, 3))
+        return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs)))
+
+    assert content_digest(network(1)) == content_digest(network(1))
+    assert content_digest(network(1)) != content_digest(network(2))
+
+
+@pytest.mark.slow
+def test_without_openvino_training_runs_in_tensorflow_and_says_so_once(split_done):
+    """A machine without the package: the same sweep works, one note, the runtime in the params."""
+    tmp_path = split_done
+    blocker = tmp_path / "no-openvino" / "openvino"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text(textwrap.dedent('raise ImportError("No module named openvino (test)")\n'))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [a if a != "model=residual_cnn" else "model=mobilenet_v2" for a in train_args(tmp_path, uri)]
+    result = run_module(
+        "pipeline.train",
+        "-m",
+        *args,
+        "model.weights=null",
+        "augmentation=none,light",
+        "compare.after_sweep=false",
+        env={"PYTHONPATH": str(blocker.parent)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("OpenVINO is not installed") == 1, result.stdout[-3000:]
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["augmentation"], output_format="list")
+    assert len(runs) == 2
+    assert all(r.data.params["model.frozen_runtime_used"].startswith("tensorflow ") for r in runs)
