@@ -172,11 +172,55 @@ def frozen_backbone(config: ModelConfig) -> bool:
     return config.name != "residual_cnn" and not config.trainable_base and config.fine_tune_from is None
 
 
-def fine_tuned_variables(model: keras.Model) -> list:
-    """The trainable variables of the base inside `features` (those that `fine_tune_from` unfroze)."""
+def fine_tuned_variables(trainer: keras.Model) -> list:
+    """The trainable variables of the base (those that `fine_tune_from` unfroze): all of the
+    trainer's but the head's, whichever model trains (the whole model, the model behind the
+    Augment layer, or the top of a split model)."""
+    head = _nested_layer(trainer, "head")
+    theirs = {id(v) for v in head.trainable_variables} if head is not None else set()
+    return [v for v in trainer.trainable_variables if id(v) not in theirs]
+
+
+def _nested_layer(model: keras.Model, name: str):
+    for layer in model.layers:
+        if layer.name == name:
+            return layer
+        if isinstance(layer, keras.Model) and (found := _nested_layer(layer, name)) is not None:
+            return found
+    return None
+
+
+def fine_tune_split(model: keras.Model, config: ModelConfig) -> tuple[keras.Model, keras.Model] | None:
+    """A fine-tuned model as two models sharing its layers: the frozen `bottom` (pixels in, the
+    input of the first unfrozen layer out) and the trainable `top` (that tensor in, class
+    probabilities out), so that the bottom can run in a faster runtime and only the top trains in
+    Keras. None where more than one tensor crosses from the frozen layers to the unfrozen ones."""
     features = model.get_layer("features")
-    bases = [layer for layer in features.layers if isinstance(layer, keras.Model)]
-    return [v for base in bases for v in base.trainable_variables]
+    base = next(layer for layer in features.layers if isinstance(layer, keras.Model))
+    names = [layer.name for layer in base.layers]
+    start = next(i for i, name in enumerate(names) if name.startswith(config.fine_tune_from))
+    below = {id(layer) for layer in base.layers[:start]}
+    crossing = {}
+    for layer in base.layers[start:]:
+        for tensor in keras.tree.flatten(layer.input):
+            if id(tensor._keras_history.operation) in below:
+                crossing[id(tensor)] = tensor
+    if len(crossing) != 1:
+        return None
+    (boundary,) = crossing.values()
+    inner_bottom = keras.Model(base.input, boundary, name=f"{base.name}_bottom")
+    inner_top = keras.Model(boundary, base.output, name=f"{base.name}_top")
+    pixels = keras.Input(model.input_shape[1:], name="image")
+    scaled = (
+        features.get_layer("preprocess")(pixels)
+        if "preprocess" in [layer.name for layer in features.layers]
+        else pixels
+    )
+    bottom = keras.Model(pixels, inner_bottom(scaled, training=False), name="frozen_bottom")
+    below_top = keras.Input(boundary.shape[1:], name="bottom_features")
+    pooled = features.get_layer("pool")(inner_top(below_top, training=False))  # a pretrained base: inference mode
+    top = keras.Model(below_top, model.get_layer("head")(pooled), name="fine_tuned_top")
+    return bottom, top
 
 
 def load_saved_model(path: str | Path) -> keras.Model:
@@ -200,20 +244,6 @@ def load_saved_model(path: str | Path) -> keras.Model:
             f"{path} cannot be loaded as a Keras model ({str(error).splitlines()[0]}). "
             "It may be damaged or saved by another Keras version: train again."
         ) from None
-
-
-def _saved_model(trainer: keras.Model) -> keras.Model:
-    """The classifier inside a trainer (itself, or the model behind an augmentation layer)."""
-    return next(
-        (
-            layer
-            for layer in trainer.layers
-            if isinstance(layer, keras.Model)
-            and layer.name != "head"
-            and any(inner.name == "features" for inner in layer.layers)
-        ),
-        trainer,
-    )
 
 
 def scale_learning_rate(optimizer: keras.optimizers.Optimizer, variables: list, factor: float) -> None:
@@ -264,7 +294,7 @@ def compile_model(
         optimizer = keras.optimizers.AdamW(rate, weight_decay=decay) if decay else keras.optimizers.Adam(rate)
     if config.fine_tune_from is not None:
         scale_learning_rate(
-            optimizer, fine_tuned_variables(_saved_model(model)), config.fine_tune_learning_rate / config.learning_rate
+            optimizer, fine_tuned_variables(model), config.fine_tune_learning_rate / config.learning_rate
         )
     model.compile(
         optimizer=optimizer,

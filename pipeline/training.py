@@ -35,7 +35,7 @@ from pipeline.errors import ConfigError, DataError
 from pipeline.frozen_features import AugmentedViews, plain_features
 from pipeline.frozen_runtime import FrozenNetwork, frozen_network
 from pipeline.manifests import read_classes, read_manifest, split_source
-from pipeline.models import build_model, compile_model, frozen_backbone
+from pipeline.models import build_model, compile_model, fine_tune_split, frozen_backbone
 from pipeline.progress import ProgressLines
 from pipeline.run_identity import digest_of
 from pipeline.stopping import raise_if_stopped
@@ -72,19 +72,34 @@ class Training:
     val_set: ImageSet
     placement: str
     replicas: int  # of the distribution strategy
-    network: FrozenNetwork | None = None  # the frozen `features` part, when the head trains on its outputs
+    network: FrozenNetwork | None = None  # the frozen part, when the trainable part trains on its outputs
     node: str | None = None  # this process's task in a multi-worker cluster (worker-0), else None
 
 
-def trains_on_features(config: Config, placement: str) -> bool:
-    """True when the base is frozen and the head can train on its features: plain images, or
-    images augmented in tf.data (`augmentation.placement=data`, the CPU's default; on a GPU the
-    augmentation runs inside the compiled step of the whole model)."""
-    return (
-        config.train.cache_features
-        and frozen_backbone(config.model)
-        and (config.augmentation.is_identity or placement == "data")
-    )
+def split_for_runtime(config: Config, model: keras.Model, placement: str) -> tuple[keras.Model, keras.Model] | None:
+    """(frozen part, trainable part) of `model` when the frozen part can run ahead of training in
+    the frozen runtime, on plain images or on images augmented in tf.data (`augmentation.placement=
+    data`, the CPU's default; on a GPU the augmentation runs inside the whole model's compiled step):
+
+    * a frozen base: its `features` (base and pooling) and the `head`;
+    * a base fine-tuned from `model.fine_tune_from` on: the frozen bottom and the top with the head
+      (`models.fine_tune_split`).
+    None: the whole model trains in Keras (`train.cache_features=false`, a base trained whole, a
+    model from scratch)."""
+    if not config.train.cache_features or not (config.augmentation.is_identity or placement == "data"):
+        return None
+    if frozen_backbone(config.model):
+        return model.get_layer("features"), model.get_layer("head")
+    if config.model.fine_tune_from is not None:
+        parts = fine_tune_split(model, config.model)
+        if parts is None:
+            print(
+                f"note: model.fine_tune_from={config.model.fine_tune_from} starts inside a block (more than one "
+                "tensor crosses into the unfrozen layers), so the whole model trains in Keras; name a block "
+                "(e.g. block12) to run the frozen bottom ahead of training"
+            )
+        return parts
+    return None
 
 
 def prepare_training(config: Config, strategy) -> Training:
@@ -96,10 +111,10 @@ def prepare_training(config: Config, strategy) -> Training:
 
     devices.configure_precision(config.train)
     placement = devices.augmentation_placement(config.augmentation)
-    cached = trains_on_features(config, placement)
     with strategy.scope():
         model = build_model(config.model, len(classes), image_size)
-        trainer = model.get_layer("head") if cached else model
+        parts = split_for_runtime(config, model, placement)
+        trainer = parts[1] if parts else model
         if placement == "model" and not config.augmentation.is_identity:
             trainer = keras.Sequential(
                 [keras.Input((*image_size, 3)), augmentation_layer(config.augmentation, config.seed), model],
@@ -113,12 +128,9 @@ def prepare_training(config: Config, strategy) -> Training:
             devices.jit_setting(config.train),
         )
     network = None
-    if cached:
+    if parts:
         network = frozen_network(
-            model.get_layer("features"),
-            config.model.frozen_runtime,
-            config.model.frozen_precision,
-            config.paths.cache_dir,
+            parts[0], config.model.frozen_runtime, config.model.frozen_precision, config.paths.cache_dir
         )
     return Training(
         model,
@@ -133,20 +145,28 @@ def prepare_training(config: Config, strategy) -> Training:
 
 
 def feature_datasets(config: Config, training: Training, start_epoch: int):
-    """(train, val) datasets of the frozen base's features for the head: plain features from the
-    cache, augmented views computed as the epochs need them (`frozen_features`)."""
+    """(train, val) datasets of the frozen part's outputs for the trainable part: plain ones from the
+    cache, augmented views computed as the epochs need them (`frozen_features`). Views are reused
+    only below a frozen base: a fine-tuned top sees a fresh view every epoch."""
     image_size, batch = tuple(config.data.image_size), config.train.batch_size
-    cache, network, views = ArrayCache(config.paths.cache_dir), training.network, config.train.augment_views
+    cache, network = ArrayCache(config.paths.cache_dir), training.network
+    fine_tuned = config.model.fine_tune_from is not None
+    views = 0 if fine_tuned else config.train.augment_views
+    frozen, trained = (
+        (f"frozen bottom (below {config.model.fine_tune_from})", "the top and the head train")
+        if fine_tuned
+        else ("frozen base", "only the head trains")
+    )
     if config.augmentation.is_identity:
-        how = "the features of each image are computed once (kept in paths.cache_dir for the next run)"
-    else:
+        how = "its outputs for each image are computed once (kept in paths.cache_dir for the next run)"
+    elif views:
         how = (
             f"each image's augmented features are computed for {views} views (epochs 1-{views}) and reused by later "
             "epochs (train.augment_views; 0: a fresh view every epoch)"
-            if views
-            else "each epoch's augmented images go through the base afresh (train.augment_views=0)"
         )
-    print(f"frozen base in {network.description}: only the head trains; {how}")
+    else:
+        how = f"each epoch's augmented images go through the {frozen.split(' (')[0]} afresh"
+    print(f"{frozen} in {network.description}: {trained}; {how}")
     val_features = plain_features(network, training.val_set, image_size, batch, cache, "val")
     val_ds = build_feature_eval_dataset(val_features, training.val_set, batch)
     if config.augmentation.is_identity:

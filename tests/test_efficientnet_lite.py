@@ -164,3 +164,31 @@ def test_weights_null_and_a_local_weights_file(tmp_path):
     )
     np.testing.assert_array_equal(stem(from_file), keras.ops.convert_to_numpy(base.get_layer("stem_conv").kernel))
     assert not np.allclose(stem(random_model), stem(from_file))
+
+
+def test_a_fine_tuned_model_splits_into_a_frozen_bottom_and_a_trainable_top():
+    from pipeline.models import fine_tune_split, fine_tuned_variables
+
+    config = compose(["experiment=cpu", "model.weights=null", "model.fine_tune_from=block12"])
+    model = build_model(config.model, 3, (64, 64))
+    bottom, top = fine_tune_split(model, config.model)
+    rng = np.random.default_rng(2)
+    images = rng.uniform(0, 255, (8, 64, 64, 3)).astype(np.float32)
+    whole = model.predict(images, verbose=0)
+    np.testing.assert_allclose(top.predict(bottom.predict(images, verbose=0), verbose=0), whole, atol=1e-5)
+    assert bottom.trainable_weights == [] and len(bottom.weights) > 100  # every layer below block12, frozen
+    assert {id(v) for v in fine_tuned_variables(top)} == {id(v) for v in fine_tuned_variables(model)}
+    assert all(
+        v.path.startswith(("block12", "block13", "block14", "block15", "head_conv")) for v in fine_tuned_variables(top)
+    )
+
+    compile_model(top, config.model, config.train, steps_per_epoch=1, jit_compile=False)
+    frozen_before = [keras.ops.convert_to_numpy(w).copy() for w in bottom.weights]
+    labels = keras.utils.to_categorical(rng.integers(0, 3, 8), 3)
+    top.fit(bottom.predict(images, verbose=0), labels, batch_size=8, epochs=1, verbose=0)
+    assert not np.allclose(model.predict(images, verbose=0), whole)  # the shared layers trained ...
+    for before, after in zip(frozen_before, bottom.weights):  # ... the bottom's did not
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(after), before)
+
+    inside = compose(["experiment=cpu", "model.weights=null", "model.fine_tune_from=block12_depthwise"])
+    assert fine_tune_split(build_model(inside.model, 3, (64, 64)), inside.model) is None  # the shortcut crosses too

@@ -98,3 +98,39 @@ def test_without_openvino_training_runs_in_tensorflow_and_says_so_once(split_don
     runs = mlflow.search_runs(experiment_names=["augmentation"], output_format="list")
     assert len(runs) == 2
     assert all(r.data.params["model.frozen_runtime_used"].startswith("tensorflow ") for r in runs)
+
+
+@pytest.mark.slow
+def test_fine_tuning_runs_the_frozen_bottom_in_openvino_and_trains_the_top(split_done):
+    from pipeline.backend import keras
+    from pipeline.config import compose
+    from pipeline.models import build_model
+    from tests.conftest import run_in_process
+
+    tmp_path = split_done
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    settings = [
+        "experiment=cpu",
+        "model.weights=null",
+        "model.fine_tune_from=block12",
+        "model.fine_tune_learning_rate=0.01",
+    ]
+    args = [a for a in train_args(tmp_path, uri) if not a.startswith(("model=", "model.residual"))]
+    result = run_in_process("pipeline.train", *args, *settings, "augmentation=light", "seed=7")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "frozen bottom (below block12) in openvino" in result.stdout
+    assert "each epoch's augmented images go through the frozen bottom afresh" in result.stdout
+
+    trained = keras.models.load_model(tmp_path / "models" / "model.keras")
+    keras.utils.set_random_seed(7)  # the training's own initial weights
+    initial = build_model(compose([*settings, "data.image_size=[32,32]"]).model, 3, (32, 32))
+    base = trained.get_layer("features").get_layer("efficientnet_lite0")
+    start = initial.get_layer("features").get_layer("efficientnet_lite0")
+    for layer, first in zip(base.layers, start.layers):
+        moved = any(not np.array_equal(a, b) for a, b in zip(layer.get_weights(), first.get_weights()))
+        unfrozen = layer.name.startswith(("block12", "block13", "block14", "block15", "head_conv"))
+        assert moved == (unfrozen and layer.get_weights() != [] and "_bn" not in layer.name), layer.name
+    run = mlflow.MlflowClient(uri).search_runs(
+        [mlflow.MlflowClient(uri).get_experiment_by_name("augmentation").experiment_id]
+    )[0]
+    assert run.data.params["model.frozen_runtime_used"].startswith("openvino ")
