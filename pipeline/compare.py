@@ -49,6 +49,7 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
     from pipeline.registry import register_winner
     from pipeline.report import json_safe, render_markdown
     from pipeline.verdicts import (
+        DATA_VERSION,
         ablation_contributions,
         choose_metric,
         class_flags,
@@ -70,15 +71,25 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
             "seed=1,2,3,4,5"
         )
     groups = group_runs(runs)
+    versions = sorted({r.params[DATA_VERSION] for r in runs})
+    notes = (
+        [
+            f"these runs trained on {len(versions)} versions of the data ({', '.join(versions)}: "
+            f"the tag data_manifest_sha256): each group holds one version and is compared only with the "
+            f'{settings.baseline!r} runs of the same version. compare.filter="tags.data_manifest_sha256 LIKE '
+            f"'{versions[-1]}%'\" keeps one."
+        ]
+        if len(versions) > 1
+        else []
+    )
     metric = choose_metric(settings.metric, groups)
     differences = compare_groups(groups, settings.baseline, metric, settings.confidence, settings.power)
     ablations = ablation_contributions(groups, metric, settings.confidence, settings.power)
     correct_for_many(differences + ablations, settings.confidence, settings.power)
-    notes = []
     if settings.affinity and (differences or ablations):
         from pipeline.affinity import measure_affinities  # TensorFlow and the models load here, only when asked
 
-        notes = measure_affinities(
+        notes += measure_affinities(
             groups,
             differences,
             ablations,

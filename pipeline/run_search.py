@@ -11,6 +11,9 @@ from mlflow.exceptions import MlflowException
 from pipeline.errors import TrackingError
 
 
+DATA_VERSION_DIGITS = 12  # of the tag data_manifest_sha256, as the setting verdicts.DATA_VERSION
+
+
 def training_runs(
     experiment: str,
     search_filter: str | None = None,
@@ -20,7 +23,7 @@ def training_runs(
     """The FINISHED training runs of `experiment` (with their per-epoch `curves`), only those in
     `run_ids` when given, and how many other runs (FAILED, KILLED, RUNNING) were left out.
     Comparison runs are not training runs."""
-    from pipeline.verdicts import RunSummary  # here: training never needs the comparison's code
+    from pipeline.verdicts import DATA_VERSION, RunSummary  # here: training never needs the comparison's code
 
     client = mlflow.MlflowClient()
     found = client.get_experiment_by_name(experiment)
@@ -57,7 +60,10 @@ def training_runs(
                 r.info.run_id,
                 r.data.tags["augmentation"],
                 r.data.tags.get("seed", "?"),
-                dict(r.data.params),
+                {
+                    **r.data.params,
+                    DATA_VERSION: r.data.tags.get("data_manifest_sha256", "unknown")[:DATA_VERSION_DIGITS],
+                },
                 dict(r.data.metrics),
                 histories,
                 r.info.start_time or 0,

@@ -46,6 +46,8 @@ import numpy as np
 from pipeline import seed_statistics as statistics
 from pipeline.run_identity import AUGMENTED_ONLY  # a plain run's value of these is no setting of its group
 
+DATA_VERSION = "data.version"  # the data a run trained on (its manifests' hash): a setting, read from its tag
+
 SEEDS_ADVISED = 5  # the fewest seeds per group a study should have; fewer are flagged in the report
 MIN_SEEDS_FOR_VERDICT = 3  # below this, never keep or drop
 CONVERGE_ADVICE = {  # what to do about runs not converged, by whether their learning rate annealed to the cap
@@ -193,7 +195,9 @@ def varied_settings(runs: list[RunSummary]) -> list[str]:
     """Params that vary across the runs and are not explained by the preset name alone.
 
     `augmentation.rotation_range` varies between `none` and `lesson` but is fixed within
-    each preset, so it adds nothing; `model.name` varying within a preset makes groups.
+    each preset, so it adds nothing; `model.name` varying within a preset makes groups. The
+    data version (`DATA_VERSION`) makes groups whenever it varies at all: `none` on
+    one version and `lesson` on another would measure the data change, not the augmentation.
     """
     keys = sorted({k for r in runs for k in r.params if _is_grouping_key(k)})
     varied = []
@@ -204,7 +208,7 @@ def varied_settings(runs: list[RunSummary]) -> list[str]:
         per_preset: dict[str, set] = {}
         for r in applies:
             per_preset.setdefault(r.preset, set()).add(r.setting(key))
-        if any(len(values) > 1 for values in per_preset.values()):
+        if key == DATA_VERSION or any(len(values) > 1 for values in per_preset.values()):
             varied.append(key)
     return varied
 

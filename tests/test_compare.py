@@ -550,3 +550,39 @@ def test_convergence_is_judged_against_the_cap_and_patience():
     assert run(best=30, trained=30, epochs=30, patience=10).converged is False
     assert run(best=35, trained=50, epochs=30, patience=10).converged  # a resume raised the cap to 50
     assert RunSummary("r", "none", "1", {}, {}).converged is None
+
+
+def test_runs_on_two_data_versions_are_never_one_verdict(tmp_path):
+    """none and light on one version of the data, light again after an image changed: the
+    second light group has no baseline of its own data, and is not paired with the first's."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("augmentation")
+    old, new = "a" * 64, "b" * 64
+    for preset, version, accuracies in (
+        ("none", old, (0.80, 0.81, 0.79)),
+        ("light", old, (0.82, 0.83, 0.81)),
+        ("light", new, (0.90, 0.91, 0.92)),
+    ):
+        for seed, accuracy in zip(("1", "2", "3"), accuracies):
+            tags = {"augmentation": preset, "seed": seed, "data_manifest_sha256": version}
+            run = client.create_run(experiment_id, tags=tags)
+            client.log_param(run.info.run_id, "seed", seed)
+            client.log_metric(run.info.run_id, "test_accuracy", accuracy)
+            client.set_terminated(run.info.run_id, "FINISHED")
+    result = run_in_process(
+        "pipeline.compare", f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/r", "compare.affinity=false"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "r" / "comparison.json").read_text())
+    by_group = {d["group"]: d for d in report["differences"]}
+    assert set(by_group) == {"light, data.version=aaaaaaaaaaaa", "light, data.version=bbbbbbbbbbbb"}
+    same_data = by_group["light, data.version=aaaaaaaaaaaa"]
+    assert same_data["mean"] == pytest.approx(0.02) and same_data["method"] == "paired over 3 seeds"
+    other_data = by_group["light, data.version=bbbbbbbbbbbb"]
+    assert other_data["mean"] is None and other_data["baseline"] == "none (missing)"
+    assert "trained on 2 versions of the data (aaaaaaaaaaaa, bbbbbbbbbbbb" in result.stdout
+
+    plain_old = [summary("none", s, **{"data.version": "v1"}) for s in ("1", "2")]
+    augmented_new = [summary("lesson", s, **{"data.version": "v2"}) for s in ("1", "2")]
+    assert varied_settings(plain_old + augmented_new) == ["data.version"]  # though constant within each preset
