@@ -109,9 +109,10 @@ def parts(config, repeats: int, scratch: Path) -> dict[str, float]:
 
     head = model.get_layer("head")
     compile_model(head, config.model, config.train, views.steps, False)
-    train_features = plain_features(network, train, size, batch, cache)
+    train_features = plain_features(network, train, pixels, batch, cache)
     train_ds = build_feature_train_dataset(train_features, train, batch, config.seed)
-    val_ds = build_feature_eval_dataset(plain_features(network, val, size, batch, cache), val, batch)
+    val_pixels = decoded_images(val, size, cache)
+    val_ds = build_feature_eval_dataset(plain_features(network, val, val_pixels, batch, cache), val, batch)
     head.fit(train_ds, epochs=1, steps_per_epoch=views.steps, verbose=0)  # traces the step
     seconds["the head's steps of one epoch"] = timed(
         lambda: head.fit(train_ds, epochs=1, steps_per_epoch=views.steps, verbose=0), repeats

@@ -88,6 +88,7 @@ def measure_affinities(
     batch_size: int,
     model_settings: ModelConfig,
     cache_dir: str,
+    cache: ArrayCache | None,
 ) -> list[str]:
     """Fill `affinity` of every difference (a preset whole) and ablation (its operation alone)
     from the baseline group's models; returns notes on what could not be measured."""
@@ -131,7 +132,7 @@ def measure_affinities(
             continue
         image_size = tuple(model.input_shape[1:3])
         if image_size not in decoded:
-            decoded[image_size] = decoded_images(images, image_size, ArrayCache(cache_dir))
+            decoded[image_size] = decoded_images(images, image_size, cache)
         # converted only when cached: the baselines' frozen base was, by their training on this machine
         classifier = SplitClassifier(
             model, model_settings.frozen_runtime, model_settings.frozen_precision, cache_dir, convert=False

@@ -71,3 +71,9 @@ class ArrayCache:
             if path != keep:
                 path.unlink(missing_ok=True)
                 total -= size
+
+
+def array_cache(cache_dir: str | Path, mode: str) -> ArrayCache | None:
+    """The cache `data.cache` asks for: on disk in `cache_dir` (`auto`, `file`), or none (`memory`:
+    each run decodes the images and computes the features into memory)."""
+    return None if mode == "memory" else ArrayCache(cache_dir)

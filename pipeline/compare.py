@@ -88,6 +88,7 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
     correct_for_many(differences + ablations, settings.confidence, settings.power)
     if settings.affinity and (differences or ablations):
         from pipeline.affinity import measure_affinities  # TensorFlow and the models load here, only when asked
+        from pipeline.array_cache import array_cache
 
         notes += measure_affinities(
             groups,
@@ -98,6 +99,7 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
             config.train.batch_size,
             config.model,
             config.paths.cache_dir,
+            array_cache(config.paths.cache_dir, config.data.cache),
         )
     report = {
         "experiment": config.tracking.experiment,

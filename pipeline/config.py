@@ -69,7 +69,8 @@ class DataConfig:
     image_size: list[int] = field(default_factory=lambda: [150, 150])  # [height, width], pixels
     limit_per_class: Optional[int] = None  # at most this many images per class (quick trials); null: all
     split: SplitConfig = field(default_factory=SplitConfig)
-    cache: str = "auto"  # decoded images: memory | file (a temporary file) | auto (memory up to 4 GiB)
+    cache: str = "auto"  # decoded images and frozen features: auto | file (kept on disk in paths.cache_dir
+    # for the next run) | memory (each run decodes into memory)
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
@@ -170,7 +171,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # decoupled weight decay, per unit of learning rate; 0 = none
     label_smoothing: float = 0.0  # of the cross-entropy targets, 0..1
     cache_features: bool = True  # frozen base: the head trains on its features (plain ones computed once)
-    augment_views: int = 4  # frozen base + augmentation: augmented views per image, computed by the first
+    augment_views: int = 3  # frozen base + augmentation: augmented views per image, computed by the first
     # epochs and reused by later ones (0: a fresh view every epoch)
     test_in_sweeps: bool = True  # in a multirun, each job evaluates its best model on the test split
 

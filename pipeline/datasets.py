@@ -1,4 +1,4 @@
-"""tf.data input pipelines: decode once, cache, shuffle, batch, augment (train only), prefetch.
+"""tf.data input pipelines: decode once (checked, kept on disk), shuffle, batch, augment (train only), prefetch.
 
 Train-only augmentation is structural: `build_eval_dataset` takes no augmentation
 argument at all, so validation and test images are always the plain decoded pixels.
@@ -9,11 +9,8 @@ units 0..255 (the model applies its own preprocessing), labels one-hot float32.
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import os
-import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +22,8 @@ from pipeline.augmentation import BatchAugmenter, mix_batch
 from pipeline.augmentation_config import AugmentationConfig
 from pipeline.backend import tf
 from pipeline.bars import progress_bar
-from pipeline.images import DECODER_VERSION, load_checked_image, load_image
+from pipeline.images import DECODER_VERSION, load_checked_image
 from pipeline.manifests import read_classes, read_manifest_rows
-
-MEMORY_CACHE_LIMIT_BYTES = 4 * 1024**3  # decoded uint8 images above this go to a cache file
 
 
 @dataclass
@@ -68,23 +63,6 @@ class ImageSet:
         return tf.one_hot(np.asarray(self.labels, dtype=np.int32), len(self.classes))
 
 
-def decoded_dataset(images: ImageSet, image_size: tuple[int, int], cache: str = "auto") -> tf.data.Dataset:
-    """(uint8 image, one-hot label) pairs, decoded and resized once, then cached."""
-    height, width = image_size
-
-    def load(path):
-        image = tf.numpy_function(lambda p: load_image(p.decode(), (height, width)), [path], tf.uint8)
-        image.set_shape([height, width, 3])
-        return image
-
-    labels = images.one_hot_labels()
-    ds = tf.data.Dataset.from_tensor_slices((images.paths, labels))
-    ds = ds.map(lambda p, y: (load(p), y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if cache == "auto":
-        cache = "memory" if len(images) * height * width * 3 <= MEMORY_CACHE_LIMIT_BYTES else "file"
-    return ds.cache() if cache == "memory" else ds.cache(_cache_file())
-
-
 def images_key(images: ImageSet, image_size: tuple[int, int]) -> dict:
     """What decoded pixels depend on: every file's content (its manifest sha256), in order, and the size."""
     if images.sha256 is None:
@@ -119,21 +97,30 @@ def decoded_images(images: ImageSet, image_size: tuple[int, int], cache: ArrayCa
     return cache.get_or_compute("decoded", images_key(images, image_size), decode)
 
 
-def _cache_file() -> str:
-    folder = tempfile.mkdtemp(prefix="augment-cache-")
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return f"{folder}/images"
-
-
 def _to_float(images: tf.Tensor) -> tf.Tensor:
     return tf.cast(images, tf.float32)
 
 
+def _pixels_of(images: ImageSet, image_size: tuple[int, int], pixels: np.ndarray | None):
+    """A tf.data map from a batch of image indices to (uint8 images, one-hot labels)."""
+    if pixels is None:
+        pixels = decoded_images(images, image_size)
+    labels = images.one_hot_labels()
+
+    def gather(indices):
+        batch = tf.numpy_function(lambda i: pixels[i], [indices], tf.uint8)
+        batch.set_shape([None, *image_size, 3])
+        return batch, tf.gather(labels, indices)
+
+    return gather
+
+
 def build_eval_dataset(
-    images: ImageSet, image_size: tuple[int, int], batch_size: int, cache: str = "auto"
+    images: ImageSet, image_size: tuple[int, int], batch_size: int, pixels: np.ndarray | None = None
 ) -> tf.data.Dataset:
-    """Validation/test batches in manifest order: plain decode + resize, never augmented."""
-    ds = decoded_dataset(images, image_size, cache).batch(batch_size)
+    """Validation/test batches in manifest order: plain decode + resize, never augmented.
+    `pixels`: the split already decoded (`decoded_images`), else it is decoded here."""
+    ds = tf.data.Dataset.range(len(images)).batch(batch_size).map(_pixels_of(images, image_size, pixels))
     return ds.map(lambda x, y: (_to_float(x), y), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
@@ -149,7 +136,7 @@ def build_train_dataset(
     seed: int,
     start_epoch: int = 0,
     augment_images: bool = True,
-    cache: str = "auto",
+    pixels: np.ndarray | None = None,
 ) -> tf.data.Dataset:
     """An endless stream of shuffled, augmented training batches; pass `steps_per_epoch` to fit.
 
@@ -158,17 +145,19 @@ def build_train_dataset(
     seed [seed, k]: a fixed seed gives the same batches in any process, every epoch gets
     new draws, and `start_epoch` resumes the stream exactly where an interrupted run was.
     `augment_images=False` leaves the per-image augmentation to the model (placement=model);
-    MixUp/CutMix always run here because they mix labels too.
+    MixUp/CutMix always run here because they mix labels too. `pixels`: the split already
+    decoded (`decoded_images`), else it is decoded here; what is shuffled is the images' indices.
     """
     augmenter = BatchAugmenter(augmentation, image_size)
-    ds = decoded_dataset(images, image_size, cache)
+    ds = tf.data.Dataset.range(len(images))
     ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).batch(batch_size).repeat()
     ds = ds.enumerate()
     if start_epoch:
         ds = ds.skip(start_epoch * steps_per_epoch(images, batch_size))
+    gather = _pixels_of(images, image_size, pixels)
 
-    def draw(index, batch):
-        pixels, labels = batch
+    def draw(index, indices):
+        pixels, labels = gather(indices)
         seed_pair = tf.stack([tf.constant(seed, tf.int64), index])
         params = augmenter.sample(tf.shape(pixels)[0], seed_pair) if augment_images else {}
         return pixels, labels, params, index

@@ -105,10 +105,10 @@ def run(config: Config) -> dict:
 def predict_split(classifier, images, image_size: tuple[int, int], config: Config) -> np.ndarray:
     """The classifier's probabilities for every image of a split, decoded as in training (kept in
     `paths.cache_dir`, each file checked against its manifest sha256)."""
-    from pipeline.array_cache import ArrayCache
+    from pipeline.array_cache import array_cache
     from pipeline.datasets import decoded_images
 
-    pixels = decoded_images(images, image_size, ArrayCache(config.paths.cache_dir))
+    pixels = decoded_images(images, image_size, array_cache(config.paths.cache_dir, config.data.cache))
     batch = config.train.batch_size
     return classifier.probabilities(pixels[i : i + batch].astype(np.float32) for i in range(0, len(pixels), batch))
 

@@ -26,7 +26,7 @@ from pipeline.augmentation import BatchAugmenter, mix_batch
 from pipeline.augmentation_config import AugmentationConfig
 from pipeline.backend import tf
 from pipeline.bars import progress_bar
-from pipeline.datasets import ImageSet, decoded_images, images_key, steps_per_epoch
+from pipeline.datasets import ImageSet, images_key, steps_per_epoch
 from pipeline.frozen_runtime import FrozenNetwork
 from pipeline.stopping import raise_if_stopped
 
@@ -34,20 +34,21 @@ from pipeline.stopping import raise_if_stopped
 def plain_features(
     network: FrozenNetwork,
     images: ImageSet,
-    image_size: tuple[int, int],
+    pixels: np.ndarray,
     batch_size: int,
     cache: ArrayCache | None,
     split: str = "",
 ) -> np.ndarray:
-    """The frozen network's outputs for every image (float32 [n, d], in order), kept in `cache`."""
+    """The frozen network's outputs for the decoded `pixels` of `images` (float32 [n, ...], in
+    order), kept in `cache` under the images' content and the network's."""
 
     def compute() -> np.ndarray:
-        pixels = decoded_images(images, image_size, cache)
         bar = progress_bar(total=len(images), desc=f"base features{f' ({split})' if split else ''}", unit="img")
         parts = []
-        for out, count in network.map(
-            (pixels[i : i + batch_size], len(pixels[i : i + batch_size])) for i in range(0, len(images), batch_size)
-        ):
+        batches = (
+            (pixels[i : i + batch_size], min(batch_size, len(images) - i)) for i in range(0, len(images), batch_size)
+        )
+        for out, count in network.map(batches):
             parts.append(out)
             bar.update(count)
             raise_if_stopped()
@@ -56,7 +57,11 @@ def plain_features(
 
     if cache is None or images.sha256 is None:
         return compute()
-    key = {"images": images_key(images, image_size), "network": network.digest, "runtime": network.description}
+    key = {
+        "images": images_key(images, tuple(pixels.shape[1:3])),
+        "network": network.digest,
+        "runtime": network.description,
+    }
     return cache.get_or_compute("features", key, compute)
 
 

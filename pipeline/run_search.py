@@ -10,7 +10,6 @@ from mlflow.exceptions import MlflowException
 
 from pipeline.errors import TrackingError
 
-
 DATA_VERSION_DIGITS = 12  # of the tag data_manifest_sha256, as the setting verdicts.DATA_VERSION
 
 

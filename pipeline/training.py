@@ -13,10 +13,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import yaml
 
 from pipeline import devices, logged_model, tracking
-from pipeline.array_cache import ArrayCache
+from pipeline.array_cache import array_cache
 from pipeline.augmentation import augmentation_layer
 from pipeline.backend import keras
 from pipeline.checkpoints import EpochCheckpoints, SavedState, StopOnSignal, WorkFolder, write_atomically
@@ -72,6 +73,7 @@ class Training:
     val_set: ImageSet
     placement: str
     replicas: int  # of the distribution strategy
+    pixels: dict[str, np.ndarray]  # "train", "val": decoded (`decoded_images`), each file checked as read
     network: FrozenNetwork | None = None  # the frozen part, when the trainable part trains on its outputs
     node: str | None = None  # this process's task in a multi-worker cluster (worker-0), else None
 
@@ -109,6 +111,12 @@ def prepare_training(config: Config, strategy) -> Training:
     val_set = ImageSet.read(split_dir, "val", classes)
     image_size = tuple(config.data.image_size)
 
+    # every image read (and checked against the manifest) now, before any record of the run exists
+    cache = array_cache(config.paths.cache_dir, config.data.cache)
+    pixels = {
+        name: decoded_images(images, image_size, cache) for name, images in (("train", train_set), ("val", val_set))
+    }
+
     devices.configure_precision(config.train)
     placement = devices.augmentation_placement(config.augmentation)
     with strategy.scope():
@@ -139,6 +147,7 @@ def prepare_training(config: Config, strategy) -> Training:
         val_set,
         placement,
         devices.replica_count(strategy),
+        pixels,
         network,
         devices.task_name() if devices.is_multi_worker(strategy) else None,
     )
@@ -148,8 +157,8 @@ def feature_datasets(config: Config, training: Training, start_epoch: int):
     """(train, val) datasets of the frozen part's outputs for the trainable part: plain ones from the
     cache, augmented views computed as the epochs need them (`frozen_features`). Views are reused
     only below a frozen base: a fine-tuned top sees a fresh view every epoch."""
-    image_size, batch = tuple(config.data.image_size), config.train.batch_size
-    cache, network = ArrayCache(config.paths.cache_dir), training.network
+    batch = config.train.batch_size
+    cache, network = array_cache(config.paths.cache_dir, config.data.cache), training.network
     fine_tuned = config.model.fine_tune_from is not None
     views = 0 if fine_tuned else config.train.augment_views
     frozen, trained = (
@@ -167,13 +176,14 @@ def feature_datasets(config: Config, training: Training, start_epoch: int):
     else:
         how = f"each epoch's augmented images go through the {frozen.split(' (')[0]} afresh"
     print(f"{frozen} in {network.description}: {trained}; {how}")
-    val_features = plain_features(network, training.val_set, image_size, batch, cache, "val")
+    val_features = plain_features(network, training.val_set, training.pixels["val"], batch, cache, "val")
     val_ds = build_feature_eval_dataset(val_features, training.val_set, batch)
     if config.augmentation.is_identity:
-        train_features = plain_features(network, training.train_set, image_size, batch, cache, "train")
+        train_features = plain_features(network, training.train_set, training.pixels["train"], batch, cache, "train")
         return build_feature_train_dataset(train_features, training.train_set, batch, config.seed, start_epoch), val_ds
-    pixels = decoded_images(training.train_set, image_size, cache)
-    stream = AugmentedViews(network, training.train_set, pixels, config.augmentation, batch, config.seed, views)
+    stream = AugmentedViews(
+        network, training.train_set, training.pixels["train"], config.augmentation, batch, config.seed, views
+    )
     return stream.dataset(start_epoch), val_ds
 
 
@@ -191,9 +201,9 @@ def fit(config: Config, training: Training, callbacks: list = (), start_epoch: i
             config.seed,
             start_epoch=start_epoch,
             augment_images=training.placement == "data",
-            cache=config.data.cache,
+            pixels=training.pixels["train"],
         )
-        val_ds = build_eval_dataset(training.val_set, image_size, batch, cache=config.data.cache)
+        val_ds = build_eval_dataset(training.val_set, image_size, batch, pixels=training.pixels["val"])
     steps = steps_per_epoch(training.train_set, batch)
     watched = sys.stdout.isatty()  # a terminal gets Keras' progress bar; a log gets a line every 30 s
     training.trainer.fit(

@@ -165,13 +165,36 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
 
 
 def test_failure_is_recorded_failed(split_done):
+    """An error inside the run (its artifacts cannot be written: a file stands where their folder goes)."""
     tmp_path = split_done
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    (tmp_path / "split" / "val.csv").write_text("path,label\n/nonexistent/image.png,cat\n")
+    (tmp_path / "mlruns").write_text("not a folder")
     result = run_in_process("pipeline.train", *train_args(tmp_path, uri))
     assert result.returncode != 0
     _, run = only_run(uri)
     assert run.info.status == "FAILED" and "end_reason" in run.data.tags
+
+
+def test_an_image_gone_or_changed_since_the_split_stops_before_any_record(split_done):
+    tmp_path = split_done
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    rows = (tmp_path / "split" / "val.csv").read_text().splitlines()
+    gone = Path(rows[1].split(",")[0])
+    gone.rename(gone.with_name("renamed.png"))
+    result = run_in_process("pipeline.train", *train_args(tmp_path, uri))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {gone} is listed in the split but cannot be read (No such file or directory). Run the split "
+        "stage again (python -m pipeline.split, or dvc repro) so that the manifests match the files."
+    )
+    gone.with_name("renamed.png").rename(gone)
+    changed = Path(rows[2].split(",")[0])
+    make_image(changed, size=(48, 40), seed=4242)  # other pixels under the manifest's record
+    result = run_in_process("pipeline.train", *train_args(tmp_path, uri))
+    assert result.returncode == 1 and f"error: {changed} has changed since the split" in result.stderr
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("augmentation")
+    assert experiment is None or client.search_runs([experiment.experiment_id]) == []  # nothing recorded
 
 
 def start_and_stop_after(args: list[str], epoch_line: str) -> subprocess.Popen:
@@ -448,13 +471,16 @@ def test_plain_runs_of_a_frozen_backbone_train_the_head_on_cached_features(split
     args = [a if a != "model=residual_cnn" else "model=mobilenet_v2" for a in train_args(tmp_path, uri)]
     result = run_in_process("pipeline.train", *args, "model.weights=null", "train.epochs=3")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "the features of each image are computed once" in result.stdout
+    assert (
+        "frozen base in openvino" in result.stdout and "its outputs for each image are computed once" in result.stdout
+    )
 
     model = keras.models.load_model(tmp_path / "models" / "model.keras")
     val = ImageSet.read(tmp_path / "split", "val")
     network = frozen_network(model.get_layer("features"), cache_dir=tmp_path / "cache")  # the training-time path
-    from_cache = model.get_layer("head").predict(plain_features(network, val, (32, 32), 8, None), verbose=0)
-    images = np.stack([load_image(p, (32, 32)) for p in val.paths]).astype(np.float32)
+    pixels = np.stack([load_image(p, (32, 32)) for p in val.paths])
+    from_cache = model.get_layer("head").predict(plain_features(network, val, pixels, 8, None), verbose=0)
+    images = pixels.astype(np.float32)
     whole = model.predict(images, verbose=0)
     np.testing.assert_allclose(whole, from_cache, atol=1e-4)
 
