@@ -173,6 +173,16 @@ def build_train_dataset(
 # ------------------------------------------------------------------ the head's features
 
 
+def without_autotune(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """`ds` with a fixed prefetch and tf.data's autotuning off. A feature dataset has nothing to tune,
+    and an autotuned iterator kept for a whole fit (Keras keeps the validation one) has its tuning
+    thread asleep for up to a minute at the end, which the iterator's deletion waits for: 40 s of
+    idle time at the end of a run was measured (docs/benchmarks.md)."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.prefetch(2).with_options(options)
+
+
 def build_feature_train_dataset(
     features: np.ndarray, images: ImageSet, batch_size: int, seed: int, start_epoch: int = 0
 ) -> tf.data.Dataset:
@@ -182,9 +192,9 @@ def build_feature_train_dataset(
     ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).batch(batch_size).repeat()
     if start_epoch:
         ds = ds.skip(start_epoch * steps_per_epoch(images, batch_size))
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return without_autotune(ds)
 
 
 def build_feature_eval_dataset(features: np.ndarray, images: ImageSet, batch_size: int) -> tf.data.Dataset:
     labels = images.one_hot_labels()
-    return tf.data.Dataset.from_tensor_slices((features, labels)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return without_autotune(tf.data.Dataset.from_tensor_slices((features, labels)).batch(batch_size))

@@ -19,6 +19,8 @@ as in `datasets.build_train_dataset`; a resumed run recomputes exactly the views
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from pipeline.array_cache import ArrayCache
@@ -26,7 +28,7 @@ from pipeline.augmentation import BatchAugmenter, mix_batch
 from pipeline.augmentation_config import AugmentationConfig
 from pipeline.backend import tf
 from pipeline.bars import progress_bar
-from pipeline.datasets import ImageSet, images_key, steps_per_epoch
+from pipeline.datasets import ImageSet, images_key, steps_per_epoch, without_autotune
 from pipeline.frozen_runtime import FrozenNetwork
 from pipeline.stopping import raise_if_stopped
 
@@ -87,7 +89,6 @@ class AugmentedViews:
         self.augmentation, self.batch_size, self.seed, self.views = augmentation, batch_size, seed, views
         self.steps = steps_per_epoch(images, batch_size)
         self.labels = np.eye(len(images.classes), dtype=np.float32)[np.asarray(images.labels, np.int64)]
-        self.mixes_labels = augmentation.mixup_alpha > 0 or augmentation.cutmix_alpha > 0
         augmenter = BatchAugmenter(augmentation, tuple(pixels.shape[1:3]))
         classes = len(images.classes)
 
@@ -104,59 +105,72 @@ class AugmentedViews:
             return mix_batch(warped, labels, augmentation, tf.stack([tf.constant(seed + 1, tf.int64), index]))
 
         self._augment = augment
-        self._features: dict[int, np.ndarray] = {}  # view -> float32 [n, d] in image order
-        self._view_labels: dict[int, np.ndarray] = {}  # view -> [n, classes], when MixUp/CutMix mixed them
+        self._features: dict[int, np.ndarray] = {}  # view -> float32 [n, ...] in image order
+        self._view_labels: dict[int, np.ndarray] = {}  # view -> [n, classes] (MixUp/CutMix mix them)
+        self._batches_done: dict[int, set[int]] = {}  # view -> its batches computed so far
+        self._lock = threading.Lock()
 
     def _batches_of(self, epoch: int) -> list[np.ndarray]:
         order = epoch_order(self.seed, epoch, len(self.images))
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
-    def _fresh(self, epoch: int, keep: bool):
-        """Epoch `epoch`'s augmented batches through the network, as (features, labels); with
-        `keep`, stored as view `epoch` once the whole epoch has gone through."""
-        if keep:
-            features = np.empty((len(self.images), *self.network.output_shape), np.float32)
-            labels = np.empty_like(self.labels)
+    def _fresh(self, epoch: int, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Batch `batch` of epoch `epoch`, augmented with the stream's draws [seed, epoch * steps + batch]
+        and through the network: (features, labels, image indices)."""
+        indices = self._batches_of(epoch)[batch]
+        index = tf.constant(epoch * self.steps + batch, tf.int64)
+        pixels, labels = self._augment(self.pixels[indices], self.labels[indices], index)
+        return self.network(pixels.numpy()), labels.numpy(), indices
 
-        def warped():
-            for b, indices in enumerate(self._batches_of(epoch)):
-                raise_if_stopped()
-                index = tf.constant(epoch * self.steps + b, tf.int64)
-                pixels, mixed = self._augment(self.pixels[indices], self.labels[indices], index)
-                yield pixels.numpy(), (mixed.numpy(), indices)
+    def _keep(self, view: int, batch: int, features: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
+        with self._lock:
+            if view not in self._features:
+                self._features[view] = np.empty((len(self.images), *self.network.output_shape), np.float32)
+                self._view_labels[view] = np.empty_like(self.labels)
+                self._batches_done[view] = set()
+        self._features[view][indices], self._view_labels[view][indices] = features, labels
+        with self._lock:
+            self._batches_done[view].add(batch)
 
-        for out, (mixed, indices) in self.network.map(warped()):
-            if keep:
-                features[indices], labels[indices] = out, mixed
-            yield out, mixed
-        if keep:
-            self._features[epoch] = features
-            if self.mixes_labels:
-                self._view_labels[epoch] = labels
+    def _complete(self, view: int) -> bool:
+        return len(self._batches_done.get(view, ())) == self.steps
+
+    def batch(self, epoch: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(features, labels) of batch `batch` of epoch `epoch` (0-based): fresh while the epoch is a
+        view of its own (epoch < views, or views == 0, kept as it goes), else view `epoch mod views`
+        in this epoch's order."""
+        view = epoch % self.views if self.views else epoch
+        if view == epoch and not self._complete(view):
+            features, labels, indices = self._fresh(epoch, batch)
+            if self.views:
+                self._keep(view, batch, features, labels, indices)
+            return features, labels
+        if not self._complete(view):  # a resumed run: compute the view as its own epoch did
+            for b in range(self.steps):
+                if b not in self._batches_done.get(view, ()):
+                    self._keep(view, b, *self._fresh(view, b))
+        indices = self._batches_of(epoch)[batch]
+        return self._features[view][indices], self._view_labels[view][indices]
 
     def epoch(self, epoch: int):
-        """(features, labels) batches of epoch `epoch` (0-based): fresh while the epoch is a view of
-        its own (epoch < views, or views == 0), else view `epoch mod views` in this epoch's order."""
-        view = epoch % self.views if self.views else epoch
-        if view == epoch and view not in self._features:
-            yield from self._fresh(epoch, keep=self.views > 0)
-            return
-        if view not in self._features:  # a resumed run: compute the view as its own epoch did
-            for _ in self._fresh(view, keep=True):
-                pass
-        labels = self._view_labels.get(view, self.labels)
-        for indices in self._batches_of(epoch):
-            yield self._features[view][indices], labels[indices]
-
-    def stream(self, start_epoch: int = 0):
-        epoch = start_epoch
-        while True:
-            yield from self.epoch(epoch)
-            epoch += 1
+        """Every (features, labels) batch of epoch `epoch`, in order."""
+        for b in range(self.steps):
+            yield self.batch(epoch, b)
 
     def dataset(self, start_epoch: int = 0) -> tf.data.Dataset:
-        signature = (
-            tf.TensorSpec([None, *self.network.output_shape], tf.float32),
-            tf.TensorSpec([None, len(self.images.classes)], tf.float32),
-        )
-        return tf.data.Dataset.from_generator(lambda: self.stream(start_epoch), output_signature=signature).prefetch(2)
+        """The endless stream from `start_epoch` on, for Keras' fit (with `steps_per_epoch`).
+
+        Batch k is made by a py_function, called in order."""
+        feature_shape, classes = self.network.output_shape, len(self.images.classes)
+
+        def make(k):
+            features, labels = self.batch(int(k) // self.steps, int(k) % self.steps)
+            return features, labels
+
+        def to_tensors(k):
+            features, labels = tf.py_function(make, [k], (tf.float32, tf.float32))
+            features.set_shape([None, *feature_shape])
+            labels.set_shape([None, classes])
+            return features, labels
+
+        return without_autotune(tf.data.Dataset.range(start_epoch * self.steps, 2**62).map(to_tensors))

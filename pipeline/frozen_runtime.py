@@ -95,7 +95,8 @@ class FrozenNetwork:
     def map(self, batches: Iterable[tuple[np.ndarray, Any]]) -> Iterator[tuple[np.ndarray, Any]]:
         """(outputs, tag) for each (pixels, tag), in order."""
         for pixels, tag in batches:
-            yield self._call(np.asarray(pixels, np.float32)).numpy(), tag
+            # float32 out, whatever the compute dtype (float16 under train.mixed_precision on a GPU)
+            yield self._call(np.asarray(pixels, np.float32)).numpy().astype(np.float32, copy=False), tag
 
     def outputs(self, pixel_batches: Iterable[np.ndarray]) -> np.ndarray:
         """Every batch's outputs, concatenated."""
@@ -112,17 +113,18 @@ class OpenVinoNetwork(FrozenNetwork):
         self.output_shape, self.digest = output_shape, digest
         self.compiled = compiled
         self.precision = precision
-        requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        self.requests = [compiled.create_infer_request() for _ in range(max(1, requests))]
+        self.requests = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))  # in flight
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         """One batch, split over the requests so that every stream works on it."""
-        parts = np.array_split(np.asarray(pixels, np.float32), min(len(self.requests), max(1, len(pixels))))
+        parts = np.array_split(np.asarray(pixels, np.float32), min(self.requests, max(1, len(pixels))))
         return np.concatenate([out for out, _ in self.map((part, None) for part in parts)])
 
     def map(self, batches: Iterable[tuple[np.ndarray, Any]]) -> Iterator[tuple[np.ndarray, Any]]:
+        # requests of this call's own: two maps at once (a training's prefetch thread and an
+        # evaluation) never share one
         in_flight: deque = deque()
-        free = deque(self.requests)
+        free = deque(self.compiled.create_infer_request() for _ in range(self.requests))
         for pixels, tag in batches:
             if not free:
                 yield self._collect(in_flight, free)
@@ -189,7 +191,8 @@ def frozen_network(
                 return FrozenNetwork(model, digest)
         try:
             _compiled[key] = _compile(saved, folder / "compiled", precision, tuple(model.output_shape[1:]), digest)
-        except RuntimeError as error:  # an op OpenVINO cannot read or compile
+        except RuntimeError as error:  # an op OpenVINO cannot read or compile, or a damaged export
+            shutil.rmtree(saved, ignore_errors=True)  # exported again next time
             say_once(
                 f"OpenVINO cannot run the frozen layers ({str(error).splitlines()[0][:160]}): they run in TensorFlow"
             )
