@@ -161,21 +161,20 @@ def feature_datasets(config: Config, training: Training, start_epoch: int):
     cache, network = array_cache(config.paths.cache_dir, config.data.cache), training.network
     fine_tuned = config.model.fine_tune_from is not None
     views = 0 if fine_tuned else config.train.augment_views
-    frozen, trained = (
-        (f"frozen bottom (below {config.model.fine_tune_from})", "the top and the head train")
-        if fine_tuned
-        else ("frozen base", "only the head trains")
-    )
+    part = "frozen bottom" if fine_tuned else "frozen base"
     if config.augmentation.is_identity:
-        how = "its outputs for each image are computed once (kept in paths.cache_dir for the next run)"
+        how = "its outputs for each image are computed once" + (" (kept in paths.cache_dir)" if cache else "")
     elif views:
         how = (
             f"each image's augmented features are computed for {views} views (epochs 1-{views}) and reused by later "
             "epochs (train.augment_views; 0: a fresh view every epoch)"
         )
     else:
-        how = f"each epoch's augmented images go through the {frozen.split(' (')[0]} afresh"
-    print(f"{frozen} in {network.description}: {trained}; {how}")
+        how = f"each epoch's augmented images go through the {part} afresh"
+    print(
+        f"{part}{f' (below {config.model.fine_tune_from})' if fine_tuned else ''} in {network.description}: "
+        f"{'the top and the head train' if fine_tuned else 'only the head trains'}; {how}"
+    )
     val_features = plain_features(network, training.val_set, training.pixels["val"], batch, cache, "val")
     val_ds = build_feature_eval_dataset(val_features, training.val_set, batch)
     if config.augmentation.is_identity:
