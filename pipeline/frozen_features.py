@@ -72,6 +72,34 @@ def epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(count)
 
 
+_augmenting_functions: dict[str, tf.types.experimental.GenericFunction] = {}
+
+
+def _augmenting_function(augmentation: AugmentationConfig, pixel_shape: tuple[int, ...], classes: int, seed: int):
+    """(uint8 batch, one-hot labels, batch index) -> (warped float32 batch, labels, MixUp/CutMix
+    mixed), drawn with [seed, batch index] as `datasets.build_train_dataset` draws. One traced and
+    XLA-compiled function per augmentation and shape, shared by the runs of a sweep (the seed is an
+    argument), so each seed does not compile the warp again."""
+    key = repr((augmentation, pixel_shape, classes))
+    if key not in _augmenting_functions:
+        augmenter = BatchAugmenter(augmentation, pixel_shape[:2])
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, *pixel_shape], tf.uint8),
+                tf.TensorSpec([None, classes], tf.float32),
+                tf.TensorSpec([2], tf.int64),
+            ]
+        )
+        def augment(batch, labels, seed_pair):
+            warped = augmenter.apply(batch, augmenter.sample(tf.shape(batch)[0], seed_pair))
+            return mix_batch(warped, labels, augmentation, seed_pair + tf.constant([1, 0], tf.int64))
+
+        _augmenting_functions[key] = augment
+    augment = _augmenting_functions[key]
+    return lambda batch, labels, index: augment(batch, labels, tf.stack([tf.constant(seed, tf.int64), index]))
+
+
 class AugmentedViews:
     """The head's endless training stream of (features, one-hot labels) batches from augmented images."""
 
@@ -89,22 +117,7 @@ class AugmentedViews:
         self.augmentation, self.batch_size, self.seed, self.views = augmentation, batch_size, seed, views
         self.steps = steps_per_epoch(images, batch_size)
         self.labels = np.eye(len(images.classes), dtype=np.float32)[np.asarray(images.labels, np.int64)]
-        augmenter = BatchAugmenter(augmentation, tuple(pixels.shape[1:3]))
-        classes = len(images.classes)
-
-        @tf.function(
-            input_signature=[
-                tf.TensorSpec([None, *pixels.shape[1:]], tf.uint8),
-                tf.TensorSpec([None, classes], tf.float32),
-                tf.TensorSpec([], tf.int64),
-            ]
-        )
-        def augment(batch, labels, index):
-            params = augmenter.sample(tf.shape(batch)[0], tf.stack([tf.constant(seed, tf.int64), index]))
-            warped = augmenter.apply(batch, params)
-            return mix_batch(warped, labels, augmentation, tf.stack([tf.constant(seed + 1, tf.int64), index]))
-
-        self._augment = augment
+        self._augment = _augmenting_function(augmentation, tuple(pixels.shape[1:]), len(images.classes), seed)
         self._features: dict[int, np.ndarray] = {}  # view -> float32 [n, ...] in image order
         self._view_labels: dict[int, np.ndarray] = {}  # view -> [n, classes] (MixUp/CutMix mix them)
         self._batches_done: dict[int, set[int]] = {}  # view -> its batches computed so far

@@ -50,7 +50,7 @@ def augmentation_grid(config: Config, target: Path, rows: int = 6, variants: int
     picked = picked[:rows]
     size = tuple(config.data.image_size)
     originals = np.stack([load_image(p, size) for p, _ in picked])
-    augmenter = BatchAugmenter(config.augmentation, size)
+    augmenter = BatchAugmenter(config.augmentation, size, jit_compile=False)  # a few images: compiling costs more
     columns = [originals.astype(np.float32)]
     for v in range(variants):
         seed = tf.constant([config.seed, 1_000_000 + v], tf.int64)
