@@ -11,6 +11,7 @@ the least recently used are removed once the folder holds more than `limit_bytes
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ import numpy as np
 
 ARRAY_CACHE_LIMIT_BYTES = 8 * 1024**3
 FOLDER = "arrays"
+_unwritable_said: set[Path] = set()  # cache folders already reported unwritable in this process
 
 
 class ArrayCache:
@@ -43,12 +45,26 @@ class ArrayCache:
         return array
 
     def put(self, kind: str, key: dict, array: np.ndarray) -> np.ndarray:
+        """Keep `array` under its key and return it. A cache that cannot be written (a full disk,
+        no permission) is only slower: the run goes on with the array in memory, saying so once."""
         path = self.path(kind, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         scratch = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(scratch, "wb") as f:
-            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-        os.replace(scratch, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(scratch, "wb") as f:
+                np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+            os.replace(scratch, path)
+        except OSError as error:
+            with contextlib.suppress(OSError):  # a partial file would only take the space the disk lacks
+                scratch.unlink()
+            if self.root not in _unwritable_said:
+                _unwritable_said.add(self.root)
+                print(
+                    f"note: cannot keep decoded images and features in {self.root} ({error.strerror or error}); "
+                    "this run keeps them in memory and the next computes them again. Free space there, choose "
+                    "another paths.cache_dir, or set data.cache=memory."
+                )
+            return array
         self._evict(keep=path)
         return array
 

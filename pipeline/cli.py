@@ -5,6 +5,7 @@ against the schema before anything runs, and a user's error printed as one line.
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from pipeline.config import (
     validate,
 )
 from pipeline.errors import ConfigError, UserError
+from pipeline.stopping import RunKilled
 
 
 def in_multirun() -> bool:
@@ -38,21 +40,30 @@ def in_multirun() -> bool:
 
 
 def _explained(job: Callable[[], Any]) -> Any:
-    """Run `job`; a UserError or an interruption becomes one line on stderr and an exit code.
-
-    In a Hydra multirun the error is re-raised instead: Hydra marks that job failed and
-    the sweep goes on with the next one.
-    """
+    """Run `job`; a UserError or an interruption becomes one line on stderr and an exit code."""
     try:
         return job()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
-        if in_multirun():
-            raise
         sys.exit(error.exit_code)
     except KeyboardInterrupt as stop:
-        print(f"stopped ({stop or 'Ctrl-C'})", file=sys.stderr)
+        print(f"stopped: {stop if isinstance(stop, RunKilled) else 'Ctrl-C'}", file=sys.stderr)
         sys.exit(getattr(stop, "exit_code", 130))
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    """SIGTERM outside a training (which stops at its own safe points, `stopping`): stop now, in one line."""
+    raise RunKilled("received SIGTERM")
+
+
+def command(job: Callable[[], Any]) -> Any:
+    """Run a command's `job` with SIGTERM stopping it in one line (exit 143), as Ctrl-C does
+    (exit 130); the handler does not outlive the command."""
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        return _explained(job)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def read_yaml_file(path: str | Path, what: str = "config file") -> DictConfig:
@@ -191,15 +202,25 @@ def stage_entry(task: Callable[[Config], Any]) -> Callable[[], Any]:
     """
 
     def main() -> Any:
-        if sys.argv[1:2] == ["--params"]:
-            return _explained(lambda: task(check_output_paths(load_params(sys.argv[1:]))))
+        return command(_entry)  # one line for a user's error, Ctrl-C or SIGTERM
 
-        _explained(lambda: check_command_line(sys.argv[1:]))
+    def _entry() -> Any:
+        if sys.argv[1:2] == ["--params"]:
+            return task(check_output_paths(load_params(sys.argv[1:])))
+
+        check_command_line(sys.argv[1:])
         import hydra
 
         @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
         def hydra_task(raw: DictConfig) -> Any:
-            return _explained(lambda: task(check_output_paths(validate(raw))))
+            job = lambda: task(check_output_paths(validate(raw)))  # noqa: E731
+            if in_multirun():  # a failing job is reported when the sweep ends (`sweeps`)
+                from hydra.core.hydra_config import HydraConfig
+
+                from pipeline.sweeps import run_job
+
+                return run_job(job, HydraConfig.get().runtime.output_dir)
+            return _explained(job)  # here: Hydra would print an error escaping its main as a traceback
 
         return hydra_task()
 

@@ -71,6 +71,13 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
             "seed=1,2,3,4,5"
         )
     groups = group_runs(runs)
+    presets = sorted({g.preset for g in groups})
+    if settings.baseline not in presets and not any(r.ablated for g in groups for r in g.runs):
+        raise UserError(
+            f"compare.baseline={settings.baseline}: none of these {len(runs)} runs used it; their presets are "
+            f"{', '.join(presets)}. Set compare.baseline to one of them, or train the baseline first "
+            f"(python -m pipeline.train -m augmentation={settings.baseline} seed=...)."
+        )
     versions = sorted({r.params[DATA_VERSION] for r in runs})
     notes = (
         [

@@ -210,13 +210,18 @@ class TrackingConfig:
     registered_model: Optional[str] = None  # the registry name for compare.register; null: the experiment's name
     system_metrics: bool = True  # CPU, memory, GPU of training runs as system/* metrics
     system_metrics_interval_s: float = 10.0  # between samples, seconds
+    server_patience_s: float = 900.0  # a tracking server away this long (seconds) stops training; shorter: it
+    # goes on, and what it could not log is logged when the server is back
 
     def problems(self) -> list[tuple[str, str]]:
+        found = []
         if not 0.1 <= self.system_metrics_interval_s <= 3600:
-            return [
+            found.append(
                 ("system_metrics_interval_s", f"must be in [0.1, 3600] seconds, got {self.system_metrics_interval_s}")
-            ]
-        return []
+            )
+        if self.server_patience_s < 0:
+            found.append(("server_patience_s", f"must be >= 0 seconds, got {self.server_patience_s}"))
+        return found
 
     @property
     def model_name(self) -> str:
@@ -274,7 +279,28 @@ class Config:
     seed: int = 42  # the split, the initialisation, the data order and the augmentation draws
 
     def problems(self) -> list[tuple[str, str]]:
-        return [] if 0 <= self.seed < 2**31 else [("seed", f"must be in 0..2**31-1, got {self.seed}")]
+        found = [] if 0 <= self.seed < 2**31 else [("seed", f"must be in 0..2**31-1, got {self.seed}")]
+        return found + self._shifts_out_of_frame()
+
+    def _shifts_out_of_frame(self) -> list[tuple[str, str]]:
+        """A shift in pixels (>= 1) as large as the image moves it out of the frame entirely."""
+        found = []
+        if len(self.data.image_size) != 2:
+            return found  # data.image_size says so itself
+        for key, size, side in (
+            ("width_shift_range", self.data.image_size[1], "width"),
+            ("height_shift_range", self.data.image_size[0], "height"),
+        ):
+            shift = getattr(self.augmentation, key)
+            if shift >= 1 and shift >= size:
+                found.append(
+                    (
+                        f"augmentation.{key}",
+                        f"{shift:g} pixels moves every image out of its {size}-pixel {side} (data.image_size); "
+                        f"use fewer pixels, or a fraction of the {side} below 1 (0.1 = 10%)",
+                    )
+                )
+        return found
 
 
 # ------------------------------------------------------------------ validation
@@ -350,6 +376,27 @@ def validate(raw: DictConfig | dict) -> Config:
         raise ConfigError("Invalid config:\n  " + "\n  ".join(problems))
     config.augmentation = config.augmentation.with_ablation_applied()
     return config
+
+
+def preset_overrides(augmentation: AugmentationConfig) -> list[str]:
+    """`key=value` for each augmentation key that differs from its preset's file
+    (conf/augmentation/<name>.yaml): a title that names the preset must name these too."""
+    preset_file = CONF_DIR / "augmentation" / f"{augmentation.name.split('-no-')[0]}.yaml"
+    if not preset_file.exists():
+        return []
+    preset: AugmentationConfig = OmegaConf.to_object(
+        OmegaConf.merge(OmegaConf.structured(AugmentationConfig), OmegaConf.load(preset_file))
+    )
+    preset = dataclasses.replace(preset, ablate=augmentation.ablate).with_ablation_applied()
+    return [
+        f"augmentation.{f.name}={_value_text(getattr(augmentation, f.name))}"
+        for f in dataclasses.fields(augmentation)
+        if f.name not in ("name", "ablate") and getattr(augmentation, f.name) != getattr(preset, f.name)
+    ]
+
+
+def _value_text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(list(value) if isinstance(value, tuple) else value)
 
 
 def compose_raw(overrides: list[str] | None = None, with_hydra: bool = False) -> DictConfig:

@@ -3,27 +3,56 @@ or a power cut) cannot end its MLflow run, which would otherwise stay RUNNING - 
 model PENDING - forever, and be counted as live by anyone reading the experiment.
 
 Every training run records the process that trains it (`process.host`, `process.pid`,
-`process.started`: the process's start time, so that a reused pid is not mistaken for it).
-The next training or comparison in the same experiment marks such runs of this host KILLED,
-and their PENDING models FAILED, saying so in one line each. Runs of other hosts cannot be
-checked from here and are left as they are.
+`process.started`: the process's start time, so that a reused pid is not mistaken for it) and
+where that pid means something: `process.boot` (this boot of the machine) and
+`process.pid_namespace` (containers on one host, even with one host name, each number their
+processes from 1). The next training or comparison in the same experiment marks such runs
+KILLED, and their PENDING models FAILED, saying so in one line each - but only runs of this
+host, this boot and this PID namespace, whose process it can see. A run it cannot check (another
+machine, another container, a record without these tags) is left as it is: a live run called
+dead is worse than a dead one left RUNNING. A run that finishes after all clears the mark
+(`tracking.tracked_run`).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import mlflow
 import psutil
 from mlflow.entities import LoggedModelStatus
 
 HOST, PID, STARTED = "process.host", "process.pid", "process.started"
+BOOT, PID_NAMESPACE = "process.boot", "process.pid_namespace"
+# The start of the `end_reason` a run marked here gets; a run that finishes after all removes it.
+MARKED_REASON = "its process"
 
 
 def process_tags() -> dict[str, str]:
     """The tags that identify this process, for the run it trains."""
-    return {HOST: socket.gethostname(), PID: str(os.getpid()), STARTED: f"{psutil.Process().create_time():.2f}"}
+    return {
+        HOST: socket.gethostname(),
+        PID: str(os.getpid()),
+        STARTED: f"{psutil.Process().create_time():.2f}",
+        **process_space(),
+    }
+
+
+def process_space() -> dict[str, str]:
+    """Where this process's pid is valid: this boot of the machine (Linux's boot id; elsewhere the
+    boot time, seconds since the epoch) and its PID namespace (`pid:[inode]`; `none` where the
+    system has none)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = f"{psutil.boot_time():.0f}"
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = "none"
+    return {BOOT: boot, PID_NAMESPACE: namespace}
 
 
 def process_alive(pid: int, started: str) -> bool:
@@ -35,16 +64,17 @@ def process_alive(pid: int, started: str) -> bool:
 
 
 def mark_orphaned_runs(experiment_id: str) -> list[str]:
-    """Mark this host's RUNNING runs of the experiment whose process is gone KILLED (their
-    PENDING logged models FAILED); returns the ids of the runs marked."""
+    """Mark the RUNNING runs of the experiment whose process this one can see is gone KILLED
+    (their PENDING logged models FAILED); returns the ids of the runs marked."""
     client = mlflow.MlflowClient()
-    host = socket.gethostname()
+    host, here = socket.gethostname(), process_space()
     marked = []
     for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'"):
         tags = run.data.tags
-        if tags.get(HOST) != host or PID not in tags or process_alive(int(tags[PID]), tags.get(STARTED, "")):
+        visible = tags.get(HOST) == host and all(tags.get(key) == value for key, value in here.items())
+        if not visible or PID not in tags or process_alive(int(tags[PID]), tags.get(STARTED, "")):
             continue
-        client.set_tag(run.info.run_id, "end_reason", f"its process {tags[PID]} on {host} ended without closing it")
+        client.set_tag(run.info.run_id, "end_reason", f"{MARKED_REASON} {tags[PID]} on {host} ended without closing it")
         client.set_terminated(run.info.run_id, "KILLED")
         for model in mlflow.search_logged_models(
             experiment_ids=[experiment_id], output_format="list", filter_string=f"source_run_id = '{run.info.run_id}'"
@@ -57,3 +87,11 @@ def mark_orphaned_runs(experiment_id: str) -> list[str]:
         )
         marked.append(run.info.run_id)
     return marked
+
+
+def clear_false_mark(run_id: str) -> None:
+    """A run that finishes although another process marked it KILLED (it could not see this one)
+    loses that process's `end_reason`; its FINISHED status is set by the caller."""
+    client = mlflow.MlflowClient()
+    if client.get_run(run_id).data.tags.get("end_reason", "").startswith(MARKED_REASON):
+        client.delete_tag(run_id, "end_reason")

@@ -41,9 +41,21 @@ def run(config: Config) -> dict:
     )
     for item in report["skipped"]:
         print(f"  skipped {item['path']}: {item['reason']}")
-    for warning in imbalance_warnings(report["per_class"]["train"]):
+    for warning in imbalance_warnings(report["per_class"]["train"]) + empty_split_warnings(report["counts"]):
         print(f"warning: {warning}")
     return report
+
+
+def empty_split_warnings(counts: dict[str, int]) -> list[str]:
+    """An empty validation split stops training (nothing to choose the best epoch by); an empty
+    test split leaves `evaluate` nothing to measure. Say so here, where it can be fixed."""
+    uses = {"val": "training refuses it (the best epoch is chosen on it)", "test": "evaluate has nothing to measure"}
+    return [
+        f"the {split} split has no images: {use}. Use a larger data.split.fractions share for it, or "
+        "data.split.respect_existing=false if the source's own folders made it empty."
+        for split, use in uses.items()
+        if counts.get(split, 0) == 0
+    ]
 
 
 main = stage_entry(run)

@@ -23,7 +23,7 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from pipeline import orphans
+from pipeline import orphans, outages
 from pipeline.config import PROJECT_ROOT, Config, flatten, to_dict
 from pipeline.errors import TrackingError
 from pipeline.stopping import RunKilled, request_stop, stop_requested
@@ -34,13 +34,15 @@ def connect(config: Config, timeout_s: float = 5.0, create_experiment: bool = Tr
     """Point MLflow at the store and make sure it answers, before any training starts.
 
     `create_experiment=False` (readers such as compare) fails on a missing experiment instead.
-    Runs of this host left RUNNING by a killed process are marked KILLED (`orphans`).
+    Runs of this host left RUNNING by a killed process are marked KILLED (`orphans`); runs a
+    training could not end while this server was away, FAILED (`outages`).
     """
     uri = tracking_uri(config)
     if uri.startswith(("http://", "https://")):
         check_server(uri, timeout_s)
     mlflow.set_tracking_uri(uri)
     experiment = use_experiment(config.tracking.experiment, uri, create_experiment)
+    outages.end_runs_left_open(uri, outages.unended_runs_dir(config.paths.cache_dir))
     orphans.mark_orphaned_runs(experiment.experiment_id)
     return uri
 
@@ -180,6 +182,10 @@ def tracked_run(
     try:
         mlflow.set_tags(orphans.process_tags())  # so that a later run can tell if this process was killed
         yield run
+    except outages.ServerGone:  # nothing can be recorded now: the next command that reaches the server ends it
+        with outages.one_attempt(), contextlib.suppress(MlflowException):
+            mlflow.end_run(status="FAILED")
+        raise
     except KeyboardInterrupt:
         mlflow.set_tag("end_reason", "interrupted (SIGINT/SIGTERM)")
         mlflow.end_run(status="KILLED")
@@ -189,6 +195,7 @@ def tracked_run(
         mlflow.end_run(status="FAILED")
         raise
     else:
+        orphans.clear_false_mark(run.info.run_id)
         if continue_run_id:
             mlflow.set_tag("end_reason", "finished after resuming")
         mlflow.end_run(status="FINISHED")

@@ -16,7 +16,7 @@ import mlflow
 import numpy as np
 import yaml
 
-from pipeline import devices, logged_model, tracking
+from pipeline import devices, logged_model, outages, tracking
 from pipeline.array_cache import array_cache
 from pipeline.augmentation import augmentation_layer
 from pipeline.backend import keras
@@ -330,7 +330,12 @@ def record_training(
                     str(augmentation_grid(config, Path(scratch) / "augmentation_preview.png", rows=5, variants=4))
                 )
 
-        train_from_state(config, training, work, state, on_commit=lambda epoch, m: mlflow.log_metrics(m, step=epoch))
+        patience_s = config.tracking.server_patience_s
+        epoch_log = outages.EpochLog(
+            active.info.run_id, uri, patience_s, outages.unended_runs_dir(config.paths.cache_dir)
+        )
+        train_from_state(config, training, work, state, on_commit=epoch_log)
+        epoch_log.finish()  # a server that went away must be back for the run's last records
         raise_if_stopped()
 
         models_dir.mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline.config import Config  # noqa: E402
-from pipeline.images import load_image  # noqa: E402
-from pipeline.manifests import read_classes, read_manifest  # noqa: E402
+from pipeline.config import Config, preset_overrides  # noqa: E402
+from pipeline.images import load_checked_image  # noqa: E402
+from pipeline.manifests import read_classes, read_manifest_rows  # noqa: E402
 
 if TYPE_CHECKING:  # the comparison's types only: importing it would load scipy
     from pipeline.verdicts import Difference, Group, RunSummary
@@ -42,14 +42,14 @@ def augmentation_grid(config: Config, target: Path, rows: int = 6, variants: int
     from pipeline.augmentation import BatchAugmenter
     from pipeline.backend import tf  # here, so that drawing a comparison never loads TensorFlow
 
-    paths, labels = read_manifest(config.paths.split_dir, "train")
+    manifest = read_manifest_rows(config.paths.split_dir, "train")
     classes = read_classes(config.paths.split_dir)
     picked = []
     for name in classes:  # one image per class, deterministic
-        picked += [(p, n) for p, n in zip(paths, labels) if n == name][:1]
+        picked += [row for row in manifest if row["label"] == name][:1]
     picked = picked[:rows]
     size = tuple(config.data.image_size)
-    originals = np.stack([load_image(p, size) for p, _ in picked])
+    originals = np.stack([load_checked_image(row["path"], size, row.get("sha256") or None) for row in picked])
     augmenter = BatchAugmenter(config.augmentation, size, jit_compile=False)  # a few images: compiling costs more
     columns = [originals.astype(np.float32)]
     for v in range(variants):
@@ -59,7 +59,7 @@ def augmentation_grid(config: Config, target: Path, rows: int = 6, variants: int
     figure, axes = plt.subplots(
         len(picked), variants + 1, figsize=(1.9 * (variants + 1), 2.0 * len(picked)), squeeze=False
     )
-    for r, (_, label) in enumerate(picked):
+    for r, label in enumerate(row["label"] for row in picked):
         for c in range(variants + 1):
             ax = axes[r][c]
             ax.imshow(np.clip(columns[c][r], 0, 255).astype(np.uint8))
@@ -67,7 +67,10 @@ def augmentation_grid(config: Config, target: Path, rows: int = 6, variants: int
             if r == 0:
                 ax.set_title("original" if c == 0 else f"augmented {c}", fontsize=9)
         axes[r][0].set_ylabel(label, fontsize=10)
-    figure.suptitle(f"augmentation={config.augmentation.name}  (train split only; seed {config.seed})", fontsize=11)
+    setting = " ".join([f"augmentation={config.augmentation.name}", *preset_overrides(config.augmentation)])
+    figure.suptitle(
+        textwrap.fill(f"{setting}  (train split only; seed {config.seed})", width=22 * (variants + 1)), fontsize=11
+    )
     return _save(figure, target, dpi=80)
 
 

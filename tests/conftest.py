@@ -198,9 +198,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_mlflow_server(tmp_path: Path, *options: str, env: dict | None = None) -> Iterator[str]:
-    """A real `mlflow server [options]` on 127.0.0.1 with its store in tmp_path; yields its URI."""
-    port = free_port()
+def running_mlflow_server(
+    tmp_path: Path, *options: str, env: dict | None = None, port: int | None = None
+) -> Iterator[str]:
+    """A real `mlflow server [options]` on 127.0.0.1 (on `port`, or a free one) with its store in
+    tmp_path; yields its URI. Started again with the same tmp_path and port, it is the same server."""
+    port = port or free_port()
     server = subprocess.Popen(
         [
             sys.executable,

@@ -586,3 +586,15 @@ def test_runs_on_two_data_versions_are_never_one_verdict(tmp_path):
     plain_old = [summary("none", s, **{"data.version": "v1"}) for s in ("1", "2")]
     augmented_new = [summary("lesson", s, **{"data.version": "v2"}) for s in ("1", "2")]
     assert varied_settings(plain_old + augmented_new) == ["data.version"]  # though constant within each preset
+
+
+def test_a_baseline_no_run_used_is_an_error_naming_the_presets(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    log_known_runs(uri)
+    result = run_in_process(
+        "pipeline.compare", f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/r", "compare.baseline=nosuch"
+    )
+    assert result.returncode == 1
+    assert "error: compare.baseline=nosuch: none of these" in result.stderr
+    assert "their presets are " in result.stderr and "Set compare.baseline to one of them" in result.stderr
+    assert not (tmp_path / "r").exists()  # no report full of "missing"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
 
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, compose, to_dict, validate
+from pipeline.config import ConfigError, compose, preset_overrides, to_dict, validate
 from pipeline.run_identity import training_identity
 from tests.conftest import ROOT, path_overrides, run_module
 
@@ -248,3 +250,61 @@ def test_the_configuration_reference_is_generated_from_the_schema():
     rows = [line for line in written.splitlines() if line.startswith("| `")]
     assert len(rows) > 60 and all(not line.endswith("|  |") for line in rows)
     assert "| `train.patience` | int | `5` |" in written and "- `experiment`: `cpu`, `lesson`, `scratch`" in written
+
+
+def test_a_shift_of_more_pixels_than_the_image_is_refused_naming_the_key():
+    with pytest.raises(
+        ConfigError, match=r"augmentation\.width_shift_range: 5000 pixels moves every image out of its 150-pixel width"
+    ):
+        compose(["augmentation.width_shift_range=5000"])
+    with pytest.raises(ConfigError, match=r"augmentation\.height_shift_range: 96 pixels .* 96-pixel height"):
+        compose(["augmentation.height_shift_range=96", "data.image_size=[96,128]"])
+    assert compose(["augmentation.width_shift_range=149"]).augmentation.width_shift_range == 149  # inside the frame
+    assert compose(["augmentation.width_shift_range=0.9"]).augmentation.width_shift_range == 0.9  # a fraction
+
+
+def test_a_title_names_the_preset_and_what_the_command_line_changed_in_it():
+    assert preset_overrides(compose(["augmentation=lesson"]).augmentation) == []
+    assert preset_overrides(compose(["augmentation=lesson", "augmentation.ablate=vertical_flip"]).augmentation) == []
+    changed = compose(["augmentation=lesson", "augmentation.rotation_range=10", "augmentation.zoom_range=[0.8,1.2]"])
+    assert preset_overrides(changed.augmentation) == [
+        "augmentation.rotation_range=10",
+        "augmentation.zoom_range=[0.8, 1.2]",
+    ]
+    assert preset_overrides(compose(["augmentation.width_shift_range=5"]).augmentation) == [
+        "augmentation.width_shift_range=5"
+    ]
+
+
+def test_sigterm_outside_a_training_stops_in_one_line(tmp_path, capsys):
+    """evaluate, compare, split: SIGTERM (a scheduler's stop) ends the command with one line and
+    exit 143, not silently; SIGINT says Ctrl-C."""
+    import signal
+
+    from pipeline.cli import stage_entry
+
+    def slow_stage(config):
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered while the stage works
+        time.sleep(10)
+        return "not reached"
+
+    def interrupted_stage(config):
+        raise KeyboardInterrupt  # what Python raises on Ctrl-C
+
+    saved = sys.argv, signal.getsignal(signal.SIGTERM)
+    sys.argv = ["stage", "hydra/job_logging=none", "hydra/hydra_logging=none", f"hydra.run.dir={tmp_path}"]
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            stage_entry(slow_stage)()
+        assert stopped.value.code == 143
+        assert capsys.readouterr().err.strip().splitlines()[-1] == "stopped: received SIGTERM"
+        with pytest.raises(SystemExit) as interrupted:
+            stage_entry(interrupted_stage)()
+        assert interrupted.value.code == 130
+        assert capsys.readouterr().err.strip().splitlines()[-1] == "stopped: Ctrl-C"
+    finally:
+        sys.argv = saved[0]
+        from hydra.core.global_hydra import GlobalHydra
+
+        GlobalHydra.instance().clear()
+    assert signal.getsignal(signal.SIGTERM) is saved[1]  # the command's handler does not outlive it

@@ -132,6 +132,22 @@ def test_array_cache_round_trip_eviction_and_a_damaged_entry(tmp_path):
     np.testing.assert_array_equal(cache.get_or_compute("features", {"k": 4}, lambda: compute(4.0)), compute(4.0))
 
 
+def test_a_cache_that_cannot_be_written_only_costs_time(tmp_path, capsys):
+    """A full disk or a cache folder that cannot be made: the array is returned, the run goes on,
+    said once; nothing is left behind."""
+    from pipeline.array_cache import ArrayCache
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    cache = ArrayCache(blocker / "cache")
+    for value in (1.0, 2.0):
+        array = cache.get_or_compute("features", {"k": value}, lambda value=value: np.full((10,), value))
+        np.testing.assert_array_equal(array, np.full((10,), value))
+    said = capsys.readouterr().out
+    assert said.count("note: cannot keep decoded images and features in") == 1
+    assert "paths.cache_dir" in said and "data.cache=memory" in said
+
+
 def test_decoded_images_are_checked_against_the_manifest_and_kept(split_done):
     from pipeline.array_cache import ArrayCache
     from pipeline.datasets import ImageSet, decoded_images

@@ -284,11 +284,14 @@ def test_shared_clothing_dataset_counts(tmp_path, shared_dataset):
         assert image.size[0] > 0
 
 
-def test_training_refuses_a_split_without_validation_images(tmp_path, tiny_dataset):
+def test_training_refuses_a_split_without_validation_images(tmp_path, tiny_dataset, capsys):
     from pipeline import train
 
     run_split(tmp_path, tiny_dataset, "data.split.fractions=[1,0,0]")
     assert len(rows(tmp_path, "train")) == 36 and not rows(tmp_path, "val")
+    said = capsys.readouterr().out  # split says so at once, where it can be fixed
+    assert "warning: the val split has no images: training refuses it" in said
+    assert "warning: the test split has no images: evaluate has nothing to measure" in said
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     config = compose(
         [

@@ -70,8 +70,10 @@ def test_a_failing_job_does_not_sink_the_sweep_and_reruns_add_runs(split_done):
 
     args = sweep_args(tmp_path, uri, "augmentation=lesson") + [f"paths.split_dir={broken},{tmp_path}/split"]
     first = run_module("pipeline.train", "-m", *args)
-    assert first.returncode != 0  # the sweep reports the failure ...
+    assert first.returncode == 1  # the sweep reports the failure ...
     assert "error: /nonexistent/image.png is listed in the split but cannot be read" in first.stderr
+    assert "== comparison of the 1 runs of this sweep" in first.stdout  # ... after comparing the finished job
+    assert "1 job(s) of this sweep failed" in first.stderr and "Traceback" not in first.stderr
     assert [r.info.status for r in training_runs(uri)] == ["FINISHED"]  # ... found before its run: no record
 
     second = run_module("pipeline.train", "-m", *args)  # the same sweep again: the failed job is tried again,

@@ -314,7 +314,7 @@ def test_one_sigterm_right_after_the_run_starts_stops_it(split_done):
     finally:
         process.kill()
     assert process.returncode == 143, stderr[-2000:]
-    assert "stopped (received SIGTERM" in stderr
+    assert "stopped: received SIGTERM" in stderr
     _, run = only_run(uri)
     assert run.info.status == "KILLED"
 

@@ -1,0 +1,114 @@
+"""The jobs of a Hydra multirun (`-m`): every job's configuration checked before the first one
+trains, and one failing job that does not take the others' results with it.
+
+A sweep of `augmentation.rotation_range=10,-5 seed=1,2,3` would otherwise train the three valid
+jobs, fail on the fourth and end without the comparison of the runs it did finish. Here the
+sweep is refused in one line before anything runs (for Hydra's basic sweeper, whose jobs are
+known in advance; Optuna draws its values as it goes). A job that fails anyway (an image gone, a
+bug) writes why into its folder and hands the sweep a NaN (Optuna records the trial as failed);
+when the sweep ends, the comparison covers the jobs that finished, then each failed one is named
+and the command exits 1. Both are `SweepJobs`, a callback registered in conf/config.yaml.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.errors import ConfigError, UserError
+
+FAILED_JOB_FILE = "job_failed.txt"  # in a job's folder: why it failed (removed when it runs again)
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
+    """The overrides of each job of this multirun, in Hydra's order; None when the sweeper draws
+    its jobs as it goes (Optuna) or the command line is not one Hydra's basic sweeper can split."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return None
+    sweeper_params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{key}={value}" for key, value in sweeper_params.items()]
+    arguments += list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+    try:
+        overrides = OverridesParser.create().parse_overrides(arguments)
+        (jobs,) = BasicSweeper.split_arguments(overrides, max_batch_size=None)
+    except (HydraException, ValueError):
+        return None  # Hydra itself says what is wrong with the command line
+    return jobs
+
+
+def check_every_job(jobs: list[list[str]], config_name: str) -> None:
+    """Compose (with the running Hydra, as the sweep will) and validate each job's configuration;
+    a ConfigError naming the first bad job."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from pipeline.config import validate
+
+    hydra = GlobalHydra.instance().hydra
+    for number, overrides in enumerate(jobs):
+        try:
+            validate(hydra.compose_config(config_name, overrides, run_mode=RunMode.MULTIRUN))
+        except ConfigError as error:
+            swept = " ".join(overrides)
+            raise ConfigError(
+                f"job #{number} of this sweep ({swept}): {error} Nothing has run; fix that value and "
+                "run the sweep again."
+            ) from None
+
+
+class SweepJobs(Callback):
+    """Hydra callback: refuse a sweep with an invalid job before its first job runs; when the
+    sweep ends (after its comparison: Hydra ends callbacks in reverse order), name the jobs that
+    failed and exit 1, so that scripts see the failure."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        jobs = sweep_jobs(config)
+        if not jobs or len(jobs) < 2:
+            return  # one job is checked as it starts, as a single run is
+        try:
+            check_every_job(jobs, kwargs.get("config_name") or "config")
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(error.exit_code) from None
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        failed = sorted(sweep_dir.rglob(FAILED_JOB_FILE), key=lambda path: (len(path.parts), str(path)))
+        if not failed:
+            return
+        print(f"\n{len(failed)} job(s) of this sweep failed; the others' runs are recorded:", file=sys.stderr)
+        for record in failed:
+            lines = [line.strip() for line in record.read_text().strip().splitlines()] or ["?"]
+            why = lines[-1] if lines[0].startswith("Traceback") else " ".join(lines)  # a bug: its last line
+            print(f"  job {record.parent.name} ({record.parent}): {why}", file=sys.stderr)
+        print("Fix what they say and run the same command again: the finished jobs are skipped.", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def run_job(job: Callable[[], Any], job_dir: str | Path) -> Any:
+    """Run one job of a multirun. A failure is printed (a UserError as one line, anything else
+    with its traceback), written to the job's folder for `SweepJobs`, and returned as NaN
+    so that the sweep goes on; an interruption (Ctrl-C, SIGTERM) stops the whole sweep."""
+    failure = Path(job_dir) / FAILED_JOB_FILE
+    failure.unlink(missing_ok=True)
+    try:
+        return job()
+    except UserError as error:
+        message = f"error: {error}"
+    except Exception:
+        message = traceback.format_exc()
+    print(message, file=sys.stderr)
+    failure.parent.mkdir(parents=True, exist_ok=True)
+    failure.write_text(message)
+    return math.nan
