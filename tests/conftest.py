@@ -49,6 +49,8 @@ LONGEST_FIRST = (
     "test_two_search_workers_share_one_optuna_study",
     "test_a_sweep_through_the_submitit_launcher",
     "test_runs_and_their_val_accuracy_in_the_mlflow_ui",
+    "test_a_long_outage_stops_cleanly_and_resume_continues_the_same_run",
+    "test_a_short_outage_is_ridden_out_and_every_epoch_logged",
     "test_two_trainings_at_once_on_a_new_store_both_finish",
     "test_a_server_with_basic_auth_lets_in_only_who_it_knows",
     "test_training_run_is_recorded_and_its_model_predicts",
