@@ -5,6 +5,7 @@ against the schema before anything runs, and a user's error printed as one line.
 
 from __future__ import annotations
 
+import difflib
 import signal
 import sys
 from collections.abc import Callable
@@ -107,7 +108,9 @@ def apply_group_option(raw: DictConfig, group: str, option: str) -> DictConfig:
         raise ConfigError(
             f"{group}={option}: there is no conf/{group}/{option}.yaml; the options are: {', '.join(options)}"
         )
-    plain, chosen = compose_raw([], with_hydra=True), compose_raw([f"{group}={option}"], with_hydra=True)
+    # what the option changes, measured from a composition without it (experiment=cpu is also the default)
+    plain = compose_raw(["~experiment"] if group == "experiment" else [], with_hydra=True)
+    chosen = compose_raw([f"{group}={option}"], with_hydra=True)
     was, now = plain.hydra.runtime.choices, chosen.hydra.runtime.choices
     replaced = [g for g in now if g in chosen and g != "hydra" and was.get(g) != now[g]]
     raw = OmegaConf.merge(
@@ -162,11 +165,56 @@ def check_key(key: str) -> None:
     raise ConfigError(unknown_key_message(key))
 
 
+# Hydra's own command-line flags: everything else that starts with "-" is a key written as a flag.
+HYDRA_FLAGS = {
+    "-m", "--multirun", "-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "--resolve", "-p",
+    "--package", "-r", "--run", "-i", "--info", "-sc", "--shell-completion", "-cp", "--config-path",
+    "-cn", "--config-name", "-cd", "--config-dir", "--experimental-rerun",
+}  # fmt: skip
+
+
 def check_command_line(args: list[str]) -> None:
     """Check every `key=value` of a Hydra command line before Hydra composes it."""
-    for arg in args:
-        if not arg.startswith("-") and "=" in arg:
-            check_key(arg.split("=", 1)[0])
+    for position, arg in enumerate(args):
+        if arg.startswith("-") and arg.split("=")[0] not in HYDRA_FLAGS:
+            check_flag(arg, args[position + 1] if position + 1 < len(args) else None)
+        elif "=" in arg:
+            key, value = arg.split("=", 1)
+            check_key(key)
+            check_group_options(key.lstrip("+"), value)
+
+
+def check_flag(flag: str, following: str | None) -> None:
+    """`--epochs 3`: keys are not flags here. Say how to write it (`train.epochs=3`)."""
+    name, _, value = flag.lstrip("-").partition("=")
+    if not value and following and not following.startswith("-") and "=" not in following:
+        value = following
+    leaves: dict[str, list[str]] = {}  # a key's last part -> the keys that end with it
+    for key in sorted(LEAF_KEYS):
+        leaves.setdefault(key.rsplit(".", 1)[-1], []).append(key)
+    name = name.replace("-", "_")
+    close = [name] if name in leaves else difflib.get_close_matches(name, leaves, n=1, cutoff=0.6)
+    matches = [key for leaf in close for key in leaves[leaf]]
+    example = f"{matches[0]}={value or '...'}" if matches else "train.epochs=3"
+    raise ConfigError(
+        f"{flag} is not an option of this command: settings are written key=value, e.g. {example}"
+        f"{' (or ' + ', '.join(matches[1:]) + ')' if len(matches) > 1 else ''}. --help lists the keys it reads."
+    )
+
+
+def check_group_options(group: str, value: str) -> None:
+    """`experiment=cpuu` names no file of conf/experiment/: refuse it listing the choices (a sweep's
+    comma-separated options each; Hydra's sweep functions such as glob(...) are left to Hydra)."""
+    if "." in group or "/" in group or not (CONF_DIR / group).is_dir() or any(c in value for c in "()[]{}$"):
+        return
+    options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    for option in (o.strip() for o in value.split(",")):
+        if option not in options and option != "null":
+            close = difflib.get_close_matches(option, options, n=1)
+            hint = f"did you mean {group}={close[0]}? " if close else ""
+            raise ConfigError(
+                f"{group}={option}: there is no conf/{group}/{option}.yaml; {hint}The options are: {', '.join(options)}"
+            )
 
 
 OUTPUT_PATHS = ("paths.split_dir", "paths.reports_dir", "paths.models_dir", "data.download_dir")
@@ -193,7 +241,38 @@ def check_output_paths(config: Config) -> Config:
     return config
 
 
-def stage_entry(task: Callable[[Config], Any]) -> Callable[[], Any]:
+def command_help(task: Callable, reads: tuple[str, ...], overrides: list[str]) -> str:
+    """A command's --help: its module's docstring (what it does, with examples), then every key it
+    reads (`reads`: sections or keys) with the value it has now - the defaults, the default
+    experiment and the command line's overrides - and what it does."""
+    from pipeline.config import compose, to_dict
+    from pipeline.schema_comments import key_comments
+
+    module = sys.modules[task.__module__]
+    name = getattr(module.__spec__, "name", None) or task.__module__
+    config = compose([o for o in overrides if "=" in o and not o.lstrip("+~").startswith("hydra")])
+    words = {"None": "null", "True": "true", "False": "false"}  # as they are written on the command line
+    values = {key: words.get(value, value) for key, value in flatten(to_dict(config)).items()}
+    comments = key_comments()
+    shown = [key for key in values if any(key == r or key.startswith(r + ".") for r in reads)]
+    width = min(max((len(f"{k}={values[k]}") for k in shown), default=0), 48)
+    return "\n".join(
+        [
+            f"usage: python -m {name} [-m] [key=value ...]",
+            "",
+            (module.__doc__ or "").strip(),
+            "",
+            "The keys it reads, as they stand with this command line (set any as key=value; all keys and",
+            "their defaults: docs/configuration.md):",
+            *(f"  {f'{k}={values[k]}':<{width}}  {comments.get(k, '')}".rstrip() for k in shown),
+            "",
+            "Hydra's own flags: -m (one job per combination of comma-separated values), --cfg job (print the",
+            "composed config), --info, --hydra-help.",
+        ]
+    )
+
+
+def stage_entry(task: Callable[[Config], Any], reads: tuple[str, ...] = ()) -> Callable[[], Any]:
     """Turn `task(config)` into a command line entry point.
 
     `--params FILE [key=value ...]` loads an already composed config (DVC's params.yaml);
@@ -202,6 +281,9 @@ def stage_entry(task: Callable[[Config], Any]) -> Callable[[], Any]:
     """
 
     def main() -> Any:
+        if {"-h", "--help"} & set(sys.argv[1:]):  # the command's own help, not Hydra's whole config
+            overrides = [a for a in sys.argv[1:] if a not in ("-h", "--help")]
+            return command(lambda: print(command_help(task, reads, overrides)))
         return command(_entry)  # one line for a user's error, Ctrl-C or SIGTERM
 
     def _entry() -> Any:

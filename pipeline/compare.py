@@ -116,6 +116,7 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
         "confidence": settings.confidence,
         "power": settings.power,
         "runs": sum(len(g.runs) for g in groups),
+        "compared_runs": [{"run_id": r.run_id, "group": g.label, "seed": r.seed} for g in groups for r in g.runs],
         "runs_left_out": left_out,
         "repeats_dropped": sum(g.repeats_dropped for g in groups),
         "groups": group_table(groups),
@@ -136,12 +137,12 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
     print(markdown)
     if settings.register:
         print(register_winner(config.tracking.model_name, groups, differences, metric))
-    experiment_id = log_comparison_run(config, report, reports)
+    experiment_id, run_id = log_comparison_run(config, report, reports)
     print(
         f"-> {reports / 'comparison.md'}, {reports / 'comparison.json'}, "
         + ", ".join(str(reports / name) for name in FIGURES)
     )
-    print(tracking.ui_hint(store.tracking_uri(config), experiment_id) + "   (this comparison)")
+    print(tracking.ui_hint(store.tracking_uri(config), experiment_id, run_id) + "   (this comparison: its verdicts)")
     return report
 
 
@@ -168,44 +169,89 @@ class CompareAfterSweep(Callback):
             print(f"no comparison: {error}")
 
 
-def log_comparison_run(config: Config, report: dict, reports: Path) -> str:
+def log_comparison_run(config: Config, report: dict, reports: Path) -> tuple[str, str]:
     """The report as a run of its own experiment (`<experiment>-comparisons`, so that it never
-    sits among the training runs); returns that experiment's id."""
+    sits among the training runs); returns that experiment's id and the run's.
+
+    What the MLflow UI shows without a click: the description (each verdict in a line, in points,
+    and the compared runs as links), a `verdict.<group>` tag per comparison, and metrics in points
+    (`difference/<group>`, `interval_low/...`, `interval_high/...`, `holm_p/...`); the report
+    and its figures are the artifacts."""
     import mlflow
 
     from pipeline import run_search, store, tracking
 
     name = time.strftime("comparison-%Y%m%d-%H%M%S")
     experiment = config.tracking.experiment
+    compared_id = mlflow.MlflowClient().get_experiment_by_name(experiment).experiment_id
     target = tracking.use_experiment(run_search.comparisons_experiment(experiment), store.tracking_uri(config))
+    comparisons = report["differences"] + report["ablations"]
     with mlflow.start_run(
         run_name=name,
+        description=comparison_description(report, compared_id),
         tags={
             "run_kind": "comparison",
             "metric": report["metric"],
             "baseline": report["baseline"],
             "compared_experiment": experiment,
+            "compared_runs": ",".join(r["run_id"] for r in report["compared_runs"])[:5000],
+            **{_metric_key(f"verdict.{d['group']}"): d["verdict"] for d in comparisons},
         },
-    ):
+    ) as run:
         mlflow.log_params(
             {"filter": report["filter"] or "", "confidence": report["confidence"], "runs": report["runs"]}
         )
-        for d in report["differences"]:
-            if not math.isnan(d["mean"]):
-                mlflow.log_metric(_metric_key(f"diff {d['group']}"), d["mean"])
-        for d in report["ablations"]:
-            if not math.isnan(d["mean"]):
-                mlflow.log_metric(_metric_key(f"contribution {d['group']}"), d["mean"])
+        for d in comparisons:
+            figures = {
+                "difference": d["mean"],
+                "interval_low": d["low"],
+                "interval_high": d["high"],
+            }
+            points = {k: 100 * v for k, v in figures.items() if v is not None and not math.isnan(v)}
+            if d["p_adjusted"] is not None and not math.isnan(d["p_adjusted"]):
+                points["holm_p"] = d["p_adjusted"]
+            mlflow.log_metrics({_metric_key(f"{kind}/{d['group']}"): value for kind, value in points.items()})
         for file in ("comparison.md", "comparison.json", *FIGURES):
             mlflow.log_artifact(str(reports / file))
-    return target.experiment_id
+    return target.experiment_id, run.info.run_id
+
+
+MODEL_TRAINING = "?workflowType=machine_learning"  # the UI's mode for training runs (else it may open GenAI's)
+
+
+def comparison_description(report: dict, compared_experiment_id: str) -> str:
+    """The comparison run's description (markdown, shown at the top of its page): the setup, each
+    comparison's verdict with its difference in points, and the compared runs, each a link."""
+    confidence = f"{report['confidence']:.0%}"
+    lines = [
+        f"**{report['runs']} runs** of `{report['experiment']}` against `{report['baseline']}`, on "
+        f"`{report['metric']}`: differences in points with {confidence} intervals, Holm-corrected over "
+        "the comparisons below.",
+        "",
+    ]
+    for d in report["differences"] + report["ablations"]:
+        if d["mean"] is None or math.isnan(d["mean"]):
+            lines.append(f"- **{d['group']}** vs {d['baseline']}: no comparison; {d['reason']}")
+            continue
+        interval = f" [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]" if d["low"] is not None else ""
+        method = f" ({d['method']})" if d["method"] != "none" else ""
+        lines.append(
+            f"- **{d['group']}** vs {d['baseline']}: **{d['verdict']}**, {100 * d['mean']:+.2f} points{interval}"
+            f"{method}; {d['reason']}"
+        )
+    runs = [
+        f"[{r['group']} seed {r['seed']}](#/experiments/{compared_experiment_id}/runs/{r['run_id']}{MODEL_TRAINING})"
+        for r in report["compared_runs"]
+    ]
+    lines += ["", "Compared runs: " + ", ".join(runs)]
+    return "\n".join(lines)
 
 
 METRIC_KEY_LENGTH = 200  # MLflow refuses metric names over 250 characters
 
 
 def _metric_key(text: str) -> str:
-    """MLflow metric names allow letters, digits, _ - . / and spaces; a long group label (many
+    """MLflow metric (and tag) names allow letters, digits, _ - . / and spaces; a long group label (many
     varied settings) is cut and made unique by a digest of the whole (the report has it in full)."""
     key = "".join(c if c.isalnum() or c in "_-./ " else "_" for c in text)
     if len(key) <= METRIC_KEY_LENGTH:
@@ -213,7 +259,18 @@ def _metric_key(text: str) -> str:
     return f"{key[: METRIC_KEY_LENGTH - 9]}~{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
-main = stage_entry(run)
+main = stage_entry(
+    run,
+    reads=(
+        "compare",
+        "tracking",
+        "paths",
+        "data.cache",
+        "model.frozen_runtime",
+        "model.frozen_precision",
+        "train.batch_size",
+    ),
+)
 
 if __name__ == "__main__":
     main()

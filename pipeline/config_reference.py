@@ -15,44 +15,17 @@ by `--write`, and a test keeps it equal.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import io
 import textwrap
-import tokenize
-from pathlib import Path
 
-from pipeline import augmentation_config
 from pipeline import config as schema
+from pipeline.schema_comments import schema_comments
 
 CONF = schema.PROJECT_ROOT / "conf"
 GROUPS = ("experiment", "augmentation", "model", "hparams_search")
 # The sections whose defaults conf/config.yaml lays from conf/schema/ (presets name themselves).
 SCHEMA_SECTIONS = ("data", "augmentation", "model", "train", "tracking", "compare")
 NAMED_BY_PRESET = ("augmentation", "model")
-
-
-def field_comments(source: str) -> dict[tuple[str, str], str]:
-    """{(class name, field name): its comment}: the comment on the field's line, continued by
-    comment-only lines right below it (a long comment wraps that way)."""
-    comments = {}
-    for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        if token.type == tokenize.COMMENT:
-            comments[token.start[0]] = token.string.lstrip("#").strip()
-    lines = source.splitlines()
-    found = {}
-    for node in ast.walk(ast.parse(source)):
-        if not isinstance(node, ast.ClassDef):
-            continue
-        for item in node.body:
-            if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
-                row = item.end_lineno
-                text = [comments[row]] if row in comments else []
-                while row + 1 in comments and lines[row].strip().startswith("#"):
-                    row += 1
-                    text.append(comments[row])
-                found[node.name, item.target.id] = " ".join(text)
-    return found
 
 
 def default_value(f: dataclasses.Field):
@@ -137,11 +110,16 @@ def group_options(group: str) -> str:
     return ", ".join(f"`{p.stem}`" for p in sorted((CONF / group).glob("*.yaml")))
 
 
-def schema_comments() -> dict[tuple[str, str], str]:
-    comments = {}
-    for module in (schema, augmentation_config):  # the schema's two files
-        comments |= field_comments(Path(module.__file__).read_text())
-    return comments
+def default_experiment_keys(name: str = "cpu") -> str:
+    """What the default experiment (conf/config.yaml) sets: its group choices and keys, in words."""
+    from omegaconf import OmegaConf
+
+    from pipeline.config import flatten
+
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / "experiment" / f"{name}.yaml"))
+    choices = [f"`{next(iter(d)).split('/')[-1]}={v}`" for d in raw.pop("defaults", []) for v in d.values()]
+    keys = [f"`{key}={value}`" for key, value in flatten(raw).items()]
+    return ", ".join(choices + keys)
 
 
 def reference(comments: dict[tuple[str, str], str] | None = None) -> str:
@@ -156,7 +134,8 @@ def reference(comments: dict[tuple[str, str], str] | None = None) -> str:
         "",
         "## Config groups",
         "",
-        "Choose one option per group (`augmentation=lesson`):",
+        "Choose one option per group (`augmentation=lesson`). With no experiment named, `experiment=cpu`",
+        f"applies: {default_experiment_keys()} over the schema's defaults listed below.",
         "",
     ]
     lines += [f"- `{group}`: {group_options(group)}" for group in GROUPS if (CONF / group).is_dir()]

@@ -168,7 +168,18 @@ def _log_to_training_run(config: Config, reports: Path, metrics: dict, per_class
     client.log_dict(run_id, {**metrics, "per_class": per_class}, "classification_report.json")
 
 
-main = stage_entry(run)
+main = stage_entry(
+    run,
+    reads=(
+        "data.image_size",
+        "data.cache",
+        "model.frozen_runtime",
+        "model.frozen_precision",
+        "train.batch_size",
+        "tracking",
+        "paths",
+    ),
+)
 
 if __name__ == "__main__":
     main()

@@ -21,6 +21,7 @@ from pipeline import efficientnet_lite
 from pipeline.backend import keras
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.errors import ModelError
+from pipeline.model_file import check_model_file
 
 BACKBONES = {
     "xception": ("Xception", "xception"),
@@ -60,7 +61,8 @@ def resolve_weights(weights: str | None, timeout_s: float = 5.0) -> str | None:
             f"model.weights=imagenet needs a download from {WEIGHTS_HOST} and this machine cannot reach it "
             f"({getattr(error, 'reason', error)}). Use model.weights=null to train from random weights, or "
             f"model.weights=/path/to/<model>_weights_tf_dim_ordering_tf_kernels_notop.h5 (a local copy; "
-            f"Keras also looks in {cache}/models). Offline, model=residual_cnn needs no weights at all."
+            f"Keras also looks in {cache}/models). Offline, experiment=cpu (the default: a frozen ImageNet "
+            "EfficientNet-Lite0 whose weights come with the package) needs no download, nor does model=residual_cnn."
         ) from None
     return "imagenet"
 
@@ -225,18 +227,7 @@ def fine_tune_split(model: keras.Model, config: ModelConfig) -> tuple[keras.Mode
 
 def load_saved_model(path: str | Path) -> keras.Model:
     """A model saved by the train stage (`.keras`), or a ModelError that says what is wrong with the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(
-            f"{path}: no such model file. Train one first (python -m pipeline.train or dvc repro), "
-            "or pass an MLflow model URI such as runs:/<run_id>/model."
-        )
-    if not zipfile.is_zipfile(path):
-        raise ModelError(
-            f"{path} exists but is not a Keras model file (a .keras file is a zip archive; this one is "
-            f"{path.stat().st_size} bytes of something else, perhaps damaged or cut short). "
-            "Train again (python -m pipeline.train) or restore the file."
-        )
+    path = check_model_file(path)
     try:
         return keras.models.load_model(path)
     except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as error:

@@ -26,16 +26,18 @@ import numpy as np
 from pipeline.bars import progress_bar
 from pipeline.errors import ModelError, UserError
 from pipeline.images import inspect_image, is_ignored, load_image
+from pipeline.model_file import check_model_file
 
 PREDICT_BATCH = 64  # images decoded and predicted at a time: memory stays bounded on any folder
 
 
 def load_model_and_classes(source: str, classes_file: Path | None = None):
     """(Keras model, class names in output order) from a .keras file or an MLflow model URI."""
-    from pipeline.models import load_saved_model
-
     local = Path(source)
     if local.suffix == ".keras" or (local.exists() and local.is_file()):
+        check_model_file(local)  # before TensorFlow loads: a missing or damaged file is said at once
+        from pipeline.models import load_saved_model
+
         model, folder = load_saved_model(local), local.parent
     else:
         model, folder = _load_mlflow_model(source)

@@ -35,7 +35,7 @@ def run(config: Config, rows: int = 6, variants: int = 5) -> Path:
     return target
 
 
-main = stage_entry(run)
+main = stage_entry(run, reads=("augmentation", "data", "seed", "paths"))
 
 if __name__ == "__main__":
     main()

@@ -58,7 +58,19 @@ def empty_split_warnings(counts: dict[str, int]) -> list[str]:
     ]
 
 
-main = stage_entry(run)
+main = stage_entry(
+    run,
+    reads=(
+        "data.source",
+        "data.sha256",
+        "data.download_dir",
+        "data.split",
+        "data.limit_per_class",
+        "seed",
+        "paths.split_dir",
+        "paths.reports_dir",
+    ),
+)
 
 if __name__ == "__main__":
     main()

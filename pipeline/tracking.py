@@ -59,15 +59,15 @@ def use_experiment(name: str, uri: str, create: bool = True) -> mlflow.entities.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
-def experiment_link(uri: str, experiment_id: str) -> str:
-    """The experiment's runs in the MLflow UI, in its model-training mode."""
+def experiment_link(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The experiment's runs (or one run's page) in the MLflow UI, in its model-training mode."""
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return f"{base}/#/experiments/{experiment_id}/runs{f'/{run_id}' if run_id else ''}?workflowType=machine_learning"
 
 
-def ui_hint(uri: str, experiment_id: str) -> str:
-    """One line telling where to look at the runs: the link, and for a local store the command first."""
-    link = experiment_link(uri, experiment_id)
+def ui_hint(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """One line telling where to look at the runs (or one run): the link, and for a local store the command first."""
+    link = experiment_link(uri, experiment_id, run_id)
     return (
         f"MLflow UI: {link}"
         if uri.startswith(("http://", "https://"))

@@ -1,7 +1,7 @@
 """Stage `train`: fit a classifier on the train split, augmented or plain, tracked in MLflow.
 
-    python -m pipeline.train experiment=cpu augmentation=lesson     # frozen ImageNet EfficientNet-Lite0
-    python -m pipeline.train -m augmentation=none,lesson seed=1,2,3     # a sweep
+    python -m pipeline.train experiment=cpu augmentation=lesson    # frozen ImageNet EfficientNet-Lite0 (the default)
+    python -m pipeline.train -m experiment=cpu augmentation=none,lesson seed=1,2,3,4,5   # a sweep, then its verdict
 
 Writes <paths.models_dir>/model.keras (the best epoch by val_accuracy) and classes.json,
 <paths.reports_dir>/history.csv and run.json (the MLflow run, for `evaluate`).
@@ -69,7 +69,9 @@ def run(config: Config) -> float:
     return best_val
 
 
-main = stage_entry(run)
+main = stage_entry(
+    run, reads=("data", "augmentation", "model", "train", "tracking", "paths", "seed", "compare.after_sweep")
+)
 
 if __name__ == "__main__":
     main()

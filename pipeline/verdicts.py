@@ -313,12 +313,25 @@ def _paired(ours: dict[str, float], theirs: dict[str, float]) -> bool:
 
 
 def intervals(d: Difference, confidence: float) -> tuple[float, float, float, float]:
-    """(t low, t high, bootstrap low, bootstrap high) of a difference at `confidence`."""
+    """(t low, t high, bootstrap low, bootstrap high) of a difference at `confidence`, within
+    what it can take (`within_bounds`)."""
     if d.per_seed:
         values = list(d.per_seed.values())
-        return (*statistics.t_interval(values, confidence), *statistics.bootstrap_interval(values, confidence))
-    a, b = list(d.ours.values()), list(d.theirs.values())
-    return (*statistics.welch_interval(a, b, confidence), *statistics.bootstrap_interval_unpaired(a, b, confidence))
+        found = (*statistics.t_interval(values, confidence), *statistics.bootstrap_interval(values, confidence))
+    else:
+        a, b = list(d.ours.values()), list(d.theirs.values())
+        found = (
+            *statistics.welch_interval(a, b, confidence),
+            *statistics.bootstrap_interval_unpaired(a, b, confidence),
+        )
+    return within_bounds(*found)
+
+
+def within_bounds(*ends: float) -> tuple[float, ...]:
+    """Interval ends cut to [-1, 1]: every compared metric (accuracy, recall, F1) is a fraction, so a
+    difference of two lies there, whatever a t interval over 3 wide-spread seeds says (+-140 points).
+    The cut interval holds the true difference whenever the uncut one does."""
+    return tuple(min(1.0, max(-1.0, end)) for end in ends)
 
 
 def decide(d: Difference, verdict_confidence: float, p_adjusted: float | None, confidence: float, power: float) -> None:
@@ -490,7 +503,7 @@ def class_differences(group: Group, baseline: Group, confidence: float) -> dict[
     table = {}
     for (name, d), p, level in zip(found.items(), adjusted, levels):
         zero_spread = math.isnan(p)
-        low, high = (float(np.mean(d)),) * 2 if zero_spread else statistics.t_interval(d, level)
+        low, high = (float(np.mean(d)),) * 2 if zero_spread else within_bounds(*statistics.t_interval(d, level))
         table[name] = {
             "mean": float(np.mean(d)),
             "low": low,

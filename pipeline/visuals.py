@@ -241,7 +241,16 @@ def class_effects_figure(differences: list[Difference], target: Path) -> Path:
     )
     ax.set_yticks(range(len(classes)), classes, fontsize=9)
     figure.colorbar(image, ax=ax, label="test recall difference (points)")
-    ax.set_title("per-class effect on test recall\n(framed: its Holm-corrected interval excludes 0)", fontsize=10)
+    framed = sum(c["significant"] for d in shown for c in d.per_class.values())
+    ax.set_title(
+        "per-class effect on test recall\n"
+        + (
+            f"(framed: {framed} cell(s) whose Holm-corrected interval excludes 0)"
+            if framed
+            else "(no cell's Holm-corrected interval excludes 0)"
+        ),
+        fontsize=10,
+    )
     return _save(figure, target)
 
 

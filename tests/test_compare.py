@@ -162,6 +162,23 @@ def test_means_intervals_and_verdicts_are_exact(tmp_path):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     logged = client.search_runs([experiment.experiment_id], "tags.run_kind = 'comparison'")
     assert len(logged) == 1 and logged[0].data.tags["compared_experiment"] == "augmentation"
+    # the answer on the comparison run itself: verdicts as tags, figures in points, a description
+    tags, metrics = logged[0].data.tags, logged[0].data.metrics
+    assert tags["verdict.lesson"] == "keep" and tags["verdict.cutmix"] == "not converged"
+    assert metrics["difference/lesson"] == pytest.approx(4.0)
+    assert metrics["interval_low/lesson"] == pytest.approx(100 * lesson["low"])
+    assert metrics["interval_high/lesson"] == pytest.approx(100 * lesson["high"])
+    assert metrics["holm_p/lesson"] == pytest.approx(lesson["p_adjusted"])
+    description = tags["mlflow.note.content"]
+    assert (
+        f"- **lesson** vs none: **keep**, +4.00 points [{100 * lesson['low']:+.2f}, {100 * lesson['high']:+.2f}] "
+        "(paired over 3 seeds)" in description
+    )
+    training = client.get_experiment_by_name("augmentation").experiment_id
+    compared = client.search_runs([training], "attributes.status = 'FINISHED'")
+    assert len(compared) == 16 and set(tags["compared_runs"].split(",")) == {r.info.run_id for r in compared}
+    for run in compared:  # each a link the UI opens
+        assert f"(#/experiments/{training}/runs/{run.info.run_id}?workflowType=machine_learning)" in description
     assert {a.path for a in client.list_artifacts(logged[0].info.run_id)} == {
         "comparison.md",
         "comparison.png",
@@ -598,3 +615,22 @@ def test_a_baseline_no_run_used_is_an_error_naming_the_presets(tmp_path):
     assert "error: compare.baseline=nosuch: none of these" in result.stderr
     assert "their presets are " in result.stderr and "Set compare.baseline to one of them" in result.stderr
     assert not (tmp_path / "r").exists()  # no report full of "missing"
+
+
+def test_no_interval_leaves_what_a_difference_of_fractions_can_take():
+    """3 seeds of a shirt recall that swings from 0 to 1: the t interval alone would run past
+    +-100 points; the reported one stops at the bounds and still holds the mean."""
+    recalls = {"none": (0.0, 1.0, 0.0), "lesson": (1.0, 0.0, 1.0)}
+
+    def run(preset, seed):
+        recall = recalls[preset][int(seed) - 1]
+        metrics = {"test_accuracy": 0.8 + 0.01 * int(seed) * (preset == "lesson"), "test_recall.shirt": recall}
+        return RunSummary(f"{preset}{seed}", preset, seed, {"seed": seed}, metrics)
+
+    groups = {g.preset: g for g in group_runs([run(p, s) for p in recalls for s in ("1", "2", "3")])}
+    difference = compare_with_baseline(groups["lesson"], groups["none"], "test_accuracy", 0.95)
+    shirt = difference.per_class["shirt"]
+    unbounded = stats.ttest_1samp([1.0, -1.0, 1.0], 0).confidence_interval(0.95)
+    assert unbounded.low < -1 and unbounded.high > 1  # a report once said -141.99 to +108.65 points
+    assert (shirt["low"], shirt["high"]) == (-1.0, 1.0) and shirt["low"] <= shirt["mean"] <= shirt["high"]
+    assert -1 <= difference.low <= difference.high <= 1

@@ -15,11 +15,29 @@ from tests.conftest import ROOT, path_overrides, run_module
 
 
 def test_defaults_compose_and_mirror_the_lesson():
+    """With no experiment: the lesson on any machine (experiment=cpu, a frozen Lite0 whose weights
+    are installed); the course's Xception is experiment=lesson."""
     config = compose()
     assert config.data.image_size == [150, 150]
-    assert config.model.name == "xception"
+    assert config.model.name == "efficientnet_lite0" and not config.model.trainable_base
     assert config.train.batch_size == 32
     assert config.augmentation.name == "none" and config.augmentation.is_identity
+    assert compose(["experiment=cpu"]) == config
+    lesson = compose(["experiment=lesson"])
+    assert lesson.model.name == "xception" and lesson.augmentation.name == "lesson"
+
+
+def test_an_unknown_experiment_is_refused_listing_the_choices(tmp_path):
+    from hydra.errors import MissingConfigException
+
+    result = run_module("pipeline.train", "experiment=cpuu", *path_overrides(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: experiment=cpuu: there is no conf/experiment/cpuu.yaml; did you mean experiment=cpu? "
+        "The options are: cpu, lesson, scratch"
+    ]
+    with pytest.raises(MissingConfigException, match="experiment/cpuu"):  # how DVC composes (dvc exp run -S)
+        compose(["experiment=cpuu"])
 
 
 @pytest.mark.parametrize(
@@ -308,3 +326,37 @@ def test_sigterm_outside_a_training_stops_in_one_line(tmp_path, capsys):
 
         GlobalHydra.instance().clear()
     assert signal.getsignal(signal.SIGTERM) is saved[1]  # the command's handler does not outlive it
+
+
+def test_each_command_s_help_says_what_it_does_and_lists_only_the_keys_it_reads():
+    train = run_module("pipeline.train", "--help", "augmentation=lesson")
+    assert train.returncode == 0, train.stderr
+    lines = train.stdout.splitlines()
+    assert lines[0] == "usage: python -m pipeline.train [-m] [key=value ...]"
+    assert lines[2].startswith("Stage `train`: fit a classifier")
+    assert "python -m pipeline.train -m experiment=cpu augmentation=none,lesson" in train.stdout  # examples first
+    keys = listed_keys(train.stdout)
+    assert "augmentation.rotation_range" in keys and "train.epochs" in keys and "compare.baseline" not in keys
+    assert "  augmentation.rotation_range=30.0 " in train.stdout  # the value with this command line's preset
+    assert "cli is powered by Hydra" not in train.stdout
+
+    compare = run_module("pipeline.compare", "--help")
+    assert compare.returncode == 0 and compare.stdout.splitlines()[2].startswith("Command `compare`")
+    assert "  compare.baseline=none " in compare.stdout
+    keys = listed_keys(compare.stdout)
+    assert "compare.metric" in keys and not any(k.startswith(("augmentation.", "model.name")) for k in keys)
+
+
+def listed_keys(help_text: str) -> list[str]:
+    """The keys a --help lists: its lines `  key=value  what it does`."""
+    lines = help_text[help_text.index("The keys it reads") :].splitlines()
+    return [line.split("=")[0].strip() for line in lines if line.startswith("  ") and "=" in line.split()[0]]
+
+
+def test_a_key_written_as_a_flag_gets_its_key_value_form():
+    result = run_module("pipeline.train", "--epochs", "3")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --epochs is not an option of this command: settings are written key=value, e.g. train.epochs=3. "
+        "--help lists the keys it reads."
+    ]

@@ -74,7 +74,24 @@ def test_runs_and_their_val_accuracy_in_the_mlflow_ui(split_done, mlflow_server)
         page.get_by_text("val_accuracy", exact=True).last.wait_for(timeout=60_000)
         page.screenshot(path=str(tmp_path / "mlflow-compare.png"), full_page=True)
         shown = page.inner_text("body")
+
+        # the sweep's comparison run opens on its verdict, in points, and links the runs it compared
+        comparisons = client.get_experiment_by_name("augmentation-comparisons")
+        (comparison,) = client.search_runs([comparisons.experiment_id])
+        verdict = comparison.data.tags["verdict.lesson"]
+        difference = comparison.data.metrics["difference/lesson"]
+        link = f"{mlflow_server}/#/experiments/{comparisons.experiment_id}/runs/{comparison.info.run_id}"
+        link += "?workflowType=machine_learning"
+        assert f"MLflow UI: {link}   (this comparison: its verdicts)" in trained.stdout  # printed after the sweep
+        page.goto(link)
+        page.get_by_text("Compared runs:").first.wait_for(timeout=60_000)
+        page.screenshot(path=str(tmp_path / "mlflow-comparison-run.png"), full_page=True)
+        overview = page.inner_text("body")
+        links = [page.locator(f'a[href*="/runs/{run.info.run_id}"]').count() for run in runs.values()]
         browser.close()
+
+    assert f"lesson vs none: {verdict}, {difference:+.2f} points" in overview, overview[:3000]
+    assert all(links), links
 
     assert "Comparing 2 Runs from 1 Experiment" in shown
     details = shown[shown.index("Run details") :]  # the table below the plots

@@ -19,7 +19,7 @@ from tests.conftest import free_port, path_overrides, run_module, running_mlflow
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 30
+EPOCHS = 8  # enough for an outage to begin mid-training; the waits cover the rest
 
 
 def start_training(args: list[str]) -> tuple[subprocess.Popen, list[str]]:
