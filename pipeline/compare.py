@@ -92,7 +92,7 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
     metric = choose_metric(settings.metric, groups)
     differences = compare_groups(groups, settings.baseline, metric, settings.confidence, settings.power)
     ablations = ablation_contributions(groups, metric, settings.confidence, settings.power)
-    correct_for_many(differences + ablations, settings.confidence, settings.power)
+    correct_for_many(differences + ablations, settings.confidence, settings.power, settings.margin / 100)
     if settings.affinity and (differences or ablations):
         from pipeline.affinity import measure_affinities  # TensorFlow and the models load here, only when asked
         from pipeline.array_cache import array_cache
@@ -115,6 +115,7 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
         "baseline": settings.baseline,
         "confidence": settings.confidence,
         "power": settings.power,
+        "margin": settings.margin,
         "runs": sum(len(g.runs) for g in groups),
         "compared_runs": [{"run_id": r.run_id, "group": g.label, "seed": r.seed} for g in groups for r in g.runs],
         "runs_left_out": left_out,

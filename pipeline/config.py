@@ -242,6 +242,7 @@ class CompareConfig:
     confidence: float = 0.95  # of the interval on the difference
     filter: Optional[str] = None  # an MLflow search filter, e.g. "params.`model.name` = 'residual_cnn'"
     power: float = 0.8  # for the seeds-needed advice: chance that a study of that size resolves it
+    margin: float = 1.0  # points: a difference whose whole corrected interval lies within +-margin is `equivalent`
     after_sweep: bool = True  # compare the runs of a multirun when it ends (its verdict table)
     register: bool = False  # on a keep verdict: register the winning group's best model, alias champion
     affinity: bool = True  # measure each preset's and operation's affinity with the baseline's models
@@ -255,6 +256,8 @@ class CompareConfig:
             found.append(("confidence", f"must be in [0.5, 1), got {self.confidence}"))
         if not 0.5 <= self.power < 1:
             found.append(("power", f"must be in [0.5, 1), got {self.power}"))
+        if not 0 <= self.margin <= 100:
+            found.append(("margin", f"must be in [0, 100] points, got {self.margin}"))
         return found
 
 

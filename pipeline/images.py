@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from pipeline.bars import progress_bar
+from pipeline.errors import DataError
 
 SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
 MAX_PIXELS = 250_000_000  # larger images are skipped (decompression-bomb guard), not crashed on
@@ -106,27 +107,53 @@ def load_image(path: str | Path | io.BytesIO, size: tuple[int, int]) -> np.ndarr
     return np.asarray(rgb, dtype=np.uint8)
 
 
+RERUN_SPLIT = (
+    "Run the split stage again (python -m pipeline.split, or dvc repro) so that the manifests match the files."
+)
+_unchanged: dict[str, tuple[int, int]] = {}  # path -> (size, mtime ns) when its bytes last matched the manifest
+
+
+def _unreadable(path: str | Path, error: OSError) -> DataError:
+    return DataError(f"{path} is listed in the split but cannot be read ({error.strerror or error}). {RERUN_SPLIT}")
+
+
+def _changed(path: str | Path) -> DataError:
+    return DataError(
+        f"{path} has changed since the split was made (its sha256 differs from the manifest's). {RERUN_SPLIT}"
+    )
+
+
+def check_unchanged(paths: list[str], sha256s: list[str]) -> None:
+    """Every file still has the bytes its manifest recorded, or the DataError `load_checked_image`
+    gives. For a job that reads no image (a sweep's skip of a finished configuration): the first
+    check hashes each file, later ones in this process only look at its size and time."""
+    for path, sha256 in zip(paths, sha256s):
+        try:
+            stat = Path(path).stat()
+            if _unchanged.get(path) == (stat.st_size, stat.st_mtime_ns):
+                continue
+            data = Path(path).read_bytes()
+        except OSError as error:
+            raise _unreadable(path, error) from None
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise _changed(path)
+        _unchanged[path] = (stat.st_size, stat.st_mtime_ns)
+
+
 def load_checked_image(path: str | Path, size: tuple[int, int], sha256: str | None) -> np.ndarray:
     """`load_image`, after checking that the file still has the bytes its manifest recorded
     (`sha256`; None: unchecked). A file changed, moved or removed since the split raises a
     DataError naming it: training on other pixels than the record says is never silent."""
-    from pipeline.errors import DataError
-
-    rerun = "Run the split stage again (python -m pipeline.split, or dvc repro) so that the manifests match the files."
     try:
         data = Path(path).read_bytes()
     except OSError as error:
-        raise DataError(
-            f"{path} is listed in the split but cannot be read ({error.strerror or error}). {rerun}"
-        ) from None
+        raise _unreadable(path, error) from None
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise DataError(
-            f"{path} has changed since the split was made (its sha256 differs from the manifest's). {rerun}"
-        )
+        raise _changed(path)
     try:
         return load_image(io.BytesIO(data), size)
     except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise DataError(f"{path} cannot be decoded ({error}). {rerun}") from None
+        raise DataError(f"{path} cannot be decoded ({error}). {RERUN_SPLIT}") from None
 
 
 def validate_images(paths: list[Path], workers: int = 4) -> list[tuple[str | None, str | None]]:

@@ -29,7 +29,7 @@ def log_keras_model(
     `mlflow.keras.log_model(..., input_example=...)` in MLflow 3.17 writes the example before
     creating its folder (mlflow#16183), so the model is saved into a folder made here and
     uploaded with `log_model_artifacts`; a failed upload leaves the LoggedModel FAILED.
-    Its name stays `model` (what `runs:/<run id>/model` resolves); `describe` (preset, model,
+    Its name stays `model` (what `runs:/<run id>/model` resolves); `describe` (augmentation, model,
     seed) becomes its tags, so the UI's model list says what each one is.
     """
     import tempfile

@@ -36,6 +36,7 @@ def run(config: Config) -> float:
         record_training,
         refuse_a_changed_schedule,
         require_images,
+        require_unchanged_images,
         skip_finished,
         train_from_state,
         with_split_source,
@@ -53,6 +54,7 @@ def run(config: Config) -> float:
     if in_multirun() and not config.train.rerun and not devices.is_multi_worker(strategy):
         finished = run_search.finished_run_with(config.tracking.experiment, digest_of(identity))
         if finished:
+            require_unchanged_images(config.paths.split_dir)  # that run's record must describe today's files
             return skip_finished(finished, reports_dir, uri)
     work = WorkFolder(work_root, identity)
     with work.opened(config.train.resume, refuse_other=not in_multirun()) as state:

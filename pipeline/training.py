@@ -35,6 +35,7 @@ from pipeline.datasets import (
 from pipeline.errors import ConfigError, DataError
 from pipeline.frozen_features import AugmentedViews, plain_features
 from pipeline.frozen_runtime import FrozenNetwork, frozen_network
+from pipeline.images import check_unchanged
 from pipeline.manifests import read_classes, read_manifest, split_source
 from pipeline.models import build_model, compile_model, fine_tune_split, frozen_backbone
 from pipeline.progress import ProgressLines
@@ -264,6 +265,14 @@ def require_images(split_dir: str) -> None:
             )
 
 
+def require_unchanged_images(split_dir: str) -> None:
+    """The train and val images still have the bytes the split recorded (`images.check_unchanged`)."""
+    for split in ("train", "val"):
+        images = ImageSet.read(split_dir, split)
+        if images.sha256 is not None:
+            check_unchanged(images.paths, images.sha256)
+
+
 def skip_finished(finished: mlflow.entities.Run, reports_dir: Path, uri: str) -> float:
     """A sweep job whose configuration was trained already: name that run, return its objective.
     Its run.json points at the earlier run, so the end-of-sweep comparison includes it."""
@@ -290,7 +299,7 @@ def record_training(
 ) -> float:
     """Train as one MLflow run (the interrupted run itself when resuming); write the stage's outputs."""
     reports_dir.mkdir(parents=True, exist_ok=True)
-    run_name = f"{config.augmentation.label}-{config.model.name}-seed{config.seed}"
+    run_name = f"{config.augmentation.label}-seed{config.seed}-{config.model.name}"  # cut from the end in the UI
     interval = config.tracking.system_metrics_interval_s if config.tracking.system_metrics else None
     with tracking.tracked_run(
         run_name, state.mlflow_run_id, system_metrics_interval_s=interval, node=training.node
@@ -326,9 +335,9 @@ def record_training(
                 config_file = Path(scratch) / "config.yaml"
                 config_file.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
                 mlflow.log_artifact(str(config_file))
-                mlflow.log_artifact(
-                    str(augmentation_grid(config, Path(scratch) / "augmentation_preview.png", rows=5, variants=4))
-                )
+                if not config.augmentation.is_identity:  # a plain run's "augmented" images are its originals
+                    preview = augmentation_grid(config, Path(scratch) / "augmentation_preview.png", rows=5, variants=4)
+                    mlflow.log_artifact(str(preview))
 
         patience_s = config.tracking.server_patience_s
         epoch_log = outages.EpochLog(
@@ -365,7 +374,11 @@ def record_training(
                 tuple(config.data.image_size),
                 classes_path,
                 best_epoch,
-                describe={"preset": config.augmentation.label, "model": config.model.name, "seed": str(config.seed)},
+                describe={
+                    "augmentation": config.augmentation.label,
+                    "model": config.model.name,
+                    "seed": str(config.seed),
+                },
             )
         write_run_record(reports_dir, active.info, uri, model_id, best_val, best_epoch)
     print(

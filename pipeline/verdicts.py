@@ -15,8 +15,11 @@ settings (statistics: pipeline/seed_statistics.py):
 - with fewer runs there is no interval and the verdict says so.
 
 Verdict: `keep` when the union of the two intervals is above 0 and the t-test's p is below
-1 - confidence, `drop` when the interval is below 0 (same p), else `inconclusive`, with the
-number of seeds that would resolve the observed difference. A verdict also needs evidence: at
+1 - confidence, `drop` when the interval is below 0 (same p), `equivalent` when it lies wholly
+within +-margin (`compare.margin` points: no difference as large as one the user cares about;
+a (1 - alpha) interval inside the margins is at least as strict as two one-sided tests at
+alpha, Schuirmann 1987), else `inconclusive`, with the number of seeds that would resolve the
+observed difference. A verdict also needs evidence: at
 least `MIN_SEEDS_FOR_VERDICT` seeds (runs per group when unpaired) and some spread between
 them. Two seeds, or seeds that all differ by exactly the same amount, give an interval of
 (almost) no width that measures nothing: inconclusive, saying why.
@@ -174,7 +177,7 @@ class Difference:
     spread: float = math.nan  # std of the per-seed differences (paired)
     seeds_needed: int | None = None  # seeds that would resolve the observed difference
     seeds_needed_1pt: int | None = None  # ... and a 1-point difference
-    verdict: str = "inconclusive"  # keep | drop | inconclusive | not converged
+    verdict: str = "inconclusive"  # keep | drop | equivalent | inconclusive | not converged
     reason: str = ""
     per_seed: dict[str, float] = field(default_factory=dict)  # seed -> difference (paired)
     ours: dict[str, float] = field(default_factory=dict)  # seed -> metric, group
@@ -251,10 +254,11 @@ def choose_metric(requested: str, groups: list[Group]) -> str:
 
 
 def compare_with_baseline(
-    group: Group, baseline: Group, metric: str, confidence: float, power: float = 0.8
+    group: Group, baseline: Group, metric: str, confidence: float, power: float = 0.8, margin: float = 0.0
 ) -> Difference:
     """`group` minus `baseline` on `metric`: paired by seed where possible (see the module doc),
-    with the verdict of a single comparison (`correct_for_many` revises it within a family)."""
+    with the verdict of a single comparison (`correct_for_many` revises it within a family);
+    `margin` (a fraction) for `equivalent`."""
     ours, theirs = group.values(metric), baseline.values(metric)
     common = sorted(set(ours) & set(theirs))
     result = Difference(
@@ -302,7 +306,7 @@ def compare_with_baseline(
     result.t_low, result.t_high, result.bootstrap_low, result.bootstrap_high = intervals(result, confidence)
     result.seeds_needed_1pt = statistics.seeds_needed(result.spread, 0.01, confidence, power)
     result.seeds_needed = statistics.seeds_needed(result.spread, result.mean, confidence, power)
-    decide(result, confidence, result.t_p_value, confidence, power)
+    decide(result, confidence, result.t_p_value, confidence, power, margin)
     return result
 
 
@@ -334,12 +338,21 @@ def within_bounds(*ends: float) -> tuple[float, ...]:
     return tuple(min(1.0, max(-1.0, end)) for end in ends)
 
 
-def decide(d: Difference, verdict_confidence: float, p_adjusted: float | None, confidence: float, power: float) -> None:
+def decide(
+    d: Difference,
+    verdict_confidence: float,
+    p_adjusted: float | None,
+    confidence: float,
+    power: float,
+    margin: float = 0.0,
+) -> None:
     """Set the verdict of a difference whose statistics are computed.
 
     keep / drop: enough seeds with some spread, every run converged, the interval at
     `verdict_confidence` (the union of t and bootstrap, widened by a correction for many
     comparisons) wholly above / below 0, and the (adjusted) t p-value below 1 - confidence.
+    equivalent: the same evidence, and that interval wholly within +-`margin` (a fraction:
+    0.01 is 1 point) around 0. A keep or drop smaller than the margin stays keep or drop.
     "not converged" replaces keep/drop/inconclusive whenever a run's best epoch fell within its
     last `train.patience` epochs: the difference is then one of budgets, not of augmentations."""
     d.p_adjusted, d.verdict_confidence = p_adjusted, verdict_confidence
@@ -368,15 +381,22 @@ def decide(d: Difference, verdict_confidence: float, p_adjusted: float | None, c
         d.verdict, d.reason = "keep", f"the whole {verdict_confidence:.1%} interval is above 0{corrected}"
     elif d.high < 0 and p_adjusted < 1 - confidence:
         d.verdict, d.reason = "drop", f"the whole {verdict_confidence:.1%} interval is below 0{corrected}"
+    elif margin > 0 and -margin < d.low and d.high < margin:
+        d.verdict, d.reason = (
+            "equivalent",
+            f"the whole {verdict_confidence:.1%} interval lies within +-{margin * 100:g} points "
+            f"(compare.margin){corrected}: no difference that large",
+        )
     else:
         d.reason = f"the {verdict_confidence:.1%} interval includes 0{corrected}; " + seeds_advice(d, power)
 
 
-def correct_for_many(family: list[Difference], confidence: float, power: float) -> None:
+def correct_for_many(family: list[Difference], confidence: float, power: float, margin: float = 0.0) -> None:
     """Holm's correction over a report's comparisons (every group against the baseline and every
     ablated operation): each verdict is decided again on its adjusted t p-value and on its
-    interval widened to its step's level; the seeds advice then assumes the hardest step's
-    level (1 - alpha/m), so it says how many seeds a corrected verdict needs."""
+    interval widened to its step's level (`equivalent` within +-`margin`, a fraction); the seeds
+    advice then assumes the hardest step's level (1 - alpha/m), so it says how many seeds a
+    corrected verdict needs."""
     tested = [d for d in family if d.t_p_value is not None]
     p_values = [math.nan if d.t_p_value is None else d.t_p_value for d in tested]
     adjusted = statistics.holm_adjusted(p_values)
@@ -388,7 +408,7 @@ def correct_for_many(family: list[Difference], confidence: float, power: float) 
         if not math.isnan(d.spread):
             d.seeds_needed = statistics.seeds_needed(d.spread, d.mean, strictest, power)
             d.seeds_needed_1pt = statistics.seeds_needed(d.spread, 0.01, strictest, power)
-        decide(d, level, None if math.isnan(p) else p, confidence, power)
+        decide(d, level, None if math.isnan(p) else p, confidence, power, margin)
 
 
 def seeds_advice(d: Difference, power: float) -> str:

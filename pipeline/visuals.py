@@ -116,18 +116,20 @@ def confusion_matrix_figure(actual: np.ndarray, predicted: np.ndarray, classes: 
     return _save(figure, target)
 
 
-def mean_curve(runs: list[RunSummary], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(epochs, mean, std) of a per-epoch metric over the runs; epochs some runs lack use the others."""
+def mean_curve(runs: list[RunSummary], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(epochs, mean, std, runs) of a per-epoch metric over the runs: `runs` counts those that
+    reached each epoch (early stopping ends them at different epochs), and the mean of the
+    later epochs is over those alone."""
     curves = [r.curves[metric] for r in runs if r.curves.get(metric)]
     if not curves:
-        return np.array([]), np.array([]), np.array([])
+        return np.array([]), np.array([]), np.array([]), np.array([], int)
     length = max(len(c) for c in curves)
     padded = np.full((len(curves), length), np.nan)
     for i, c in enumerate(curves):
         padded[i, : len(c)] = c
     mean = np.nanmean(padded, axis=0)
     std = np.array([np.std(col[~np.isnan(col)], ddof=1) if np.sum(~np.isnan(col)) > 1 else 0.0 for col in padded.T])
-    return np.arange(1, length + 1), mean, std
+    return np.arange(1, length + 1), mean, std, np.sum(~np.isnan(padded), axis=0)
 
 
 def comparison_figure(groups: list[Group], differences: list[Difference], target: Path) -> Path:
@@ -140,25 +142,30 @@ def comparison_figure(groups: list[Group], differences: list[Difference], target
 def draw_comparison(groups: list[Group], differences: list[Difference]):
     """The figure of `comparison_figure`, not yet laid out or saved; taller when the differences'
     labels need more lines than 4.6 inches hold."""
-    labels = [f"{_wrapped(f'{d.group} vs {d.baseline}', 36)}\n{d.verdict}" for d in differences]
+    labels = [_wrapped(f"{d.group} vs {d.baseline}", 36) for d in differences]
     lines = sum(label.count("\n") + 1 for label in labels)
     figure, axes = plt.subplots(
-        1, 3, figsize=(16, max(4.6, 1.4 + 0.15 * lines)), gridspec_kw={"width_ratios": [1, 1, 0.9]}
+        1, 3, figsize=(16, max(4.6, 1.6 + 0.15 * lines)), gridspec_kw={"width_ratios": [1, 1, 0.9]}
     )
     colours = plt.get_cmap("tab10")
     for i, group in enumerate(groups):
         for ax, metric in zip(axes[:2], ("val_accuracy", "val_loss")):
-            epochs, mean, std = mean_curve(group.runs, metric)
-            if len(epochs):
-                ax.plot(
-                    epochs,
-                    mean,
-                    color=colours(i % 10),
-                    marker="o",
-                    markersize=3,
-                    label=_wrapped(f"{group.label} (n={len(group.runs)})", 40),
-                )
-                ax.fill_between(epochs, mean - std, mean + std, color=colours(i % 10), alpha=0.2)
+            epochs, mean, std, reached = mean_curve(group.runs, metric)
+            if not len(epochs):
+                continue
+            every = reached == reached.max()  # epochs every run of the group reached: solid, with its band
+            last = int(np.flatnonzero(every).max()) + 1
+            ax.plot(
+                epochs[:last],
+                mean[:last],
+                color=colours(i % 10),
+                marker="o",
+                markersize=3,
+                label=_wrapped(f"{group.label} (n={len(group.runs)})", 40),
+            )
+            ax.fill_between(epochs[:last], (mean - std)[:last], (mean + std)[:last], color=colours(i % 10), alpha=0.2)
+            if last < len(epochs):  # after the first run stopped: the runs still going, thin and dotted
+                ax.plot(epochs[last - 1 :], mean[last - 1 :], color=colours(i % 10), linestyle=":", linewidth=1)
     for ax, metric in zip(axes[:2], ("val_accuracy", "val_loss")):
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
@@ -169,7 +176,17 @@ def draw_comparison(groups: list[Group], differences: list[Difference]):
 
     forest = axes[2]
     for row, d in enumerate(differences):
-        colour = {"keep": "tab:green", "drop": "tab:red"}.get(d.verdict, "tab:gray")
+        colour = VERDICT_COLOURS.get(d.verdict, "tab:gray")
+        forest.annotate(  # the verdict, as a label beside its row
+            d.verdict,
+            xy=(1.02, row),
+            xycoords=("axes fraction", "data"),
+            va="center",
+            fontsize=9,
+            fontweight="bold",
+            color="white",
+            bbox={"boxstyle": "round,pad=0.25", "facecolor": colour, "edgecolor": "none"},
+        )
         if d.low is not None:
             forest.plot([d.low * 100, d.high * 100], [row, row], color=colour, linewidth=3, alpha=0.6)
         if not np.isnan(d.mean):
@@ -191,7 +208,20 @@ def draw_comparison(groups: list[Group], differences: list[Difference]):
     forest.set_xlabel(f"{metric} minus baseline (points)")
     forest.set_title("difference: interval,\nmean (diamond), each seed (dots)", fontsize=10)
     forest.grid(alpha=0.3, axis="x")
+    seeds = sorted({r.seed for g in groups for r in g.runs}, key=lambda seed: (len(seed), seed))
+    names = ", ".join(g.label for g in groups[:6]) + (f" and {len(groups) - 6} more" if len(groups) > 6 else "")
+    figure.suptitle(
+        _wrapped(
+            f"{names}: {sum(len(g.runs) for g in groups)} runs, seeds {','.join(seeds)}. Validation curves (mean, "
+            f"band +-1 std; dotted once a run has stopped) and each difference's verdict on {metric}",
+            150,
+        ),
+        fontsize=11,
+    )
     return figure
+
+
+VERDICT_COLOURS = {"keep": "tab:green", "drop": "tab:red", "equivalent": "tab:blue", "not converged": "tab:orange"}
 
 
 def class_effects_figure(differences: list[Difference], target: Path) -> Path:

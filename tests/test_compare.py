@@ -292,8 +292,8 @@ def test_curves_band_over_seeds():
         RunSummary("a", "none", "1", {}, {}, {"val_accuracy": [0.2, 0.4, 0.6]}),
         RunSummary("b", "none", "2", {}, {}, {"val_accuracy": [0.4, 0.6]}),
     ]  # stopped early
-    epochs, mean, std = mean_curve(runs, "val_accuracy")
-    assert list(epochs) == [1, 2, 3]
+    epochs, mean, std, reached = mean_curve(runs, "val_accuracy")
+    assert list(epochs) == [1, 2, 3] and list(reached) == [2, 2, 1]  # the figure draws epoch 3 dotted
     np.testing.assert_allclose(mean, [0.3, 0.5, 0.6])
     np.testing.assert_allclose(std, [np.std([0.2, 0.4], ddof=1), np.std([0.4, 0.6], ddof=1), 0.0])
 
@@ -634,3 +634,22 @@ def test_no_interval_leaves_what_a_difference_of_fractions_can_take():
     assert unbounded.low < -1 and unbounded.high > 1  # a report once said -141.99 to +108.65 points
     assert (shirt["low"], shirt["high"]) == (-1.0, 1.0) and shirt["low"] <= shirt["mean"] <= shirt["high"]
     assert -1 <= difference.low <= difference.high <= 1
+
+
+def test_an_interval_inside_the_margin_is_equivalent_and_one_past_it_is_not():
+    from pipeline.verdicts import correct_for_many
+
+    tiny = [0.001, -0.002, 0.0, 0.001, -0.001, 0.002, -0.001, 0.0]  # 8 seeds within +-0.2 points
+    equivalent = compare_with_baseline(*_paired(tiny), "test_accuracy", 0.95, margin=0.01)
+    assert equivalent.verdict == "equivalent" and -0.01 < equivalent.low < equivalent.high < 0.01
+    assert "within +-1 points (compare.margin)" in equivalent.reason
+    without = compare_with_baseline(*_paired(tiny), "test_accuracy", 0.95)
+    assert without.verdict == "inconclusive"  # no margin: "no difference" is never claimed
+    wide = compare_with_baseline(*_paired([0.02, -0.02, 0.01, -0.01, 0.0]), "test_accuracy", 0.95, margin=0.01)
+    assert wide.verdict == "inconclusive" and wide.low < -0.01  # it may still be a 1-point effect
+    drop = compare_with_baseline(*_paired([-0.03, -0.04, -0.05, -0.02, -0.06]), "test_accuracy", 0.95, margin=0.1)
+    assert drop.verdict == "drop"  # a clear effect smaller than the margin stays what it is
+    family = [equivalent, wide]
+    correct_for_many(family, 0.95, 0.8, margin=0.01)  # Holm widens the intervals; the verdict is decided again
+    assert equivalent.verdict_confidence > 0.95 and equivalent.family_size == 2
+    assert equivalent.verdict == "equivalent" and "(Holm over 2 comparisons)" in equivalent.reason

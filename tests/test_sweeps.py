@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, run_module, sweep_args, training_runs
+from tests.conftest import ROOT, make_image, run_module, sweep_args, training_runs
 
 pytestmark = pytest.mark.slow
 
@@ -86,6 +86,24 @@ def test_a_failing_job_does_not_sink_the_sweep_and_reruns_add_runs(split_done):
     third = run_module("pipeline.train", "-m", *args, "train.rerun=true")  # ... unless asked to train it again
     assert third.returncode != 0
     assert [r.info.status for r in training_runs(uri)].count("FINISHED") == 2
+
+
+def test_a_finished_configuration_is_not_skipped_over_images_changed_since(split_done):
+    """The skip of a finished configuration trusts its record, tied to the split's manifest: an
+    image edited after the split (and no split since) stops the job, naming the file."""
+    from pipeline.manifests import read_manifest
+
+    tmp_path = split_done
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = sweep_args(tmp_path, uri, "augmentation=none", "seed=1", "train.test_in_sweeps=false")
+    assert run_module("pipeline.train", "-m", *args).returncode == 0
+    edited = read_manifest(tmp_path / "split", "val")[0][0]
+    make_image(Path(edited), size=(40, 40), seed=999, pattern=2)  # other pixels, same name
+    again = run_module("pipeline.train", "-m", *args)
+    assert again.returncode == 1
+    assert "skip:" not in again.stdout
+    assert f"error: {edited} has changed since the split was made" in again.stderr
+    assert len(training_runs(uri)) == 1
 
 
 def finished_runs(uri: str) -> list:
