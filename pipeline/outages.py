@@ -73,14 +73,14 @@ class EpochLog:
     def __init__(self, run_id: str, uri: str, patience_s: float, unended_dir: Path):
         self.run_id, self.uri, self.patience_s, self.unended_dir = run_id, uri, patience_s, Path(unended_dir)
         self.remote = uri.startswith(("http://", "https://"))
-        self.waiting: list[tuple[int, dict[str, float]]] = []
+        self.waiting: list[tuple[int, int, dict[str, float]]] = []  # (epoch, its time in ms, metrics)
         self.away_since: float | None = None
 
     def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
         if not self.remote:
             mlflow.log_metrics(metrics, step=epoch)
             return
-        self.waiting.append((epoch, dict(metrics)))
+        self.waiting.append((epoch, int(time.time() * 1000), dict(metrics)))
         if self._flush():
             return
         away_s = time.monotonic() - self.away_since
@@ -117,8 +117,8 @@ class EpochLog:
         """Log every kept epoch in one call; False (and the clock of the outage started) when the
         server does not answer or is too busy to (5xx, 429). A refusal (4xx) is raised as it is."""
         batch = [
-            Metric(key, float(value), int(time.time() * 1000), epoch)
-            for epoch, metrics in self.waiting
+            Metric(key, float(value), timestamp, epoch)
+            for epoch, timestamp, metrics in self.waiting
             for key, value in metrics.items()
         ]
         try:
