@@ -52,7 +52,7 @@ def main() -> None:
         start = time.perf_counter()
         best_val = train.run(config)
         minutes = (time.perf_counter() - start) / 60
-        test = evaluate.run(config)["accuracy"]
+        test = evaluate.run(config)["test_accuracy"]
     print(f"training_minutes={minutes:.1f}")
     print(f"test_accuracy={test:.4f}")
     print(f"best_val_accuracy={best_val:.4f}")

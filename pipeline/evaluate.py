@@ -2,8 +2,8 @@
 
     python -m pipeline.evaluate
 
-Writes <paths.reports_dir>/metrics.json (the headline: accuracy, balanced accuracy, loss, macro
-F1; DVC metrics), per_class.json (each class's precision, recall and F1, and its val recall) and
+Writes <paths.reports_dir>/metrics.json (the headline, named as in MLflow: test_accuracy,
+test_balanced_accuracy, test_macro_f1, test_loss; DVC metrics), per_class.json (each class's precision, recall and F1, and its val recall) and
 confusion.csv (actual,predicted per image; DVC's confusion template), and logs test_* metrics (accuracy, balanced accuracy, macro F1, loss,
 and each class's recall as test_recall.<class>) and a confusion-matrix PNG to the training's
 MLflow run, without reopening it. The same model's per-class recall on the validation split
@@ -78,9 +78,11 @@ def run(config: Config) -> dict:
     predicted = probabilities.argmax(axis=1)
     loss = float(keras.losses.CategoricalCrossentropy()(keras.ops.one_hot(actual, len(classes)), probabilities))
     report = classification_metrics(actual, predicted, classes)
-    metrics = {  # accuracy first: the first metric column of `dvc exp show` and `dvc metrics show`
-        **{k: v for k, v in report.items() if k != "per_class"},
-        "loss": round(loss, 6),
+    metrics = {  # named as in MLflow; test_accuracy first: the first metric column of `dvc exp show`
+        "test_accuracy": report["accuracy"],
+        "test_balanced_accuracy": report["balanced_accuracy"],
+        "test_macro_f1": report["macro_f1"],
+        "test_loss": round(loss, 6),
         "test_images": len(actual),
     }
     per_class = {"test": report["per_class"], "val_recall": val_recall(classifier, config, classes, image_size)}
@@ -95,8 +97,8 @@ def run(config: Config) -> dict:
     figure = confusion_matrix_figure(actual, predicted, classes, reports / "confusion.png")
     _log_to_training_run(config, reports, metrics, per_class, figure)
     print(
-        f"test accuracy {metrics['accuracy']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f}, "
-        f"macro F1 {metrics['macro_f1']:.4f}, loss {loss:.4f} "
+        f"test accuracy {metrics['test_accuracy']:.4f}, balanced accuracy {metrics['test_balanced_accuracy']:.4f}, "
+        f"macro F1 {metrics['test_macro_f1']:.4f}, loss {loss:.4f} "
         f"on {len(actual)} images -> {reports / 'metrics.json'}"
     )
     return {**metrics, "per_class": per_class}
@@ -146,13 +148,7 @@ def _log_to_training_run(config: Config, reports: Path, metrics: dict, per_class
     recalls = {f"test_recall.{name}": c["recall"] for name, c in per_class["test"].items() if c["support"]}
     recalls |= {f"val_recall.{name}": recall for name, recall in per_class["val_recall"].items()}
     mlflow.log_metrics(
-        {
-            "test_accuracy": metrics["accuracy"],
-            "test_loss": metrics["loss"],
-            "test_macro_f1": metrics["macro_f1"],
-            "test_balanced_accuracy": metrics["balanced_accuracy"],
-            **recalls,
-        },
+        {**{k: v for k, v in metrics.items() if k != "test_images"}, **recalls},
         run_id=run_id,
         model_id=run.get("model_id"),
         dataset=test_dataset.dataset if test_dataset else None,
@@ -161,8 +157,8 @@ def _log_to_training_run(config: Config, reports: Path, metrics: dict, per_class
     client.set_tag(
         run_id,
         "mlflow.note.content",
-        f"**test accuracy {metrics['accuracy']:.4f}** (balanced {metrics['balanced_accuracy']:.4f}, "
-        f"macro F1 {metrics['macro_f1']:.4f}) on {metrics['test_images']} test images",
+        f"**test accuracy {metrics['test_accuracy']:.4f}** (balanced {metrics['test_balanced_accuracy']:.4f}, "
+        f"macro F1 {metrics['test_macro_f1']:.4f}) on {metrics['test_images']} test images",
     )
     client.log_artifact(run_id, str(figure))
     client.log_dict(run_id, {**metrics, "per_class": per_class}, "classification_report.json")

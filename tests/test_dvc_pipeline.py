@@ -72,14 +72,14 @@ def test_exp_run_repro_and_what_reruns(project, tiny_dataset, tmp_path):
     for stage in ("split", "train", "evaluate"):
         assert f"Running stage '{stage}'" in out
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
-    assert 0 <= metrics["accuracy"] <= 1 and "macro_f1" in metrics
+    assert 0 <= metrics["test_accuracy"] <= 1 and "test_macro_f1" in metrics  # the names MLflow has
 
     manifests = {p.name: p.read_bytes() for p in (project / "data" / "split").iterdir()}
     again = sh("dvc", "repro", cwd=project)  # split re-reads the images; nothing changed, so nothing else runs
     assert "Running stage 'train'" not in again and "Running stage 'evaluate'" not in again
     assert {p.name: p.read_bytes() for p in (project / "data" / "split").iterdir()} == manifests
     shown = sh("dvc", "metrics", "show", cwd=project)
-    assert "accuracy" in shown and "recall" not in shown  # the headline; per-class figures have their own file
+    assert "test_accuracy" in shown and "recall" not in shown  # the headline; per-class figures have their own file
     plots = json.loads(sh("dvc", "plots", "show", "--json", cwd=project))
     assert set(plots["data"]) == {"reports/training_curves.png", "reports/confusion.png"}  # no default junk
     sh("dvc", "plots", "show", "-o", str(tmp_path / "dvc_plots"), cwd=project)
@@ -93,9 +93,14 @@ def test_exp_run_repro_and_what_reruns(project, tiny_dataset, tmp_path):
     # The experiment table a newcomer reads: the varied params and the headline test metrics, no per-class columns.
     rows = list(csv.DictReader(io.StringIO(sh("dvc", "exp", "show", "--only-changed", "--csv", cwd=project))))
     columns = set(rows[0])
-    assert {"augmentation.name", "augmentation.rotation_range", "accuracy", "balanced_accuracy"} <= columns
+    assert {"augmentation.name", "augmentation.rotation_range", "test_accuracy", "test_balanced_accuracy"} <= columns
     assert not [c for c in columns if "recall" in c or "precision" in c]
-    assert {r["augmentation.name"] for r in rows if r["accuracy"] not in ("", "!")} == {"none", "lesson"}
+    assert {r["augmentation.name"] for r in rows if r["test_accuracy"] not in ("", "!")} == {"none", "lesson"}
+    readme = (ROOT / "README.md").read_text()  # the table as the README shows it: no code or output hashes
+    drop = readme[readme.index("dvc exp show --only-changed --drop '") :].split("'")[1]
+    table = sh("dvc", "exp", "show", "--only-changed", "--drop", drop, "--csv", cwd=project)
+    columns = next(csv.reader(io.StringIO(table)))
+    assert {"augmentation.name", "test_accuracy"} <= set(columns) and not [c for c in columns if "/" in c]
 
     # An image edited in place (same name, same label): split's manifests change with it, so the
     # next repro trains and evaluates again (a full repro here would add a minute, not a check).
@@ -133,7 +138,7 @@ def test_queued_experiments_run_and_land_in_the_project_store(project, tiny_data
     rows = list(csv.DictReader(io.StringIO(sh("dvc", "exp", "show", "--csv", cwd=project))))
     experiments = [r for r in rows if r.get("Experiment")]
     assert {r["augmentation.name"] for r in experiments} == {"none", "lesson"}
-    assert all(0 <= float(r["accuracy"]) <= 1 for r in experiments)
+    assert all(0 <= float(r["test_accuracy"]) <= 1 for r in experiments)
 
     client = MlflowClient(f"sqlite:///{project}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("augmentation").experiment_id])

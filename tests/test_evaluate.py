@@ -27,9 +27,10 @@ def test_evaluate_uses_the_size_the_model_was_trained_at(split_done, capsys):
 
     metrics = evaluate.run(compose(overrides))  # data.image_size left at its default, 150x150
     assert "the model takes 32x32 images (data.image_size is 150x150)" in capsys.readouterr().out
-    assert metrics["test_images"] == 3 and 0 <= metrics["accuracy"] <= 1
+    assert metrics["test_images"] == 3 and 0 <= metrics["test_accuracy"] <= 1
     headline = json.loads((tmp_path / "reports" / "metrics.json").read_text())
     assert headline["test_images"] == 3 and "per_class" not in headline  # DVC's metrics: the headline only
+    assert list(headline) == ["test_accuracy", "test_balanced_accuracy", "test_macro_f1", "test_loss", "test_images"]
     per_class = json.loads((tmp_path / "reports" / "per_class.json").read_text())
     classes = read_classes(tmp_path / "split")
     assert set(per_class["test"]) == set(classes) and per_class["test"] == metrics["per_class"]["test"]

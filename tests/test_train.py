@@ -129,12 +129,12 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
     assert model_metrics["test_accuracy"].dataset_name == "tiny-test"
     assert model_metrics["test_accuracy"].dataset_digest == inputs["testing"].digest
     assert model_metrics["test_accuracy"].value == pytest.approx(
-        json.loads((tmp_path / "reports" / "metrics.json").read_text())["accuracy"]
+        json.loads((tmp_path / "reports" / "metrics.json").read_text())["test_accuracy"]
     )
     after = client.get_run(run.info.run_id)
     assert (after.info.status, after.info.end_time) == (trained.status, trained.end_time)
     assert "test_accuracy" in after.data.metrics
-    test_accuracy = json.loads((tmp_path / "reports" / "metrics.json").read_text())["accuracy"]
+    test_accuracy = json.loads((tmp_path / "reports" / "metrics.json").read_text())["test_accuracy"]
     assert f"test accuracy {test_accuracy:.4f}" in after.data.tags["mlflow.note.content"]  # atop the run's page
     assert (tmp_path / "models" / "model.keras").exists()
     assert (tmp_path / "reports" / "history.csv").read_text().splitlines()[0].startswith("epoch,")
