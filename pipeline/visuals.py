@@ -132,6 +132,23 @@ def mean_curve(runs: list[RunSummary], metric: str) -> tuple[np.ndarray, np.ndar
     return np.arange(1, length + 1), mean, std, np.sum(~np.isnan(padded), axis=0)
 
 
+def group_styles(groups: list[Group], differences: list[Difference]) -> list[tuple[str, str, str]]:
+    """(colour, line style, marker) per group: the baseline black, each full preset solid in a colour
+    of its own, the preset without one operation (an ablation) dashed with crosses - so that a
+    preset and its ablations read as one family and the baseline stands apart."""
+    baselines = {d.baseline for d in differences if "-no-" not in d.baseline}
+    colours = iter(plt.get_cmap("tab10").colors)
+    styles = []
+    for group in groups:
+        if group.preset in baselines or group.label in baselines:
+            styles.append(("black", "-", "o"))
+        elif group.runs and group.runs[0].ablated:
+            styles.append((next(colours, "gray"), "--", "x"))
+        else:
+            styles.append((next(colours, "gray"), "-", "o"))
+    return styles
+
+
 def comparison_figure(groups: list[Group], differences: list[Difference], target: Path) -> Path:
     """Validation accuracy and loss per epoch (mean line, band = +/- 1 std over seeds), one
     colour per group; and each difference (from the baseline, or an ablated operation's
@@ -147,25 +164,25 @@ def draw_comparison(groups: list[Group], differences: list[Difference]):
     figure, axes = plt.subplots(
         1, 3, figsize=(16, max(4.6, 1.6 + 0.15 * lines)), gridspec_kw={"width_ratios": [1, 1, 0.9]}
     )
-    colours = plt.get_cmap("tab10")
-    for i, group in enumerate(groups):
+    for group, (colour, linestyle, marker) in zip(groups, group_styles(groups, differences)):
         for ax, metric in zip(axes[:2], ("val_accuracy", "val_loss")):
             epochs, mean, std, reached = mean_curve(group.runs, metric)
             if not len(epochs):
                 continue
-            every = reached == reached.max()  # epochs every run of the group reached: solid, with its band
+            every = reached == reached.max()  # epochs every run of the group reached: drawn, with its band
             last = int(np.flatnonzero(every).max()) + 1
             ax.plot(
                 epochs[:last],
                 mean[:last],
-                color=colours(i % 10),
-                marker="o",
+                color=colour,
+                linestyle=linestyle,
+                marker=marker,
                 markersize=3,
                 label=_wrapped(f"{group.label} (n={len(group.runs)})", 40),
             )
-            ax.fill_between(epochs[:last], (mean - std)[:last], (mean + std)[:last], color=colours(i % 10), alpha=0.2)
+            ax.fill_between(epochs[:last], (mean - std)[:last], (mean + std)[:last], color=colour, alpha=0.15)
             if last < len(epochs):  # after the first run stopped: the runs still going, thin and dotted
-                ax.plot(epochs[last - 1 :], mean[last - 1 :], color=colours(i % 10), linestyle=":", linewidth=1)
+                ax.plot(epochs[last - 1 :], mean[last - 1 :], color=colour, linestyle=":", linewidth=1)
     for ax, metric in zip(axes[:2], ("val_accuracy", "val_loss")):
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
@@ -201,8 +218,23 @@ def draw_comparison(groups: list[Group], differences: list[Difference]):
             alpha=0.7,
         )
     forest.axvline(0, color="black", linewidth=1)
+    operations = [row for row, d in enumerate(differences) if "-no-" in d.baseline]
+    sections = bool(operations) and operations[0] > 0  # presets against the baseline above, operations below
+    if sections:
+        forest.axhline(operations[0] - 0.5, color="gray", linewidth=1, linestyle="--")
+        for y, text in ((-0.75, "presets vs the baseline"), (operations[0] - 0.5, "operations: their contribution")):
+            forest.annotate(
+                text,
+                xy=(0.99, y),
+                xycoords=("axes fraction", "data"),
+                ha="right",
+                va="center",
+                fontsize=8,
+                color="dimgray",
+                bbox={"boxstyle": "square,pad=0.15", "facecolor": "white", "edgecolor": "none"},
+            )
     forest.set_yticks(range(len(differences)), labels, fontsize=8)
-    forest.set_ylim(-0.7, max(len(differences), 1) - 0.3)
+    forest.set_ylim(-1.1 if sections else -0.7, max(len(differences), 1) - 0.3)
     forest.invert_yaxis()
     metric = differences[0].metric if differences else "accuracy"
     forest.set_xlabel(f"{metric} minus baseline (points)")

@@ -653,3 +653,23 @@ def test_an_interval_inside_the_margin_is_equivalent_and_one_past_it_is_not():
     correct_for_many(family, 0.95, 0.8, margin=0.01)  # Holm widens the intervals; the verdict is decided again
     assert equivalent.verdict_confidence > 0.95 and equivalent.family_size == 2
     assert equivalent.verdict == "equivalent" and "(Holm over 2 comparisons)" in equivalent.reason
+
+
+def test_an_ablation_figure_pairs_a_preset_with_its_ablations_and_sets_the_baseline_apart():
+    from pipeline.visuals import group_styles
+
+    def run(preset, seed, ablate=None):
+        params = {"seed": seed, **({"augmentation.ablate": ablate} if ablate else {})}
+        return RunSummary(f"{preset}{seed}", preset, seed, params, {"test_accuracy": 0.8})
+
+    runs = [run("none", "1"), run("lesson", "1"), run("light", "1")]
+    runs += [run(f"lesson-no-{op}", "1", op) for op in ("rotation", "zoom")]
+    groups = group_runs(runs)
+    baseline = next(g for g in groups if g.preset == "none")
+    differences = [compare_with_baseline(g, baseline, "test_accuracy", 0.95) for g in groups if g is not baseline]
+    styles = dict(zip((g.preset for g in groups), group_styles(groups, differences)))
+    assert styles["none"] == ("black", "-", "o")
+    assert styles["lesson"][1:] == ("-", "o") and styles["light"][1:] == ("-", "o")
+    assert styles["lesson-no-rotation"][1:] == ("--", "x") and styles["lesson-no-zoom"][1:] == ("--", "x")
+    colours = [style[0] for preset, style in styles.items() if preset != "none"]
+    assert len(set(colours)) == len(colours)  # every other group a colour of its own
