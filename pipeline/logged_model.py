@@ -20,6 +20,7 @@ def log_keras_model(
     classes_file: str | os.PathLike,
     best_epoch: int,
     describe: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
 ) -> str:
     """Log the model as the run's LoggedModel `model` (READY), with signature, input example
     and classes.json (the class names in output order, which `pipeline.predict` reads), linked
@@ -30,7 +31,8 @@ def log_keras_model(
     creating its folder (mlflow#16183), so the model is saved into a folder made here and
     uploaded with `log_model_artifacts`; a failed upload leaves the LoggedModel FAILED.
     Its name stays `model` (what `runs:/<run id>/model` resolves); `describe` (augmentation, model,
-    seed) becomes its tags, so the UI's model list says what each one is.
+    seed) becomes its tags, so the UI's model list says what each one is; `params` (the run's
+    configuration), its parameters.
     """
     import tempfile
 
@@ -40,7 +42,9 @@ def log_keras_model(
     run_id = mlflow.active_run().info.run_id
     example = np.full((1, *image_size, 3), 127.0, np.float32)
     signature = infer_signature(example, model.predict(example, verbose=0))
-    logged = mlflow.initialize_logged_model(name="model", source_run_id=run_id, model_type="keras", tags=describe or {})
+    logged = mlflow.initialize_logged_model(
+        name="model", source_run_id=run_id, model_type="keras", tags=describe or {}, params=params or {}
+    )
     try:
         with tempfile.TemporaryDirectory() as scratch:
             path = os.path.join(scratch, "model")

@@ -379,6 +379,7 @@ def record_training(
                     "model": config.model.name,
                     "seed": str(config.seed),
                 },
+                params=tracking.flat_params(config),
             )
         write_run_record(reports_dir, active.info, uri, model_id, best_val, best_epoch)
     print(

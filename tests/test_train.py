@@ -75,6 +75,7 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
         "model": run.data.params["model.name"],
         "seed": run.data.params["seed"],
     }
+    assert logged.params["augmentation.rotation_range"] == "30.0" and logged.params["train.epochs"] == "2"  # its setup
     best_epoch = int(run.data.metrics["best_epoch"])
     assert [(o.model_id, o.step) for o in run.outputs.model_outputs] == [(logged.model_id, best_epoch)]
     model_metrics = {m.key: m for m in mlflow.get_logged_model(logged.model_id).metrics}
