@@ -30,10 +30,13 @@ FAILED_JOB_FILE = "job_failed.txt"  # in a job's folder: why it failed (removed 
 def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
     """The overrides of each job of this multirun, in Hydra's order; None when the sweeper draws
     its jobs as it goes (Optuna) or the command line is not one Hydra's basic sweeper can split."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    try:  # the basic sweeper's own splitting, so that the jobs checked are the jobs it runs
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # private to hydra-core 1.3
+    except ImportError:  # another Hydra: each job is still checked as it starts
+        return None
     if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
         return None
     sweeper_params = config.hydra.sweeper.get("params") or {}
