@@ -103,11 +103,7 @@ def apply_group_option(raw: DictConfig, group: str, option: str) -> DictConfig:
     """
     if group == "hparams_search":
         raise ConfigError(f"{group}={option} is a Hydra sweep: run it as python -m pipeline.train -m {group}={option}")
-    options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-    if option not in options:
-        raise ConfigError(
-            f"{group}={option}: there is no conf/{group}/{option}.yaml; the options are: {', '.join(options)}"
-        )
+    check_group_option(group, option)
     # what the option changes, measured from a composition without it (experiment=cpu is also the default)
     plain = compose_raw(["~experiment"] if group == "experiment" else [], with_hydra=True)
     chosen = compose_raw([f"{group}={option}"], with_hydra=True)
@@ -207,14 +203,20 @@ def check_group_options(group: str, value: str) -> None:
     comma-separated options each; Hydra's sweep functions such as glob(...) are left to Hydra)."""
     if "." in group or "/" in group or not (CONF_DIR / group).is_dir() or any(c in value for c in "()[]{}$"):
         return
-    options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
     for option in (o.strip() for o in value.split(",")):
-        if option not in options and option != "null":
-            close = difflib.get_close_matches(option, options, n=1)
-            hint = f"did you mean {group}={close[0]}? " if close else ""
-            raise ConfigError(
-                f"{group}={option}: there is no conf/{group}/{option}.yaml; {hint}The options are: {', '.join(options)}"
-            )
+        if option != "null":
+            check_group_option(group, option)
+
+
+def check_group_option(group: str, option: str) -> None:
+    """A ConfigError when conf/<group>/ has no `option`, listing the choices and the closest one."""
+    options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    if option not in options:
+        close = difflib.get_close_matches(option, options, n=1)
+        hint = f" (did you mean {group}={close[0]}?)" if close else ""
+        raise ConfigError(
+            f"{group}={option}: there is no conf/{group}/{option}.yaml; the options are: {', '.join(options)}{hint}"
+        )
 
 
 OUTPUT_PATHS = ("paths.split_dir", "paths.reports_dir", "paths.models_dir", "data.download_dir")

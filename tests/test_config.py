@@ -33,8 +33,8 @@ def test_an_unknown_experiment_is_refused_listing_the_choices(tmp_path):
     result = run_module("pipeline.train", "experiment=cpuu", *path_overrides(tmp_path))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: experiment=cpuu: there is no conf/experiment/cpuu.yaml; did you mean experiment=cpu? "
-        "The options are: cpu, lesson, scratch"
+        "error: experiment=cpuu: there is no conf/experiment/cpuu.yaml; the options are: cpu, lesson, scratch "
+        "(did you mean experiment=cpu?)"
     ]
     with pytest.raises(MissingConfigException, match="experiment/cpuu"):  # how DVC composes (dvc exp run -S)
         compose(["experiment=cpuu"])
