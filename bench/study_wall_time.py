@@ -2,10 +2,15 @@
 
     python bench/study_wall_time.py --data ../shared/datasets/clothing-small                 # 5 seeds
     python bench/study_wall_time.py --data ../shared/datasets/clothing-small --ablation      # 3 seeds, 6 operations
+    python bench/study_wall_time.py --data ../shared/datasets/clothing-small \
+        --groups none,light,randaugment,mixup,cutmix,strong,lesson,lesson-no-vertical_flip   # the presets' map
 
 The default is `python -m pipeline.train -m experiment=cpu augmentation=none,lesson seed=1,2,3,4,5`;
 `--ablation` runs the README's ablation instead, over 3 seeds: the baselines `none,lesson`, then
-`lesson` without each of its six operations (24 runs). Everything goes into a fresh folder: a new
+`lesson` without each of its six operations (24 runs). `--groups` names the groups instead: presets,
+and `<preset>-no-<op>` for a preset without one operation (`augmentation.ablate`); their verdicts
+compare the whole experiment against `none`. `--seeds` sets the seeds (`1,2,3` or `1-5`).
+Everything goes into a fresh folder (or `--folder`, where a rerun resumes the sweeps): a new
 MLflow store and an empty `paths.cache_dir`, so the first run converts the frozen base and decodes
 the split as on a new machine. Trailing arguments are Hydra overrides for every sweep.
 
@@ -42,10 +47,32 @@ def run(command: list[str], env: dict) -> float:
     return time.perf_counter() - start
 
 
+def seed_list(text: str) -> str:
+    """`1-5` -> `1,2,3,4,5`; a comma-separated list passes as it is."""
+    if "-" in text:
+        first, last = (int(part) for part in text.split("-"))
+        return ",".join(str(seed) for seed in range(first, last + 1))
+    return text
+
+
+def group_sweeps(groups: str, seeds: str) -> list[list[str]]:
+    """One sweep for the named presets, one per `<preset>-no-<op>` group (Hydra overrides)."""
+    names = groups.split(",")
+    presets = [name for name in names if "-no-" not in name]
+    sweeps = [[f"augmentation={','.join(presets)}", seeds]] if presets else []
+    for name in names:
+        if "-no-" in name:
+            preset, operation = name.split("-no-")
+            sweeps.append([f"augmentation={preset}", seeds, f"augmentation.ablate={operation}"])
+    return sweeps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="dataset folder (data.source)")
     parser.add_argument("--ablation", action="store_true", help="the README's ablation over 3 seeds")
+    parser.add_argument("--groups", help="comma-separated presets and <preset>-no-<op> groups (default none,lesson)")
+    parser.add_argument("--seeds", help="seeds, e.g. 1,2,3 or 1-5 (default 1-5; 1-3 with --ablation)")
     parser.add_argument("--folder", type=Path, help="work here instead of a temporary folder (kept)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every sweep")
     args = parser.parse_args()
@@ -63,20 +90,21 @@ def main() -> None:
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         python = [sys.executable, "-m"]
         walls = {"split": run([*python, "pipeline.split", f"data.source={args.data.resolve()}", *paths], env)}
-        seeds = "seed=1,2,3" if args.ablation else "seed=1,2,3,4,5"
-        sweeps = [["augmentation=none,lesson", seeds]]
+        seeds = "seed=" + seed_list(args.seeds or ("1-3" if args.ablation else "1-5"))
+        sweeps = group_sweeps(args.groups or "none,lesson", seeds)
         if args.ablation:
             sweeps.append(["augmentation=lesson", seeds, f"augmentation.ablate={ABLATED}"])
+        whole_experiment = args.ablation or len(sweeps) > 1
         for i, sweep in enumerate(sweeps):
             command = [*python, "pipeline.train", "-m", "experiment=cpu", *sweep, *paths, *args.overrides]
             command.append(f"hydra.sweep.dir={work}/multirun/{i}")
             walls[" ".join(sweep)] = run(command, env)
         comparison = (
             json.loads(next((work / "multirun" / str(len(sweeps) - 1)).glob("comparison/comparison.json")).read_text())
-            if not args.ablation
+            if not whole_experiment
             else None
         )
-        if args.ablation:  # the ablation's verdicts compare the whole experiment, as the README says
+        if whole_experiment:  # verdicts over several sweeps compare the whole experiment, as the README says
             walls["compare"] = run([*python, "pipeline.compare", *paths, "hydra.run.dir=" + str(work / "compare")], env)
             comparison = json.loads((work / "reports" / "comparison.json").read_text())
 

@@ -27,7 +27,7 @@ import yaml
 
 from pipeline.array_cache import ArrayCache
 from pipeline.augmentation import BatchAugmenter
-from pipeline.augmentation_config import AugmentationConfig
+from pipeline.augmentation_config import AugmentationConfig, read_ablation_label
 from pipeline.backend import tf
 from pipeline.bars import progress_bar
 from pipeline.config import ModelConfig, validate
@@ -110,7 +110,7 @@ def measure_affinities(
         ablated = next((g for g in groups if g.label == d.baseline), None)
         baseline = baseline_for(ablated, groups, baseline_preset) if ablated else None
         if baseline and d.group not in LABEL_MIXING:
-            full_name = ablated.preset.rsplit(f"-no-{d.group}", 1)[0]
+            full_name = read_ablation_label(ablated.preset)[0]
             full = next(g for g in groups if g.preset == full_name and g.settings == ablated.settings)
             augmentation = logged_augmentation(full, notes)
             if augmentation:

@@ -72,6 +72,18 @@ ABLATABLE = {
 NO_ABLATION = (None, "none")
 
 
+def ablation_label(preset: str, operation: str) -> str:
+    """The name of `preset` trained without `operation` (`augmentation.ablate`): the group's label
+    in every report."""
+    return f"{preset}-no-{operation}"
+
+
+def read_ablation_label(label: str) -> tuple[str, str | None]:
+    """(preset, operation) of an ablation's label; (label, None) for a preset's own."""
+    preset, mark, operation = label.rpartition("-no-")
+    return (preset, operation) if mark and operation in ABLATABLE else (label, None)
+
+
 @dataclass
 class AugmentationConfig:
     """ImageDataGenerator's argument names and meaning, plus modern operations.
@@ -126,11 +138,10 @@ class AugmentationConfig:
         Idempotent, so an applied config can be validated again (a logged config.yaml)."""
         if self.ablate in NO_ABLATION:
             return dataclasses.replace(self, ablate=None)
-        suffix = f"-no-{self.ablate}"
         return (
             self.without(self.ablate)
-            if self.name.endswith(suffix)
-            else dataclasses.replace(self.without(self.ablate), name=self.name + suffix)
+            if read_ablation_label(self.name)[1] == self.ablate
+            else dataclasses.replace(self.without(self.ablate), name=ablation_label(self.name, self.ablate))
         )
 
     def zoom_bounds(self) -> tuple[float, float]:
@@ -195,7 +206,7 @@ class AugmentationConfig:
             active = ", ".join(self.active_operations()) or "none"
             if self.ablate not in ABLATABLE:
                 found.append(("ablate", f"must be none or an operation ({', '.join(ABLATABLE)}), got {self.ablate!r}"))
-            elif self.ablate not in self.active_operations() and not self.name.endswith(f"-no-{self.ablate}"):
+            elif self.ablate not in self.active_operations() and read_ablation_label(self.name)[1] != self.ablate:
                 found.append(
                     (
                         "ablate",

@@ -48,6 +48,7 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
     from pipeline import run_search, store, tracking
     from pipeline.registry import register_winner
     from pipeline.report import json_safe, render_markdown
+    from pipeline.sequential import decide_in_rounds
     from pipeline.verdicts import (
         DATA_VERSION,
         ablation_contributions,
@@ -90,9 +91,27 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
         else []
     )
     metric = choose_metric(settings.metric, groups)
-    differences = compare_groups(groups, settings.baseline, metric, settings.confidence, settings.power)
-    ablations = ablation_contributions(groups, metric, settings.confidence, settings.power)
-    correct_for_many(differences + ablations, settings.confidence, settings.power, settings.margin / 100)
+    if settings.rounds:  # a sequential study: each look at its own share of the false-verdict rate
+        differences, ablations = decide_in_rounds(
+            groups,
+            settings.baseline,
+            metric,
+            list(settings.rounds),
+            settings.confidence,
+            settings.power,
+            settings.margin / 100,
+        )
+    else:
+        differences = compare_groups(groups, settings.baseline, metric, settings.confidence, settings.power)
+        ablations = ablation_contributions(groups, metric, settings.confidence, settings.power)
+        correct_for_many(differences + ablations, settings.confidence, settings.power, settings.margin / 100)
+        seed_counts = sorted({len(g.runs) for g in groups})
+        if len(seed_counts) > 1:
+            notes.append(
+                f"the groups have {seed_counts[0]} to {seed_counts[-1]} seeds: if seeds were added after looking at "
+                "the verdicts (python -m pipeline.rounds), compare with that study's compare.rounds, or these "
+                "verdicts are too sure of themselves"
+            )
     if settings.affinity and (differences or ablations):
         from pipeline.affinity import measure_affinities  # TensorFlow and the models load here, only when asked
         from pipeline.array_cache import array_cache
@@ -116,6 +135,7 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
         "confidence": settings.confidence,
         "power": settings.power,
         "margin": settings.margin,
+        "rounds": list(settings.rounds) if settings.rounds else None,
         "runs": sum(len(g.runs) for g in groups),
         "compared_runs": [{"run_id": r.run_id, "group": g.label, "seed": r.seed} for g in groups for r in g.runs],
         "runs_left_out": left_out,
@@ -157,9 +177,7 @@ class CompareAfterSweep(Callback):
         if not settings.compare.after_sweep:
             return
         sweep_dir = Path(config.hydra.sweep.dir)
-        run_ids = set()
-        for record in sweep_dir.glob("**/reports/run.json"):
-            run_ids.add(json.loads(record.read_text())["run_id"])
+        run_ids = sweep_run_ids(sweep_dir)
         if not run_ids:
             return
         print(f"\n== comparison of the {len(run_ids)} runs of this sweep ({sweep_dir}) ==")
@@ -168,6 +186,11 @@ class CompareAfterSweep(Callback):
             run(settings, run_ids)
         except UserError as error:  # the sweep itself succeeded: say why there is no comparison
             print(f"no comparison: {error}")
+
+
+def sweep_run_ids(folder: Path) -> set[str]:
+    """The MLflow runs of the sweeps under `folder`: each job's reports/run.json names its run."""
+    return {json.loads(record.read_text())["run_id"] for record in folder.glob("**/reports/run.json")}
 
 
 def log_comparison_run(config: Config, report: dict, reports: Path) -> tuple[str, str]:

@@ -27,7 +27,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.augmentation_config import AugmentationConfig
+from pipeline.augmentation_config import AugmentationConfig, read_ablation_label
 from pipeline.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -243,6 +243,10 @@ class CompareConfig:
     filter: Optional[str] = None  # an MLflow search filter, e.g. "params.`model.name` = 'residual_cnn'"
     power: float = 0.8  # for the seeds-needed advice: chance that a study of that size resolves it
     margin: float = 1.0  # points: a difference whose whole corrected interval lies within +-margin is `equivalent`
+    rounds: Optional[list[int]] = None  # a sequential study (python -m pipeline.rounds): seeds per group after
+    # each round, e.g. [3, 5, 7, 10]; the verdicts spend 1 - confidence over them. null: one fixed set of seeds
+    groups: list[str] = field(default_factory=lambda: ["none", "lesson"])  # python -m pipeline.rounds: the
+    # groups it trains, presets or <preset>-no-<operation>
     after_sweep: bool = True  # compare the runs of a multirun when it ends (its verdict table)
     register: bool = False  # on a keep verdict: register the winning group's best model, alias champion
     affinity: bool = True  # measure each preset's and operation's affinity with the baseline's models
@@ -258,6 +262,12 @@ class CompareConfig:
             found.append(("power", f"must be in [0.5, 1), got {self.power}"))
         if not 0 <= self.margin <= 100:
             found.append(("margin", f"must be in [0, 100] points, got {self.margin}"))
+        if self.rounds is not None:
+            rounds = list(self.rounds)
+            if not rounds or rounds != sorted(set(rounds)) or rounds[0] < 3:
+                found.append(
+                    ("rounds", f"must be increasing seed counts from 3 up (a verdict needs 3 seeds), got {rounds}")
+                )
         return found
 
 
@@ -384,7 +394,7 @@ def validate(raw: DictConfig | dict) -> Config:
 def preset_overrides(augmentation: AugmentationConfig) -> list[str]:
     """`key=value` for each augmentation key that differs from its preset's file
     (conf/augmentation/<name>.yaml): a title that names the preset must name these too."""
-    preset_file = CONF_DIR / "augmentation" / f"{augmentation.name.split('-no-')[0]}.yaml"
+    preset_file = CONF_DIR / "augmentation" / f"{read_ablation_label(augmentation.name)[0]}.yaml"
     if not preset_file.exists():
         return []
     preset: AugmentationConfig = OmegaConf.to_object(

@@ -149,6 +149,17 @@ def render_markdown(report: dict) -> str:
         "Seeds to resolve it: seeds per group for a corrected verdict on this difference, and on a "
         f"1-point one, with {report['power']:.0%} power given the spread seen. An ablation's keep means "
         "the operation helps its preset.",
+        *(
+            [
+                "",
+                f"A sequential study (compare.rounds={report['rounds']}): each comparison is decided at the first "
+                f"round where it settled, at that round's share of the {1 - report['confidence']:.2f} false-verdict "
+                "rate (Pocock-type alpha spending; pipeline/sequential.py), so looking after every round does not "
+                "inflate false verdicts; its reason names the round.",
+            ]
+            if report.get("rounds")
+            else []
+        ),
         "",
     ]
     per_class = class_table(report["differences"] + report["ablations"])

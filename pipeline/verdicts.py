@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline import seed_statistics as statistics
+from pipeline.augmentation_config import read_ablation_label
 from pipeline.run_identity import AUGMENTED_ONLY  # a plain run's value of these is no setting of its group
 
 DATA_VERSION = "data.version"  # the data a run trained on (its manifests' hash): a setting, read from its tag
@@ -475,7 +476,7 @@ def ablation_contributions(groups: list[Group], metric: str, confidence: float, 
         operation = ablated.runs[0].ablated
         if operation is None:
             continue
-        full_name = ablated.preset.rsplit(f"-no-{operation}", 1)[0]
+        full_name = read_ablation_label(ablated.preset)[0]
         full = next((g for g in groups if g.preset == full_name and g.settings == ablated.settings), None)
         if full is None:
             reason = (

@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipeline.augmentation_config import read_ablation_label  # noqa: E402
 from pipeline.config import Config, preset_overrides  # noqa: E402
 from pipeline.images import load_checked_image  # noqa: E402
 from pipeline.manifests import read_classes, read_manifest_rows  # noqa: E402
@@ -132,11 +133,16 @@ def mean_curve(runs: list[RunSummary], metric: str) -> tuple[np.ndarray, np.ndar
     return np.arange(1, length + 1), mean, std, np.sum(~np.isnan(padded), axis=0)
 
 
+def is_ablation(label: str) -> bool:
+    """Whether a group's label (`<preset>[, key=value ...]`) names a preset without one operation."""
+    return read_ablation_label(label.split(", ")[0])[1] is not None
+
+
 def group_styles(groups: list[Group], differences: list[Difference]) -> list[tuple[str, str, str]]:
     """(colour, line style, marker) per group: the baseline black, each full preset solid in a colour
     of its own, the preset without one operation (an ablation) dashed with crosses - so that a
     preset and its ablations read as one family and the baseline stands apart."""
-    baselines = {d.baseline for d in differences if "-no-" not in d.baseline}
+    baselines = {d.baseline for d in differences if not is_ablation(d.baseline)}
     colours = iter(plt.get_cmap("tab10").colors)
     styles = []
     for group in groups:
@@ -218,7 +224,7 @@ def draw_comparison(groups: list[Group], differences: list[Difference]):
             alpha=0.7,
         )
     forest.axvline(0, color="black", linewidth=1)
-    operations = [row for row, d in enumerate(differences) if "-no-" in d.baseline]
+    operations = [row for row, d in enumerate(differences) if is_ablation(d.baseline)]
     sections = bool(operations) and operations[0] > 0  # presets against the baseline above, operations below
     if sections:
         forest.axhline(operations[0] - 0.5, color="gray", linewidth=1, linestyle="--")
