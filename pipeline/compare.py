@@ -43,8 +43,9 @@ FIGURES = ("comparison.png", "class_effects.png", "affinity_diversity.png")
 CURVES = ("val_accuracy", "val_loss", "loss", "epoch_seconds")  # per-epoch histories the report reads
 
 
-def run(config: Config, run_ids: set[str] | None = None) -> dict:
-    """Compare the FINISHED training runs of the experiment (only `run_ids`, when given)."""
+def run(config: Config, run_ids: set[str] | None = None, record: bool = True) -> dict:
+    """Compare the FINISHED training runs of the experiment (only `run_ids`, when given); `record`:
+    also as a comparison run in MLflow (and a champion registered), not just the files."""
     from pipeline import run_search, store, tracking
     from pipeline.registry import register_winner
     from pipeline.report import json_safe, render_markdown
@@ -156,14 +157,17 @@ def run(config: Config, run_ids: set[str] | None = None) -> dict:
     class_effects_figure(differences + ablations, reports / "class_effects.png")
     affinity_diversity_figure(differences, ablations, reports / "affinity_diversity.png")
     print(markdown)
-    if settings.register:
-        print(register_winner(config.tracking.model_name, groups, differences, metric))
-    experiment_id, run_id = log_comparison_run(config, report, reports)
     print(
         f"-> {reports / 'comparison.md'}, {reports / 'comparison.json'}, "
         + ", ".join(str(reports / name) for name in FIGURES)
     )
-    print(tracking.ui_hint(store.tracking_uri(config), experiment_id, run_id) + "   (this comparison: its verdicts)")
+    if record:
+        if settings.register:
+            print(register_winner(config.tracking.model_name, groups, differences, metric))
+        experiment_id, run_id = log_comparison_run(config, report, reports)
+        print(
+            tracking.ui_hint(store.tracking_uri(config), experiment_id, run_id) + "   (this comparison: its verdicts)"
+        )
     return report
 
 

@@ -43,27 +43,26 @@ def run(config: Config) -> dict:
     check_store(config)
     folder, overrides = command_folder_and_overrides()
     print(f"rounds of seeds per group: {rounds}; groups: {', '.join(groups)}")
-    looking = copy.deepcopy(config)
+    looking = copy.deepcopy(config)  # each round's look: its files only, no affinity (the final look has them)
     looking.compare.rounds, looking.compare.affinity = rounds, False
-    training, trained_before, report = groups, 0, None
+    training, trained_before = groups, 0
     for look, seeds in enumerate(rounds, start=1):
         new_seeds = list(range(config.seed + trained_before, config.seed + seeds))
         print(f"\n== round {look} of {len(rounds)}: seeds {new_seeds[0]}-{new_seeds[-1]} of {', '.join(training)} ==")
         for number, sweep in enumerate(group_sweeps(training, new_seeds)):
             train_sweep(sweep + overrides, folder / f"round-{look}" / str(number), look)
         looking.paths.reports_dir = str(folder / f"round-{look}" / "comparison")
-        report = compare.run(looking, compare.sweep_run_ids(folder))
-        still_open = open_comparisons(report)
+        still_open = open_comparisons(compare.run(looking, compare.sweep_run_ids(folder), record=False))
         trained_before = seeds
         if not still_open:
             break
         training = groups_to_train(still_open, settings.baseline)
         if look < len(rounds):
             print(f"still open after round {look}: {', '.join(label(d) for d in still_open)}")
-    if settings.affinity:  # the final look again, with what intermediate looks skip
-        final = copy.deepcopy(config)
-        final.compare.rounds = rounds
-        report = compare.run(final, compare.sweep_run_ids(folder))
+    print(f"\n== the study's verdicts, into {config.paths.reports_dir} and MLflow ==")
+    final = copy.deepcopy(config)
+    final.compare.rounds = rounds
+    report = compare.run(final, compare.sweep_run_ids(folder))
     print(study_summary(report, rounds, len(groups)))
     return report
 
