@@ -4,7 +4,7 @@
 
 Writes <paths.reports_dir>/metrics.json (the headline, named as in MLflow: test_accuracy,
 test_balanced_accuracy, test_macro_f1, test_loss; DVC metrics), per_class.json (each class's precision, recall and F1, and its val recall) and
-confusion.csv (actual,predicted per image; DVC's confusion template), and logs test_* metrics (accuracy, balanced accuracy, macro F1, loss,
+confusion.csv (actual,predicted,sha256 per test image, also logged: compare pairs by image), and logs test_* metrics (accuracy, balanced accuracy, macro F1, loss,
 and each class's recall as test_recall.<class>) and a confusion-matrix PNG to the training's
 MLflow run, without reopening it. The same model's per-class recall on the validation split
 (the best epoch's weights) goes in as val_recall.<class> and under "val_per_class_recall".
@@ -21,6 +21,8 @@ import numpy as np
 from pipeline.cli import stage_entry
 from pipeline.config import Config
 from pipeline.manifests import read_classes
+
+PREDICTIONS_FILE = "confusion.csv"  # actual,predicted,sha256 per test image; logged to the run for `compare`
 
 
 def classification_metrics(actual: np.ndarray, predicted: np.ndarray, classes: list[str]) -> dict:
@@ -90,10 +92,11 @@ def run(config: Config) -> dict:
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (reports / "per_class.json").write_text(json.dumps(per_class, indent=2) + "\n")
-    with open(reports / "confusion.csv", "w", newline="") as f:
+    with open(reports / PREDICTIONS_FILE, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["actual", "predicted"])
-        writer.writerows((classes[a], classes[p]) for a, p in zip(actual, predicted))
+        writer.writerow(["actual", "predicted", "sha256"])  # sha256: the image, for comparisons paired by image
+        images = test_set.sha256 or test_set.paths
+        writer.writerows((classes[a], classes[p], image) for a, p, image in zip(actual, predicted, images))
     figure = confusion_matrix_figure(actual, predicted, classes, reports / "confusion.png")
     _log_to_training_run(config, reports, metrics, per_class, figure)
     print(
@@ -161,6 +164,7 @@ def _log_to_training_run(config: Config, reports: Path, metrics: dict, per_class
         f"macro F1 {metrics['test_macro_f1']:.4f}) on {metrics['test_images']} test images",
     )
     client.log_artifact(run_id, str(figure))
+    client.log_artifact(run_id, str(reports / PREDICTIONS_FILE))  # per image: compare pairs classes by image
     client.log_dict(run_id, {**metrics, "per_class": per_class}, "classification_report.json")
 
 

@@ -91,6 +91,20 @@ def class_table(differences: list[dict]) -> list[str]:
     return lines
 
 
+def class_method(differences: list[dict]) -> str:
+    """How the per-class intervals were made (verdicts.class_differences), in a sentence."""
+    methods = {c.get("method", "per seed") for d in differences for c in d["per_class"].values()}
+    per_image = (
+        "each test image of the class on each seed is a pair (right or wrong with the group, with the baseline); the "
+        "interval is over the images x seeds table, so it holds for other seeds and other images of the class"
+    )
+    per_seed = (
+        "from each seed's class recall (a t interval over the seeds: runs evaluated before predictions were logged)"
+    )
+    said = [text for method, text in (("per image", per_image), ("per seed", per_seed)) if method in methods]
+    return "Method: " + "; where not, ".join(said) + " (pipeline/verdicts.py, class_differences)."
+
+
 def render_markdown(report: dict) -> str:
     """The report as markdown: groups (accuracy in %, mean ± std over seeds), the verdicts
     against the baseline, each ablated operation's contribution, the per-class effects and
@@ -168,6 +182,8 @@ def render_markdown(report: dict) -> str:
             "## Per class: test recall, difference in points [interval, Holm-corrected over the classes; bold: it excludes 0]",
             "",
             *per_class,
+            "",
+            class_method(report["differences"] + report["ablations"]),
             "",
         ]
         lines += [f"- {flag}" for flag in report["class_flags"]] or [

@@ -67,9 +67,30 @@ def training_runs(
                 histories,
                 r.info.start_time or 0,
                 augmented=r.data.tags.get("augmented", "true") == "true",
+                test_predictions=test_predictions(client, r.info.run_id),
             )
         )
     return summaries, len(training) - len(finished)
+
+
+def test_predictions(client: mlflow.MlflowClient, run_id: str) -> dict[str, tuple[str, str]]:
+    """{image sha256: (actual class, predicted class)} of a run's test split, as evaluate logged them
+    (`PREDICTIONS_FILE`); empty for a run evaluated before they were logged, or not at all."""
+    import csv
+    import tempfile
+
+    from pipeline.evaluate import PREDICTIONS_FILE
+
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = client.download_artifacts(run_id, PREDICTIONS_FILE, folder)
+        except (MlflowException, OSError):
+            return {}
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    if not rows or "sha256" not in rows[0]:
+        return {}
+    return {row["sha256"]: (row["actual"], row["predicted"]) for row in rows}
 
 
 def finished_run_with(experiment_name: str, config_hash: str) -> mlflow.entities.Run | None:

@@ -35,6 +35,33 @@ def t_interval(differences: Sequence[float], confidence: float) -> tuple[float, 
     return float(d.mean() - half), float(d.mean() + half)
 
 
+def crossed_t(table: np.ndarray) -> tuple[float, float, float]:
+    """(mean, standard error, degrees of freedom) of the mean of an images x seeds table of paired
+    differences, when both the images and the seeds are samples: the error covers another seed
+    *and* other images of the class. Owen 2007's conservative estimator for crossed random effects
+    (the variance of the image means / images + that of the seed means / seeds), with
+    Welch-Satterthwaite degrees of freedom for the sum. Needs >= 2 images and >= 2 seeds; the
+    error is 0 when every cell is the same."""
+    images, seeds = table.shape
+    over_images = float(np.var(table.mean(axis=1), ddof=1)) / images
+    over_seeds = float(np.var(table.mean(axis=0), ddof=1)) / seeds
+    variance = over_images + over_seeds
+    if variance == 0:
+        return float(table.mean()), 0.0, math.inf
+    freedom = variance**2 / (over_images**2 / (images - 1) + over_seeds**2 / (seeds - 1))
+    return float(table.mean()), math.sqrt(variance), freedom
+
+
+def t_p_value(mean: float, error: float, freedom: float) -> float:
+    """Two-sided p of a t statistic mean / error with `freedom` degrees of freedom; NaN with no error."""
+    return float(2 * stats.t.sf(abs(mean) / error, freedom)) if error > 0 else math.nan
+
+
+def t_quantile(confidence: float, freedom: float) -> float:
+    """The half-width of a two-sided t interval at `confidence`, in standard errors."""
+    return float(stats.t.ppf((1 + confidence) / 2, freedom))
+
+
 def welch_interval(ours: Sequence[float], theirs: Sequence[float], confidence: float) -> tuple[float, float]:
     """Welch's t interval on mean(ours) - mean(theirs) for unpaired runs (>= 2 in each)."""
     a, b = np.asarray(ours, dtype=float), np.asarray(theirs, dtype=float)

@@ -89,6 +89,7 @@ class RunSummary:
     curves: dict[str, list[float]] = field(default_factory=dict)  # val_accuracy / val_loss per epoch
     started_ms: int = 0  # start time, to keep the latest of repeated runs
     augmented: bool = True  # its training images were augmented (tag `augmented`)
+    test_predictions: dict[str, tuple[str, str]] = field(default_factory=dict)  # image sha256 -> (actual, predicted)
 
     def setting(self, key: str) -> str | None:
         """The run's value of a grouping key; None where the key does not apply (`AUGMENTED_ONLY`)."""
@@ -501,9 +502,70 @@ CLASS_METRIC_PREFIX = "test_recall."  # per-class test recall, logged by the eva
 
 def class_differences(group: Group, baseline: Group, confidence: float) -> dict[str, dict]:
     """Per class: the paired difference of test recall (group minus baseline, mean over seeds)
-    with its t interval, Holm-corrected over the classes so that `significant` keeps a 5% chance
+    with its interval, Holm-corrected over the classes so that `significant` keeps a 5% chance
     (at confidence 0.95) of any false flag among them. After Balestriero et al. 2022: an
-    augmentation that raises the average can cost single classes a lot."""
+    augmentation that raises the average can cost single classes a lot.
+
+    With every run's test predictions (`RunSummary.test_predictions`), each image of the class
+    on each seed is a pair - right or wrong under the group, and under the baseline - and the
+    interval comes from the images x seeds table (`seed_statistics.crossed_t`): both the seeds and
+    the test images are samples. Without them (runs evaluated before predictions were logged),
+    from each seed's class recall alone (a t interval over the seeds)."""
+    seeds = sorted(
+        set(group.values("test_accuracy")) & set(baseline.values("test_accuracy")), key=lambda s: (len(s), s)
+    )
+    tables = per_image_tables(group, baseline, seeds) if len(seeds) >= MIN_SEEDS_FOR_VERDICT else {}
+    if tables:
+        found = {name: statistics.crossed_t(table) for name, table in tables.items()}
+        method, counts = "per image", {name: table.shape[0] for name, table in tables.items()}
+    else:
+        found = {name: _t_over_seeds(d) for name, d in per_seed_recall_differences(group, baseline).items()}
+        method, counts = "per seed", {}
+    p_values = [statistics.t_p_value(*estimate) for estimate in found.values()]
+    adjusted = statistics.holm_adjusted(p_values)
+    levels = statistics.holm_levels(p_values, confidence)
+    table = {}
+    for (name, (mean, error, freedom)), p, level in zip(found.items(), adjusted, levels):
+        zero_spread = math.isnan(p)
+        half = 0.0 if zero_spread else statistics.t_quantile(level, freedom) * error
+        low, high = within_bounds(mean - half, mean + half)
+        table[name] = {
+            "mean": mean,
+            "low": low,
+            "high": high,
+            "p_adjusted": None if zero_spread else p,
+            "significant": not zero_spread and p < 1 - confidence,
+            "seeds": len(seeds) if tables else len(found),
+            "method": method,
+            **({"images": counts[name]} if counts else {}),
+        }
+    return table
+
+
+def per_image_tables(group: Group, baseline: Group, seeds: list[str]) -> dict[str, np.ndarray]:
+    """{class: images x seeds table of (group right) - (baseline right)}, over the test images every
+    compared run predicted; {} unless every run of `seeds` in both groups has its predictions."""
+    runs = [{r.seed: r for r in g.runs} for g in (group, baseline)]
+    predictions = [[by_seed[s].test_predictions for s in seeds] for by_seed in runs]
+    if not all(p for side in predictions for p in side):
+        return {}
+    images = set.intersection(*(set(p) for side in predictions for p in side))
+    truth = {image: predictions[0][0][image][0] for image in images}
+    tables = {}
+    for name in sorted(set(truth.values())):
+        members = sorted(image for image in images if truth[image] == name)
+        if len(members) < 2:
+            continue
+        right = [
+            np.array([[side[k][image][1] == name for k in range(len(seeds))] for image in members], dtype=float)
+            for side in predictions
+        ]
+        tables[name] = right[0] - right[1]
+    return tables
+
+
+def per_seed_recall_differences(group: Group, baseline: Group) -> dict[str, list[float]]:
+    """{class: the paired per-seed differences of its logged test recall}, classes with >= 3 seeds."""
     classes = sorted(
         {
             k[len(CLASS_METRIC_PREFIX) :]
@@ -518,22 +580,14 @@ def class_differences(group: Group, baseline: Group, confidence: float) -> dict[
         common = sorted(set(ours) & set(theirs))
         if len(common) >= MIN_SEEDS_FOR_VERDICT:
             found[name] = [ours[s] - theirs[s] for s in common]
-    p_values = [statistics.paired_t_p_value(d) for d in found.values()]
-    adjusted = statistics.holm_adjusted(p_values)
-    levels = statistics.holm_levels(p_values, confidence)
-    table = {}
-    for (name, d), p, level in zip(found.items(), adjusted, levels):
-        zero_spread = math.isnan(p)
-        low, high = (float(np.mean(d)),) * 2 if zero_spread else within_bounds(*statistics.t_interval(d, level))
-        table[name] = {
-            "mean": float(np.mean(d)),
-            "low": low,
-            "high": high,
-            "p_adjusted": None if zero_spread else p,
-            "significant": not zero_spread and p < 1 - confidence,
-            "seeds": len(d),
-        }
-    return table
+    return found
+
+
+def _t_over_seeds(differences: list[float]) -> tuple[float, float, float]:
+    """(mean, standard error, degrees of freedom) of per-seed differences."""
+    d = np.asarray(differences, dtype=float)
+    error = float(d.std(ddof=1) / math.sqrt(len(d)))
+    return float(d.mean()), (error if d.std(ddof=1) > statistics.NO_SPREAD else 0.0), len(d) - 1
 
 
 def class_flags(d: Difference) -> list[str]:

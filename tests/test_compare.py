@@ -15,6 +15,7 @@ from scipy import stats
 from pipeline import compare
 from pipeline.config import compose
 from pipeline.errors import TrackingError
+from pipeline.seed_statistics import crossed_t
 from pipeline.verdicts import RunSummary, compare_with_baseline, group_runs, varied_settings
 from tests.conftest import make_image, run_in_process
 
@@ -673,3 +674,42 @@ def test_an_ablation_figure_pairs_a_preset_with_its_ablations_and_sets_the_basel
     assert styles["lesson-no-rotation"][1:] == ("--", "x") and styles["lesson-no-zoom"][1:] == ("--", "x")
     colours = [style[0] for preset, style in styles.items() if preset != "none"]
     assert len(set(colours)) == len(colours)  # every other group a colour of its own
+
+
+def test_per_class_effects_pair_every_image_of_every_seed_when_predictions_are_logged():
+    """3 seeds; class `shirt` has 4 test images, `shoe` 2. lesson gets shirt images 1 and 3 right
+    where none gets them wrong on seeds 1-2, and loses image 4 on seed 3: the table of
+    `test_crossed_t_by_hand`. Without predictions in one run, each seed's recall is used instead."""
+    shirt_none = [["wrong", "right", "wrong", "right"]] * 3
+    shirt_lesson = [["right", "right", "right", "right"], ["wrong", "right", "right", "right"]]
+    shirt_lesson.append(["wrong", "right", "wrong", "wrong"])
+
+    def predictions(rows, seed):
+        found = {f"shirt{i}": ("shirt", "shirt" if rows[seed][i] == "right" else "shoe") for i in range(4)}
+        return found | {"shoe0": ("shoe", "shoe"), "shoe1": ("shoe", "shirt")}
+
+    runs = []
+    for seed in range(3):
+        for preset, rows in (("none", shirt_none), ("lesson", shirt_lesson)):
+            recall = sum(r == "right" for r in rows[seed]) / 4
+            metrics = {"test_accuracy": 0.8, "test_recall.shirt": recall, "test_recall.shoe": 0.5}
+            run = RunSummary(f"{preset}{seed}", preset, str(seed + 1), {"seed": str(seed + 1)}, metrics)
+            run.test_predictions = predictions(rows, seed)
+            runs.append(run)
+    groups = {g.preset: g for g in group_runs(runs)}
+    d = compare_with_baseline(groups["lesson"], groups["none"], "test_accuracy", 0.95)
+    shirt = d.per_class["shirt"]
+    table = np.array([[1, 0, 0], [0, 0, 0], [1, 1, 0], [0, 0, -1]], dtype=float)
+    mean, error, freedom = crossed_t(table)
+    assert shirt["method"] == "per image" and shirt["images"] == 4 and shirt["seeds"] == 3
+    assert shirt["mean"] == pytest.approx(1 / 6)  # the mean recall difference over the seeds, as per seed
+    half = stats.t.ppf(1 - 0.05 / 2, freedom) * error  # Holm: shoe has no spread, so shirt is tested alone
+    assert (shirt["low"], shirt["high"]) == pytest.approx((mean - half, mean + half))
+    assert d.per_class["shoe"]["p_adjusted"] is None and d.per_class["shoe"]["mean"] == 0
+
+    runs[0].test_predictions = {}  # one run evaluated before predictions were logged
+    groups = {g.preset: g for g in group_runs(runs)}
+    d = compare_with_baseline(groups["lesson"], groups["none"], "test_accuracy", 0.95)
+    assert d.per_class["shirt"]["method"] == "per seed" and "images" not in d.per_class["shirt"]
+    per_seed = stats.ttest_1samp([0.5, 0.25, -0.25], 0).confidence_interval(0.95)
+    assert (d.per_class["shirt"]["low"], d.per_class["shirt"]["high"]) == pytest.approx((per_seed.low, 1.0))  # cut

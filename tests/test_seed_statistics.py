@@ -113,3 +113,18 @@ def test_differences_equal_but_for_rounding_are_no_evidence():
     # recalls logged to 6 decimals: 12/12 - 11/12 and 11/12 - 10/12 come back as 0.083333 and 0.083334
     assert math.isnan(statistics.paired_t_p_value([1.0 - 0.916667, 0.916667 - 0.833333, 1.0 - 0.916667]))
     assert statistics.paired_t_p_value([0.08, 0.09, 0.07]) < 0.05  # a real spread is tested
+
+
+def test_crossed_t_by_hand():
+    """4 images x 3 seeds of paired right/wrong differences, worked with fractions: image means
+    1/3, 0, 2/3, -1/3 (variance 5/27), seed means 1/2, 1/4, -1/4 (variance 7/48)."""
+    table = np.array([[1, 0, 0], [0, 0, 0], [1, 1, 0], [0, 0, -1]], dtype=float)
+    mean, error, freedom = statistics.crossed_t(table)
+    over_images, over_seeds = 5 / 27 / 4, 7 / 48 / 3
+    assert mean == pytest.approx(1 / 6)
+    assert error == pytest.approx(math.sqrt(over_images + over_seeds))
+    assert freedom == pytest.approx((over_images + over_seeds) ** 2 / (over_images**2 / 3 + over_seeds**2 / 2))
+    assert statistics.crossed_t(np.zeros((5, 3))) == (0.0, 0.0, math.inf)  # every cell alike: no error
+    # the p and the interval agree: p < 0.05 exactly when the 95% interval excludes 0
+    p = statistics.t_p_value(mean, error, freedom)
+    assert (p < 0.05) == (mean - statistics.t_quantile(0.95, freedom) * error > 0)
