@@ -243,7 +243,7 @@ def check_output_paths(config: Config) -> Config:
     return config
 
 
-def command_help(task: Callable, reads: tuple[str, ...], overrides: list[str]) -> str:
+def command_help(task: Callable, reads: tuple[str, ...], overrides: list[str], sweeps: bool = True) -> str:
     """A command's --help: its module's docstring (what it does, with examples), then every key it
     reads (`reads`: sections or keys) with the value it has now - the defaults, the default
     experiment and the command line's overrides - and what it does."""
@@ -260,7 +260,7 @@ def command_help(task: Callable, reads: tuple[str, ...], overrides: list[str]) -
     width = min(max((len(f"{k}={values[k]}") for k in shown), default=0), 48)
     return "\n".join(
         [
-            f"usage: python -m {name} [-m] [key=value ...]",
+            f"usage: python -m {name} {'[-m] ' if sweeps else ''}[key=value ...]",
             "",
             (module.__doc__ or "").strip(),
             "",
@@ -268,14 +268,16 @@ def command_help(task: Callable, reads: tuple[str, ...], overrides: list[str]) -
             "their defaults: docs/configuration.md):",
             *(f"  {f'{k}={values[k]}':<{width}}  {comments.get(k, '')}".rstrip() for k in shown),
             "",
-            "Hydra's own flags: -m (one job per combination of comma-separated values), --cfg job (print the",
+            "Hydra's own flags: "
+            + ("-m (one job per combination of comma-separated values), " if sweeps else "")
+            + "--cfg job (print the",
             "composed config), --info, --hydra-help.",
         ]
     )
 
 
-def stage_entry(task: Callable[[Config], Any], reads: tuple[str, ...] = ()) -> Callable[[], Any]:
-    """Turn `task(config)` into a command line entry point.
+def stage_entry(task: Callable[[Config], Any], reads: tuple[str, ...] = (), sweeps: bool = True) -> Callable[[], Any]:
+    """Turn `task(config)` into a command line entry point (`sweeps`: whether its help offers `-m`).
 
     `--params FILE [key=value ...]` loads an already composed config (DVC's params.yaml);
     otherwise Hydra composes `conf/` with the command line (single run or `-m`).
@@ -285,7 +287,7 @@ def stage_entry(task: Callable[[Config], Any], reads: tuple[str, ...] = ()) -> C
     def main() -> Any:
         if {"-h", "--help"} & set(sys.argv[1:]):  # the command's own help, not Hydra's whole config
             overrides = [a for a in sys.argv[1:] if a not in ("-h", "--help")]
-            return command(lambda: print(command_help(task, reads, overrides)))
+            return command(lambda: print(command_help(task, reads, overrides, sweeps)))
         return command(_entry)  # one line for a user's error, Ctrl-C or SIGTERM
 
     def _entry() -> Any:

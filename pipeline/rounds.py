@@ -142,7 +142,7 @@ def study_summary(report: dict, rounds: list[int], groups: int) -> str:
     return "\n".join(lines)
 
 
-main = stage_entry(run, reads=("compare", "seed", "experiment", "tracking", "paths", "train.epochs", "train.patience"))
+main = stage_entry(run, reads=("compare", "seed", "tracking", "paths", "train.epochs", "train.patience"), sweeps=False)
 
 if __name__ == "__main__":
     main()

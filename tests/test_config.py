@@ -346,6 +346,12 @@ def test_each_command_s_help_says_what_it_does_and_lists_only_the_keys_it_reads(
     keys = listed_keys(compare.stdout)
     assert "compare.metric" in keys and not any(k.startswith(("augmentation.", "model.name")) for k in keys)
 
+    rounds = run_module("pipeline.rounds", "--help")  # a command that runs sweeps itself offers no -m
+    assert (
+        rounds.returncode == 0 and rounds.stdout.splitlines()[0] == "usage: python -m pipeline.rounds [key=value ...]"
+    )
+    assert "  compare.rounds=null " in rounds.stdout and "-m (one job" not in rounds.stdout
+
 
 def listed_keys(help_text: str) -> list[str]:
     """The keys a --help lists: its lines `  key=value  what it does`."""
