@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -67,6 +68,11 @@ def group_sweeps(groups: str, seeds: str) -> list[list[str]]:
     return sweeps
 
 
+def sweep_folder(sweep: list[str]) -> str:
+    """A folder name for a sweep: its overrides, `augmentation=lesson seed=1,2,3` -> `augmentation=lesson_seed=1,2,3`."""
+    return re.sub(r"[^A-Za-z0-9=,._-]+", "_", "_".join(sweep))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="dataset folder (data.source)")
@@ -95,12 +101,12 @@ def main() -> None:
         if args.ablation:
             sweeps.append(["augmentation=lesson", seeds, f"augmentation.ablate={ABLATED}"])
         whole_experiment = args.ablation or len(sweeps) > 1
-        for i, sweep in enumerate(sweeps):
+        for sweep in sweeps:  # each sweep's folder named by its overrides: studies in one --folder never share one
             command = [*python, "pipeline.train", "-m", "experiment=cpu", *sweep, *paths, *args.overrides]
-            command.append(f"hydra.sweep.dir={work}/multirun/{i}")
+            command.append(f"hydra.sweep.dir={work}/multirun/{sweep_folder(sweep)}")
             walls[" ".join(sweep)] = run(command, env)
         comparison = (
-            json.loads(next((work / "multirun" / str(len(sweeps) - 1)).glob("comparison/comparison.json")).read_text())
+            json.loads((work / "multirun" / sweep_folder(sweeps[-1]) / "comparison" / "comparison.json").read_text())
             if not whole_experiment
             else None
         )
