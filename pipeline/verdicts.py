@@ -444,6 +444,10 @@ def baseline_for(group: Group, groups: list[Group], baseline_preset: str) -> Gro
 def compare_groups(
     groups: list[Group], baseline_preset: str, metric: str, confidence: float, power: float = 0.8
 ) -> list[Difference]:
+    """Each group against its baseline (`baseline_for`); none at all when no group is the baseline
+    preset (a report of ablations alone: their contributions are the answer)."""
+    if not any(group.preset == baseline_preset for group in groups):
+        return []
     differences = []
     for group in groups:
         if group.preset == baseline_preset:

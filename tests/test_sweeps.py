@@ -184,8 +184,10 @@ def test_an_ablation_sweep_reports_each_operation(split_done):
     assert {r.data.params["augmentation.zoom_range"] for r in no_rotation} == {"0.1"}
     assert "## Which operation helps" in result.stdout
     (report,) = (tmp_path / "multirun").glob("*/comparison/comparison.json")
-    ablations = {a["group"]: a for a in json.loads(report.read_text())["ablations"]}
+    comparison = json.loads(report.read_text())
+    ablations = {a["group"]: a for a in comparison["ablations"]}
     assert set(ablations) == {"rotation", "zoom"}
+    assert comparison["differences"] == [] and "(missing)" not in result.stdout  # no `none` swept: no rows for it
     assert ablations["rotation"]["baseline"] == "lesson-no-rotation"
     assert ablations["rotation"]["method"] == "paired over 2 seeds"
     by_seed = {(r.data.tags["augmentation"], r.data.tags["seed"]): r.data.metrics["best_val_accuracy"] for r in runs}
