@@ -2,11 +2,11 @@
 or a power cut) cannot end its MLflow run, which would otherwise stay RUNNING - and its
 model PENDING - forever, and be counted as live by anyone reading the experiment.
 
-Every training run records the process that trains it (`process.host`, `process.pid`,
-`process.started`: the process's start time, so that a reused pid is not mistaken for it) and
-where that pid means something: `process.boot` (this boot of the machine) and
-`process.pid_namespace` (containers on one host, even with one host name, each number their
-processes from 1). The next training or comparison in the same experiment marks such runs
+Every training run records the process that trains it in one tag, `process` (JSON, one entry in
+the MLflow UI's menus rather than five): `host`, `pid`, `started` (the process's start time, so
+that a reused pid is not mistaken for it) and where that pid means something: `boot` (this boot of
+the machine) and `pid_namespace` (containers on one host, even with one host name, each number
+their processes from 1). Runs recorded before it carry them as `process.<field>` tags, read too. The next training or comparison in the same experiment marks such runs
 KILLED, and their PENDING models FAILED, saying so in one line each - but only runs of this
 host, this boot and this PID namespace, whose process it can see. A run it cannot check (another
 machine, another container, a record without these tags) is left as it is: a live run called
@@ -16,6 +16,7 @@ dead is worse than a dead one left RUNNING. A run that finishes after all clears
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -24,20 +25,33 @@ import mlflow
 import psutil
 from mlflow.entities import LoggedModelStatus
 
-HOST, PID, STARTED = "process.host", "process.pid", "process.started"
-BOOT, PID_NAMESPACE = "process.boot", "process.pid_namespace"
+PROCESS_TAG = "process"  # JSON of the fields below
+HOST, PID, STARTED, BOOT, PID_NAMESPACE = "host", "pid", "started", "boot", "pid_namespace"
 # The start of the `end_reason` a run marked here gets; a run that finishes after all removes it.
 MARKED_REASON = "its process"
 
 
 def process_tags() -> dict[str, str]:
-    """The tags that identify this process, for the run it trains."""
+    """The tag that identifies this process, for the run it trains."""
+    return {PROCESS_TAG: json.dumps(this_process())}
+
+
+def this_process() -> dict[str, str]:
+    """This process's fields: host, pid, start time and where its pid is valid."""
     return {
         HOST: socket.gethostname(),
         PID: str(os.getpid()),
         STARTED: f"{psutil.Process().create_time():.2f}",
         **process_space(),
     }
+
+
+def recorded_process(tags: dict[str, str]) -> dict[str, str]:
+    """The process fields a run's tags record: its `process` tag, or an older run's `process.<field>` tags."""
+    try:
+        return dict(json.loads(tags[PROCESS_TAG]))
+    except (KeyError, ValueError, TypeError):
+        return {key.removeprefix("process."): value for key, value in tags.items() if key.startswith("process.")}
 
 
 def process_space() -> dict[str, str]:
@@ -70,7 +84,7 @@ def mark_orphaned_runs(experiment_id: str) -> list[str]:
     host, here = socket.gethostname(), process_space()
     marked = []
     for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'"):
-        tags = run.data.tags
+        tags = recorded_process(run.data.tags)
         visible = tags.get(HOST) == host and all(tags.get(key) == value for key, value in here.items())
         if not visible or PID not in tags or process_alive(int(tags[PID]), tags.get(STARTED, "")):
             continue

@@ -3,6 +3,7 @@ runs whose process cannot be seen from here (another host, boot or PID namespace
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -24,24 +25,36 @@ def test_the_next_run_marks_a_killed_processs_run_killed_and_its_model_failed(tm
     tracking.connect(config)
     client = MlflowClient(uri)
     experiment_id = client.get_experiment_by_name("augmentation").experiment_id
-    alive_tags = orphans.process_tags()  # this very process: alive
-    gone_tags = {**alive_tags, orphans.STARTED: "1.00"}  # same pid, another start: a process that is gone
+    alive = orphans.this_process()  # this very process: alive
+    gone = {**alive, orphans.STARTED: "1.00"}  # same pid, another start: a process that is gone
     unseen = {  # a gone pid, but not one of this process's space: cannot be checked from here
-        "elsewhere": {**gone_tags, orphans.HOST: "another-host"},
-        "another container": {**gone_tags, orphans.PID_NAMESPACE: "pid:[1]"},
-        "before a reboot": {**gone_tags, orphans.BOOT: "an-earlier-boot"},
-        "an older record": {key: gone_tags[key] for key in (orphans.HOST, orphans.PID, orphans.STARTED)},
+        "elsewhere": {**gone, orphans.HOST: "another-host"},
+        "another container": {**gone, orphans.PID_NAMESPACE: "pid:[1]"},
+        "before a reboot": {**gone, orphans.BOOT: "an-earlier-boot"},
+        "an older record": {key: gone[key] for key in (orphans.HOST, orphans.PID, orphans.STARTED)},
     }
+    as_tag = {name: {orphans.PROCESS_TAG: json.dumps(fields)} for name, fields in unseen.items()}
+    as_tag["an older record"] = {f"process.{key}": value for key, value in unseen["an older record"].items()}
+    as_tag["gone before the single tag"] = {f"process.{key}": value for key, value in gone.items()}  # still checked
     runs = {
         name: client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-        for name, tags in (("alive", alive_tags), ("gone", gone_tags), *unseen.items())
+        for name, tags in (
+            ("alive", orphans.process_tags()),
+            ("gone", {orphans.PROCESS_TAG: json.dumps(gone)}),
+            *as_tag.items(),
+        )
     }
     pending = mlflow.initialize_logged_model(name="model", source_run_id=runs["gone"], experiment_id=experiment_id)
 
     tracking.connect(config)  # what train and compare do first
 
     status = {name: client.get_run(run_id).info.status for name, run_id in runs.items()}
-    assert status == {"alive": "RUNNING", "gone": "KILLED", **{name: "RUNNING" for name in unseen}}
+    assert status == {
+        "alive": "RUNNING",
+        "gone": "KILLED",
+        "gone before the single tag": "KILLED",
+        **{name: "RUNNING" for name in unseen},
+    }
     assert mlflow.get_logged_model(pending.model_id).status == LoggedModelStatus.FAILED
     assert f"run {runs['gone']} (gone) was RUNNING, but its process" in capsys.readouterr().out
     assert "ended without closing it" in client.get_run(runs["gone"]).data.tags["end_reason"]
@@ -93,7 +106,8 @@ def test_a_live_run_in_another_pid_namespace_is_not_called_dead(tmp_path):
         assert started.exists(), "the contained training did not start its run"
         run_id = started.read_text()
         client = MlflowClient(uri)
-        assert client.get_run(run_id).data.tags[orphans.PID] == "1"  # its pid, valid only in its namespace
+        recorded = orphans.recorded_process(client.get_run(run_id).data.tags)
+        assert recorded[orphans.PID] == "1"  # its pid, valid only in its namespace
 
         tracking.connect(compose([f"tracking.uri={uri}"]))  # a training outside starts
 
