@@ -251,7 +251,8 @@ def command_help(task: Callable, reads: tuple[str, ...], overrides: list[str], s
     from pipeline.schema_comments import key_comments
 
     module = sys.modules[task.__module__]
-    name = getattr(module.__spec__, "name", None) or task.__module__
+    started_as = getattr(sys.modules["__main__"].__spec__, "name", None)  # `python -m pipeline.compare`
+    name = started_as or getattr(module.__spec__, "name", None) or task.__module__
     config = compose([o for o in overrides if "=" in o and not o.lstrip("+~").startswith("hydra")])
     words = {"None": "null", "True": "true", "False": "false"}  # as they are written on the command line
     values = {key: words.get(value, value) for key, value in flatten(to_dict(config)).items()}

@@ -1,36 +1,29 @@
-"""Pictures: the augmentation preview grid, training curves, confusion matrix and the comparison
-(matplotlib, no display)."""
+"""Pictures of training: the augmentation preview grid, training curves and the confusion matrix
+(matplotlib, no display). The comparison's figures are the study wing's (pipeline/study/figures.py)."""
 
 from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
-import matplotlib.ticker
-from matplotlib.transforms import Bbox
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline.augmentation_config import read_ablation_label  # noqa: E402
 from pipeline.config import Config, preset_overrides  # noqa: E402
 from pipeline.images import load_checked_image  # noqa: E402
 from pipeline.manifests import read_classes, read_manifest_rows  # noqa: E402
 
-if TYPE_CHECKING:  # the comparison's types only: importing it would load scipy
-    from pipeline.verdicts import Difference, Group, RunSummary
 
-
-def _wrapped(text: str, width: int = 30) -> str:
+def wrapped(text: str, width: int = 30) -> str:
     """`text` on lines of at most `width` characters (where it has spaces): a group label such as
     "lesson, train.lr_schedule=constant vs none, ..." would otherwise squeeze the plots beside it."""
     return "\n".join(textwrap.fill(line, width, break_long_words=False) for line in text.split("\n"))
 
 
-def _save(figure, target: Path, dpi: int = 90) -> Path:
+def save(figure, target: Path, dpi: int = 90) -> Path:
     figure.tight_layout()
     target.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(target, dpi=dpi)
@@ -72,7 +65,7 @@ def augmentation_grid(config: Config, target: Path, rows: int = 6, variants: int
     figure.suptitle(
         textwrap.fill(f"{setting}  (train split only; seed {config.seed})", width=22 * (variants + 1)), fontsize=11
     )
-    return _save(figure, target, dpi=80)
+    return save(figure, target, dpi=80)
 
 
 def training_curves(history: dict[str, list[float]], target: Path, title: str) -> Path:
@@ -88,7 +81,7 @@ def training_curves(history: dict[str, list[float]], target: Path, title: str) -
         ax.grid(alpha=0.3)
         ax.legend()
     figure.suptitle(title)
-    return _save(figure, target)
+    return save(figure, target)
 
 
 def confusion_matrix_figure(actual: np.ndarray, predicted: np.ndarray, classes: list[str], target: Path) -> Path:
@@ -114,282 +107,4 @@ def confusion_matrix_figure(actual: np.ndarray, predicted: np.ndarray, classes: 
                     color="white" if counts[i, j] > counts.max() / 2 else "black",
                     fontsize=8,
                 )
-    return _save(figure, target)
-
-
-def mean_curve(runs: list[RunSummary], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(epochs, mean, std, runs) of a per-epoch metric over the runs: `runs` counts those that
-    reached each epoch (early stopping ends them at different epochs), and the mean of the
-    later epochs is over those alone."""
-    curves = [r.curves[metric] for r in runs if r.curves.get(metric)]
-    if not curves:
-        return np.array([]), np.array([]), np.array([]), np.array([], int)
-    length = max(len(c) for c in curves)
-    padded = np.full((len(curves), length), np.nan)
-    for i, c in enumerate(curves):
-        padded[i, : len(c)] = c
-    mean = np.nanmean(padded, axis=0)
-    std = np.array([np.std(col[~np.isnan(col)], ddof=1) if np.sum(~np.isnan(col)) > 1 else 0.0 for col in padded.T])
-    return np.arange(1, length + 1), mean, std, np.sum(~np.isnan(padded), axis=0)
-
-
-def is_ablation(label: str) -> bool:
-    """Whether a group's label (`<preset>[, key=value ...]`) names a preset without one operation."""
-    return read_ablation_label(label.split(", ")[0])[1] is not None
-
-
-def group_styles(groups: list[Group], differences: list[Difference]) -> list[tuple[str, str, str]]:
-    """(colour, line style, marker) per group: the baseline black, each full preset solid in a colour
-    of its own, the preset without one operation (an ablation) dashed with crosses - so that a
-    preset and its ablations read as one family and the baseline stands apart."""
-    baselines = {d.baseline for d in differences if not is_ablation(d.baseline)}
-    colours = iter(plt.get_cmap("tab10").colors)
-    styles = []
-    for group in groups:
-        if group.preset in baselines or group.label in baselines:
-            styles.append(("black", "-", "o"))
-        elif group.runs and group.runs[0].ablated:
-            styles.append((next(colours, "gray"), "--", "x"))
-        else:
-            styles.append((next(colours, "gray"), "-", "o"))
-    return styles
-
-
-def comparison_figure(groups: list[Group], differences: list[Difference], target: Path) -> Path:
-    """Validation accuracy and loss per epoch (mean line, band = +/- 1 std over seeds), one
-    colour per group; and each difference (from the baseline, or an ablated operation's
-    contribution) with its interval, its mean and every seed's own difference as a dot."""
-    return _save(draw_comparison(groups, differences), target)
-
-
-def draw_comparison(groups: list[Group], differences: list[Difference]):
-    """The figure of `comparison_figure`, not yet laid out or saved; taller when the differences'
-    labels need more lines than 4.6 inches hold."""
-    labels = [_wrapped(f"{d.group} vs {d.baseline}", 36) for d in differences]
-    lines = sum(label.count("\n") + 1 for label in labels)
-    figure, axes = plt.subplots(
-        1, 3, figsize=(16, max(4.6, 1.6 + 0.15 * lines)), gridspec_kw={"width_ratios": [1, 1, 0.9]}
-    )
-    for group, (colour, linestyle, marker) in zip(groups, group_styles(groups, differences)):
-        for ax, metric in zip(axes[:2], ("val_accuracy", "val_loss")):
-            epochs, mean, std, reached = mean_curve(group.runs, metric)
-            if not len(epochs):
-                continue
-            every = reached == reached.max()  # epochs every run of the group reached: drawn, with its band
-            last = int(np.flatnonzero(every).max()) + 1
-            ax.plot(
-                epochs[:last],
-                mean[:last],
-                color=colour,
-                linestyle=linestyle,
-                marker=marker,
-                markersize=3,
-                label=_wrapped(f"{group.label} (n={len(group.runs)})", 40),
-            )
-            ax.fill_between(epochs[:last], (mean - std)[:last], (mean + std)[:last], color=colour, alpha=0.15)
-            if last < len(epochs):  # after the first run stopped: the runs still going, thin and dotted
-                ax.plot(epochs[last - 1 :], mean[last - 1 :], color=colour, linestyle=":", linewidth=1)
-    for ax, metric in zip(axes[:2], ("val_accuracy", "val_loss")):
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-    if axes[0].get_legend_handles_labels()[0]:  # runs without recorded curves draw none
-        axes[0].legend(fontsize=8)
-
-    forest = axes[2]
-    for row, d in enumerate(differences):
-        colour = VERDICT_COLOURS.get(d.verdict, "tab:gray")
-        forest.annotate(  # the verdict, as a label beside its row
-            d.verdict,
-            xy=(1.02, row),
-            xycoords=("axes fraction", "data"),
-            va="center",
-            fontsize=9,
-            fontweight="bold",
-            color="white",
-            bbox={"boxstyle": "round,pad=0.25", "facecolor": colour, "edgecolor": "none"},
-        )
-        if d.low is not None:
-            forest.plot([d.low * 100, d.high * 100], [row, row], color=colour, linewidth=3, alpha=0.6)
-        if not np.isnan(d.mean):
-            forest.plot(d.mean * 100, row, "D", color=colour, markersize=7)
-        seeds = np.array(list(d.per_seed.values())) * 100
-        forest.plot(
-            seeds,
-            row + np.linspace(-0.22, 0.22, len(seeds)) if len(seeds) > 1 else [row] * len(seeds),
-            "o",
-            color="black",
-            markersize=3.5,
-            alpha=0.7,
-        )
-    forest.axvline(0, color="black", linewidth=1)
-    operations = [row for row, d in enumerate(differences) if is_ablation(d.baseline)]
-    sections = bool(operations) and operations[0] > 0  # presets against the baseline above, operations below
-    if sections:
-        forest.axhline(operations[0] - 0.5, color="gray", linewidth=1, linestyle="--")
-        for y, text in ((-0.75, "presets vs the baseline"), (operations[0] - 0.5, "operations: their contribution")):
-            forest.annotate(
-                text,
-                xy=(0.99, y),
-                xycoords=("axes fraction", "data"),
-                ha="right",
-                va="center",
-                fontsize=8,
-                color="dimgray",
-                bbox={"boxstyle": "square,pad=0.15", "facecolor": "white", "edgecolor": "none"},
-            )
-    forest.set_yticks(range(len(differences)), labels, fontsize=8)
-    forest.set_ylim(-1.1 if sections else -0.7, max(len(differences), 1) - 0.3)
-    forest.invert_yaxis()
-    metric = differences[0].metric if differences else "accuracy"
-    forest.set_xlabel(f"{metric} minus baseline (points)")
-    forest.set_title("difference: interval,\nmean (diamond), each seed (dots)", fontsize=10)
-    forest.grid(alpha=0.3, axis="x")
-    seeds = sorted({r.seed for g in groups for r in g.runs}, key=lambda seed: (len(seed), seed))
-    names = ", ".join(g.label for g in groups[:6]) + (f" and {len(groups) - 6} more" if len(groups) > 6 else "")
-    figure.suptitle(
-        _wrapped(
-            f"{names}: {sum(len(g.runs) for g in groups)} runs, seeds {','.join(seeds)}. Validation curves (mean, "
-            f"band +-1 std; dotted once a run has stopped) and each difference's verdict on {metric}",
-            150,
-        ),
-        fontsize=11,
-    )
-    return figure
-
-
-VERDICT_COLOURS = {"keep": "tab:green", "drop": "tab:red", "equivalent": "tab:blue", "not converged": "tab:orange"}
-
-
-def class_effects_figure(differences: list[Difference], target: Path) -> Path:
-    """Classes x comparisons: colour = the paired difference of test recall (points), a black
-    frame where its Holm-corrected interval excludes 0. Empty comparisons are left out."""
-    shown = [d for d in differences if d.per_class]
-    classes = sorted({name for d in shown for name in d.per_class})
-    values = np.full((len(classes), len(shown)), np.nan)
-    for j, d in enumerate(shown):
-        for i, name in enumerate(classes):
-            if name in d.per_class:
-                values[i, j] = d.per_class[name]["mean"] * 100
-    figure, ax = plt.subplots(figsize=(max(5.0, 2.4 + 1.1 * len(shown)), 1.4 + 0.42 * max(len(classes), 1)))
-    if not shown:
-        ax.text(
-            0.5,
-            0.5,
-            "no per-class test recall (run the evaluate stage;\ntrain.test_in_sweeps=true in sweeps)",
-            ha="center",
-            va="center",
-            transform=ax.transAxes,
-            fontsize=9,
-        )
-        ax.set_axis_off()
-        return _save(figure, target)
-    limit = max(float(np.nanmax(np.abs(values))) if values.size and not np.all(np.isnan(values)) else 1.0, 1.0)
-    image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
-    for j, d in enumerate(shown):
-        for i, name in enumerate(classes):
-            c = d.per_class.get(name)
-            if c is None:
-                continue
-            dark = abs(c["mean"] * 100) > 0.6 * limit
-            ax.text(
-                j,
-                i,
-                f"{c['mean'] * 100:+.1f}",
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="white" if dark else "black",
-            )
-            if c["significant"]:
-                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
-    ax.set_xticks(
-        range(len(shown)), [_wrapped(f"{d.group}\nvs {d.baseline}") for d in shown], fontsize=8, rotation=30, ha="right"
-    )
-    ax.set_yticks(range(len(classes)), classes, fontsize=9)
-    figure.colorbar(image, ax=ax, label="test recall difference (points)")
-    framed = sum(c["significant"] for d in shown for c in d.per_class.values())
-    ax.set_title(
-        "per-class effect on test recall\n"
-        + (
-            f"(framed: {framed} cell(s) whose Holm-corrected interval excludes 0)"
-            if framed
-            else "(no cell's Holm-corrected interval excludes 0)"
-        ),
-        fontsize=10,
-    )
-    return _save(figure, target)
-
-
-def affinity_diversity_figure(differences: list[Difference], ablations: list[Difference], target: Path) -> Path:
-    """Each preset (against the baseline) and each ablated operation (its contribution to its
-    preset) at (affinity, diversity), coloured by the measured difference (points), one panel
-    each: Gontijo-Lopes et al. 2020 found gains at high affinity and diversity."""
-    panels = [
-        (title, [d for d in found if d.affinity is not None and d.diversity is not None and not np.isnan(d.mean)])
-        for title, found in (("presets, against the baseline", differences), ("operations, in their preset", ablations))
-    ]
-    panels = [(title, shown) for title, shown in panels if shown] or [("", [])]
-    figure, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.8), squeeze=False, layout="constrained")
-    every = [d for _, shown in panels for d in shown]
-    limit = max([abs(d.mean * 100) for d in every] + [0.5])
-    for ax, (title, shown) in zip(axes[0], panels):
-        if shown:
-            points = ax.scatter(
-                [d.affinity for d in shown],
-                [d.diversity for d in shown],
-                c=[d.mean * 100 for d in shown],
-                cmap="RdYlGn",
-                vmin=-limit,
-                vmax=limit,
-                s=90,
-                edgecolors="black",
-            )
-            ax.margins(x=0.35, y=0.15)  # room for the labels
-            ax.set_title(title, fontsize=9)
-        else:
-            ax.text(
-                0.5,
-                0.5,
-                "no affinity measured (compare.affinity=false, or no baseline models)",
-                ha="center",
-                va="center",
-                transform=ax.transAxes,
-                fontsize=9,
-            )
-        ax.set_xlabel("affinity (baseline models' val accuracy, augmented / clean)")
-        ax.set_ylabel("diversity (final training loss, with / without)")
-        ax.grid(alpha=0.3)
-    if every:
-        figure.colorbar(points, ax=list(axes[0]), label=f"{every[0].metric} difference (points)")
-    figure.suptitle("why an augmentation helps: affinity vs diversity", fontsize=10)
-    figure.canvas.draw()  # the final axes limits and layout, which label placement measures in
-    for ax, (_, shown) in zip(axes[0], panels):
-        _label_points(ax, [(d.affinity, d.diversity) for d in shown], [d.group for d in shown])
-    target.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(target, dpi=90)  # not _save: its tight_layout cannot place a colorbar shared by panels
-    plt.close(figure)
-    return target
-
-
-def _label_points(ax, points: list[tuple[float, float]], labels: list[str]) -> None:
-    """Name each point beside it - right, left, above or below it, the first place inside the axes
-    that overlaps no marker and no label placed before - so points close together, as an ablation's
-    operations often are, stay readable and each name stays next to its own point."""
-    renderer = ax.figure.canvas.get_renderer()
-    radius = 7  # pixels: the markers (s=90) are about 13 across
-    markers = ax.transData.transform(points)
-    placed = [Bbox.from_bounds(px - radius, py - radius, 2 * radius, 2 * radius) for px, py in markers]
-    places = [((7, 2), "left"), ((-7, 2), "right"), ((7, -9), "left"), ((-7, -9), "right"), ((0, 9), "center")]
-    places += [((0, -18 - 10 * step), "center") for step in range(len(labels))]  # below, further each time
-    for (x, y), label in sorted(zip(points, labels), key=lambda item: -item[0][1]):
-        for offset, align in places:
-            text = ax.annotate(label, (x, y), textcoords="offset points", xytext=offset, ha=align, fontsize=8)
-            text.set_in_layout(False)
-            box = text.get_window_extent(renderer)
-            inside = ax.bbox.contains(box.x0, box.y0) and ax.bbox.contains(box.x1, box.y1)
-            if (inside and not any(box.overlaps(other) for other in placed)) or (offset, align) == places[-1]:
-                break  # a free place, or no free place at all: the last one, overlapping
-            text.remove()
-        placed.append(box)
+    return save(figure, target)

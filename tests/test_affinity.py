@@ -18,8 +18,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from pipeline import compare, logged_model
+from pipeline import logged_model
 from pipeline.config import compose, to_dict
+from pipeline.study import compare
 
 SIZE = 8
 

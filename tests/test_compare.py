@@ -12,11 +12,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from pipeline import compare
 from pipeline.config import compose
 from pipeline.errors import TrackingError
-from pipeline.seed_statistics import crossed_t
-from pipeline.verdicts import RunSummary, compare_with_baseline, group_runs, varied_settings
+from pipeline.study import compare
+from pipeline.study.seed_statistics import crossed_t
+from pipeline.study.verdicts import RunSummary, compare_with_baseline, group_runs, varied_settings
 from tests.conftest import make_image, run_in_process
 
 # preset -> {seed: (best_val_accuracy, test_accuracy)}
@@ -287,7 +287,7 @@ def test_runs_annealed_to_their_cap_are_told_to_use_a_constant_schedule(tmp_path
 
 
 def test_curves_band_over_seeds():
-    from pipeline.visuals import mean_curve
+    from pipeline.study.figures import mean_curve
 
     runs = [
         RunSummary("a", "none", "1", {}, {}, {"val_accuracy": [0.2, 0.4, 0.6]}),
@@ -304,7 +304,7 @@ def test_point_labels_stay_readable_beside_their_points():
     every name must land inside the axes, on no marker and no other name, next to its point."""
     import matplotlib.pyplot as plt
 
-    from pipeline.visuals import _label_points
+    from pipeline.study.figures import _label_points
 
     figure, ax = plt.subplots(figsize=(6.4, 4.8))
     points = [(0.945, 1.015), (0.958, 1.023), (0.965, 0.994), (0.944, 0.954), (0.95, 1.0), (0.85, 1.53)]
@@ -334,8 +334,8 @@ def test_long_group_labels_leave_the_curves_room():
     curve panels to slivers and pushed the forest plot's title off the figure."""
     import matplotlib.pyplot as plt
 
-    from pipeline.verdicts import Difference, Group
-    from pipeline.visuals import draw_comparison
+    from pipeline.study.figures import draw_comparison
+    from pipeline.study.verdicts import Difference, Group
 
     curves = {"val_accuracy": [0.3, 0.5, 0.6], "val_loss": [2.0, 1.5, 1.2]}
     groups, differences = [], []
@@ -506,7 +506,7 @@ def test_long_group_labels_make_short_unique_metric_names():
 
 
 def test_per_class_effects_diversity_and_cost_by_hand():
-    from pipeline.verdicts import class_flags, cost, diversity
+    from pipeline.study.verdicts import class_flags, cost, diversity
 
     # lesson gains 1 point on average over 5 seeds, but costs "shoes" 6 to 8 points on every seed
     shoes = [-0.06, -0.07, -0.08, -0.07, -0.06]
@@ -543,7 +543,7 @@ def test_per_class_effects_diversity_and_cost_by_hand():
     assert c["shoes"]["significant"] and c["shirts"]["significant"]
     (flag,) = class_flags(d)  # the loss against the average gain is flagged; shirts gain with the average
     assert "costs shoes -6.80 points" in flag
-    from pipeline.report import class_table
+    from pipeline.study.report import class_table
 
     shoes_row = next(row for row in class_table([vars(d)]) if row.startswith("| shoes |"))
     assert shoes_row == f"| shoes | **-6.80** [{expected.low * 100:+.2f}, {expected.high * 100:+.2f}] |"
@@ -638,7 +638,7 @@ def test_no_interval_leaves_what_a_difference_of_fractions_can_take():
 
 
 def test_an_interval_inside_the_margin_is_equivalent_and_one_past_it_is_not():
-    from pipeline.verdicts import correct_for_many
+    from pipeline.study.verdicts import correct_for_many
 
     tiny = [0.001, -0.002, 0.0, 0.001, -0.001, 0.002, -0.001, 0.0]  # 8 seeds within +-0.2 points
     equivalent = compare_with_baseline(*_paired(tiny), "test_accuracy", 0.95, margin=0.01)
@@ -657,7 +657,7 @@ def test_an_interval_inside_the_margin_is_equivalent_and_one_past_it_is_not():
 
 
 def test_an_ablation_figure_pairs_a_preset_with_its_ablations_and_sets_the_baseline_apart():
-    from pipeline.visuals import group_styles
+    from pipeline.study.figures import group_styles
 
     def run(preset, seed, ablate=None):
         params = {"seed": seed, **({"augmentation.ablate": ablate} if ablate else {})}

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.rounds import check_groups, group_sweeps, groups_to_train
+from pipeline.study.rounds import check_groups, group_sweeps, groups_to_train
 from tests.conftest import run_module, train_args, training_runs
 
 

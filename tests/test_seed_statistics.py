@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline import seed_statistics as statistics
+from pipeline.study import seed_statistics as statistics
 
 # Five seeds' differences (augmented minus plain), in points/100.
 DIFFERENCES = [0.01, 0.03, 0.02, 0.04, -0.01]

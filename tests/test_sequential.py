@@ -1,4 +1,4 @@
-"""Seeds in rounds (pipeline/sequential.py): the spending boundary, the replay of the looks, and a
+"""Seeds in rounds (pipeline/study/sequential.py): the spending boundary, the replay of the looks, and a
 simulation of whole studies through the same verdict code `compare` runs."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.sequential import DEFAULT_ROUNDS, decide_in_rounds, first_seeds, look_alphas
-from pipeline.verdicts import RunSummary, compare_groups, group_runs
+from pipeline.study.sequential import DEFAULT_ROUNDS, decide_in_rounds, first_seeds, look_alphas
+from pipeline.study.verdicts import RunSummary, compare_groups, group_runs
 
 SPREAD = 0.0117  # the std of the per-seed differences of lesson - none seen in docs/results.md (1.17 points)
 SIMULATED_STUDIES = 400

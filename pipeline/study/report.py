@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 
-from pipeline.seed_statistics import MOST_SEEDS_ADVISED
-from pipeline.verdicts import CONVERGE_ADVICE, SEEDS_ADVISED
+from pipeline.study.seed_statistics import MOST_SEEDS_ADVISED
+from pipeline.study.verdicts import CONVERGE_ADVICE, SEEDS_ADVISED
 
 
 def _points(value: float | None) -> str:
@@ -102,7 +102,7 @@ def class_method(differences: list[dict]) -> str:
         "from each seed's class recall (a t interval over the seeds: runs evaluated before predictions were logged)"
     )
     said = [text for method, text in (("per image", per_image), ("per seed", per_seed)) if method in methods]
-    return "Method: " + "; where not, ".join(said) + " (pipeline/verdicts.py, class_differences)."
+    return "Method: " + "; where not, ".join(said) + " (pipeline/study/verdicts.py, class_differences)."
 
 
 def render_markdown(report: dict) -> str:
@@ -168,7 +168,7 @@ def render_markdown(report: dict) -> str:
                 "",
                 f"A sequential study (compare.rounds={report['rounds']}): each comparison is decided at the first "
                 f"round where it settled, at that round's share of the {1 - report['confidence']:.2f} false-verdict "
-                "rate (Pocock-type alpha spending; pipeline/sequential.py), so looking after every round does not "
+                "rate (Pocock-type alpha spending; pipeline/study/sequential.py), so looking after every round does not "
                 "inflate false verdicts; its reason names the round.",
             ]
             if report.get("rounds")

@@ -5,7 +5,7 @@ One run's accuracy is noisy: on the clothing dataset one validation image is wor
 points and a single run's standard error near 85% is about 1.9 points. So each group
 (augmentation preset, plus any other setting that was varied) is summarised over its seeds,
 and each augmented group is compared with the baseline group (`none`) of the same other
-settings (statistics: pipeline/seed_statistics.py):
+settings (statistics: pipeline/study/seed_statistics.py):
 
 - paired by seed when the seeds of one group are all among the other's, and >= 2 (same
   init, same shuffling: pairing removes that shared noise): Student-t and bootstrap
@@ -46,9 +46,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline import seed_statistics as statistics
 from pipeline.augmentation_config import read_ablation_label
 from pipeline.run_identity import AUGMENTED_ONLY  # a plain run's value of these is no setting of its group
+from pipeline.study import seed_statistics
 
 DATA_VERSION = "data.version"  # the data a run trained on (its manifests' hash): a setting, read from its tag
 
@@ -280,18 +280,18 @@ def compare_with_baseline(
         result.per_seed = dict(zip(common, differences))
         result.method = f"paired over {len(common)} seeds"
         result.mean, result.spread = mean_std(differences)
-        result.p_value = statistics.sign_flip_p_value(differences)
-        result.t_p_value = statistics.paired_t_p_value(differences)
-        result.probability_of_improvement = statistics.probability_of_improvement(differences)
+        result.p_value = seed_statistics.sign_flip_p_value(differences)
+        result.t_p_value = seed_statistics.paired_t_p_value(differences)
+        result.probability_of_improvement = seed_statistics.probability_of_improvement(differences)
         result.per_class = class_differences(group, baseline, confidence)
     elif len(ours) >= 2 and len(theirs) >= 2:
         a, b = list(ours.values()), list(theirs.values())
         result.method = f"unpaired (Welch) over {len(a)} and {len(b)} runs"
         result.mean = float(np.mean(a) - np.mean(b))
         result.spread = math.sqrt(np.var(a, ddof=1) + np.var(b, ddof=1))  # of one run's difference from another
-        result.p_value = statistics.label_permutation_p_value(a, b)
-        result.t_p_value = statistics.welch_t_p_value(a, b)
-        result.probability_of_improvement = statistics.probability_of_improvement_unpaired(a, b)
+        result.p_value = seed_statistics.label_permutation_p_value(a, b)
+        result.t_p_value = seed_statistics.welch_t_p_value(a, b)
+        result.probability_of_improvement = seed_statistics.probability_of_improvement_unpaired(a, b)
     else:  # a single run on one side: a difference, but no interval
         if common:  # on the shared seed: a half-finished sweep must not mix seeds' luck into it
             result.per_seed = {s: ours[s] - theirs[s] for s in common}
@@ -306,8 +306,8 @@ def compare_with_baseline(
         )
         return result
     result.t_low, result.t_high, result.bootstrap_low, result.bootstrap_high = intervals(result, confidence)
-    result.seeds_needed_1pt = statistics.seeds_needed(result.spread, 0.01, confidence, power)
-    result.seeds_needed = statistics.seeds_needed(result.spread, result.mean, confidence, power)
+    result.seeds_needed_1pt = seed_statistics.seeds_needed(result.spread, 0.01, confidence, power)
+    result.seeds_needed = seed_statistics.seeds_needed(result.spread, result.mean, confidence, power)
     decide(result, confidence, result.t_p_value, confidence, power, margin)
     return result
 
@@ -323,12 +323,15 @@ def intervals(d: Difference, confidence: float) -> tuple[float, float, float, fl
     what it can take (`within_bounds`)."""
     if d.per_seed:
         values = list(d.per_seed.values())
-        found = (*statistics.t_interval(values, confidence), *statistics.bootstrap_interval(values, confidence))
+        found = (
+            *seed_statistics.t_interval(values, confidence),
+            *seed_statistics.bootstrap_interval(values, confidence),
+        )
     else:
         a, b = list(d.ours.values()), list(d.theirs.values())
         found = (
-            *statistics.welch_interval(a, b, confidence),
-            *statistics.bootstrap_interval_unpaired(a, b, confidence),
+            *seed_statistics.welch_interval(a, b, confidence),
+            *seed_statistics.bootstrap_interval_unpaired(a, b, confidence),
         )
     return within_bounds(*found)
 
@@ -368,7 +371,7 @@ def decide(
             f"too few seeds ({evidence}): a verdict needs >= {MIN_SEEDS_FOR_VERDICT}, and "
             f"{SEEDS_ADVISED} are advised (seed={','.join(map(str, range(1, SEEDS_ADVISED + 1)))})"
         )
-    elif not d.spread > statistics.NO_SPREAD:
+    elif not d.spread > seed_statistics.NO_SPREAD:
         d.reason = (
             "zero spread: every seed gave the same difference, so no interval can be estimated "
             f"from them (each is {d.mean * 100:+.2f} points); add seeds"
@@ -401,15 +404,15 @@ def correct_for_many(family: list[Difference], confidence: float, power: float, 
     corrected verdict needs."""
     tested = [d for d in family if d.t_p_value is not None]
     p_values = [math.nan if d.t_p_value is None else d.t_p_value for d in tested]
-    adjusted = statistics.holm_adjusted(p_values)
-    levels = statistics.holm_levels(p_values, confidence)
+    adjusted = seed_statistics.holm_adjusted(p_values)
+    levels = seed_statistics.holm_levels(p_values, confidence)
     size = sum(not math.isnan(p) for p in p_values)
     strictest = 1 - (1 - confidence) / max(size, 1)
     for d, p, level in zip(tested, adjusted, levels):
         d.family_size = size
         if not math.isnan(d.spread):
-            d.seeds_needed = statistics.seeds_needed(d.spread, d.mean, strictest, power)
-            d.seeds_needed_1pt = statistics.seeds_needed(d.spread, 0.01, strictest, power)
+            d.seeds_needed = seed_statistics.seeds_needed(d.spread, d.mean, strictest, power)
+            d.seeds_needed_1pt = seed_statistics.seeds_needed(d.spread, 0.01, strictest, power)
         decide(d, level, None if math.isnan(p) else p, confidence, power, margin)
 
 
@@ -425,9 +428,9 @@ def seeds_advice(d: Difference, power: float) -> str:
         size = f"a {abs(effect) * 100:.2f}-point {'gain' if effect > 0 else 'loss'}"
         if n:
             return f"about {n} seeds would resolve {size}"
-        return f"not even {statistics.MOST_SEEDS_ADVISED} seeds would resolve {size}"
+        return f"not even {seed_statistics.MOST_SEEDS_ADVISED} seeds would resolve {size}"
 
-    one_point = d.seeds_needed_1pt or f"over {statistics.MOST_SEEDS_ADVISED}"
+    one_point = d.seeds_needed_1pt or f"over {seed_statistics.MOST_SEEDS_ADVISED}"
     return f"{spread}, {resolve(d.seeds_needed, d.mean)}, {one_point} a 1-point one ({power:.0%} power)"
 
 
@@ -520,18 +523,18 @@ def class_differences(group: Group, baseline: Group, confidence: float) -> dict[
     )
     tables = per_image_tables(group, baseline, seeds) if len(seeds) >= MIN_SEEDS_FOR_VERDICT else {}
     if tables:
-        found = {name: statistics.crossed_t(table) for name, table in tables.items()}
+        found = {name: seed_statistics.crossed_t(table) for name, table in tables.items()}
         method, counts = "per image", {name: table.shape[0] for name, table in tables.items()}
     else:
         found = {name: _t_over_seeds(d) for name, d in per_seed_recall_differences(group, baseline).items()}
         method, counts = "per seed", {}
-    p_values = [statistics.t_p_value(*estimate) for estimate in found.values()]
-    adjusted = statistics.holm_adjusted(p_values)
-    levels = statistics.holm_levels(p_values, confidence)
+    p_values = [seed_statistics.t_p_value(*estimate) for estimate in found.values()]
+    adjusted = seed_statistics.holm_adjusted(p_values)
+    levels = seed_statistics.holm_levels(p_values, confidence)
     table = {}
     for (name, (mean, error, freedom)), p, level in zip(found.items(), adjusted, levels):
         zero_spread = math.isnan(p)
-        half = 0.0 if zero_spread else statistics.t_quantile(level, freedom) * error
+        half = 0.0 if zero_spread else seed_statistics.t_quantile(level, freedom) * error
         low, high = within_bounds(mean - half, mean + half)
         table[name] = {
             "mean": mean,
@@ -591,7 +594,7 @@ def _t_over_seeds(differences: list[float]) -> tuple[float, float, float]:
     """(mean, standard error, degrees of freedom) of per-seed differences."""
     d = np.asarray(differences, dtype=float)
     error = float(d.std(ddof=1) / math.sqrt(len(d)))
-    return float(d.mean()), (error if d.std(ddof=1) > statistics.NO_SPREAD else 0.0), len(d) - 1
+    return float(d.mean()), (error if d.std(ddof=1) > seed_statistics.NO_SPREAD else 0.0), len(d) - 1
 
 
 def class_flags(d: Difference) -> list[str]:

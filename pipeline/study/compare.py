@@ -1,0 +1,310 @@
+"""Command `compare`: does each augmentation help, over seeds? A report from the MLflow runs.
+
+    python -m pipeline.compare
+    python -m pipeline.compare tracking.experiment=augmentation compare.filter="params.`model.name` = 'residual_cnn'"
+
+Reads the FINISHED training runs of `tracking.experiment`, groups them by augmentation
+preset (and any other setting that was varied), and writes to <paths.reports_dir>:
+comparison.md (the tables and verdicts, also printed), comparison.png (curves with bands
+over seeds, every seed's difference and the intervals) and comparison.json (the same
+numbers, for scripts). They are also logged as the artifacts of a comparison run in the
+experiment `<tracking.experiment>-comparisons` (tag run_kind=comparison). With
+compare.register=true a `keep` verdict registers the winning group's best model
+(alias `champion`, see pipeline/study/registry.py).
+Ablation runs (`augmentation.ablate=<operation>`) get a table of their own: each
+operation's contribution to its preset. Every verdict in one report is Holm-corrected over
+the report's comparisons and needs converged runs; beside it stand the comparison's
+affinity, diversity and cost, and its per-class effects (class_effects.png,
+affinity_diversity.png).
+
+A Hydra multirun of `pipeline.train` ends with this comparison over the runs of that sweep
+(`CompareAfterSweep`; compare.after_sweep=false turns it off).
+Statistics and verdict rules: pipeline/study/verdicts.py and pipeline/study/seed_statistics.py; the
+markdown: pipeline/study/report.py. MLflow, scipy, matplotlib (and TensorFlow, for affinity) load
+inside `run`, so that `--help` and a wrong key answer at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from pipeline.cli import stage_entry
+from pipeline.config import Config, validate
+from pipeline.errors import TrackingError, UserError
+
+FIGURES = ("comparison.png", "class_effects.png", "affinity_diversity.png")
+CURVES = ("val_accuracy", "val_loss", "loss", "epoch_seconds")  # per-epoch histories the report reads
+
+
+def run(config: Config, run_ids: set[str] | None = None, record: bool = True) -> dict:
+    """Compare the FINISHED training runs of the experiment (only `run_ids`, when given); `record`:
+    also as a comparison run in MLflow (and a champion registered), not just the files."""
+    from pipeline import store, tracking
+    from pipeline.study.figures import affinity_diversity_figure, class_effects_figure, comparison_figure
+    from pipeline.study.registry import register_winner
+    from pipeline.study.report import json_safe, render_markdown
+    from pipeline.study.runs import training_runs
+    from pipeline.study.sequential import decide_in_rounds
+    from pipeline.study.verdicts import (
+        DATA_VERSION,
+        ablation_contributions,
+        choose_metric,
+        class_flags,
+        compare_groups,
+        correct_for_many,
+        group_runs,
+        group_table,
+    )
+
+    settings = config.compare
+    tracking.connect(config, create_experiment=False)
+    runs, left_out = training_runs(config.tracking.experiment, settings.filter, run_ids, CURVES)
+    if not runs:
+        raise TrackingError(
+            f"No FINISHED training runs in experiment '{config.tracking.experiment}'"
+            f"{' matching compare.filter' if settings.filter else ''} ({left_out} other runs): "
+            "train some first, e.g. python -m pipeline.train -m augmentation=none,lesson "
+            "seed=1,2,3,4,5"
+        )
+    groups = group_runs(runs)
+    presets = sorted({g.preset for g in groups})
+    if settings.baseline not in presets and not any(r.ablated for g in groups for r in g.runs):
+        raise UserError(
+            f"compare.baseline={settings.baseline}: none of these {len(runs)} runs used it; their presets are "
+            f"{', '.join(presets)}. Set compare.baseline to one of them, or train the baseline first "
+            f"(python -m pipeline.train -m augmentation={settings.baseline} seed=...)."
+        )
+    versions = sorted({r.params[DATA_VERSION] for r in runs})
+    notes = (
+        [
+            f"these runs trained on {len(versions)} versions of the data ({', '.join(versions)}: "
+            f"the tag data_manifest_sha256): each group holds one version and is compared only with the "
+            f'{settings.baseline!r} runs of the same version. compare.filter="tags.data_manifest_sha256 LIKE '
+            f"'{versions[-1]}%'\" keeps one."
+        ]
+        if len(versions) > 1
+        else []
+    )
+    metric = choose_metric(settings.metric, groups)
+    if settings.rounds:  # a sequential study: each look at its own share of the false-verdict rate
+        differences, ablations = decide_in_rounds(
+            groups,
+            settings.baseline,
+            metric,
+            list(settings.rounds),
+            settings.confidence,
+            settings.power,
+            settings.margin / 100,
+        )
+    else:
+        differences = compare_groups(groups, settings.baseline, metric, settings.confidence, settings.power)
+        ablations = ablation_contributions(groups, metric, settings.confidence, settings.power)
+        correct_for_many(differences + ablations, settings.confidence, settings.power, settings.margin / 100)
+        seed_counts = sorted({len(g.runs) for g in groups})
+        if len(seed_counts) > 1:
+            notes.append(
+                f"the groups have {seed_counts[0]} to {seed_counts[-1]} seeds: if seeds were added after looking at "
+                "the verdicts (python -m pipeline.rounds), compare with that study's compare.rounds, or these "
+                "verdicts are too sure of themselves"
+            )
+    if settings.affinity and (differences or ablations):
+        from pipeline.array_cache import array_cache
+        from pipeline.study.affinity import measure_affinities  # TensorFlow and the models load here, only when asked
+
+        notes += measure_affinities(
+            groups,
+            differences,
+            ablations,
+            settings.baseline,
+            config.paths.split_dir,
+            config.train.batch_size,
+            config.model,
+            config.paths.cache_dir,
+            array_cache(config.paths.cache_dir, config.data.cache),
+        )
+    report = {
+        "experiment": config.tracking.experiment,
+        "filter": settings.filter,
+        "metric": metric,
+        "baseline": settings.baseline,
+        "confidence": settings.confidence,
+        "power": settings.power,
+        "margin": settings.margin,
+        "rounds": list(settings.rounds) if settings.rounds else None,
+        "runs": sum(len(g.runs) for g in groups),
+        "compared_runs": [{"run_id": r.run_id, "group": g.label, "seed": r.seed} for g in groups for r in g.runs],
+        "runs_left_out": left_out,
+        "repeats_dropped": sum(g.repeats_dropped for g in groups),
+        "groups": group_table(groups),
+        "differences": [vars(d) for d in differences],
+        "ablations": [vars(d) for d in ablations],
+        "class_flags": [flag for d in differences + ablations for flag in class_flags(d)],
+        "notes": notes,
+    }
+
+    reports = Path(config.paths.reports_dir)
+    reports.mkdir(parents=True, exist_ok=True)
+    markdown = render_markdown(report)
+    (reports / "comparison.md").write_text(markdown)
+    (reports / "comparison.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
+    comparison_figure(groups, differences + ablations, reports / "comparison.png")
+    class_effects_figure(differences + ablations, reports / "class_effects.png")
+    affinity_diversity_figure(differences, ablations, reports / "affinity_diversity.png")
+    print(markdown)
+    print(
+        f"-> {reports / 'comparison.md'}, {reports / 'comparison.json'}, "
+        + ", ".join(str(reports / name) for name in FIGURES)
+    )
+    if record:
+        if settings.register:
+            print(register_winner(config.tracking.model_name, groups, differences, metric))
+        experiment_id, run_id = log_comparison_run(config, report, reports)
+        print(
+            tracking.ui_hint(store.tracking_uri(config), experiment_id, run_id) + "   (this comparison: its verdicts)"
+        )
+    return report
+
+
+class CompareAfterSweep(Callback):
+    """Hydra callback: when a multirun of `pipeline.train` ends, compare the runs of that sweep
+    (trained or skipped as already FINISHED: every job's reports/run.json names its run) and
+    print the verdict table. Registered in conf/config.yaml; compare.after_sweep=false: off."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        settings = validate(config)
+        if not settings.compare.after_sweep:
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        run_ids = sweep_run_ids(sweep_dir)
+        if not run_ids:
+            return
+        print(f"\n== comparison of the {len(run_ids)} runs of this sweep ({sweep_dir}) ==")
+        settings.paths.reports_dir = str(sweep_dir / "comparison")
+        try:
+            run(settings, run_ids)
+        except UserError as error:  # the sweep itself succeeded: say why there is no comparison
+            print(f"no comparison: {error}")
+
+
+def comparisons_experiment(experiment: str) -> str:
+    """Comparison runs live in their own experiment, beside the training runs they compare."""
+    return f"{experiment}-comparisons"
+
+
+def sweep_run_ids(folder: Path) -> set[str]:
+    """The MLflow runs of the sweeps under `folder`: each job's reports/run.json names its run."""
+    return {json.loads(record.read_text())["run_id"] for record in folder.glob("**/reports/run.json")}
+
+
+def log_comparison_run(config: Config, report: dict, reports: Path) -> tuple[str, str]:
+    """The report as a run of its own experiment (`<experiment>-comparisons`, so that it never
+    sits among the training runs); returns that experiment's id and the run's.
+
+    What the MLflow UI shows without a click: the description (each verdict in a line, in points,
+    and the compared runs as links), a `verdict.<group>` tag per comparison, and metrics in points
+    (`difference/<group>`, `interval_low/...`, `interval_high/...`, `holm_p/...`); the report
+    and its figures are the artifacts."""
+    import mlflow
+
+    from pipeline import store, tracking
+
+    name = time.strftime("comparison-%Y%m%d-%H%M%S")
+    experiment = config.tracking.experiment
+    compared_id = mlflow.MlflowClient().get_experiment_by_name(experiment).experiment_id
+    target = tracking.use_experiment(comparisons_experiment(experiment), store.tracking_uri(config))
+    comparisons = report["differences"] + report["ablations"]
+    with mlflow.start_run(
+        run_name=name,
+        description=comparison_description(report, compared_id),
+        tags={
+            "run_kind": "comparison",
+            "metric": report["metric"],
+            "baseline": report["baseline"],
+            "compared_experiment": experiment,
+            "compared_runs": ",".join(r["run_id"] for r in report["compared_runs"])[:5000],
+            **{_metric_key(f"verdict.{d['group']}"): d["verdict"] for d in comparisons},
+        },
+    ) as run:
+        mlflow.log_params(
+            {"filter": report["filter"] or "", "confidence": report["confidence"], "runs": report["runs"]}
+        )
+        for d in comparisons:
+            figures = {
+                "difference": d["mean"],
+                "interval_low": d["low"],
+                "interval_high": d["high"],
+            }
+            points = {k: 100 * v for k, v in figures.items() if v is not None and not math.isnan(v)}
+            if d["p_adjusted"] is not None and not math.isnan(d["p_adjusted"]):
+                points["holm_p"] = d["p_adjusted"]
+            mlflow.log_metrics({_metric_key(f"{kind}/{d['group']}"): value for kind, value in points.items()})
+        for file in ("comparison.md", "comparison.json", *FIGURES):
+            mlflow.log_artifact(str(reports / file))
+    return target.experiment_id, run.info.run_id
+
+
+MODEL_TRAINING = "?workflowType=machine_learning"  # the UI's mode for training runs (else it may open GenAI's)
+
+
+def comparison_description(report: dict, compared_experiment_id: str) -> str:
+    """The comparison run's description (markdown, shown at the top of its page): the setup, each
+    comparison's verdict with its difference in points, and the compared runs, each a link."""
+    confidence = f"{report['confidence']:.0%}"
+    lines = [
+        f"**{report['runs']} runs** of `{report['experiment']}` against `{report['baseline']}`, on "
+        f"`{report['metric']}`: differences in points with {confidence} intervals, Holm-corrected over "
+        "the comparisons below.",
+        "",
+    ]
+    for d in report["differences"] + report["ablations"]:
+        if d["mean"] is None or math.isnan(d["mean"]):
+            lines.append(f"- **{d['group']}** vs {d['baseline']}: no comparison; {d['reason']}")
+            continue
+        interval = f" [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]" if d["low"] is not None else ""
+        method = f" ({d['method']})" if d["method"] != "none" else ""
+        lines.append(
+            f"- **{d['group']}** vs {d['baseline']}: **{d['verdict']}**, {100 * d['mean']:+.2f} points{interval}"
+            f"{method}; {d['reason']}"
+        )
+    runs = [
+        f"[{r['group']} seed {r['seed']}](#/experiments/{compared_experiment_id}/runs/{r['run_id']}{MODEL_TRAINING})"
+        for r in report["compared_runs"]
+    ]
+    lines += ["", "Compared runs: " + ", ".join(runs)]
+    return "\n".join(lines)
+
+
+METRIC_KEY_LENGTH = 200  # MLflow refuses metric names over 250 characters
+
+
+def _metric_key(text: str) -> str:
+    """MLflow metric (and tag) names allow letters, digits, _ - . / and spaces; a long group label (many
+    varied settings) is cut and made unique by a digest of the whole (the report has it in full)."""
+    key = "".join(c if c.isalnum() or c in "_-./ " else "_" for c in text)
+    if len(key) <= METRIC_KEY_LENGTH:
+        return key
+    return f"{key[: METRIC_KEY_LENGTH - 9]}~{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+main = stage_entry(
+    run,
+    reads=(
+        "compare",
+        "tracking",
+        "paths",
+        "data.cache",
+        "model.frozen_runtime",
+        "model.frozen_precision",
+        "train.batch_size",
+    ),
+)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The FINISHED training runs a comparison reads from MLflow: params, metrics, the per-epoch curves
+it draws and every test image's prediction (for per-class effects paired by image)."""
+
+from __future__ import annotations
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from pipeline.errors import TrackingError
+from pipeline.study.verdicts import DATA_VERSION, RunSummary
+
+DATA_VERSION_DIGITS = 12  # of the tag data_manifest_sha256, as the setting verdicts.DATA_VERSION
+
+
+def training_runs(
+    experiment: str,
+    search_filter: str | None = None,
+    run_ids: set[str] | None = None,
+    curves: tuple[str, ...] = ("val_accuracy", "val_loss"),
+):
+    """The FINISHED training runs of `experiment` (with their per-epoch `curves`), only those in
+    `run_ids` when given, and how many other runs (FAILED, KILLED, RUNNING) were left out.
+    Comparison runs are not training runs."""
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    runs, token = [], None
+    try:
+        while True:
+            page = client.search_runs(
+                [found.experiment_id], filter_string=search_filter or "", max_results=1000, page_token=token
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+    except MlflowException as error:
+        raise TrackingError(
+            f"compare.filter={search_filter!r} is not a valid MLflow search filter: {error.message}"
+        ) from None
+    training = [
+        r
+        for r in runs
+        if "augmentation" in r.data.tags
+        and r.data.tags.get("run_kind") != "comparison"
+        and (run_ids is None or r.info.run_id in run_ids)
+    ]
+    finished = [r for r in training if r.info.status == "FINISHED"]
+    summaries = []
+    for r in finished:
+        histories = {
+            name: [m.value for m in sorted(client.get_metric_history(r.info.run_id, name), key=lambda m: m.step)]
+            for name in curves
+        }
+        summaries.append(
+            RunSummary(
+                r.info.run_id,
+                r.data.tags["augmentation"],
+                r.data.tags.get("seed", "?"),
+                {
+                    **r.data.params,
+                    DATA_VERSION: r.data.tags.get("data_manifest_sha256", "unknown")[:DATA_VERSION_DIGITS],
+                },
+                dict(r.data.metrics),
+                histories,
+                r.info.start_time or 0,
+                augmented=r.data.tags.get("augmented", "true") == "true",
+                test_predictions=test_predictions(client, r.info.run_id),
+            )
+        )
+    return summaries, len(training) - len(finished)
+
+
+def test_predictions(client: mlflow.MlflowClient, run_id: str) -> dict[str, tuple[str, str]]:
+    """{image sha256: (actual class, predicted class)} of a run's test split, as evaluate logged them
+    (`PREDICTIONS_FILE`); empty for a run evaluated before they were logged, or not at all."""
+    import csv
+    import tempfile
+
+    from pipeline.evaluate import PREDICTIONS_FILE
+
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = client.download_artifacts(run_id, PREDICTIONS_FILE, folder)
+        except (MlflowException, OSError):
+            return {}
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    if not rows or "sha256" not in rows[0]:
+        return {}
+    return {row["sha256"]: (row["actual"], row["predicted"]) for row in rows}
