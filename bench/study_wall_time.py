@@ -69,8 +69,9 @@ def group_sweeps(groups: str, seeds: str) -> list[list[str]]:
 
 
 def sweep_folder(sweep: list[str]) -> str:
-    """A folder name for a sweep: its overrides, `augmentation=lesson seed=1,2,3` -> `augmentation=lesson_seed=1,2,3`."""
-    return re.sub(r"[^A-Za-z0-9=,._-]+", "_", "_".join(sweep))
+    """A folder name for a sweep, from its overrides and free of Hydra's syntax:
+    `augmentation=none,lesson seed=1,2,3` -> `augmentation-none.lesson_seed-1.2.3`."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(sweep).replace("=", "-").replace(",", "."))
 
 
 def main() -> None:
