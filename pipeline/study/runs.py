@@ -3,6 +3,8 @@ it draws and every test image's prediction (for per-class effects paired by imag
 
 from __future__ import annotations
 
+import os
+
 import mlflow
 from mlflow.exceptions import MlflowException
 
@@ -78,6 +80,7 @@ def test_predictions(client: mlflow.MlflowClient, run_id: str) -> dict[str, tupl
 
     from pipeline.evaluate import PREDICTIONS_FILE
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per run would bury the report
     with tempfile.TemporaryDirectory() as folder:
         try:
             path = client.download_artifacts(run_id, PREDICTIONS_FILE, folder)
