@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -37,40 +38,47 @@ def make_image(path: Path, size=(40, 30), seed=0, mode="RGB", fmt=None, pattern=
     return path
 
 
-# The longest tests (20 s to a minute each on 2 quiet cores; CI prints them with --durations), longest first.
-LONGEST_FIRST = (
-    "test_exp_run_repro_and_what_reruns",
-    "test_a_failing_job_does_not_sink_the_sweep_and_reruns_add_runs",
-    "test_an_ablation_sweep_reports_each_operation",
-    "test_multirun_gives_one_run_per_job_and_compare_reads_them",
-    "test_queued_experiments_run_and_land_in_the_project_store",
-    "test_an_interrupted_sweep_resumes_with_the_same_command",
-    "test_optuna_search_over_augmentation",
-    "test_two_search_workers_share_one_optuna_study",
-    "test_a_sweep_through_the_submitit_launcher",
-    "test_runs_and_their_val_accuracy_in_the_mlflow_ui",
-    "test_a_long_outage_stops_cleanly_and_resume_continues_the_same_run",
-    "test_a_short_outage_is_ridden_out_and_every_epoch_logged",
-    "test_two_trainings_at_once_on_a_new_store_both_finish",
-    "test_a_server_with_basic_auth_lets_in_only_who_it_knows",
-    "test_training_run_is_recorded_and_its_model_predicts",
-    "test_mirrored_strategy_over_two_logical_cpus",
-    "test_same_seed_gives_same_batches_in_fresh_processes",
-)
+DURATIONS = Path(__file__).with_name("durations.json")  # seconds per test id, as last recorded
+GUESS_S = {True: 30.0, False: 1.0}  # a test not recorded yet: by its mark, slow or not
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--store-durations",
+        action="store_true",
+        help="record every test's duration in tests/durations.json, which orders the next runs",
+    )
+
+
+def recorded_durations() -> dict[str, float]:
+    return json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
 
 
 def pytest_collection_modifyitems(config, items):
-    """The longest tests first, then the other slow ones, then the quick ones. With `-n auto
-    --dist load --maxschedchunk 1` (pytest-xdist) each worker takes the next test when it is
-    free: the long ones start side by side at once and the short ones fill the gaps at the end,
-    so no long test is left running alone."""
+    """The longest tests first, by their recorded durations (tests/durations.json; a new test by a
+    guess from its `slow` mark). With `-n auto --dist load --maxschedchunk 1` (pytest-xdist) each
+    worker takes the next test when it is free: the long ones start side by side at once and the
+    short ones fill the gaps at the end, so no long test is left running alone."""
+    recorded = recorded_durations()
 
-    def rank(item) -> tuple[int, bool]:
-        name = item.originalname or item.name
-        longest = LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
-        return longest, item.get_closest_marker("slow") is None
+    def expected_s(item) -> float:
+        return recorded.get(item.nodeid, GUESS_S[item.get_closest_marker("slow") is not None])
 
-    items.sort(key=rank)
+    items.sort(key=expected_s, reverse=True)
+
+
+MEASURED_S: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    MEASURED_S[report.nodeid] = MEASURED_S.get(report.nodeid, 0.0) + report.duration  # setup, call, teardown
+
+
+def pytest_sessionfinish(session):
+    """With --store-durations: this run's durations over the recorded ones (in the controller only)."""
+    if session.config.getoption("--store-durations") and not hasattr(session.config, "workerinput"):
+        merged = {**recorded_durations(), **{k: round(v, 2) for k, v in MEASURED_S.items()}}
+        DURATIONS.write_text(json.dumps(dict(sorted(merged.items())), indent=1) + "\n")
 
 
 @pytest.fixture(autouse=True)
