@@ -68,16 +68,20 @@ def pytest_collection_modifyitems(config, items):
 
 
 MEASURED_S: dict[str, float] = {}
+FAILED: set[str] = set()  # a failure's duration says nothing of the test's: its record is kept
 
 
 def pytest_runtest_logreport(report):
     MEASURED_S[report.nodeid] = MEASURED_S.get(report.nodeid, 0.0) + report.duration  # setup, call, teardown
+    if report.failed:
+        FAILED.add(report.nodeid)
 
 
 def pytest_sessionfinish(session):
     """With --store-durations: this run's durations over the recorded ones (in the controller only)."""
     if session.config.getoption("--store-durations") and not hasattr(session.config, "workerinput"):
-        merged = {**recorded_durations(), **{k: round(v, 2) for k, v in MEASURED_S.items()}}
+        measured = {k: round(v, 2) for k, v in MEASURED_S.items() if k not in FAILED}
+        merged = {**recorded_durations(), **measured}
         DURATIONS.write_text(json.dumps(dict(sorted(merged.items())), indent=1) + "\n")
 
 

@@ -139,10 +139,10 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
     test_accuracy = json.loads((tmp_path / "reports" / "metrics.json").read_text())["test_accuracy"]
     assert f"test accuracy {test_accuracy:.4f}" in after.data.tags["mlflow.note.content"]  # atop the run's page
     # ... and its prediction of every test image, which compare pairs by image and seed
-    from pipeline.run_search import test_predictions
+    from pipeline.study.runs import logged_test_predictions
 
     test_rows = (tmp_path / "split" / "test.csv").read_text().splitlines()[1:]
-    logged_predictions = test_predictions(client, run.info.run_id)
+    logged_predictions = logged_test_predictions(client, run.info.run_id)
     assert {row.split(",")[-1]: row.split(",")[1] for row in test_rows} == {
         image: actual for image, (actual, _) in logged_predictions.items()
     }

@@ -66,13 +66,13 @@ def training_runs(
                 histories,
                 r.info.start_time or 0,
                 augmented=r.data.tags.get("augmented", "true") == "true",
-                test_predictions=test_predictions(client, r.info.run_id),
+                test_predictions=logged_test_predictions(client, r.info.run_id),
             )
         )
     return summaries, len(training) - len(finished)
 
 
-def test_predictions(client: mlflow.MlflowClient, run_id: str) -> dict[str, tuple[str, str]]:
+def logged_test_predictions(client: mlflow.MlflowClient, run_id: str) -> dict[str, tuple[str, str]]:
     """{image sha256: (actual class, predicted class)} of a run's test split, as evaluate logged them
     (`PREDICTIONS_FILE`); empty for a run evaluated before they were logged, or not at all."""
     import csv
