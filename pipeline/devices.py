@@ -143,8 +143,18 @@ def _reduce_logs_per_replica(keras_reduce):
     return reduce_per_replica
 
 
+PATCHED_KERAS = "3.15."  # the Keras these workarounds replace private code of (pyproject.toml pins it)
+
+
 def patch_keras_for_distribution() -> None:
-    """Install both workarounds (for `mirrored` and `multi_worker`; no effect on one device)."""
+    """Install both workarounds (for `mirrored` and `multi_worker`; no effect on one device). They
+    replace private Keras code, so another Keras is refused rather than patched blindly."""
+    if not keras.__version__.startswith(PATCHED_KERAS):
+        raise ConfigError(
+            f"train.strategy: the multi-device workarounds were written for Keras {PATCHED_KERAS}x and this is "
+            f"Keras {keras.__version__}; install keras=={PATCHED_KERAS}* (pyproject.toml) or train on one device "
+            "(train.strategy=none)"
+        )
     from keras.src.backend.tensorflow import trainer
 
     trainer.TensorFlowTrainer._maybe_symbolic_build = _build_from_local_batch

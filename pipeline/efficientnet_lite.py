@@ -54,12 +54,7 @@ def block_settings() -> list[tuple[int, int, int, int, int]]:
     return blocks
 
 
-def block_names() -> list[str]:
-    """The names that start each block's layers (`block0` ... `block15`): what `model.fine_tune_from` takes."""
-    return [f"block{i}" for i in range(len(block_settings()))]
-
-
-def _conv_bn(x, filters: int, kernel: int, stride: int, conv_name: str, bn_name: str, activation: bool = True):
+def _conv_bn_relu6(x, filters: int, kernel: int, stride: int, conv_name: str, bn_name: str, activation: bool = True):
     x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=conv_name)(x)
     x = keras.layers.BatchNormalization(epsilon=BATCHNORM_EPSILON, name=bn_name)(x)
     return keras.layers.ReLU(max_value=6.0, name=f"{bn_name}_relu6")(x) if activation else x
@@ -70,13 +65,13 @@ def _block(x, index: int, kernel: int, stride: int, expansion: int, filters_in: 
     name = f"block{index}"
     inputs = x
     if expansion != 1:
-        x = _conv_bn(x, filters_in * expansion, 1, 1, f"{name}_expand_conv", f"{name}_bn0")
+        x = _conv_bn_relu6(x, filters_in * expansion, 1, 1, f"{name}_expand_conv", f"{name}_bn0")
     x = keras.layers.DepthwiseConv2D(
         kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_depthwise_conv"
     )(x)
     x = keras.layers.BatchNormalization(epsilon=BATCHNORM_EPSILON, name=f"{name}_bn1")(x)
     x = keras.layers.ReLU(max_value=6.0, name=f"{name}_bn1_relu6")(x)
-    x = _conv_bn(x, filters_out, 1, 1, f"{name}_project_conv", f"{name}_bn2", activation=False)
+    x = _conv_bn_relu6(x, filters_out, 1, 1, f"{name}_project_conv", f"{name}_bn2", activation=False)
     if stride == 1 and filters_in == filters_out:
         x = keras.layers.Add(name=f"{name}_add")([x, inputs])
     return x
@@ -89,10 +84,10 @@ def efficientnet_lite0(
     with `include_top`, to the 1000 ImageNet class probabilities (pooled, dense, softmax)."""
     inputs = keras.Input(input_shape, name="pixels")
     x = keras.layers.Rescaling(1 / 128.0, offset=-127 / 128.0, name="lite_preprocess")(inputs)
-    x = _conv_bn(x, STEM_FILTERS, 3, 2, "stem_conv", "stem_bn")
+    x = _conv_bn_relu6(x, STEM_FILTERS, 3, 2, "stem_conv", "stem_bn")
     for index, settings in enumerate(block_settings()):
         x = _block(x, index, *settings)
-    x = _conv_bn(x, HEAD_FILTERS, 1, 1, "head_conv", "head_bn")
+    x = _conv_bn_relu6(x, HEAD_FILTERS, 1, 1, "head_conv", "head_bn")
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="top_pool")(x)
         x = keras.layers.Dense(IMAGENET_CLASSES, activation="softmax", name="top_fc")(x)

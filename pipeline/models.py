@@ -72,7 +72,7 @@ def _cached_imagenet(name: str) -> bool:
     return folder.is_dir() and any(name in f.name for f in folder.iterdir())
 
 
-def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, relu: bool = True):
+def _conv_bn_relu(x, filters: int, kernel: int, stride: int, name: str, relu: bool = True):
     x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(
         x
@@ -83,10 +83,12 @@ def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, relu: bool = 
 def _residual_block(x, filters: int, stride: int, name: str):
     """A ResNet basic block: two 3x3 convolutions beside a shortcut (a 1x1 projection where the shape changes)."""
     shortcut = (
-        x if stride == 1 and x.shape[-1] == filters else _conv_bn(x, filters, 1, stride, f"{name}_shortcut", relu=False)
+        x
+        if stride == 1 and x.shape[-1] == filters
+        else _conv_bn_relu(x, filters, 1, stride, f"{name}_shortcut", relu=False)
     )
-    x = _conv_bn(x, filters, 3, stride, f"{name}_a")
-    x = _conv_bn(x, filters, 3, 1, f"{name}_b", relu=False)
+    x = _conv_bn_relu(x, filters, 3, stride, f"{name}_a")
+    x = _conv_bn_relu(x, filters, 3, 1, f"{name}_b", relu=False)
     return keras.layers.ReLU(name=f"{name}_out")(keras.layers.Add(name=f"{name}_add")([x, shortcut]))
 
 
@@ -95,8 +97,8 @@ def residual_cnn_features(x, stages: list[list[int]]):
     stride 2), residual `stages` ([filters, blocks] each, starting with stride 2; by default 64,
     128, 256 filters in 2, 2, 1 blocks) with BatchNorm, global average pooling. The default has
     about 1.6 M parameters and at 96x96 pixels about 0.2 G multiply-adds per image."""
-    x = _conv_bn(x, 32, 3, 2, "stem1")
-    x = _conv_bn(x, 32, 3, 1, "stem2")
+    x = _conv_bn_relu(x, 32, 3, 2, "stem1")
+    x = _conv_bn_relu(x, 32, 3, 1, "stem2")
     for i, (filters, blocks) in enumerate(stages, start=1):
         for j in range(blocks):
             x = _residual_block(x, filters, 2 if j == 0 else 1, f"stage{i}_block{j + 1}")
