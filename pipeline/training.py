@@ -419,10 +419,14 @@ def write_run_record(
     )
 
 
+HISTORY_NAMES = {"accuracy": "train_accuracy", "loss": "train_loss"}  # Keras' names for the training split's
+
+
 def write_history(history: list[dict[str, float]], target: Path) -> Path:
-    """history.csv: one row per epoch (1-based), one column per metric."""
+    """history.csv: one row per epoch (1-based), one column per metric, each named for its split as
+    DVC's and MLflow's test_accuracy is (train_accuracy, val_accuracy, ...; Keras logs `accuracy`)."""
     keys = sorted({k for row in history for k in row})
-    rows = [",".join(["epoch", *keys])]
+    rows = [",".join(["epoch", *(HISTORY_NAMES.get(k, k) for k in keys)])]
     rows += [
         ",".join([str(epoch), *(f"{row[k]:.6f}" if k in row else "" for k in keys)])
         for epoch, row in enumerate(history, start=1)

@@ -149,7 +149,9 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
     confusion = (tmp_path / "reports" / "confusion.csv").read_text().splitlines()
     assert confusion[0] == "actual,predicted,sha256" and len(confusion) == len(test_rows) + 1
     assert (tmp_path / "models" / "model.keras").exists()
-    assert (tmp_path / "reports" / "history.csv").read_text().splitlines()[0].startswith("epoch,")
+    header = (tmp_path / "reports" / "history.csv").read_text().splitlines()[0].split(",")
+    assert header[0] == "epoch" and {"train_accuracy", "train_loss", "val_accuracy", "val_loss"} <= set(header)
+    assert "accuracy" not in header  # one name per metric: DVC and MLflow say test_accuracy, this says train_
 
     # predict: the saved file and the MLflow URI; a broken file gets its own error line
     good = make_image(tmp_path / "mine" / "photo.webp", size=(64, 50), seed=7, pattern=1, fmt="WEBP")
