@@ -78,6 +78,9 @@ def test_exp_run_repro_and_what_reruns(project, tiny_dataset, tmp_path):
     again = sh("dvc", "repro", cwd=project)  # split re-reads the images; nothing changed, so nothing else runs
     assert "Running stage 'train'" not in again and "Running stage 'evaluate'" not in again
     assert {p.name: p.read_bytes() for p in (project / "data" / "split").iterdir()} == manifests
+    diff = sh("dvc", "metrics", "diff", cwd=project)  # against the committed baseline, the README's first command's
+    baseline = json.loads((ROOT / "reports" / "metrics.json").read_text())["test_accuracy"]
+    assert "failed to load" not in diff and f"{baseline:.5f}" in diff and "test_accuracy" in diff
     shown = sh("dvc", "metrics", "show", cwd=project)
     assert "test_accuracy" in shown and "recall" not in shown  # the headline; per-class figures have their own file
     plots = json.loads(sh("dvc", "plots", "show", "--json", cwd=project))
