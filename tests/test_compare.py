@@ -15,8 +15,10 @@ from scipy import stats
 from pipeline.config import compose
 from pipeline.errors import TrackingError
 from pipeline.study import compare
+from pipeline.study.grouping import group_runs, varied_settings
+from pipeline.study.records import RunSummary
 from pipeline.study.seed_statistics import crossed_t
-from pipeline.study.verdicts import RunSummary, compare_with_baseline, group_runs, varied_settings
+from pipeline.study.verdicts import compare_with_baseline
 from tests.conftest import make_image, run_in_process
 
 # preset -> {seed: (best_val_accuracy, test_accuracy)}
@@ -335,7 +337,7 @@ def test_long_group_labels_leave_the_curves_room():
     import matplotlib.pyplot as plt
 
     from pipeline.study.figures import draw_comparison
-    from pipeline.study.verdicts import Difference, Group
+    from pipeline.study.records import Difference, Group
 
     curves = {"val_accuracy": [0.3, 0.5, 0.6], "val_loss": [2.0, 1.5, 1.2]}
     groups, differences = [], []
@@ -638,7 +640,7 @@ def test_no_interval_leaves_what_a_difference_of_fractions_can_take():
 
 
 def test_an_interval_inside_the_margin_is_equivalent_and_one_past_it_is_not():
-    from pipeline.study.verdicts import correct_for_many
+    from pipeline.study.decisions import correct_for_many
 
     tiny = [0.001, -0.002, 0.0, 0.001, -0.001, 0.002, -0.001, 0.0]  # 8 seeds within +-0.2 points
     equivalent = compare_with_baseline(*_paired(tiny), "test_accuracy", 0.95, margin=0.01)

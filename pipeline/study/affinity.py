@@ -34,7 +34,8 @@ from pipeline.config import ModelConfig, validate
 from pipeline.datasets import ImageSet, decoded_images
 from pipeline.frozen_runtime import SplitClassifier
 from pipeline.manifests import read_classes
-from pipeline.study.verdicts import Difference, Group, baseline_for
+from pipeline.study.grouping import baseline_for
+from pipeline.study.records import Difference, Group
 
 LABEL_MIXING = ("mixup", "cutmix")
 AFFINITY_SEED = 0  # augmentation draws [AFFINITY_SEED, batch index]

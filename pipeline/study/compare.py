@@ -47,21 +47,15 @@ def run(config: Config, run_ids: set[str] | None = None, record: bool = True) ->
     """Compare the FINISHED training runs of the experiment (only `run_ids`, when given); `record`:
     also as a comparison run in MLflow (and a champion registered), not just the files."""
     from pipeline import store, tracking
+    from pipeline.study.decisions import correct_for_many
     from pipeline.study.figures import affinity_diversity_figure, class_effects_figure, comparison_figure
+    from pipeline.study.grouping import choose_metric, group_runs, group_table
+    from pipeline.study.records import DATA_VERSION
     from pipeline.study.registry import register_winner
     from pipeline.study.report import json_safe, render_markdown
     from pipeline.study.runs import training_runs
     from pipeline.study.sequential import decide_in_rounds
-    from pipeline.study.verdicts import (
-        DATA_VERSION,
-        ablation_contributions,
-        choose_metric,
-        class_flags,
-        compare_groups,
-        correct_for_many,
-        group_runs,
-        group_table,
-    )
+    from pipeline.study.verdicts import ablation_contributions, class_flags, compare_groups
 
     settings = config.compare
     tracking.connect(config, create_experiment=False)

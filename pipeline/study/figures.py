@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.transforms import Bbox
 
 from pipeline.augmentation_config import read_ablation_label
-from pipeline.study.verdicts import Difference, Group, RunSummary
+from pipeline.study.records import Difference, Group, RunSummary
 from pipeline.visuals import plt, save, wrapped
 
 

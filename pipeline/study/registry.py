@@ -11,7 +11,7 @@ from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 
 from pipeline.errors import TrackingError
-from pipeline.study.verdicts import Difference, Group
+from pipeline.study.records import Difference, Group
 
 
 def register_winner(model_name: str, groups: list[Group], differences: list[Difference], metric: str) -> str:

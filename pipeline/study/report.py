@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 
+from pipeline.study.decisions import CONVERGE_ADVICE, SEEDS_ADVISED
 from pipeline.study.seed_statistics import MOST_SEEDS_ADVISED
-from pipeline.study.verdicts import CONVERGE_ADVICE, SEEDS_ADVISED
 
 
 def _points(value: float | None) -> str:
@@ -150,12 +150,9 @@ def render_markdown(report: dict) -> str:
         lines += _difference_rows(report["ablations"])
     lines += [
         "",
-        "keep: the verdict interval (the union of the t and bootstrap intervals, widened by Holm's correction "
-        "over this report's comparisons) is above 0 and the Holm-adjusted t-test p is below "
-        f"{1 - report['confidence']:.2f}; drop: the same, below 0; not converged: a run's best epoch came "
-        "within its last train.patience epochs (raise train.epochs; under warmup_cosine, use a constant "
-        f"schedule); equivalent: the verdict interval lies within +-{report['margin']:g} points (compare.margin): "
-        "no difference that large (at least as strict as two one-sided tests); inconclusive: otherwise. "
+        f"Verdicts (keep, drop, equivalent within +-{report['margin']:g} points, inconclusive, not converged): "
+        "each verdict's reason says why; the rule is written out in pipeline/study/decisions.py and "
+        "docs/guide.md (Reading the comparison). "
         "The sign-flip p (exact, no normality assumed) is shown but not corrected: it cannot go below "
         "2/2^n (0.0625 at 5 seeds). P(better): the share of seeds on which the group beats the baseline. "
         "affinity: the baseline models' val accuracy on images augmented by it alone / on clean images; "

@@ -9,7 +9,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from pipeline.errors import TrackingError
-from pipeline.study.verdicts import DATA_VERSION, RunSummary
+from pipeline.study.records import DATA_VERSION, RunSummary
 
 DATA_VERSION_DIGITS = 12  # of the tag data_manifest_sha256, as the setting verdicts.DATA_VERSION
 

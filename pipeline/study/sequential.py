@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import math
 
-from pipeline.study.verdicts import Difference, Group, ablation_contributions, compare_groups, correct_for_many
+from pipeline.study.decisions import correct_for_many
+from pipeline.study.records import Difference, Group
+from pipeline.study.verdicts import ablation_contributions, compare_groups
 
 DEFAULT_ROUNDS = (3, 5, 7, 10)  # seeds per group after each round, when compare.rounds is null
 SETTLED = ("keep", "drop", "equivalent", "not converged")  # more seeds would not change these

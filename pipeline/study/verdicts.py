@@ -14,27 +14,7 @@ settings (statistics: pipeline/study/seed_statistics.py):
 - otherwise unpaired: Welch's t and a two-sample bootstrap (needs >= 2 runs in each);
 - with fewer runs there is no interval and the verdict says so.
 
-Verdict: `keep` when the union of the two intervals is above 0 and the t-test's p is below
-1 - confidence, `drop` when the interval is below 0 (same p), `equivalent` when it lies wholly
-within +-margin (`compare.margin` points: no difference as large as one the user cares about;
-a (1 - alpha) interval inside the margins is at least as strict as two one-sided tests at
-alpha, Schuirmann 1987), else `inconclusive`, with the number of seeds that would resolve the
-observed difference. A verdict also needs evidence: at
-least `MIN_SEEDS_FOR_VERDICT` seeds (runs per group when unpaired) and some spread between
-them. Two seeds, or seeds that all differ by exactly the same amount, give an interval of
-(almost) no width that measures nothing: inconclusive, saying why.
-It needs convergence too: when any run of either group had its best epoch within the last
-`train.patience` epochs of its cap, the verdict is `not converged` (raise train.epochs; or, for
-a schedule that anneals to the cap, train with a constant one): the two groups are then
-compared at a budget, not each at its best.
-
-Many comparisons in one report are many chances of a false verdict (6 at 5%: up to 26%), so
-`correct_for_many` applies Holm's step-down correction to the family (every group against the
-baseline and every ablated operation): adjusted p, and intervals widened to each step's
-level. The correction uses the t-test's p, not the exact sign-flip p (reported too): the
-sign-flip p cannot go below 2/2^n (0.0625 at 5 seeds), so no corrected 5-seed verdict could
-ever pass on it.
-An ablation (`augmentation.ablate=<operation>`, preset label `<preset>-no-<operation>`) is
+The verdict on each comparison: pipeline/study/decisions.py. An ablation (`augmentation.ablate=<operation>`, preset label `<preset>-no-<operation>`) is
 compared with its full preset instead: the operation's contribution is full minus ablated.
 All accuracies are fractions in [0, 1]; differences are in fraction units (0.02 = 2 points).
 """
@@ -42,225 +22,29 @@ All accuracies are fractions in [0, 1]; differences are in fraction units (0.02 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from pipeline.augmentation_config import read_ablation_label
-from pipeline.run_identity import AUGMENTED_ONLY  # a plain run's value of these is no setting of its group
 from pipeline.study import seed_statistics
-
-DATA_VERSION = "data.version"  # the data a run trained on (its manifests' hash): a setting, read from its tag
-
-SEEDS_ADVISED = 5  # the fewest seeds per group a study should have; fewer are flagged in the report
-MIN_SEEDS_FOR_VERDICT = 3  # below this, never keep or drop
-CONVERGE_ADVICE = {  # what to do about runs not converged, by whether their learning rate annealed to the cap
-    False: "raise train.epochs",
-    True: "train with train.lr_schedule=constant (warmup_cosine anneals to its cap, so the best epoch "
-    "comes late whatever train.epochs is; early stopping then ends each run)",
-}
-
-# Params that differ between the runs of one group by design, or do not change the model.
-NOT_GROUPING = (
-    "seed",
-    "train.resume",
-    "train.rerun",
-    "train.start_epoch",
-    "train.epochs",
-    "tracking.",
-    "paths.",
-    "data.download_dir",
-    "data.cache",
-    "augmentation.name",
-    "model.frozen_runtime",  # where frozen layers ran: f32 runtimes agree within 1e-4
-    "model.frozen_runtime_used",
-)
-
-
-@dataclass
-class RunSummary:
-    """What the comparison needs of one MLflow training run."""
-
-    run_id: str
-    preset: str
-    seed: str
-    params: dict[str, str]
-    metrics: dict[str, float]
-    curves: dict[str, list[float]] = field(default_factory=dict)  # val_accuracy / val_loss per epoch
-    started_ms: int = 0  # start time, to keep the latest of repeated runs
-    augmented: bool = True  # its training images were augmented (tag `augmented`)
-    test_predictions: dict[str, tuple[str, str]] = field(default_factory=dict)  # image sha256 -> (actual, predicted)
-
-    def setting(self, key: str) -> str | None:
-        """The run's value of a grouping key; None where the key does not apply (`AUGMENTED_ONLY`)."""
-        return None if key in AUGMENTED_ONLY and not self.augmented else self.params.get(key, "")
-
-    @property
-    def ablated(self) -> str | None:
-        """The operation this run removed from its preset (`augmentation.ablate`), if any."""
-        value = self.params.get("augmentation.ablate")
-        return None if value in (None, "", "None", "null") else value
-
-    @property
-    def best_epoch(self) -> int | None:
-        return int(self.metrics["best_epoch"]) if "best_epoch" in self.metrics else None
-
-    @property
-    def converged(self) -> bool | None:
-        """Did early stopping see the best epoch out? True when the best epoch came at least
-        `train.patience` epochs before the cap (`train.epochs`, or the epochs trained when a
-        resume extended them): validation accuracy then had `patience` epochs to improve and
-        did not. False when the best epoch falls within the last `patience` epochs of the cap:
-        the run may still have been improving. None when unknown."""
-        trained = len(self.curves.get("val_accuracy", []))
-        if self.best_epoch is None or not trained:
-            return None
-        cap = max(int(float(self.params.get("train.epochs", trained))), trained)
-        patience = int(float(self.params.get("train.patience", 1)))
-        return self.best_epoch <= cap - patience
-
-    @property
-    def annealed_to_cap(self) -> bool:
-        """Its learning rate decays to ~0 at `train.epochs` (warmup_cosine): the smallest steps,
-        and often the best epoch, come at the end whatever the cap, so a longer cap stretches
-        the schedule rather than showing whether the run had converged."""
-        return self.params.get("train.lr_schedule") == "warmup_cosine"
-
-    def final(self, curve: str) -> float | None:
-        """The last recorded value of a per-epoch metric (None if not recorded)."""
-        values = self.curves.get(curve)
-        return values[-1] if values else None
-
-
-@dataclass
-class Group:
-    preset: str
-    settings: dict[str, str]  # the other varied params, same for every run of the group
-    runs: list[RunSummary]
-    repeats_dropped: int = 0  # earlier runs of a seed already in the group (a sweep run twice)
-
-    @property
-    def label(self) -> str:
-        return ", ".join([self.preset, *(f"{k}={v}" for k, v in self.settings.items())])
-
-    @property
-    def still_improving(self) -> list[RunSummary]:
-        """Its runs whose best epoch came within `train.patience` epochs of their cap."""
-        return [r for r in self.runs if r.converged is False]
-
-    def values(self, metric: str) -> dict[str, float]:
-        """{seed: metric} for the runs that have it."""
-        return {r.seed: r.metrics[metric] for r in self.runs if metric in r.metrics}
-
-
-@dataclass
-class Difference:
-    """Group minus baseline, on `metric`, with an interval at `confidence`."""
-
-    group: str
-    baseline: str
-    metric: str
-    n_group: int
-    n_baseline: int
-    method: str  # "paired over N seeds", "unpaired (Welch) over N and M runs", or "none"
-    mean: float
-    low: float | None = None  # the verdict's interval: the union of the t and bootstrap intervals
-    high: float | None = None
-    t_low: float | None = None  # Student t (paired) or Welch t (unpaired)
-    t_high: float | None = None
-    bootstrap_low: float | None = None  # percentile bootstrap, 10,000 seeded resamples
-    bootstrap_high: float | None = None
-    p_value: float | None = None  # exact permutation test (sign flips when paired)
-    t_p_value: float | None = None  # paired t (Welch t unpaired): the p the correction uses
-    p_adjusted: float | None = None  # t_p_value after Holm's correction over the report's comparisons
-    family_size: int = 1  # comparisons in that family
-    verdict_confidence: float | None = None  # of the verdict's interval (low, high): widened by the correction
-    probability_of_improvement: float | None = None
-    spread: float = math.nan  # std of the per-seed differences (paired)
-    seeds_needed: int | None = None  # seeds that would resolve the observed difference
-    seeds_needed_1pt: int | None = None  # ... and a 1-point difference
-    verdict: str = "inconclusive"  # keep | drop | equivalent | inconclusive | not converged
-    reason: str = ""
-    per_seed: dict[str, float] = field(default_factory=dict)  # seed -> difference (paired)
-    ours: dict[str, float] = field(default_factory=dict)  # seed -> metric, group
-    theirs: dict[str, float] = field(default_factory=dict)  # seed -> metric, baseline
-    not_converged: list[str] = field(default_factory=list)  # runs whose best epoch was within patience of the cap
-    annealed: bool = False  # some of those runs annealed their learning rate to the cap (warmup_cosine)
-    per_class: dict[str, dict] = field(default_factory=dict)  # class -> ClassDifference fields (paired)
-    diversity: float | None = None  # final training loss, group / baseline
-    cost: float | None = None  # training time of a run, group / baseline
-    affinity: float | None = None  # baseline models' val accuracy under the augmentation / clean
-
-
-def _is_grouping_key(key: str) -> bool:
-    return not any(key == p or (p.endswith(".") and key.startswith(p)) for p in NOT_GROUPING)
-
-
-def varied_settings(runs: list[RunSummary]) -> list[str]:
-    """Params that vary across the runs and are not explained by the preset name alone.
-
-    `augmentation.rotation_range` varies between `none` and `lesson` but is fixed within
-    each preset, so it adds nothing; `model.name` varying within a preset makes groups. The
-    data version (`DATA_VERSION`) makes groups whenever it varies at all: `none` on
-    one version and `lesson` on another would measure the data change, not the augmentation.
-    """
-    keys = sorted({k for r in runs for k in r.params if _is_grouping_key(k)})
-    varied = []
-    for key in keys:
-        applies = [r for r in runs if r.setting(key) is not None]
-        if len({r.setting(key) for r in applies}) < 2:
-            continue
-        per_preset: dict[str, set] = {}
-        for r in applies:
-            per_preset.setdefault(r.preset, set()).add(r.setting(key))
-        if key == DATA_VERSION or any(len(values) > 1 for values in per_preset.values()):
-            varied.append(key)
-    return varied
-
-
-def group_runs(runs: list[RunSummary]) -> list[Group]:
-    """Groups by preset and every other varied setting, the baseline-like order kept stable.
-
-    Each seed counts once per group: of repeated runs (the same sweep run twice, or the same
-    preset and seed with another `train.epochs`) the latest is kept, the others counted in
-    `repeats_dropped`.
-    """
-    keys = varied_settings(runs)
-    groups: dict[tuple, Group] = {}
-    for r in sorted(runs, key=lambda r: r.started_ms, reverse=True):
-        settings = {k: r.setting(k) for k in keys if r.setting(k) is not None}
-        group = groups.setdefault((r.preset, *settings.values()), Group(r.preset, settings, []))
-        if any(kept.seed == r.seed for kept in group.runs):
-            group.repeats_dropped += 1
-        else:
-            group.runs.append(r)
-    for group in groups.values():
-        group.runs.sort(key=lambda r: (len(r.seed), r.seed))  # 2 before 10
-    return sorted(groups.values(), key=lambda g: (tuple(g.settings.values()), g.preset))
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1; NaN for a single value)."""
-    array = np.asarray(values, dtype=float)
-    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else math.nan
-
-
-def choose_metric(requested: str, groups: list[Group]) -> str:
-    """`auto`: test accuracy when every run has it (the evaluate stage ran), else best val accuracy."""
-    if requested != "auto":
-        return requested
-    every_run = [r for g in groups for r in g.runs]
-    return (
-        "test_accuracy" if every_run and all("test_accuracy" in r.metrics for r in every_run) else "best_val_accuracy"
-    )
+from pipeline.study.decisions import MIN_SEEDS_FOR_VERDICT, SEEDS_ADVISED, decide, intervals, within_bounds
+from pipeline.study.grouping import baseline_for, mean_std
+from pipeline.study.records import Difference, Group
 
 
 def compare_with_baseline(
-    group: Group, baseline: Group, metric: str, confidence: float, power: float = 0.8, margin: float = 0.0
+    group: Group,
+    baseline: Group,
+    metric: str,
+    confidence: float,
+    power: float = 0.8,
+    margin: float = 0.0,
+    decided: bool = True,
 ) -> Difference:
     """`group` minus `baseline` on `metric`: paired by seed where possible (see the module doc),
     with the verdict of a single comparison (`correct_for_many` revises it within a family);
-    `margin` (a fraction) for `equivalent`."""
+    `margin` (a fraction) for `equivalent`. decided=False: its statistics only, for a family whose
+    verdicts `correct_for_many` decides, each once."""
     ours, theirs = group.values(metric), baseline.values(metric)
     common = sorted(set(ours) & set(theirs))
     result = Difference(
@@ -308,7 +92,8 @@ def compare_with_baseline(
     result.t_low, result.t_high, result.bootstrap_low, result.bootstrap_high = intervals(result, confidence)
     result.seeds_needed_1pt = seed_statistics.seeds_needed(result.spread, 0.01, confidence, power)
     result.seeds_needed = seed_statistics.seeds_needed(result.spread, result.mean, confidence, power)
-    decide(result, confidence, result.t_p_value, confidence, power, margin)
+    if decided:
+        decide(result, confidence, result.t_p_value, confidence, power, margin)
     return result
 
 
@@ -318,137 +103,12 @@ def _paired(ours: dict[str, float], theirs: dict[str, float]) -> bool:
     return len(common) >= 2 and len(common) >= min(len(ours), len(theirs))
 
 
-def intervals(d: Difference, confidence: float) -> tuple[float, float, float, float]:
-    """(t low, t high, bootstrap low, bootstrap high) of a difference at `confidence`, within
-    what it can take (`within_bounds`)."""
-    if d.per_seed:
-        values = list(d.per_seed.values())
-        found = (
-            *seed_statistics.t_interval(values, confidence),
-            *seed_statistics.bootstrap_interval(values, confidence),
-        )
-    else:
-        a, b = list(d.ours.values()), list(d.theirs.values())
-        found = (
-            *seed_statistics.welch_interval(a, b, confidence),
-            *seed_statistics.bootstrap_interval_unpaired(a, b, confidence),
-        )
-    return within_bounds(*found)
-
-
-def within_bounds(*ends: float) -> tuple[float, ...]:
-    """Interval ends cut to [-1, 1]: every compared metric (accuracy, recall, F1) is a fraction, so a
-    difference of two lies there, whatever a t interval over 3 wide-spread seeds says (+-140 points).
-    The cut interval holds the true difference whenever the uncut one does."""
-    return tuple(min(1.0, max(-1.0, end)) for end in ends)
-
-
-def decide(
-    d: Difference,
-    verdict_confidence: float,
-    p_adjusted: float | None,
-    confidence: float,
-    power: float,
-    margin: float = 0.0,
-) -> None:
-    """Set the verdict of a difference whose statistics are computed.
-
-    keep / drop: enough seeds with some spread, every run converged, the interval at
-    `verdict_confidence` (the union of t and bootstrap, widened by a correction for many
-    comparisons) wholly above / below 0, and the (adjusted) t p-value below 1 - confidence.
-    equivalent: the same evidence, and that interval wholly within +-`margin` (a fraction:
-    0.01 is 1 point) around 0. A keep or drop smaller than the margin stays keep or drop.
-    "not converged" replaces keep/drop/inconclusive whenever a run's best epoch fell within its
-    last `train.patience` epochs: the difference is then one of budgets, not of augmentations."""
-    d.p_adjusted, d.verdict_confidence = p_adjusted, verdict_confidence
-    t_low, t_high, b_low, b_high = intervals(d, verdict_confidence)
-    d.low, d.high = min(t_low, b_low), max(t_high, b_high)
-    evidence = len(d.per_seed) if d.per_seed else min(len(d.ours), len(d.theirs))
-    corrected = f" (Holm over {d.family_size} comparisons)" if d.family_size > 1 else ""
-    d.verdict = "inconclusive"
-    if evidence < MIN_SEEDS_FOR_VERDICT:
-        d.reason = (
-            f"too few seeds ({evidence}): a verdict needs >= {MIN_SEEDS_FOR_VERDICT}, and "
-            f"{SEEDS_ADVISED} are advised (seed={','.join(map(str, range(1, SEEDS_ADVISED + 1)))})"
-        )
-    elif not d.spread > seed_statistics.NO_SPREAD:
-        d.reason = (
-            "zero spread: every seed gave the same difference, so no interval can be estimated "
-            f"from them (each is {d.mean * 100:+.2f} points); add seeds"
-        )
-    elif d.not_converged:
-        d.verdict = "not converged"
-        d.reason = (
-            f"{CONVERGE_ADVICE[d.annealed]}: {len(d.not_converged)} run(s) had their best epoch within the last "
-            f"train.patience epochs of the cap ({'; '.join(d.not_converged)}), so this compares budgets"
-        )
-    elif d.low > 0 and p_adjusted < 1 - confidence:
-        d.verdict, d.reason = "keep", f"the whole {verdict_confidence:.1%} interval is above 0{corrected}"
-    elif d.high < 0 and p_adjusted < 1 - confidence:
-        d.verdict, d.reason = "drop", f"the whole {verdict_confidence:.1%} interval is below 0{corrected}"
-    elif margin > 0 and -margin < d.low and d.high < margin:
-        d.verdict, d.reason = (
-            "equivalent",
-            f"the whole {verdict_confidence:.1%} interval lies within +-{margin * 100:g} points "
-            f"(compare.margin){corrected}: no difference that large",
-        )
-    else:
-        d.reason = f"the {verdict_confidence:.1%} interval includes 0{corrected}; " + seeds_advice(d, power)
-
-
-def correct_for_many(family: list[Difference], confidence: float, power: float, margin: float = 0.0) -> None:
-    """Holm's correction over a report's comparisons (every group against the baseline and every
-    ablated operation): each verdict is decided again on its adjusted t p-value and on its
-    interval widened to its step's level (`equivalent` within +-`margin`, a fraction); the seeds
-    advice then assumes the hardest step's level (1 - alpha/m), so it says how many seeds a
-    corrected verdict needs."""
-    tested = [d for d in family if d.t_p_value is not None]
-    p_values = [math.nan if d.t_p_value is None else d.t_p_value for d in tested]
-    adjusted = seed_statistics.holm_adjusted(p_values)
-    levels = seed_statistics.holm_levels(p_values, confidence)
-    size = sum(not math.isnan(p) for p in p_values)
-    strictest = 1 - (1 - confidence) / max(size, 1)
-    for d, p, level in zip(tested, adjusted, levels):
-        d.family_size = size
-        if not math.isnan(d.spread):
-            d.seeds_needed = seed_statistics.seeds_needed(d.spread, d.mean, strictest, power)
-            d.seeds_needed_1pt = seed_statistics.seeds_needed(d.spread, 0.01, strictest, power)
-        decide(d, level, None if math.isnan(p) else p, confidence, power, margin)
-
-
-def seeds_advice(d: Difference, power: float) -> str:
-    """What would resolve an inconclusive difference, from the observed spread of the differences."""
-    spread = f"with this spread ({d.spread * 100:.2f} points"
-    if d.method.startswith("paired"):
-        spread += f" between seeds' differences, {len(d.per_seed)} seeds)"
-    else:
-        spread += " between two runs' difference)"
-
-    def resolve(n: int | None, effect: float) -> str:
-        size = f"a {abs(effect) * 100:.2f}-point {'gain' if effect > 0 else 'loss'}"
-        if n:
-            return f"about {n} seeds would resolve {size}"
-        return f"not even {seed_statistics.MOST_SEEDS_ADVISED} seeds would resolve {size}"
-
-    one_point = d.seeds_needed_1pt or f"over {seed_statistics.MOST_SEEDS_ADVISED}"
-    return f"{spread}, {resolve(d.seeds_needed, d.mean)}, {one_point} a 1-point one ({power:.0%} power)"
-
-
-def baseline_for(group: Group, groups: list[Group], baseline_preset: str) -> Group | None:
-    """The baseline group with the same other settings (a plain baseline has no `AUGMENTED_ONLY` ones)."""
-    for candidate in groups:
-        unmatched = set(group.settings) - set(candidate.settings)
-        same = all(group.settings.get(k) == v for k, v in candidate.settings.items())
-        if candidate.preset == baseline_preset and same and unmatched <= set(AUGMENTED_ONLY):
-            return candidate
-    return None
-
-
 def compare_groups(
     groups: list[Group], baseline_preset: str, metric: str, confidence: float, power: float = 0.8
 ) -> list[Difference]:
-    """Each group against its baseline (`baseline_for`); none at all when no group is the baseline
-    preset (a report of ablations alone: their contributions are the answer)."""
+    """Each group against its baseline (`baseline_for`), undecided: `correct_for_many` decides them
+    with the rest of the report. None at all when no group is the baseline preset (a report of
+    ablations alone: their contributions are the answer)."""
     if not any(group.preset == baseline_preset for group in groups):
         return []
     differences = []
@@ -470,15 +130,16 @@ def compare_groups(
                 )
             )
         else:
-            difference = compare_with_baseline(group, baseline, metric, confidence, power)
+            difference = compare_with_baseline(group, baseline, metric, confidence, power, decided=False)
             difference.diversity, difference.cost = diversity(group, baseline), cost(group, baseline)
             differences.append(difference)
     return differences
 
 
 def ablation_contributions(groups: list[Group], metric: str, confidence: float, power: float = 0.8) -> list[Difference]:
-    """Each ablated operation's contribution: the full preset minus the preset without it,
-    paired by seed. keep: the operation helps; drop: the preset is better without it."""
+    """Each ablated operation's contribution: the full preset minus the preset without it, paired by
+    seed, undecided (as `compare_groups`). keep: the operation helps; drop: the preset is better
+    without it."""
     contributions = []
     for ablated in groups:
         operation = ablated.runs[0].ablated
@@ -497,7 +158,7 @@ def ablation_contributions(groups: list[Group], metric: str, confidence: float, 
                 )
             )
             continue
-        difference = compare_with_baseline(full, ablated, metric, confidence, power)
+        difference = compare_with_baseline(full, ablated, metric, confidence, power, decided=False)
         difference.group = operation
         difference.diversity, difference.cost = diversity(full, ablated), cost(full, ablated)
         contributions.append(difference)
@@ -629,26 +290,3 @@ def cost(group: Group, reference: Group) -> float | None:
     ours = [sum(r.curves["epoch_seconds"]) for r in group.runs if r.curves.get("epoch_seconds")]
     theirs = [sum(r.curves["epoch_seconds"]) for r in reference.runs if r.curves.get("epoch_seconds")]
     return float(np.mean(ours) / np.mean(theirs)) if ours and theirs and np.mean(theirs) > 0 else None
-
-
-def group_table(groups: list[Group]) -> list[dict]:
-    """Per group: runs, seeds, best val / test accuracy and test balanced accuracy (mean and std),
-    epochs to best, and how many runs were still improving at their last epoch."""
-    rows = []
-    for g in groups:
-        row = {
-            "group": g.label,
-            "preset": g.preset,
-            **g.settings,
-            "runs": len(g.runs),
-            "seeds": ",".join(r.seed for r in g.runs),
-            "repeats_dropped": g.repeats_dropped,
-            "not_converged": len(g.still_improving),
-            "annealed": any(r.annealed_to_cap for r in g.still_improving),
-        }
-        for metric in ("best_val_accuracy", "test_accuracy", "test_balanced_accuracy", "best_epoch"):
-            values = list(g.values(metric).values())
-            row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std(values) if values else (math.nan, math.nan)
-            row[f"{metric}_n"] = len(values)
-        rows.append(row)
-    return rows
