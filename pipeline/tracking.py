@@ -213,6 +213,27 @@ def _run_exists(run_id: str) -> bool:
         return False
 
 
+EPOCH_PREFIX = "epoch/"  # the per-epoch history's metric names; the plain names hold the kept (best) epoch's
+SPLIT_NAMES = {"accuracy": "train_accuracy", "loss": "train_loss"}  # Keras' names for the training split's
+
+
+def named_for_the_record(metrics: dict[str, float]) -> dict[str, float]:
+    """An epoch's Keras metrics under the names of the record: `accuracy` -> `train_accuracy`, ..."""
+    return {SPLIT_NAMES.get(k, k): v for k, v in metrics.items()}
+
+
+def epoch_history(metrics: dict[str, float]) -> dict[str, float]:
+    """An epoch's metrics as MLflow's history of the run: `epoch/train_accuracy`, `epoch/val_accuracy`, ..."""
+    return {EPOCH_PREFIX + k: v for k, v in named_for_the_record(metrics).items()}
+
+
+def log_kept_epoch(history: list[dict[str, float]], best_epoch: int) -> None:
+    """The kept (best) epoch's metrics under their plain names, at its step: what the run's table in
+    the MLflow UI shows (its per-epoch curves are the `epoch/` history)."""
+    kept = {k: v for k, v in history[best_epoch - 1].items() if k in ("accuracy", "loss", "val_accuracy", "val_loss")}
+    mlflow.log_metrics(named_for_the_record(kept), step=best_epoch)
+
+
 def record_resume(epochs_done: int, history: list[dict[str, float]]) -> None:
     """On the reopened run: note where it resumed, and log the finished epochs it lacks.
 
@@ -220,9 +241,9 @@ def record_resume(epochs_done: int, history: list[dict[str, float]]) -> None:
     leaves the run one epoch short, which is filled in here, so steps neither repeat nor skip.
     """
     client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
-    logged = max((m.step for m in client.get_metric_history(run_id, "val_accuracy")), default=0)
+    logged = max((m.step for m in client.get_metric_history(run_id, EPOCH_PREFIX + "val_accuracy")), default=0)
     for epoch in range(logged + 1, epochs_done + 1):
-        mlflow.log_metrics(history[epoch - 1], step=epoch)
+        mlflow.log_metrics(epoch_history(history[epoch - 1]), step=epoch)
     earlier = mlflow.active_run().data.tags.get("resumed_at_epochs")
     mlflow.set_tag("resumed_at_epochs", f"{earlier},{epochs_done}" if earlier else str(epochs_done))
 

@@ -343,7 +343,13 @@ def record_training(
         epoch_log = outages.EpochLog(
             active.info.run_id, uri, patience_s, outages.unended_runs_dir(config.paths.cache_dir)
         )
-        train_from_state(config, training, work, state, on_commit=epoch_log)
+        train_from_state(
+            config,
+            training,
+            work,
+            state,
+            on_commit=lambda epoch, metrics: epoch_log(epoch, tracking.epoch_history(metrics)),
+        )
         epoch_log.finish()  # a server that went away must be back for the run's last records
         raise_if_stopped()
 
@@ -366,6 +372,7 @@ def record_training(
         mlflow.log_artifact(str(training_curves(curves, reports_dir / "training_curves.png", run_name)))
         best_val, best_epoch = state.best_val_accuracy or 0.0, state.best_epoch
         mlflow.log_metrics({"best_val_accuracy": best_val, "best_epoch": best_epoch})
+        tracking.log_kept_epoch(state.history, best_epoch)
         model_id = None
         raise_if_stopped()
         if config.tracking.log_model:  # the saved file, reloaded off the strategy: no cluster needed
@@ -419,14 +426,11 @@ def write_run_record(
     )
 
 
-HISTORY_NAMES = {"accuracy": "train_accuracy", "loss": "train_loss"}  # Keras' names for the training split's
-
-
 def write_history(history: list[dict[str, float]], target: Path) -> Path:
     """history.csv: one row per epoch (1-based), one column per metric, each named for its split as
     DVC's and MLflow's test_accuracy is (train_accuracy, val_accuracy, ...; Keras logs `accuracy`)."""
     keys = sorted({k for row in history for k in row})
-    rows = [",".join(["epoch", *(HISTORY_NAMES.get(k, k) for k in keys)])]
+    rows = [",".join(["epoch", *(tracking.SPLIT_NAMES.get(k, k) for k in keys)])]
     rows += [
         ",".join([str(epoch), *(f"{row[k]:.6f}" if k in row else "" for k in keys)])
         for epoch, row in enumerate(history, start=1)

@@ -522,7 +522,7 @@ def test_per_class_effects_diversity_and_cost_by_hand():
             seed,
             {"seed": seed},
             {"test_accuracy": 0.80, "test_recall.shoes": 0.9, "test_recall.shirts": 0.7},
-            {"loss": [0.9, 0.5, 0.4], "epoch_seconds": [2.0, 1.0, 1.0]},
+            {"train_loss": [0.9, 0.5, 0.4], "epoch_seconds": [2.0, 1.0, 1.0]},
         )
         augmented = RunSummary(
             f"l{seed}",
@@ -530,7 +530,7 @@ def test_per_class_effects_diversity_and_cost_by_hand():
             seed,
             {"seed": seed},
             {"test_accuracy": 0.81, "test_recall.shoes": 0.9 + shoes[i], "test_recall.shirts": 0.7 + shirts[i]},
-            {"loss": [1.2, 0.9, 0.6], "epoch_seconds": [6.0, 3.0, 4.0]},
+            {"train_loss": [1.2, 0.9, 0.6], "epoch_seconds": [6.0, 3.0, 4.0]},
         )
         runs += [plain, augmented]
     none, lesson = sorted(group_runs(runs), key=lambda g: g.preset != "none")

@@ -48,10 +48,22 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
     assert len(run.data.tags["config_hash"]) == 64
     process = json.loads(run.data.tags["process"])  # for a later orphan check: one tag, out of the UI's way
     assert process["pid"].isdigit() and process["host"] and not any(k.startswith("process.") for k in run.data.tags)
-    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    history = client.get_metric_history(run.info.run_id, "epoch/val_accuracy")
     assert [m.step for m in history] == [1, 2]
-    for metric in ("loss", "accuracy", "val_loss", "learning_rate", "epoch_seconds", "train_images_per_second"):
-        assert len(client.get_metric_history(run.info.run_id, metric)) == 2
+    for metric in (
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "learning_rate",
+        "epoch_seconds",
+        "train_images_per_second",
+    ):
+        assert len(client.get_metric_history(run.info.run_id, f"epoch/{metric}")) == 2
+    # the run's table shows the kept epoch's metrics: its plain names hold the best epoch's values
+    best = int(run.data.metrics["best_epoch"])
+    assert run.data.metrics["val_accuracy"] == run.data.metrics["best_val_accuracy"] == history[best - 1].value
+    kept_loss = client.get_metric_history(run.info.run_id, "epoch/train_loss")[best - 1].value
+    assert run.data.metrics["train_loss"] == kept_loss and "accuracy" not in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "augmentation_preview.png", "history.csv", "training_curves.png"} <= artifacts
     assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics)  # system metrics, psutil
@@ -288,7 +300,7 @@ def test_sigterm_marks_the_run_killed_and_resume_is_the_same_run(split_done):
     client, run = only_run(uri)  # the same MLflow run, continued
     assert run.info.status == "FINISHED" and run.data.tags["resumed_at_epochs"] == str(done)
     assert run.data.params["train.epochs"] == "200" and run.data.tags["resumed_with.train.epochs"] == str(done + 2)
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch/val_accuracy")]
     assert steps == list(range(1, done + 3))  # neither repeated nor skipped
     epochs = [int(line.split(",")[0]) for line in (tmp_path / "reports" / "history.csv").read_text().splitlines()[1:]]
     assert epochs == list(range(1, done + 3))  # every epoch, also those before the interruption
@@ -373,7 +385,7 @@ def test_two_trainings_at_once_on_a_new_store_both_finish(split_done):
     assert sorted(r.data.tags["seed"] for r in runs) == ["1", "2"]
     for r in runs:
         assert r.info.status == "FINISHED"
-        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_accuracy")] == [1, 2, 3]
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "epoch/val_accuracy")] == [1, 2, 3]
 
 
 def test_a_store_that_cannot_be_written_fails_at_once_naming_it(split_done):
@@ -404,7 +416,7 @@ def test_training_against_a_real_mlflow_server(split_done, mlflow_server):
     assert result.returncode == 0, result.stderr[-3000:]
     client, run = only_run(mlflow_server)
     assert run.info.status == "FINISHED" and run.data.tags["augmentation"] == "light"
-    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 2
+    assert len(client.get_metric_history(run.info.run_id, "epoch/val_accuracy")) == 2
 
 
 def test_dead_tracking_server_is_reported_before_training(split_done):

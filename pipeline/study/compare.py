@@ -40,7 +40,7 @@ from pipeline.config import Config, validate
 from pipeline.errors import TrackingError, UserError
 
 FIGURES = ("comparison.png", "class_effects.png", "affinity_diversity.png")
-CURVES = ("val_accuracy", "val_loss", "loss", "epoch_seconds")  # per-epoch histories the report reads
+CURVES = ("val_accuracy", "val_loss", "train_loss", "epoch_seconds")  # per-epoch histories the report reads
 
 
 def run(config: Config, run_ids: set[str] | None = None, record: bool = True) -> dict:

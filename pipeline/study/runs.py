@@ -10,6 +10,7 @@ from mlflow.exceptions import MlflowException
 
 from pipeline.errors import TrackingError
 from pipeline.study.records import DATA_VERSION, RunSummary
+from pipeline.tracking import EPOCH_PREFIX
 
 DATA_VERSION_DIGITS = 12  # of the tag data_manifest_sha256, as the setting verdicts.DATA_VERSION
 
@@ -49,10 +50,7 @@ def training_runs(
     finished = [r for r in training if r.info.status == "FINISHED"]
     summaries = []
     for r in finished:
-        histories = {
-            name: [m.value for m in sorted(client.get_metric_history(r.info.run_id, name), key=lambda m: m.step)]
-            for name in curves
-        }
+        histories = {name: epoch_curve(client, r.info.run_id, name) for name in curves}
         summaries.append(
             RunSummary(
                 r.info.run_id,
@@ -70,6 +68,17 @@ def training_runs(
             )
         )
     return summaries, len(training) - len(finished)
+
+
+LEGACY_NAMES = {"train_loss": "loss", "train_accuracy": "accuracy"}  # runs recorded before the `epoch/` history
+
+
+def epoch_curve(client: mlflow.MlflowClient, run_id: str, name: str) -> list[float]:
+    """A run's per-epoch values of `name` (its `epoch/` history; an older run's plain Keras-named one)."""
+    history = client.get_metric_history(run_id, EPOCH_PREFIX + name)
+    if not history:
+        history = [m for m in client.get_metric_history(run_id, LEGACY_NAMES.get(name, name)) if m.step > 0]
+    return [m.value for m in sorted(history, key=lambda m: m.step)]
 
 
 def logged_test_predictions(client: mlflow.MlflowClient, run_id: str) -> dict[str, tuple[str, str]]:

@@ -278,8 +278,8 @@ def class_flags(d: Difference) -> list[str]:
 def diversity(group: Group, reference: Group) -> float | None:
     """How much harder the augmentation makes the training data (Gontijo-Lopes et al. 2020): the
     mean final training loss of `group`'s runs over that of `reference`'s (> 1: harder)."""
-    ours = [r.final("loss") for r in group.runs if r.final("loss") is not None]
-    theirs = [r.final("loss") for r in reference.runs if r.final("loss") is not None]
+    ours = [r.final("train_loss") for r in group.runs if r.final("train_loss") is not None]
+    theirs = [r.final("train_loss") for r in reference.runs if r.final("train_loss") is not None]
     return float(np.mean(ours) / np.mean(theirs)) if ours and theirs and np.mean(theirs) > 0 else None
 
 
