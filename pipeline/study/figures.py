@@ -161,6 +161,10 @@ VERDICT_COLOURS = {"keep": "tab:green", "drop": "tab:red", "equivalent": "tab:bl
 
 
 def class_effects_figure(differences: list[Difference], target: Path) -> Path:
+    return save(draw_class_effects(differences), target)
+
+
+def draw_class_effects(differences: list[Difference]):
     """Classes x comparisons: colour = the paired difference of test recall (points), a black
     frame where its Holm-corrected interval excludes 0. Empty comparisons are left out."""
     shown = [d for d in differences if d.per_class]
@@ -182,7 +186,7 @@ def class_effects_figure(differences: list[Difference], target: Path) -> Path:
             fontsize=9,
         )
         ax.set_axis_off()
-        return save(figure, target)
+        return figure
     limit = max(float(np.nanmax(np.abs(values))) if values.size and not np.all(np.isnan(values)) else 1.0, 1.0)
     image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
     for j, d in enumerate(shown):
@@ -217,10 +221,18 @@ def class_effects_figure(differences: list[Difference], target: Path) -> Path:
         ),
         fontsize=10,
     )
-    return save(figure, target)
+    return figure
 
 
 def affinity_diversity_figure(differences: list[Difference], ablations: list[Difference], target: Path) -> Path:
+    figure = draw_affinity_diversity(differences, ablations)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target, dpi=90)  # not `save`: its tight_layout cannot place a colorbar shared by panels
+    plt.close(figure)
+    return target
+
+
+def draw_affinity_diversity(differences: list[Difference], ablations: list[Difference]):
     """Each preset (against the baseline) and each ablated operation (its contribution to its
     preset) at (affinity, diversity), coloured by the measured difference (points), one panel
     each: Gontijo-Lopes et al. 2020 found gains at high affinity and diversity."""
@@ -265,10 +277,7 @@ def affinity_diversity_figure(differences: list[Difference], ablations: list[Dif
     figure.canvas.draw()  # the final axes limits and layout, which label placement measures in
     for ax, (_, shown) in zip(axes[0], panels):
         _label_points(ax, [(d.affinity, d.diversity) for d in shown], [d.group for d in shown])
-    target.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(target, dpi=90)  # not _save: its tight_layout cannot place a colorbar shared by panels
-    plt.close(figure)
-    return target
+    return figure
 
 
 def _label_points(ax, points: list[tuple[float, float]], labels: list[str]) -> None:
