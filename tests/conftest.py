@@ -99,8 +99,12 @@ def no_leaked_tracking_uri():
 
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
-    """3 classes x 12 learnable images, one folder per class."""
-    root = tmp_path / "tiny"
+    return make_tiny_dataset(tmp_path)
+
+
+def make_tiny_dataset(folder: Path) -> Path:
+    """3 classes x 12 learnable images, one folder per class, in folder/tiny."""
+    root = folder / "tiny"
     for c, name in enumerate(["cat", "dog", "fox"]):
         for i in range(12):
             make_image(root / name / f"{name}_{i:02d}.png", size=(48, 40), seed=100 * c + i, pattern=c)
@@ -197,12 +201,17 @@ def train_args(tmp_path: Path, uri: str, *extra: str) -> list[str]:
 @pytest.fixture
 def split_done(tmp_path, tiny_dataset):
     """tmp_path with the tiny dataset already split (train 30 / val 3 / test 3)."""
+    return split_tiny(tmp_path, tiny_dataset)
+
+
+def split_tiny(folder: Path, dataset: Path) -> Path:
+    """`folder` with `dataset` split into its split/ (the paths of `path_overrides`)."""
     from pipeline import split
     from pipeline.config import compose
 
-    overrides = [o for o in path_overrides(tmp_path) if not o.startswith("hydra.")]
-    split.run(compose([f"data.source={tiny_dataset}", *overrides]))
-    return tmp_path
+    overrides = [o for o in path_overrides(folder) if not o.startswith("hydra.")]
+    split.run(compose([f"data.source={dataset}", *overrides]))
+    return folder
 
 
 def free_port() -> int:

@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import free_port, make_image, run_in_process, run_module, train_args
+from tests.conftest import (
+    free_port,
+    make_image,
+    make_tiny_dataset,
+    run_in_process,
+    run_module,
+    split_tiny,
+    train_args,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -29,20 +37,35 @@ def only_run(uri: str, experiment: str = "augmentation"):
     return client, runs[0]
 
 
-def test_training_run_is_recorded_and_its_model_predicts(split_done):
-    tmp_path = split_done
+@pytest.fixture(scope="module")
+def lesson_run(tmp_path_factory):
+    """One tiny `lesson` run, trained once for the tests below, each of which reads one part of its
+    record, so that one failure does not hide the others (they change nothing the others read)."""
+    tmp_path = tmp_path_factory.mktemp("lesson-run")
+    split_tiny(tmp_path, make_tiny_dataset(tmp_path))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = run_in_process(
         "pipeline.train", *train_args(tmp_path, uri, "augmentation=lesson", "tracking.system_metrics_interval_s=0.5")
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path, uri, result.stdout
 
+
+def logged_model_of(uri: str, run):
+    mlflow.set_tracking_uri(uri)
+    (logged,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    return logged
+
+
+def test_the_run_records_its_config_metrics_and_datasets(lesson_run):
+    """Params, tags, the per-epoch history and the kept epoch's metrics, artifacts, the datasets."""
+    tmp_path, uri, stdout = lesson_run
     client, run = only_run(uri)
     assert run.info.status == "FINISHED"
     assert run.data.params["augmentation.rotation_range"] == "30.0"
     assert run.data.params["model.name"] == "residual_cnn" and run.data.params["data.classes"] == "cat,dog,fox"
     # the data it trained on: the split's source, though this command line named none (the default URL)
-    assert run.data.params["data.source"] == str(tmp_path / "tiny") and "was split from" in result.stdout
+    assert run.data.params["data.source"] == str(tmp_path / "tiny") and "was split from" in stdout
     assert run.data.tags["augmentation"] == "lesson" and run.data.tags["augmented"] == "true"
     assert len(run.data.tags["data_manifest_sha256"]) == 64 and run.data.tags["git_commit"]
     assert len(run.data.tags["config_hash"]) == 64
@@ -71,7 +94,7 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
     # MLflow 3's vocabulary: the experiment is model development, the UI link lands on its runs
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    assert f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" in result.stdout
+    assert f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" in stdout
     # ... the manifests are the run's datasets, digests from the files themselves
     inputs = {
         next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset for d in run.inputs.dataset_inputs
@@ -79,6 +102,13 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
     assert set(inputs) == {"training", "validation", "testing"}
     assert inputs["training"].name == "tiny-train" and inputs["testing"].name == "tiny-test"
     assert inputs["training"].digest == hashlib.sha256((tmp_path / "split" / "train.csv").read_bytes()).hexdigest()[:16]
+
+
+def test_its_model_is_a_logged_model_at_the_best_epoch_that_loads_from_either_uri(lesson_run):
+    """The run's LoggedModel: its tags and params, linked at the best epoch, loadable, its environment pinned."""
+    tmp_path, uri, stdout = lesson_run
+    client, run = only_run(uri)
+    experiment = client.get_experiment(run.info.experiment_id)
     # ... and the model is one READY LoggedModel, linked at the best epoch, with that epoch's metrics
     mlflow.set_tracking_uri(uri)
     (logged,) = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list")
@@ -105,6 +135,14 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
     pinned = dict(line.split("==") for line in Path(folder, "requirements.txt").read_text().split())
     assert pinned["tensorflow"] == importlib.metadata.version("tensorflow")
     assert pinned["keras"] == importlib.metadata.version("keras") and pinned["mlflow"] == mlflow.__version__
+
+
+def test_mlflow_s_own_cli_serves_the_model(lesson_run):
+    """`mlflow models predict` answers as the model does."""
+    tmp_path, uri, stdout = lesson_run
+    client, run = only_run(uri)
+    loaded = mlflow.keras.load_model(f"runs:/{run.info.run_id}/model")
+    probabilities = loaded.predict(np.full((2, 32, 32, 3), 100.0, np.float32), verbose=0)
     # ... and MLflow's own CLI serves it
     request = tmp_path / "request.json"
     request.write_text(json.dumps({"inputs": np.full((1, 32, 32, 3), 100.0).tolist()}))
@@ -131,6 +169,15 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
     (answer,) = json.loads(served.stdout.strip().splitlines()[-1])["predictions"]
     np.testing.assert_allclose(answer, probabilities[0], atol=1e-5)
 
+
+def test_evaluate_logs_the_test_metrics_to_the_model_and_every_image_s_prediction(lesson_run):
+    """evaluate on the run's model: test metrics on the model and the test dataset, each image's prediction."""
+    tmp_path, uri, stdout = lesson_run
+    client, run = only_run(uri)
+    logged = logged_model_of(uri, run)
+    inputs = {
+        next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset for d in run.inputs.dataset_inputs
+    }
     # evaluate: the test metrics belong to the model and to the test dataset; the run's times stay the training's
     trained = client.get_run(run.info.run_id).info
     evaluated = run_in_process(
@@ -165,6 +212,11 @@ def test_training_run_is_recorded_and_its_model_predicts(split_done):
     assert header[0] == "epoch" and {"train_accuracy", "train_loss", "val_accuracy", "val_loss"} <= set(header)
     assert "accuracy" not in header  # one name per metric: DVC and MLflow say test_accuracy, this says train_
 
+
+def test_predict_names_the_clothes_and_each_file_it_cannot_read(lesson_run):
+    """predict from the saved file and from the MLflow URI."""
+    tmp_path, uri, stdout = lesson_run
+    client, run = only_run(uri)
     # predict: the saved file and the MLflow URI; a broken file gets its own error line
     good = make_image(tmp_path / "mine" / "photo.webp", size=(64, 50), seed=7, pattern=1, fmt="WEBP")
     broken = tmp_path / "mine" / "notes.jpg"
