@@ -25,6 +25,7 @@ import keras
 
 from pipeline import devices
 from pipeline.config import compose
+from pipeline.datasets import Split
 from pipeline.split import run as run_split
 from pipeline.training import fit, prepare_training
 
@@ -48,7 +49,8 @@ def timed_run(overrides: list[str]) -> tuple[float, list[float]]:
     config = compose(overrides)
     keras.utils.set_random_seed(config.seed)
     keras.backend.clear_session()
-    training = prepare_training(config, devices.make_strategy(config.train))
+    strategy = devices.make_strategy(config.train)
+    training = prepare_training(config, strategy, Split.read(config.paths.split_dir))
     timer = EpochTimer()
     start = time.perf_counter()
     fit(config, training, [timer])

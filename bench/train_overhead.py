@@ -24,6 +24,7 @@ import keras
 
 from pipeline import devices
 from pipeline.config import compose
+from pipeline.datasets import Split
 from pipeline.split import run as run_split
 from pipeline.training import fit, prepare_training
 
@@ -46,7 +47,8 @@ def epoch_seconds(overrides: list[str], preset: str) -> tuple[float, int]:
     config = compose([*overrides, f"augmentation={preset}"])
     keras.utils.set_random_seed(config.seed)
     keras.backend.clear_session()
-    training = prepare_training(config, devices.make_strategy(config.train))
+    strategy = devices.make_strategy(config.train)
+    training = prepare_training(config, strategy, Split.read(config.paths.split_dir))
     timer = TrainStepTimer()
     fit(config, training, [timer])
     measured = timer.seconds[1:]  # epoch 1 is warm-up

@@ -23,7 +23,7 @@ from pipeline.augmentation_config import AugmentationConfig
 from pipeline.backend import tf
 from pipeline.bars import progress_bar
 from pipeline.images import DECODER_VERSION, load_checked_image
-from pipeline.manifests import read_classes, read_manifest_rows
+from pipeline.manifests import SPLITS, manifest_hash, read_classes, read_manifest_rows, split_source
 
 
 @dataclass
@@ -61,6 +61,30 @@ class ImageSet:
     def one_hot_labels(self) -> tf.Tensor:
         """The labels as one-hot float32 [n, classes]."""
         return tf.one_hot(np.asarray(self.labels, dtype=np.int32), len(self.classes))
+
+
+@dataclass(frozen=True)
+class Split:
+    """What the split stage wrote, read once per command and passed on: the classes, each split's
+    images (`ImageSet`), the data version a run records (one hash over the manifests and classes),
+    each manifest file's sha256 (the MLflow datasets' digests) and the `data.source` it was made from."""
+
+    folder: Path
+    classes: list[str]
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    version: str
+    digests: dict[str, str]
+    source: str | None
+
+    @classmethod
+    def read(cls, split_dir: str | Path) -> Split:
+        folder = Path(split_dir)
+        classes = read_classes(folder)
+        train, val, test = (ImageSet.read(folder, name, classes) for name in SPLITS)
+        digests = {name: hashlib.sha256((folder / f"{name}.csv").read_bytes()).hexdigest() for name in SPLITS}
+        return cls(folder, classes, train, val, test, manifest_hash(folder), digests, split_source(folder))
 
 
 def images_key(images: ImageSet, image_size: tuple[int, int]) -> dict:

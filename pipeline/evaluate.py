@@ -15,12 +15,15 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.cli import stage_entry
 from pipeline.config import Config
-from pipeline.manifests import read_classes
+
+if TYPE_CHECKING:  # types only: the datasets module loads TensorFlow, which `--help` must not wait for
+    from pipeline.datasets import ImageSet, Split
 
 PREDICTIONS_FILE = "confusion.csv"  # actual,predicted,sha256 per test image; logged to the run for `compare`
 
@@ -50,17 +53,18 @@ def classification_metrics(actual: np.ndarray, predicted: np.ndarray, classes: l
     }
 
 
-def run(config: Config) -> dict:
+def run(config: Config, split: Split | None = None) -> dict:
+    """Evaluate the model in paths.models_dir on the test split (`split`: as the caller read it)."""
     # TensorFlow and MLflow load here, not at import: `--help` and a wrong key answer at once
     from pipeline.backend import keras
-    from pipeline.datasets import ImageSet
+    from pipeline.datasets import Split
     from pipeline.frozen_runtime import SplitClassifier
     from pipeline.models import frozen_backbone, load_saved_model
     from pipeline.visuals import confusion_matrix_figure
 
     reports = Path(config.paths.reports_dir)
-    classes = read_classes(config.paths.split_dir)
-    test_set = ImageSet.read(config.paths.split_dir, "test", classes)
+    split = split or Split.read(config.paths.split_dir)
+    classes, test_set = split.classes, split.test
     model = load_saved_model(Path(config.paths.models_dir) / "model.keras")
     image_size = tuple(model.input_shape[1:3])  # the size it was trained at, whatever data.image_size says now
     if image_size != tuple(config.data.image_size):
@@ -87,7 +91,7 @@ def run(config: Config) -> dict:
         "test_loss": round(loss, 6),
         "test_images": len(actual),
     }
-    per_class = {"test": report["per_class"], "val_recall": val_recall(classifier, config, classes, image_size)}
+    per_class = {"test": report["per_class"], "val_recall": val_recall(classifier, config, split.val, image_size)}
 
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -118,11 +122,9 @@ def predict_split(classifier, images, image_size: tuple[int, int], config: Confi
     return classifier.probabilities(pixels[i : i + batch].astype(np.float32) for i in range(0, len(pixels), batch))
 
 
-def val_recall(classifier, config: Config, classes: list[str], image_size: tuple[int, int]) -> dict:
+def val_recall(classifier, config: Config, val_set: ImageSet, image_size: tuple[int, int]) -> dict:
     """Each class's recall on the validation split: where the best epoch's accuracy came from."""
-    from pipeline.datasets import ImageSet
-
-    val_set = ImageSet.read(config.paths.split_dir, "val", classes)
+    classes = val_set.classes
     predicted = predict_split(classifier, val_set, image_size, config).argmax(1)
     per_class = classification_metrics(np.asarray(val_set.labels), predicted, classes)["per_class"]
     return {name: c["recall"] for name, c in per_class.items() if c["support"]}

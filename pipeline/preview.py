@@ -22,8 +22,10 @@ def run(config: Config, rows: int = 6, variants: int = 5) -> Path:
         from pipeline import split
 
         split.run(config)
+    from pipeline.datasets import Split  # loads TensorFlow: here, after the quick checks
+
     target = Path(config.paths.reports_dir) / f"augmentation_preview_{config.augmentation.name}.png"
-    augmentation_grid(config, target, rows=rows, variants=variants)
+    augmentation_grid(config, Split.read(split_dir).train, target, rows=rows, variants=variants)
     print(target.resolve())
     operations = config.augmentation.active_operations()
     if len(operations) > 1:  # which of them helps? the ablation sweep that answers it

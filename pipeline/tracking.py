@@ -19,6 +19,7 @@ import subprocess
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -28,6 +29,9 @@ from pipeline.config import PROJECT_ROOT, Config, flatten, to_dict
 from pipeline.errors import TrackingError
 from pipeline.stopping import RunKilled, request_stop, stop_requested
 from pipeline.store import artifact_location, check_server, store_lock, tracking_uri
+
+if TYPE_CHECKING:  # its type only: the datasets module loads TensorFlow
+    from pipeline.datasets import Split
 
 
 def connect(config: Config, timeout_s: float = 5.0, create_experiment: bool = True) -> str:
@@ -248,22 +252,25 @@ def record_resume(epochs_done: int, history: list[dict[str, float]]) -> None:
     mlflow.set_tag("resumed_at_epochs", f"{earlier},{epochs_done}" if earlier else str(epochs_done))
 
 
-def log_data_inputs(split_dir: Path) -> None:
+def log_data_inputs(split: Split) -> None:
     """The run's train, validation and test manifests as MLflow datasets (the UI's Datasets
     column), named after the folder the images come from (e.g. clothing-small-train), each with
     its manifest file's sha256 as digest (MLflow's own digest reads only the first 10,000 rows)."""
-    import hashlib
-
     import pandas as pd
 
-    frames = {split: pd.read_csv(Path(split_dir) / f"{split}.csv") for split in ("train", "val", "test")}
+    frames = {
+        name: pd.DataFrame(
+            {"path": images.paths, "label": [images.classes[i] for i in images.labels], "sha256": images.sha256}
+        )
+        for name, images in (("train", split.train), ("val", split.val), ("test", split.test))
+    }
     root = os.path.commonpath([os.path.dirname(p) for frame in frames.values() for p in frame["path"]])
     name = Path(root).name or "data"
-    for split, context in (("train", "training"), ("val", "validation"), ("test", "testing")):
-        digest = hashlib.sha256((Path(split_dir) / f"{split}.csv").read_bytes()).hexdigest()[:16]
+    for split_name, context in (("train", "training"), ("val", "validation"), ("test", "testing")):
+        digest = split.digests[split_name][:16]
         with warnings.catch_warnings():  # a local folder "can be interpreted in multiple ways": it is a folder
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(
-                frames[split], source=root, targets="label", name=f"{name}-{split}", digest=digest
+                frames[split_name], source=root, targets="label", name=f"{name}-{split_name}", digest=digest
             )
         mlflow.log_input(dataset, context=context)

@@ -28,7 +28,7 @@ def run(config: Config) -> float:
     from pipeline.backend import keras
     from pipeline.checkpoints import WorkFolder
     from pipeline.cli import in_multirun
-    from pipeline.manifests import manifest_hash
+    from pipeline.datasets import Split
     from pipeline.run_identity import digest_of, training_identity
     from pipeline.training import (
         output_dirs,
@@ -44,29 +44,30 @@ def run(config: Config) -> float:
 
     strategy = devices.make_strategy(config.train)  # first: a multi-worker strategy must precede other TF work
     keras.utils.set_random_seed(config.seed)
-    require_images(config.paths.split_dir)  # before anything is recorded
-    config = with_split_source(config)
+    split = Split.read(config.paths.split_dir)  # read once: every part of this stage gets it from here
+    require_images(split)  # before anything is recorded
+    config = with_split_source(config, split)
     chief = devices.is_chief(strategy)
     uri = tracking.connect(config) if chief else None  # a dead server fails here, before any work
     models_dir, reports_dir, work_root = output_dirs(config, chief)
-    data_hash = manifest_hash(config.paths.split_dir)
-    identity = training_identity(config, data_hash)
+    identity = training_identity(config, split.version)
     if in_multirun() and not config.train.rerun and not devices.is_multi_worker(strategy):
         finished = run_search.finished_run_with(config.tracking.experiment, digest_of(identity))
         if finished:
-            require_unchanged_images(config.paths.split_dir)  # that run's record must describe today's files
+            require_unchanged_images(split)  # that run's record must describe today's files
             return skip_finished(finished, reports_dir, uri)
     work = WorkFolder(work_root, identity)
     with work.opened(config.train.resume, refuse_other=not in_multirun()) as state:
         refuse_a_changed_schedule(work, config)
-        training = prepare_training(config, strategy)
+        training = prepare_training(config, strategy, split)
         if not chief:  # a helper in a cluster: same steps, nothing recorded
             train_from_state(config, training, work, state)
             return state.best_val_accuracy or 0.0
-        best_val = record_training(config, training, work, state, uri, models_dir, reports_dir, data_hash)
+        best_val = record_training(config, training, work, state, uri, models_dir, reports_dir, split)
     if in_multirun() and config.train.test_in_sweeps:  # the sweep's verdict can then be on test accuracy
         evaluate.run(
-            replace(config, paths=replace(config.paths, models_dir=str(models_dir), reports_dir=str(reports_dir)))
+            replace(config, paths=replace(config.paths, models_dir=str(models_dir), reports_dir=str(reports_dir))),
+            split,
         )
     return best_val
 

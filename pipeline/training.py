@@ -25,6 +25,7 @@ from pipeline.cli import in_multirun
 from pipeline.config import Config, to_dict
 from pipeline.datasets import (
     ImageSet,
+    Split,
     build_eval_dataset,
     build_feature_eval_dataset,
     build_feature_train_dataset,
@@ -36,7 +37,6 @@ from pipeline.errors import ConfigError, DataError
 from pipeline.frozen_features import AugmentedViews, plain_features
 from pipeline.frozen_runtime import FrozenNetwork, frozen_network
 from pipeline.images import check_unchanged
-from pipeline.manifests import read_classes, read_manifest, split_source
 from pipeline.models import build_model, compile_model, fine_tune_split, frozen_backbone
 from pipeline.progress import ProgressLines
 from pipeline.run_identity import digest_of
@@ -105,11 +105,8 @@ def split_for_runtime(config: Config, model: keras.Model, placement: str) -> tup
     return None
 
 
-def prepare_training(config: Config, strategy) -> Training:
-    split_dir = config.paths.split_dir
-    classes = read_classes(split_dir)
-    train_set = ImageSet.read(split_dir, "train", classes)
-    val_set = ImageSet.read(split_dir, "val", classes)
+def prepare_training(config: Config, strategy, split: Split) -> Training:
+    classes, train_set, val_set = split.classes, split.train, split.val
     image_size = tuple(config.data.image_size)
 
     # every image read (and checked against the manifest) now, before any record of the run exists
@@ -240,10 +237,10 @@ def refuse_a_changed_schedule(work: WorkFolder, config: Config) -> None:
         )
 
 
-def with_split_source(config: Config) -> Config:
+def with_split_source(config: Config, split: Split) -> Config:
     """The config with `data.source` set to what the split was made from: a run records the
     data it trains on, whatever `data.source` says on this command line."""
-    source = split_source(config.paths.split_dir)
+    source = split.source
     if source is None or source == config.data.source:
         return config
     print(
@@ -253,22 +250,21 @@ def with_split_source(config: Config) -> Config:
     return replace(config, data=replace(config.data, source=source))
 
 
-def require_images(split_dir: str) -> None:
+def require_images(split: Split) -> None:
     """Training needs train images, and validation images to choose its best epoch and to stop early."""
-    for split in ("train", "val"):
-        if not read_manifest(split_dir, split)[0]:
+    for name, images in (("train", split.train), ("val", split.val)):
+        if not len(images):
             raise DataError(
-                f"{split_dir}/{split}.csv lists no images: training needs a {split} split to "
-                + ("learn from" if split == "train" else "pick its best epoch and stop early")
+                f"{split.folder}/{name}.csv lists no images: training needs a {name} split to "
+                + ("learn from" if name == "train" else "pick its best epoch and stop early")
                 + ". Give it a share in data.split.fractions (e.g. [0.8,0.1,0.1]), or a "
                 + "validation/ folder in a pre-split dataset, and run the split stage again."
             )
 
 
-def require_unchanged_images(split_dir: str) -> None:
+def require_unchanged_images(split: Split) -> None:
     """The train and val images still have the bytes the split recorded (`images.check_unchanged`)."""
-    for split in ("train", "val"):
-        images = ImageSet.read(split_dir, split)
+    for images in (split.train, split.val):
         if images.sha256 is not None:
             check_unchanged(images.paths, images.sha256)
 
@@ -295,7 +291,7 @@ def record_training(
     uri: str,
     models_dir: Path,
     reports_dir: Path,
-    data_hash: str,
+    split: Split,
 ) -> float:
     """Train as one MLflow run (the interrupted run itself when resuming); write the stage's outputs."""
     reports_dir.mkdir(parents=True, exist_ok=True)
@@ -325,18 +321,20 @@ def record_training(
             )
             mlflow.set_tags(
                 {
-                    **tracking.run_tags(config, data_hash, devices.describe_device(), training.placement),
+                    **tracking.run_tags(config, split.version, devices.describe_device(), training.placement),
                     "replicas": str(training.replicas),
                     "config_hash": digest_of(work.identity),
                 }
             )  # same hash = same trained model
-            tracking.log_data_inputs(Path(config.paths.split_dir))
+            tracking.log_data_inputs(split)
             with tempfile.TemporaryDirectory() as scratch:
                 config_file = Path(scratch) / "config.yaml"
                 config_file.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
                 mlflow.log_artifact(str(config_file))
                 if not config.augmentation.is_identity:  # a plain run's "augmented" images are its originals
-                    preview = augmentation_grid(config, Path(scratch) / "augmentation_preview.png", rows=5, variants=4)
+                    preview = augmentation_grid(
+                        config, training.train_set, Path(scratch) / "augmentation_preview.png", rows=5, variants=4
+                    )
                     mlflow.log_artifact(str(preview))
 
         patience_s = config.tracking.server_patience_s

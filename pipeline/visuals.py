@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -14,7 +15,9 @@ import numpy as np  # noqa: E402
 
 from pipeline.config import Config, preset_overrides  # noqa: E402
 from pipeline.images import load_checked_image  # noqa: E402
-from pipeline.manifests import read_classes, read_manifest_rows  # noqa: E402
+
+if TYPE_CHECKING:  # its type only: the datasets module loads TensorFlow
+    from pipeline.datasets import ImageSet
 
 
 def wrapped(text: str, width: int = 30) -> str:
@@ -31,19 +34,18 @@ def save(figure, target: Path, dpi: int = 90) -> Path:
     return target
 
 
-def augmentation_grid(config: Config, target: Path, rows: int = 6, variants: int = 5) -> Path:
-    """Rows of train images (one per class where possible): original, then augmented variants."""
+def augmentation_grid(config: Config, images: ImageSet, target: Path, rows: int = 6, variants: int = 5) -> Path:
+    """Rows of `images` (the train split; one per class where possible): original, then augmented variants."""
     from pipeline.augmentation import BatchAugmenter
     from pipeline.backend import tf  # here, so that drawing a comparison never loads TensorFlow
 
-    manifest = read_manifest_rows(config.paths.split_dir, "train")
-    classes = read_classes(config.paths.split_dir)
-    picked = []
-    for name in classes:  # one image per class, deterministic
-        picked += [row for row in manifest if row["label"] == name][:1]
+    picked = []  # indices into `images`: one per class, the first of each, deterministic
+    for label in range(len(images.classes)):
+        picked += [i for i, of in enumerate(images.labels) if of == label][:1]
     picked = picked[:rows]
     size = tuple(config.data.image_size)
-    originals = np.stack([load_checked_image(row["path"], size, row.get("sha256") or None) for row in picked])
+    hashes = images.sha256 or [None] * len(images)
+    originals = np.stack([load_checked_image(images.paths[i], size, hashes[i]) for i in picked])
     augmenter = BatchAugmenter(config.augmentation, size, jit_compile=False)  # a few images: compiling costs more
     columns = [originals.astype(np.float32)]
     for v in range(variants):
@@ -53,7 +55,7 @@ def augmentation_grid(config: Config, target: Path, rows: int = 6, variants: int
     figure, axes = plt.subplots(
         len(picked), variants + 1, figsize=(1.9 * (variants + 1), 2.0 * len(picked)), squeeze=False
     )
-    for r, label in enumerate(row["label"] for row in picked):
+    for r, label in enumerate(images.classes[images.labels[i]] for i in picked):
         for c in range(variants + 1):
             ax = axes[r][c]
             ax.imshow(np.clip(columns[c][r], 0, 255).astype(np.uint8))
