@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import math
 import os
 import platform
 import signal
@@ -227,8 +228,12 @@ def named_for_the_record(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def epoch_history(metrics: dict[str, float]) -> dict[str, float]:
-    """An epoch's metrics as MLflow's history of the run: `epoch/train_accuracy`, `epoch/val_accuracy`, ..."""
-    return {EPOCH_PREFIX + k: v for k, v in named_for_the_record(metrics).items()}
+    """An epoch's metrics as MLflow's history of the run: `epoch/train_accuracy`, `epoch/val_accuracy`, ...
+    and the learning rate's log10 beside it: MLflow's charts round 0.0001 to 0, not -4."""
+    named = named_for_the_record(metrics)
+    if named.get("learning_rate", 0) > 0:
+        named["log10_learning_rate"] = math.log10(named["learning_rate"])
+    return {EPOCH_PREFIX + k: v for k, v in named.items()}
 
 
 def log_kept_epoch(history: list[dict[str, float]], best_epoch: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import math
 import os
 import signal
 import subprocess
@@ -87,6 +88,10 @@ def test_the_run_records_its_config_metrics_and_datasets(lesson_run):
     assert run.data.metrics["val_accuracy"] == run.data.metrics["best_val_accuracy"] == history[best - 1].value
     kept_loss = client.get_metric_history(run.info.run_id, "epoch/train_loss")[best - 1].value
     assert run.data.metrics["train_loss"] == kept_loss and "accuracy" not in run.data.metrics
+    rates = [m.value for m in client.get_metric_history(run.info.run_id, "epoch/learning_rate")]
+    logs = [m.value for m in client.get_metric_history(run.info.run_id, "epoch/log10_learning_rate")]
+    assert logs == pytest.approx([math.log10(rate) for rate in rates])
+    assert logs[0] == pytest.approx(math.log10(float(run.data.params["model.learning_rate"])))  # -2.7, not "0"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "augmentation_preview.png", "history.csv", "training_curves.png"} <= artifacts
     assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics)  # system metrics, psutil
