@@ -34,6 +34,8 @@ from pathlib import Path
 
 from frozen_runtime import cpu_model
 
+from pipeline.study.rounds import group_sweeps  # one sweep for the presets, one per <preset>-no-<op>
+
 ROOT = Path(__file__).resolve().parent.parent
 ABLATED = "rotation,width_shift,height_shift,shear,zoom,vertical_flip"
 
@@ -48,24 +50,12 @@ def run(command: list[str], env: dict) -> float:
     return time.perf_counter() - start
 
 
-def seed_list(text: str) -> str:
-    """`1-5` -> `1,2,3,4,5`; a comma-separated list passes as it is."""
+def seed_numbers(text: str) -> list[int]:
+    """`1-5` -> [1, 2, 3, 4, 5]; `1,3,4` -> [1, 3, 4]."""
     if "-" in text:
         first, last = (int(part) for part in text.split("-"))
-        return ",".join(str(seed) for seed in range(first, last + 1))
-    return text
-
-
-def group_sweeps(groups: str, seeds: str) -> list[list[str]]:
-    """One sweep for the named presets, one per `<preset>-no-<op>` group (Hydra overrides)."""
-    names = groups.split(",")
-    presets = [name for name in names if "-no-" not in name]
-    sweeps = [[f"augmentation={','.join(presets)}", seeds]] if presets else []
-    for name in names:
-        if "-no-" in name:
-            preset, operation = name.split("-no-")
-            sweeps.append([f"augmentation={preset}", seeds, f"augmentation.ablate={operation}"])
-    return sweeps
+        return list(range(first, last + 1))
+    return [int(seed) for seed in text.split(",")]
 
 
 def sweep_folder(sweep: list[str]) -> str:
@@ -97,10 +87,12 @@ def main() -> None:
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         python = [sys.executable, "-m"]
         walls = {"split": run([*python, "pipeline.split", f"data.source={args.data.resolve()}", *paths], env)}
-        seeds = "seed=" + seed_list(args.seeds or ("1-3" if args.ablation else "1-5"))
-        sweeps = group_sweeps(args.groups or "none,lesson", seeds)
+        seeds = seed_numbers(args.seeds or ("1-3" if args.ablation else "1-5"))
+        sweeps = group_sweeps((args.groups or "none,lesson").split(","), seeds)
         if args.ablation:
-            sweeps.append(["augmentation=lesson", seeds, f"augmentation.ablate={ABLATED}"])
+            sweeps.append(
+                ["augmentation=lesson", f"augmentation.ablate={ABLATED}", "seed=" + ",".join(map(str, seeds))]
+            )
         whole_experiment = args.ablation or len(sweeps) > 1
         for sweep in sweeps:  # each sweep's folder named by its overrides: studies in one --folder never share one
             command = [*python, "pipeline.train", "-m", "experiment=cpu", *sweep, *paths, *args.overrides]

@@ -30,7 +30,7 @@ from pipeline.config import Config
 from pipeline.errors import ConfigError, UserError
 from pipeline.study.sequential import DEFAULT_ROUNDS, open_comparisons
 
-PASSED_ON = ("seed=", "compare.", "hydra.", "augmentation=", "augmentation.ablate=")  # set per round, not passed
+SET_PER_ROUND = ("seed=", "compare.", "hydra.", "augmentation=", "augmentation.ablate=")  # not passed on as given
 
 
 def run(config: Config) -> dict:
@@ -89,7 +89,7 @@ def command_folder_and_overrides() -> tuple[Path, list[str]]:
         hydra = HydraConfig.get()
     except ValueError:
         raise UserError("pipeline.rounds takes key=value settings, not --params") from None
-    overrides = [o for o in hydra.overrides.task if not o.lstrip("+~").startswith(PASSED_ON)]
+    overrides = [o for o in hydra.overrides.task if not o.lstrip("+~").startswith(SET_PER_ROUND)]
     return Path(hydra.runtime.output_dir), overrides
 
 

@@ -10,7 +10,7 @@ from mlflow.exceptions import MlflowException
 
 from pipeline.errors import TrackingError
 from pipeline.study.records import DATA_VERSION, RunSummary
-from pipeline.tracking import EPOCH_PREFIX
+from pipeline.tracking import EPOCH_PREFIX, SPLIT_NAMES
 
 DATA_VERSION_DIGITS = 12  # of the tag data_manifest_sha256, as the setting verdicts.DATA_VERSION
 
@@ -70,7 +70,7 @@ def training_runs(
     return summaries, len(training) - len(finished)
 
 
-LEGACY_NAMES = {"train_loss": "loss", "train_accuracy": "accuracy"}  # runs recorded before the `epoch/` history
+LEGACY_NAMES = {ours: keras for keras, ours in SPLIT_NAMES.items()}  # runs recorded before the `epoch/` history
 
 
 def epoch_curve(client: mlflow.MlflowClient, run_id: str, name: str) -> list[float]:
