@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from pipeline.config import compose
 from pipeline.datasets import ImageSet, build_train_dataset, steps_per_epoch
-from pipeline.manifests import scan
+from pipeline.partition import scan
 
 SIZE, BATCH = (150, 150), 32
 LESSON = dict(

@@ -6,7 +6,7 @@ Without augmentation a frozen backbone maps each image to the same features ever
 so the training stage computes them once and trains only the head (`train.cache_features`).
 This times a 10-epoch plain run of `xception` with `weights=null` at 150x150 on a few hundred
 real images (30 per class and split), both ways, through the training stage's own code
-(`training.prepare_training` / `training.fit`), in one process. The cached run's time includes
+(`fitting.prepare_fit` / `fitting.fit`), in one process. The cached run's time includes
 computing the features. Prints the seconds of each, the median epoch after the first, and:
 
     feature_cache_speedup=<uncached seconds / cached seconds>     (goal >= 5)
@@ -26,8 +26,8 @@ import keras
 from pipeline import devices
 from pipeline.config import compose
 from pipeline.datasets import Split
+from pipeline.fitting import fit, prepare_fit
 from pipeline.split import run as run_split
-from pipeline.training import fit, prepare_training
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -50,10 +50,10 @@ def timed_run(overrides: list[str]) -> tuple[float, list[float]]:
     keras.utils.set_random_seed(config.seed)
     keras.backend.clear_session()
     strategy = devices.make_strategy(config.train)
-    training = prepare_training(config, strategy, Split.read(config.paths.split_dir))
+    setup = prepare_fit(config, strategy, Split.read(config.paths.split_dir))
     timer = EpochTimer()
     start = time.perf_counter()
-    fit(config, training, [timer])
+    fit(config, setup, [timer])
     return time.perf_counter() - start, timer.seconds
 
 

@@ -4,7 +4,7 @@
     python bench/fine_tune_runtime.py --data ../shared/datasets/clothing-small --rounds 3 model.fine_tune_from=block10
 
 `experiment=cpu` fine-tuned from `model.fine_tune_from` (default block12), `augmentation=lesson`, through
-the training stage's own code (`training.prepare_training` / `training.fit`): with `train.cache_features=
+the training stage's own code (`fitting.prepare_fit` / `fitting.fit`): with `train.cache_features=
 true` the frozen bottom runs in the frozen runtime on each epoch's augmented images and only the top and
 the head train in Keras; with `false` every step runs the whole model in Keras. Each round trains both,
 back to back, for `--epochs` epochs (the first is warm-up and not counted); an epoch's time is its

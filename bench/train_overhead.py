@@ -5,7 +5,7 @@
         model=xception model.weights=null train.mixed_precision=true      # on a GPU
 
 Same model, same images, same process, through the training stage's own code
-(`training.prepare_training` / `training.fit`, so augmentation sits where `augmentation.placement`
+(`fitting.prepare_fit` / `fitting.fit`, so augmentation sits where `augmentation.placement`
 puts it: tf.data on a CPU, inside the model on a GPU). The first epoch (decode, cache,
 graph tracing, XLA) is warm-up and not counted; an epoch's time is its training steps,
 without the validation pass. Trailing arguments are Hydra overrides. Last line:
@@ -25,8 +25,8 @@ import keras
 from pipeline import devices
 from pipeline.config import compose
 from pipeline.datasets import Split
+from pipeline.fitting import fit, prepare_fit
 from pipeline.split import run as run_split
-from pipeline.training import fit, prepare_training
 
 
 class TrainStepTimer(keras.callbacks.Callback):
@@ -48,11 +48,11 @@ def epoch_seconds(overrides: list[str], preset: str) -> tuple[float, int]:
     keras.utils.set_random_seed(config.seed)
     keras.backend.clear_session()
     strategy = devices.make_strategy(config.train)
-    training = prepare_training(config, strategy, Split.read(config.paths.split_dir))
+    setup = prepare_fit(config, strategy, Split.read(config.paths.split_dir))
     timer = TrainStepTimer()
-    fit(config, training, [timer])
+    fit(config, setup, [timer])
     measured = timer.seconds[1:]  # epoch 1 is warm-up
-    return statistics.median(measured), len(training.train_set)
+    return statistics.median(measured), len(setup.train_set)
 
 
 def main() -> None:

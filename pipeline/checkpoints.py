@@ -253,7 +253,7 @@ class EpochCheckpoints(keras.callbacks.Callback):
 
     Restores the last checkpoint (model + optimizer) at the start of `fit`; commits after
     every epoch; `patience` counts epochs since the best one, across interruptions. After
-    each commit `on_commit(epoch, metrics)` is called (training.py logs to MLflow there), so an
+    each commit `on_commit(epoch, metrics)` is called (run_record.py logs to MLflow there), so an
     epoch is logged only once it can no longer be lost.
     """
 

@@ -3,7 +3,7 @@
     python -m pipeline.config_reference > docs/configuration.md   # or --write: both, in place
 
 Every key of `config.Config` with its type, its default and the comment beside its field in
-pipeline/config.py (pipeline/augmentation_config.py for `augmentation.*`), and the options of every config group in conf/. A test keeps
+pipeline/config.py (augmentation_config.py for `augmentation.*`, compare_config.py for `compare.*`), and the options of every config group in conf/. A test keeps
 docs/configuration.md equal to this output, so the reference cannot drift from the code.
 
 The defaults are written once, in the dataclasses. Hydra and DVC compose YAML, though: DVC's
@@ -75,7 +75,7 @@ def _yaml_value(value) -> str:
 def schema_yaml(section: str, comments: dict) -> str:
     """conf/schema/<section>.yaml: every key of the section's dataclass with its default and comment."""
     node = type(getattr(schema.Config(), section))
-    module = "augmentation_config" if section == "augmentation" else "config"
+    module = node.__module__.rpartition(".")[2]
     where = (
         "conf/config.yaml lays these keys under the chosen preset, so any key can be set on any preset and "
         "a preset file lists only what it changes."
@@ -127,7 +127,7 @@ def reference(comments: dict[tuple[str, str], str] | None = None) -> str:
     lines = [
         "# Configuration",
         "",
-        "Generated from the schema (`pipeline/config.py`, `pipeline/augmentation_config.py`) by `python -m pipeline.config_reference`;",
+        "Generated from the schema (`pipeline/config.py`, `augmentation_config.py`, `compare_config.py`) by `python -m pipeline.config_reference`;",
         "a test keeps it current. Set any key on the command line (`train.epochs=30`), with",
         "`dvc exp run -S train.epochs=30`, or in a `conf/experiment/` file. A misspelt key or a value",
         "out of range is refused before any work starts, naming the key.",

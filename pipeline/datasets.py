@@ -21,9 +21,9 @@ from pipeline.array_cache import ArrayCache
 from pipeline.augmentation import BatchAugmenter, mix_batch
 from pipeline.augmentation_config import AugmentationConfig
 from pipeline.backend import tf
-from pipeline.bars import progress_bar
 from pipeline.images import DECODER_VERSION, load_checked_image
-from pipeline.manifests import SPLITS, manifest_hash, read_classes, read_manifest_rows, split_source
+from pipeline.partition import SPLITS, manifest_hash, read_classes, read_manifest_rows, split_source
+from pipeline.progress_bars import progress_bar
 
 
 @dataclass

@@ -31,7 +31,7 @@ def augmentation_placement(config: AugmentationConfig) -> str:
     return "model" if gpus() else "data"
 
 
-def make_strategy(train: TrainConfig) -> tf.distribute.Strategy:
+def make_strategy(train_config: TrainConfig) -> tf.distribute.Strategy:
     """The tf.distribute strategy for `train.strategy`.
 
     auto         MirroredStrategy when the machine has several GPUs, else the default strategy.
@@ -40,7 +40,7 @@ def make_strategy(train: TrainConfig) -> tf.distribute.Strategy:
     multi_worker MultiWorkerMirroredStrategy over the cluster in $TF_CONFIG. Create it
                  before any other TensorFlow work (TensorFlow's rule), as `train.run` does.
     """
-    name = train.strategy
+    name = train_config.strategy
     if name == "auto":
         name = "mirrored" if len(gpus()) > 1 else "none"
     if name in ("mirrored", "multi_worker"):
@@ -162,16 +162,16 @@ def patch_keras_for_distribution() -> None:
         trainer.reduce_per_replica = _reduce_logs_per_replica(trainer.reduce_per_replica)
 
 
-def configure_precision(train: TrainConfig) -> str:
-    policy = "mixed_float16" if train.mixed_precision else "float32"
+def configure_precision(train_config: TrainConfig) -> str:
+    policy = "mixed_float16" if train_config.mixed_precision else "float32"
     keras.mixed_precision.set_global_policy(policy)
     return policy
 
 
-def jit_setting(train: TrainConfig) -> bool:
+def jit_setting(train_config: TrainConfig) -> bool:
     """Whether Keras compiles the train/predict steps with XLA. `auto`: on a GPU only.
 
     On a CPU, XLA makes depthwise convolutions many times slower (EfficientNet-Lite0's frozen
     base: 8 images/s compiled against 184 as a plain tf.function, 2 cores), and it did not
     speed up the residual CNN either; the augmentation warp keeps its own compiled function."""
-    return bool(gpus()) if train.jit_compile == "auto" else bool(train.jit_compile)
+    return bool(gpus()) if train_config.jit_compile == "auto" else bool(train_config.jit_compile)

@@ -27,9 +27,9 @@ from pipeline.array_cache import ArrayCache
 from pipeline.augmentation import BatchAugmenter, mix_batch
 from pipeline.augmentation_config import AugmentationConfig
 from pipeline.backend import tf
-from pipeline.bars import progress_bar
 from pipeline.datasets import ImageSet, images_key, steps_per_epoch, without_autotune
 from pipeline.frozen_runtime import FrozenNetwork
+from pipeline.progress_bars import progress_bar
 from pipeline.stopping import raise_if_stopped
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from pipeline.bars import progress_bar
 from pipeline.errors import DataError
+from pipeline.progress_bars import progress_bar
 
 SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
 MAX_PIXELS = 250_000_000  # larger images are skipped (decompression-bomb guard), not crashed on

@@ -261,37 +261,37 @@ def scale_learning_rate(optimizer: keras.optimizers.Optimizer, variables: list, 
     optimizer.exclude_from_weight_decay(var_list=variables)
 
 
-def learning_rate_schedule(peak: float, train: TrainConfig, steps_per_epoch: int):
+def learning_rate_schedule(peak: float, train_config: TrainConfig, steps_per_epoch: int):
     """`constant`: `peak` throughout. `warmup_cosine`: linear warm-up from peak/10 to `peak` over
     `train.warmup_epochs`, then cosine decay to 0 at the last step of `train.epochs`."""
-    if train.lr_schedule == "constant":
+    if train_config.lr_schedule == "constant":
         return peak
-    total = max(1, train.epochs * steps_per_epoch)
-    warmup = min(total - 1, train.warmup_epochs * steps_per_epoch)
+    total = max(1, train_config.epochs * steps_per_epoch)
+    warmup = min(total - 1, train_config.warmup_epochs * steps_per_epoch)
     return keras.optimizers.schedules.CosineDecay(
         peak / 10, decay_steps=total - warmup, alpha=0.0, warmup_target=peak, warmup_steps=warmup
     )
 
 
 def compile_model(
-    model: keras.Model, config: ModelConfig, train: TrainConfig, steps_per_epoch: int, jit_compile
+    model: keras.Model, model_config: ModelConfig, train_config: TrainConfig, steps_per_epoch: int, jit_compile
 ) -> keras.Model:
     """Adam (AdamW when `train.weight_decay` > 0) or SGD with Nesterov momentum 0.9, on the schedule;
     cross-entropy with label smoothing. Weight decay is decoupled: each step shrinks a weight by
     learning rate x weight_decay of itself (for SGD the same as an L2 penalty of that coefficient)."""
-    rate = learning_rate_schedule(config.learning_rate, train, steps_per_epoch)
-    decay = train.weight_decay or None
-    if train.optimizer == "sgd":
+    rate = learning_rate_schedule(model_config.learning_rate, train_config, steps_per_epoch)
+    decay = train_config.weight_decay or None
+    if train_config.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(rate, momentum=0.9, nesterov=True, weight_decay=decay)
     else:
         optimizer = keras.optimizers.AdamW(rate, weight_decay=decay) if decay else keras.optimizers.Adam(rate)
-    if config.fine_tune_from is not None:
+    if model_config.fine_tune_from is not None:
         scale_learning_rate(
-            optimizer, fine_tuned_variables(model), config.fine_tune_learning_rate / config.learning_rate
+            optimizer, fine_tuned_variables(model), model_config.fine_tune_learning_rate / model_config.learning_rate
         )
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=train_config.label_smoothing),
         metrics=["accuracy"],
         jit_compile=jit_compile,
     )

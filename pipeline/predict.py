@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bars import progress_bar
 from pipeline.errors import ModelError, UserError
 from pipeline.images import inspect_image, is_ignored, load_image
 from pipeline.model_file import check_model_file
+from pipeline.progress_bars import progress_bar
 
 PREDICT_BATCH = 64  # images decoded and predicted at a time: memory stays bounded on any folder
 
@@ -60,7 +60,7 @@ def _load_mlflow_model(uri: str):
     from pipeline.config import compose
     from pipeline.store import tracking_uri
 
-    mlflow.set_tracking_uri(tracking_uri(compose([])))
+    mlflow.set_tracking_uri(tracking_uri(compose([]).tracking))
     try:
         folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
         return mlflow.keras.load_model(str(folder)), folder

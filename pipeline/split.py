@@ -15,7 +15,7 @@ from pathlib import Path
 from pipeline.cli import stage_entry
 from pipeline.config import Config
 from pipeline.images import validate_images
-from pipeline.manifests import SOURCE_FILE, SPLITS, imbalance_warnings, scan, split_dataset, write_split
+from pipeline.partition import SOURCE_FILE, SPLITS, imbalance_warnings, scan, split_dataset, write_split
 from pipeline.sources import resolve_source
 
 

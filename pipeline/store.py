@@ -23,7 +23,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from pipeline.config import PROJECT_ROOT, Config
+from pipeline.config import PROJECT_ROOT, Config, TrackingConfig
 from pipeline.errors import TrackingError
 
 
@@ -37,9 +37,9 @@ def store_root(project: Path = PROJECT_ROOT) -> Path:
     return project
 
 
-def tracking_uri(config: Config) -> str:
+def tracking_uri(tracking: TrackingConfig) -> str:
     """`tracking.uri`, else $MLFLOW_TRACKING_URI, else an absolute sqlite store at the project root."""
-    uri = config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
     return uri or f"sqlite:///{store_root() / 'mlflow.db'}"
 
 
@@ -49,7 +49,7 @@ CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 def check_store(config: Config, timeout_s: float = 5.0) -> None:
     """The store answers and lets us in (a server) or can be written (sqlite), said in a second:
     training calls this before it loads TensorFlow."""
-    uri = tracking_uri(config)
+    uri = tracking_uri(config.tracking)
     if uri.startswith(("http://", "https://")):
         check_server(uri, timeout_s)
     elif uri.startswith("sqlite:///"):

@@ -42,7 +42,7 @@ def connect(config: Config, timeout_s: float = 5.0, create_experiment: bool = Tr
     Runs of this host left RUNNING by a killed process are marked KILLED (`orphans`); runs a
     training could not end while this server was away, FAILED (`outages`).
     """
-    uri = tracking_uri(config)
+    uri = tracking_uri(config.tracking)
     if uri.startswith(("http://", "https://")):
         check_server(uri, timeout_s)
     mlflow.set_tracking_uri(uri)

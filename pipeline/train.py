@@ -29,16 +29,13 @@ def run(config: Config) -> float:
     from pipeline.checkpoints import WorkFolder
     from pipeline.cli import in_multirun
     from pipeline.datasets import Split
+    from pipeline.fitting import fit_from_state, prepare_fit, refuse_a_changed_schedule, require_images
     from pipeline.run_identity import digest_of, training_identity
-    from pipeline.training import (
+    from pipeline.run_record import (
         output_dirs,
-        prepare_training,
         record_training,
-        refuse_a_changed_schedule,
-        require_images,
         require_unchanged_images,
         skip_finished,
-        train_from_state,
         with_split_source,
     )
 
@@ -49,7 +46,7 @@ def run(config: Config) -> float:
     config = with_split_source(config, split)
     chief = devices.is_chief(strategy)
     uri = tracking.connect(config) if chief else None  # a dead server fails here, before any work
-    models_dir, reports_dir, work_root = output_dirs(config, chief)
+    models_dir, reports_dir, work_root = output_dirs(config.paths, chief)
     identity = training_identity(config, split.version)
     if in_multirun() and not config.train.rerun and not devices.is_multi_worker(strategy):
         finished = run_search.finished_run_with(config.tracking.experiment, digest_of(identity))
@@ -58,12 +55,12 @@ def run(config: Config) -> float:
             return skip_finished(finished, reports_dir, uri)
     work = WorkFolder(work_root, identity)
     with work.opened(config.train.resume, refuse_other=not in_multirun()) as state:
-        refuse_a_changed_schedule(work, config)
-        training = prepare_training(config, strategy, split)
+        refuse_a_changed_schedule(work, config.train)
+        setup = prepare_fit(config, strategy, split)
         if not chief:  # a helper in a cluster: same steps, nothing recorded
-            train_from_state(config, training, work, state)
+            fit_from_state(config, setup, work, state)
             return state.best_val_accuracy or 0.0
-        best_val = record_training(config, training, work, state, uri, models_dir, reports_dir, split)
+        best_val = record_training(config, setup, work, state, uri, models_dir, reports_dir, split)
     if in_multirun() and config.train.test_in_sweeps:  # the sweep's verdict can then be on test accuracy
         evaluate.run(
             replace(config, paths=replace(config.paths, models_dir=str(models_dir), reports_dir=str(reports_dir))),

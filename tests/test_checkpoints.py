@@ -94,7 +94,7 @@ def test_a_kill_in_mid_write_leaves_the_previous_state(tmp_path):
 @pytest.mark.parametrize("schedule", ["constant", "warmup_cosine"])
 def test_a_resume_with_more_epochs_is_recorded_or_refused_by_schedule(tmp_path, schedule):
     from pipeline.config import compose
-    from pipeline.training import refuse_a_changed_schedule
+    from pipeline.fitting import refuse_a_changed_schedule
 
     started = {**IDENTITY, "train.epochs": "12", "train.lr_schedule": schedule}
     folder = WorkFolder(tmp_path, started)
@@ -108,10 +108,10 @@ def test_a_resume_with_more_epochs_is_recorded_or_refused_by_schedule(tmp_path, 
     assert longer.resumed_with() == {"train.epochs": "14"}
     config = compose([f"train.lr_schedule={schedule}", "train.epochs=14", "train.resume=true"])
     if schedule == "constant":
-        refuse_a_changed_schedule(longer, config)  # the same training as 14 epochs from the start
+        refuse_a_changed_schedule(longer, config.train)  # the same training as 14 epochs from the start
     else:
         with pytest.raises(ConfigError, match="resume with train.epochs=12, or start afresh"):
-            refuse_a_changed_schedule(longer, config)
+            refuse_a_changed_schedule(longer, config.train)
     longer.close(finished=False)
 
 

@@ -109,11 +109,11 @@ def test_exp_run_repro_and_what_reruns(project, tiny_dataset, tmp_path):
     verdicts = project / "pipeline" / "study" / "verdicts.py"
     verdicts.write_text(verdicts.read_text() + "\n# a reworded verdict\n")
     assert "up to date" in sh("dvc", "status", "train", "evaluate", cwd=project)  # split: always_changed
-    training = project / "pipeline" / "training.py"  # ... while training's own code is train's
-    kept = training.read_text()
-    training.write_text(kept + "\n# a change to training\n")
-    assert "changed deps: modified: pipeline/training.py" in " ".join(sh("dvc", "status", "train", cwd=project).split())
-    training.write_text(kept)
+    fitting = project / "pipeline" / "fitting.py"  # ... while the fitting code is train's
+    kept = fitting.read_text()
+    fitting.write_text(kept + "\n# a change to fitting\n")
+    assert "changed deps: modified: pipeline/fitting.py" in " ".join(sh("dvc", "status", "train", cwd=project).split())
+    fitting.write_text(kept)
 
     # An image edited in place (same name, same label): split's manifests change with it, so the
     # next repro trains and evaluates again (a full repro here would add a minute, not a check).

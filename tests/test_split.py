@@ -307,7 +307,7 @@ def test_training_refuses_a_split_without_validation_images(tmp_path, tiny_datas
 
 
 def test_an_image_edited_in_place_changes_the_data_identity(tmp_path, tiny_dataset):
-    from pipeline.manifests import manifest_hash
+    from pipeline.partition import manifest_hash
 
     before = run_split(tmp_path, tiny_dataset)["manifest_sha256"]
     assert before == manifest_hash(tmp_path / "split")

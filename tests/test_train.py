@@ -311,7 +311,7 @@ def val_accuracy_of(model_path, tmp_path) -> float:
     import keras
 
     from pipeline.images import load_image
-    from pipeline.manifests import read_classes, read_manifest
+    from pipeline.partition import read_classes, read_manifest
 
     paths, labels = read_manifest(tmp_path / "split", "val")
     classes = read_classes(tmp_path / "split")

@@ -29,11 +29,11 @@ from pipeline.array_cache import ArrayCache
 from pipeline.augmentation import BatchAugmenter
 from pipeline.augmentation_config import AugmentationConfig, read_ablation_label
 from pipeline.backend import tf
-from pipeline.bars import progress_bar
 from pipeline.config import ModelConfig, validate
 from pipeline.datasets import ImageSet, decoded_images
 from pipeline.frozen_runtime import SplitClassifier
-from pipeline.manifests import read_classes
+from pipeline.partition import read_classes
+from pipeline.progress_bars import progress_bar
 from pipeline.study.grouping import baseline_for
 from pipeline.study.records import Difference, Group
 

@@ -161,7 +161,8 @@ def run(config: Config, run_ids: set[str] | None = None, record: bool = True) ->
             print(register_winner(config.tracking.model_name, groups, differences, metric))
         experiment_id, run_id = log_comparison_run(config, report, reports)
         print(
-            tracking.ui_hint(store.tracking_uri(config), experiment_id, run_id) + "   (this comparison: its verdicts)"
+            tracking.ui_hint(store.tracking_uri(config.tracking), experiment_id, run_id)
+            + "   (this comparison: its verdicts)"
         )
     return report
 
@@ -212,7 +213,7 @@ def log_comparison_run(config: Config, report: dict, reports: Path) -> tuple[str
     name = time.strftime("comparison-%Y%m%d-%H%M%S")
     experiment = config.tracking.experiment
     compared_id = mlflow.MlflowClient().get_experiment_by_name(experiment).experiment_id
-    target = tracking.use_experiment(comparisons_experiment(experiment), store.tracking_uri(config))
+    target = tracking.use_experiment(comparisons_experiment(experiment), store.tracking_uri(config.tracking))
     comparisons = report["differences"] + report["ablations"]
     with mlflow.start_run(
         run_name=name,

@@ -1,0 +1,52 @@
+"""The `compare` section's schema: which runs a comparison reads, against which baseline, on which
+metric, and how sure its verdicts must be (`python -m pipeline.compare`, `pipeline.rounds`).
+
+It lives beside `config.py` rather than in the study wing because every stage's `Config` holds it;
+the wing's code reads it, no stage acts on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+COMPARE_METRICS = ("auto", "test_accuracy", "best_val_accuracy", "test_balanced_accuracy", "test_macro_f1")
+
+
+@dataclass
+class CompareConfig:
+    """`python -m pipeline.compare`: which runs, against which baseline, on which metric."""
+
+    baseline: str = "none"  # the preset every other group is compared with
+    metric: str = "auto"  # auto: test_accuracy when every compared run has it, else best_val_accuracy;
+    # test_balanced_accuracy / test_macro_f1 weigh every class alike
+    confidence: float = 0.95  # of the interval on the difference
+    filter: Optional[str] = None  # an MLflow search filter, e.g. "params.`model.name` = 'residual_cnn'"
+    power: float = 0.8  # for the seeds-needed advice: chance that a study of that size resolves it
+    margin: float = 1.0  # points: a difference whose whole corrected interval lies within +-margin is `equivalent`
+    rounds: Optional[list[int]] = None  # a sequential study (python -m pipeline.rounds): seeds per group after
+    # each round, e.g. [3, 5, 7, 10]; the verdicts spend 1 - confidence over them. null: one fixed set of seeds
+    groups: list[str] = field(default_factory=lambda: ["none", "lesson"])  # python -m pipeline.rounds: the
+    # groups it trains, presets or <preset>-no-<operation>
+    after_sweep: bool = True  # compare the runs of a multirun when it ends (its verdict table)
+    register: bool = False  # on a keep verdict: register the winning group's best model, alias champion
+    affinity: bool = True  # measure each preset's and operation's affinity with the baseline's models
+    # (loads them and TensorFlow; false: skip)
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if self.metric not in COMPARE_METRICS:
+            found.append(("metric", f"must be one of {', '.join(COMPARE_METRICS)}, got {self.metric!r}"))
+        if not 0.5 <= self.confidence < 1:
+            found.append(("confidence", f"must be in [0.5, 1), got {self.confidence}"))
+        if not 0.5 <= self.power < 1:
+            found.append(("power", f"must be in [0.5, 1), got {self.power}"))
+        if not 0 <= self.margin <= 100:
+            found.append(("margin", f"must be in [0, 100] points, got {self.margin}"))
+        if self.rounds is not None:
+            rounds = list(self.rounds)
+            if not rounds or rounds != sorted(set(rounds)) or rounds[0] < 3:
+                found.append(
+                    ("rounds", f"must be increasing seed counts from 3 up (a verdict needs 3 seeds), got {rounds}")
+                )
+        return found

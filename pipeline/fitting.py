@@ -1,0 +1,218 @@
+"""Fitting one model, for the `train` stage (pipeline/train.py tells its story; run_record.py
+records it): the model and its datasets built under the distribution strategy (`FitSetup`), the
+frozen part run ahead in the fastest runtime, and Keras' fit resumed from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline import devices
+from pipeline.array_cache import array_cache
+from pipeline.augmentation import augmentation_layer
+from pipeline.backend import keras
+from pipeline.checkpoints import EpochCheckpoints, SavedState, StopOnSignal, WorkFolder
+from pipeline.config import Config, TrainConfig
+from pipeline.datasets import (
+    ImageSet,
+    Split,
+    build_eval_dataset,
+    build_feature_eval_dataset,
+    build_feature_train_dataset,
+    build_train_dataset,
+    decoded_images,
+    steps_per_epoch,
+)
+from pipeline.epoch_lines import ProgressLines
+from pipeline.errors import ConfigError, DataError
+from pipeline.frozen_features import AugmentedViews, plain_features
+from pipeline.frozen_runtime import FrozenNetwork, frozen_network
+from pipeline.models import build_model, compile_model, fine_tune_split, frozen_backbone
+
+
+@dataclass
+class FitSetup:
+    """Everything `fit` needs, built under the distribution strategy."""
+
+    model: keras.Model  # what is saved: raw pixels in, class probabilities out
+    trainer: keras.Model  # what is fitted: `model`, behind the Augment layer when placement is 'model'
+    train_set: ImageSet
+    val_set: ImageSet
+    placement: str
+    replicas: int  # of the distribution strategy
+    pixels: dict[str, np.ndarray]  # "train", "val": decoded (`decoded_images`), each file checked as read
+    network: FrozenNetwork | None = None  # the frozen part, when the trainable part trains on its outputs
+    node: str | None = None  # this process's task in a multi-worker cluster (worker-0), else None
+
+
+def split_for_runtime(config: Config, model: keras.Model, placement: str) -> tuple[keras.Model, keras.Model] | None:
+    """(frozen part, trainable part) of `model` when the frozen part can run ahead of training in
+    the frozen runtime, on plain images or on images augmented in tf.data (`augmentation.placement=
+    data`, the CPU's default; on a GPU the augmentation runs inside the whole model's compiled step):
+
+    * a frozen base: its `features` (base and pooling) and the `head`;
+    * a base fine-tuned from `model.fine_tune_from` on: the frozen bottom and the top with the head
+      (`models.fine_tune_split`).
+    None: the whole model trains in Keras (`train.cache_features=false`, a base trained whole, a
+    model from scratch)."""
+    if not config.train.cache_features or not (config.augmentation.is_identity or placement == "data"):
+        return None
+    if frozen_backbone(config.model):
+        return model.get_layer("features"), model.get_layer("head")
+    if config.model.fine_tune_from is not None:
+        parts = fine_tune_split(model, config.model)
+        if parts is None:
+            print(
+                f"note: model.fine_tune_from={config.model.fine_tune_from} starts inside a block (more than one "
+                "tensor crosses into the unfrozen layers), so the whole model trains in Keras; name a block "
+                "(e.g. block12) to run the frozen bottom ahead of training"
+            )
+        return parts
+    return None
+
+
+def prepare_fit(config: Config, strategy, split: Split) -> FitSetup:
+    classes, train_set, val_set = split.classes, split.train, split.val
+    image_size = tuple(config.data.image_size)
+
+    # every image read (and checked against the manifest) now, before any record of the run exists
+    cache = array_cache(config.paths.cache_dir, config.data.cache)
+    pixels = {
+        name: decoded_images(images, image_size, cache) for name, images in (("train", train_set), ("val", val_set))
+    }
+
+    devices.configure_precision(config.train)
+    placement = devices.augmentation_placement(config.augmentation)
+    with strategy.scope():
+        model = build_model(config.model, len(classes), image_size)
+        parts = split_for_runtime(config, model, placement)
+        trainer = parts[1] if parts else model
+        if placement == "model" and not config.augmentation.is_identity:
+            trainer = keras.Sequential(
+                [keras.Input((*image_size, 3)), augmentation_layer(config.augmentation, config.seed), model],
+                name="augmented_training",
+            )
+        compile_model(
+            trainer,
+            config.model,
+            config.train,
+            steps_per_epoch(train_set, config.train.batch_size),
+            devices.jit_setting(config.train),
+        )
+    network = None
+    if parts:
+        network = frozen_network(
+            parts[0], config.model.frozen_runtime, config.model.frozen_precision, config.paths.cache_dir
+        )
+    return FitSetup(
+        model,
+        trainer,
+        train_set,
+        val_set,
+        placement,
+        devices.replica_count(strategy),
+        pixels,
+        network,
+        devices.task_name() if devices.is_multi_worker(strategy) else None,
+    )
+
+
+def feature_datasets(config: Config, setup: FitSetup, start_epoch: int):
+    """(train, val) datasets of the frozen part's outputs for the trainable part: plain ones from the
+    cache, augmented views computed as the epochs need them (`frozen_features`). Views are reused
+    only below a frozen base: a fine-tuned top sees a fresh view every epoch."""
+    batch = config.train.batch_size
+    cache, network = array_cache(config.paths.cache_dir, config.data.cache), setup.network
+    fine_tuned = config.model.fine_tune_from is not None
+    views = 0 if fine_tuned else config.train.augment_views
+    part = "frozen bottom" if fine_tuned else "frozen base"
+    if config.augmentation.is_identity:
+        how = "its outputs for each image are computed once" + (" (kept in paths.cache_dir)" if cache else "")
+    elif views:
+        how = (
+            f"each image's augmented features are computed for {views} views (epochs 1-{views}) and reused by later "
+            "epochs (train.augment_views; 0: a fresh view every epoch)"
+        )
+    else:
+        how = f"each epoch's augmented images go through the {part} afresh"
+    print(
+        f"{part}{f' (below {config.model.fine_tune_from})' if fine_tuned else ''} in {network.description}: "
+        f"{'the top and the head train' if fine_tuned else 'only the head trains'}; {how}"
+    )
+    val_features = plain_features(network, setup.val_set, setup.pixels["val"], batch, cache, "val")
+    val_ds = build_feature_eval_dataset(val_features, setup.val_set, batch)
+    if config.augmentation.is_identity:
+        train_features = plain_features(network, setup.train_set, setup.pixels["train"], batch, cache, "train")
+        return build_feature_train_dataset(train_features, setup.train_set, batch, config.seed, start_epoch), val_ds
+    stream = AugmentedViews(
+        network, setup.train_set, setup.pixels["train"], config.augmentation, batch, config.seed, views
+    )
+    return stream.dataset(start_epoch), val_ds
+
+
+def fit(config: Config, setup: FitSetup, callbacks: list = (), start_epoch: int = 0) -> None:
+    """Keras fit on the augmented train stream from `start_epoch`, validated on plain images."""
+    image_size, batch = tuple(config.data.image_size), config.train.batch_size
+    if setup.network is not None:
+        train_ds, val_ds = feature_datasets(config, setup, start_epoch)
+    else:
+        train_ds = build_train_dataset(
+            setup.train_set,
+            image_size,
+            batch,
+            config.augmentation,
+            config.seed,
+            start_epoch=start_epoch,
+            augment_images=setup.placement == "data",
+            pixels=setup.pixels["train"],
+        )
+        val_ds = build_eval_dataset(setup.val_set, image_size, batch, pixels=setup.pixels["val"])
+    steps = steps_per_epoch(setup.train_set, batch)
+    watched = sys.stdout.isatty()  # a terminal gets Keras' progress bar; a log gets a line every 30 s
+    setup.trainer.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.train.epochs,
+        initial_epoch=start_epoch,
+        steps_per_epoch=steps,
+        shuffle=False,  # the datasets shuffle themselves, seeded; Keras cannot shuffle a tf.data pipeline
+        callbacks=[*callbacks, StopOnSignal(), *([] if watched else [ProgressLines(steps, batch)])],
+        verbose=1 if watched else 2,
+    )
+
+
+def fit_from_state(config: Config, setup: FitSetup, work: WorkFolder, state: SavedState, on_commit=None) -> None:
+    """Fit from where `state` stopped (checkpoint every epoch), then load the best epoch's weights."""
+    checkpoints = EpochCheckpoints(work, state, config.train.patience, len(setup.train_set), on_commit)
+    if not state.patience_exhausted(config.train.patience):
+        fit(config, setup, [checkpoints], start_epoch=state.epochs_done)
+    if state.best_weights:
+        work.load_weights(setup.trainer, state.best_weights)
+
+
+def refuse_a_changed_schedule(work: WorkFolder, train_config: TrainConfig) -> None:
+    """A resume may change train.epochs, but not under warmup_cosine, whose decay is laid out
+    over train.epochs: the resumed run would follow neither schedule."""
+    started = (work.started_as or {}).get("train.epochs")
+    if "train.epochs" in work.resumed_with() and train_config.lr_schedule == "warmup_cosine":
+        raise ConfigError(
+            f"train.resume=true with train.epochs={train_config.epochs}, but the interrupted training "
+            f"started with train.epochs={started} under train.lr_schedule=warmup_cosine, whose cosine "
+            f"decay spans train.epochs: resume with train.epochs={started}, or start afresh without "
+            "train.resume (its checkpoints stay until then)."
+        )
+
+
+def require_images(split: Split) -> None:
+    """FitSetup needs train images, and validation images to choose its best epoch and to stop early."""
+    for name, images in (("train", split.train), ("val", split.val)):
+        if not len(images):
+            raise DataError(
+                f"{split.folder}/{name}.csv lists no images: training needs a {name} split to "
+                + ("learn from" if name == "train" else "pick its best epoch and stop early")
+                + ". Give it a share in data.split.fractions (e.g. [0.8,0.1,0.1]), or a "
+                + "validation/ folder in a pre-split dataset, and run the split stage again."
+            )
