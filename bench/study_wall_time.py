@@ -126,9 +126,10 @@ def main() -> None:
     for label, values in sorted(durations.items()):
         print(f"| {label} | {len(values)} | {sum(values) / 60:.1f} min | {sum(values) / plain:.2f}x |")
     for d in comparison["differences"] + comparison["ablations"]:
-        low, high = d.get("low"), d.get("high")
+        low, high, mean = d.get("low"), d.get("high"), d.get("mean")
         interval = f"[{low * 100:+.2f}, {high * 100:+.2f}]" if low is not None else "-"
-        print(f"{d['group']} vs {d['baseline']}: {d['verdict']}, {d['mean'] * 100:+.2f} points, interval {interval}")
+        difference = f"{mean * 100:+.2f} points" if mean is not None else "no difference measured"  # no runs to pair
+        print(f"{d['group']} vs {d['baseline']}: {d['verdict']}, {difference}, interval {interval}")
     print(f"study_minutes={sum(walls.values()) / 60:.1f}")
 
 

@@ -277,6 +277,16 @@ def command_help(task: Callable, reads: tuple[str, ...], overrides: list[str], s
     )
 
 
+# What Hydra 1.4 may instantiate from our configs: the sweep callbacks and Optuna's samplers.
+TRUSTED_TARGETS = ["pipeline.*", "optuna.samplers.*"]
+
+
+def hydra_main_options(version: str) -> dict:
+    """Hydra 1.3 is told to keep its own defaults (version_base); 1.4 deprecates that argument and
+    instantiates only the targets a command trusts (its execution whitelist)."""
+    return {"version_base": "1.3"} if version.startswith("1.3.") else {"execution_whitelist": TRUSTED_TARGETS}
+
+
 def stage_entry(task: Callable[[Config], Any], reads: tuple[str, ...] = (), sweeps: bool = True) -> Callable[[], Any]:
     """Turn `task(config)` into a command line entry point (`sweeps`: whether its help offers `-m`).
 
@@ -298,7 +308,7 @@ def stage_entry(task: Callable[[Config], Any], reads: tuple[str, ...] = (), swee
         check_command_line(sys.argv[1:])
         import hydra
 
-        @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+        @hydra.main(config_path=str(CONF_DIR), config_name="config", **hydra_main_options(hydra.__version__))
         def hydra_task(raw: DictConfig) -> Any:
             job = lambda: task(check_output_paths(validate(raw)))  # noqa: E731
             if in_multirun():  # a failing job is reported when the sweep ends (`sweeps`)

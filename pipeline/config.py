@@ -371,10 +371,11 @@ def _value_text(value: Any) -> str:
 def compose_raw(overrides: list[str] | None = None, with_hydra: bool = False) -> DictConfig:
     """`conf/` composed by Hydra's compose API with `overrides`, not yet validated (`with_hydra`:
     with Hydra's own section, whose `runtime.choices` say which option each group got)."""
+    from hydra import __version__, initialize_config_dir
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    defaults_of_1_3 = {"version_base": "1.3"} if __version__.startswith("1.3.") else {}  # 1.4 deprecates it
+    with initialize_config_dir(config_dir=str(CONF_DIR), **defaults_of_1_3):
         return hydra_compose(config_name="config", overrides=list(overrides or []), return_hydra_config=with_hydra)
 
 

@@ -67,6 +67,21 @@ def require_unchanged_images(split: Split) -> None:
             check_unchanged(images.paths, images.sha256)
 
 
+def unevaluated_model(finished: mlflow.entities.Run, models_dir: Path) -> Path | None:
+    """The folder of the finished run's model.keras when the run has no test metrics (its sweep was
+    stopped between training and test) and the file is still the one it saved: its tag `model_file`
+    (or this job folder, for runs from before the tag), written between the run's start and end."""
+    if "test_accuracy" in finished.data.metrics:
+        return None
+    model_file = Path(finished.data.tags.get("model_file") or models_dir / "model.keras")
+    info = finished.info
+    try:
+        saved_ms = model_file.stat().st_mtime * 1000
+    except OSError:
+        return None
+    return model_file.parent if info.start_time <= saved_ms <= (info.end_time or 0) + 1000 else None
+
+
 def skip_finished(finished: mlflow.entities.Run, reports_dir: Path, uri: str) -> float:
     """A sweep job whose configuration was trained already: name that run, return its objective.
     Its run.json points at the earlier run, so the end-of-sweep comparison includes it."""
@@ -157,6 +172,7 @@ def record_training(
             os.replace(scratch_model, model_path)
         finally:
             scratch_model.unlink(missing_ok=True)  # gone after the rename; left by a failure, removed
+        mlflow.set_tag("model_file", str(model_path.resolve()))  # a resumed sweep can evaluate it (train.py)
         classes_path = models_dir / "classes.json"  # the model's output order, for predict
         write_atomically(classes_path, json.dumps(setup.train_set.classes) + "\n")
         mlflow.log_artifact(str(write_history(state.history, reports_dir / "history.csv")))

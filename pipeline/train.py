@@ -22,9 +22,7 @@ from pipeline.store import check_store
 def run(config: Config) -> float:
     check_store(config)  # a dead or locked server is said at once, before TensorFlow loads
     # TensorFlow, Keras and MLflow load here, not at import: `--help` and a wrong key answer at once
-    from dataclasses import replace
-
-    from pipeline import devices, evaluate, run_search, tracking
+    from pipeline import devices, run_search, tracking
     from pipeline.backend import keras
     from pipeline.checkpoints import WorkFolder
     from pipeline.cli import in_multirun
@@ -36,6 +34,7 @@ def run(config: Config) -> float:
         record_training,
         require_unchanged_images,
         skip_finished,
+        unevaluated_model,
         with_split_source,
     )
 
@@ -52,7 +51,10 @@ def run(config: Config) -> float:
         finished = run_search.finished_run_with(config.tracking.experiment, digest_of(identity))
         if finished:
             require_unchanged_images(split)  # that run's record must describe today's files
-            return skip_finished(finished, reports_dir, uri)
+            best_val = skip_finished(finished, reports_dir, uri)
+            if config.train.test_in_sweeps and "test_accuracy" not in finished.data.metrics:
+                evaluate_skipped(config, unevaluated_model(finished, models_dir), reports_dir, split)
+            return best_val
     work = WorkFolder(work_root, identity)
     with work.opened(config.train.resume, refuse_other=not in_multirun()) as state:
         refuse_a_changed_schedule(work, config.train)
@@ -62,11 +64,32 @@ def run(config: Config) -> float:
             return state.best_val_accuracy or 0.0
         best_val = record_training(config, setup, work, state, uri, models_dir, reports_dir, split)
     if in_multirun() and config.train.test_in_sweeps:  # the sweep's verdict can then be on test accuracy
-        evaluate.run(
-            replace(config, paths=replace(config.paths, models_dir=str(models_dir), reports_dir=str(reports_dir))),
-            split,
-        )
+        evaluate_in_job(config, models_dir, reports_dir, split)
     return best_val
+
+
+def evaluate_skipped(config: Config, model_dir, reports_dir, split) -> None:
+    """A skipped run stopped before its test evaluation: evaluate its model (the sweep's verdict is on
+    test accuracy), or say why not and what then."""
+    if model_dir is None:
+        print(
+            "note: that run has no test metrics and its model.keras is gone or was replaced since, so this "
+            "sweep's comparison falls back to best_val_accuracy; train.rerun=true trains it again"
+        )
+        return
+    print(f"that run has no test metrics yet (stopped before its evaluation): evaluating {model_dir}/model.keras")
+    evaluate_in_job(config, model_dir, reports_dir, split)
+
+
+def evaluate_in_job(config: Config, models_dir, reports_dir, split) -> None:
+    """The `evaluate` stage on a sweep job's own model and reports folder."""
+    from dataclasses import replace
+
+    from pipeline import evaluate
+
+    evaluate.run(
+        replace(config, paths=replace(config.paths, models_dir=str(models_dir), reports_dir=str(reports_dir))), split
+    )
 
 
 main = stage_entry(

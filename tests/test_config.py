@@ -366,3 +366,24 @@ def test_a_key_written_as_a_flag_gets_its_key_value_form():
         "error: --epochs is not an option of this command: settings are written key=value, e.g. train.epochs=3. "
         "--help lists the keys it reads."
     ]
+
+
+def test_every_target_in_conf_is_one_hydra_1_4_would_instantiate():
+    """Hydra 1.4 instantiates only whitelisted targets; cli.TRUSTED_TARGETS must cover every `_target_`
+    in conf/ (its patterns: a dotted name, or a prefix ending in `.*`)."""
+    from pipeline.cli import TRUSTED_TARGETS, hydra_main_options
+
+    targets = [
+        line.split("_target_:")[1].strip()
+        for path in (ROOT / "conf").rglob("*.yaml")
+        for line in path.read_text().splitlines()
+        if "_target_:" in line
+    ]
+    assert {"pipeline.sweeps.SweepJobs", "optuna.samplers.TPESampler"} <= set(targets)
+    for target in targets:
+        assert any(
+            target.startswith(pattern[:-1]) if pattern.endswith(".*") else target == pattern
+            for pattern in TRUSTED_TARGETS
+        ), f"{target} (conf/) is not in cli.TRUSTED_TARGETS: Hydra 1.4 would refuse to instantiate it"
+    assert hydra_main_options("1.3.8") == {"version_base": "1.3"}
+    assert hydra_main_options("1.4.0rc3") == {"execution_whitelist": TRUSTED_TARGETS}

@@ -106,6 +106,37 @@ def test_a_finished_configuration_is_not_skipped_over_images_changed_since(split
     assert len(training_runs(uri)) == 1
 
 
+def test_a_skipped_run_stopped_before_its_test_is_evaluated_when_its_model_is_still_its_own(split_done):
+    """A sweep stopped between a job's training and its test evaluation leaves a FINISHED run without
+    test metrics (made here by removing them from the store); the sweep run again skips the training
+    but evaluates that run's model - unless the file was replaced since, which it says."""
+    tmp_path = split_done
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = sweep_args(tmp_path, uri, "augmentation=none", "seed=1")
+    assert run_module("pipeline.train", "-m", *args).returncode == 0
+    with sqlite3.connect(tmp_path / "mlflow.db") as store:
+        for table in ("metrics", "latest_metrics"):
+            store.execute(f"DELETE FROM {table} WHERE key LIKE 'test_%'")
+    (run,) = training_runs(uri)
+    assert "test_accuracy" not in run.data.metrics
+    model_file = Path(run.data.tags["model_file"])
+    saved = model_file.stat().st_mtime
+
+    os.utime(model_file, (saved + 3600, saved + 3600))  # as if another training wrote it since
+    replaced = run_module("pipeline.train", "-m", *args)
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert "skip:" in replaced.stdout and "its model.keras is gone or was replaced since" in replaced.stdout
+    assert "test_accuracy" not in training_runs(uri)[0].data.metrics
+
+    os.utime(model_file, (saved, saved))
+    again = run_module("pipeline.train", "-m", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"evaluating {model_file.parent}/model.keras" in again.stdout
+    (evaluated,) = training_runs(uri)
+    assert evaluated.info.run_id == run.info.run_id and evaluated.info.status == "FINISHED"
+    assert 0 <= evaluated.data.metrics["test_accuracy"] <= 1
+
+
 def finished_runs(uri: str) -> list:
     return [r for r in training_runs(uri) if r.info.status == "FINISHED"]
 

@@ -148,9 +148,13 @@ def run(config: Config, run_ids: set[str] | None = None, record: bool = True) ->
     markdown = render_markdown(report)
     (reports / "comparison.md").write_text(markdown)
     (reports / "comparison.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
-    comparison_figure(groups, differences + ablations, reports / "comparison.png")
-    class_effects_figure(differences + ablations, reports / "class_effects.png")
-    affinity_diversity_figure(differences, ablations, reports / "affinity_diversity.png")
+    # a comparison without runs to pair (method "none") has nothing to draw; the report says why
+    differences_drawn, ablations_drawn = (
+        [d for d in found if d.method != "none"] for found in (differences, ablations)
+    )
+    comparison_figure(groups, differences_drawn + ablations_drawn, reports / "comparison.png")
+    class_effects_figure(differences_drawn + ablations_drawn, reports / "class_effects.png")
+    affinity_diversity_figure(differences_drawn, ablations_drawn, reports / "affinity_diversity.png")
     print(markdown)
     print(
         f"-> {reports / 'comparison.md'}, {reports / 'comparison.json'}, "
