@@ -10,6 +10,7 @@ units 0..255 (the model applies its own preprocessing), labels one-hot float32.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,7 +23,15 @@ from pipeline.augmentation import BatchAugmenter, mix_batch
 from pipeline.augmentation_config import AugmentationConfig
 from pipeline.backend import tf
 from pipeline.images import DECODER_VERSION, load_checked_image
-from pipeline.partition import SPLITS, manifest_hash, read_classes, read_manifest_rows, split_source
+from pipeline.partition import (
+    SPLITS,
+    manifest_hash,
+    manifest_rows,
+    read_classes,
+    read_manifest_rows,
+    read_split_files,
+    split_source,
+)
 from pipeline.progress_bars import progress_bar
 
 
@@ -46,12 +55,16 @@ class ImageSet:
     @classmethod
     def read(cls, split_dir: str | Path, split: str, classes: list[str] | None = None) -> ImageSet:
         """The `split` (train, val, test) of the manifests in `split_dir`."""
-        rows = read_manifest_rows(split_dir, split)
+        classes = classes if classes is not None else read_classes(split_dir)
+        return cls.from_rows(read_manifest_rows(split_dir, split), classes)
+
+    @classmethod
+    def from_rows(cls, rows: list[dict[str, str]], classes: list[str]) -> ImageSet:
         hashes = [r.get("sha256") for r in rows]
         return cls.from_manifest(
             [r["path"] for r in rows],
             [r["label"] for r in rows],
-            classes if classes is not None else read_classes(split_dir),
+            classes,
             hashes if all(hashes) else None,  # a hand-made manifest without them: read unchecked, uncached
         )
 
@@ -81,10 +94,11 @@ class Split:
     @classmethod
     def read(cls, split_dir: str | Path) -> Split:
         folder = Path(split_dir)
-        classes = read_classes(folder)
-        train, val, test = (ImageSet.read(folder, name, classes) for name in SPLITS)
-        digests = {name: hashlib.sha256((folder / f"{name}.csv").read_bytes()).hexdigest() for name in SPLITS}
-        return cls(folder, classes, train, val, test, manifest_hash(folder), digests, split_source(folder))
+        files = read_split_files(folder)  # each file read once: rows, version and digests agree
+        classes = json.loads(files["classes.json"])
+        train, val, test = (ImageSet.from_rows(manifest_rows(files[f"{name}.csv"]), classes) for name in SPLITS)
+        digests = {name: hashlib.sha256(files[f"{name}.csv"]).hexdigest() for name in SPLITS}
+        return cls(folder, classes, train, val, test, manifest_hash(folder, files), digests, split_source(folder))
 
 
 def images_key(images: ImageSet, image_size: tuple[int, int]) -> dict:

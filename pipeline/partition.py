@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import zlib
 from collections import Counter, defaultdict
@@ -251,22 +252,38 @@ def imbalance_warnings(train_counts: dict[str, int]) -> list[str]:
     ]
 
 
-def manifest_hash(split_dir: Path) -> str:
+def read_split_files(split_dir: str | Path) -> dict[str, bytes]:
+    """The bytes of the three manifests and classes.json, each read once (a reader parses, hashes and
+    digests the same bytes, so a split written meanwhile cannot mix into one record)."""
+    files = {}
+    for name in (*(f"{s}.csv" for s in SPLITS), "classes.json"):
+        path = Path(split_dir) / name
+        if not path.exists():
+            raise DataError(f"{path} is missing: run the split stage first (python -m pipeline.split or dvc repro).")
+        files[name] = path.read_bytes()
+    return files
+
+
+def manifest_hash(split_dir: Path, files: dict[str, bytes] | None = None) -> str:
     """One hash over the three manifests and classes.json: the data version a run used."""
     digest = hashlib.sha256()
-    for name in (*(f"{s}.csv" for s in SPLITS), "classes.json"):
+    for name, data in (files or read_split_files(split_dir)).items():
         digest.update(name.encode())
-        digest.update((Path(split_dir) / name).read_bytes())
+        digest.update(data)
     return digest.hexdigest()
 
 
+def manifest_rows(data: bytes) -> list[dict[str, str]]:
+    """A manifest's rows: {path, label, sha256} per image (the sha256 of its bytes at split time)."""
+    return list(csv.DictReader(io.StringIO(data.decode())))
+
+
 def read_manifest_rows(split_dir: str | Path, split: str) -> list[dict[str, str]]:
-    """One split's manifest: a {path, label, sha256} row per image (the sha256 of its bytes at split time)."""
+    """One split's manifest, read from `split_dir`."""
     path = Path(split_dir) / f"{split}.csv"
     if not path.exists():
         raise DataError(f"{path} is missing: run the split stage first (python -m pipeline.split or dvc repro).")
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return manifest_rows(path.read_bytes())
 
 
 def read_manifest(split_dir: str | Path, split: str) -> tuple[list[str], list[str]]:
