@@ -8,7 +8,7 @@ stateless seed [seed, batch], then the jit-compiled op) and the Keras layer with
 ranges (`keras.layers.RandomBrightness`, ..., `MixUp`, `CutMix`, `RandAugment`), each mapped
 over a tf.data pipeline (parallel, deterministic order). Per operation it prints:
 
-- varies: the draws differ from batch to batch (the layer is not stuck on one draw);
+- varies: the same images get other draws when they come round again (not stuck on one draw);
 - repeats: two fresh pipelines with the same seed give the same batches 0-3;
 - resumes: a pipeline started at batch 4 (as a training run resumed from a checkpoint is)
   gives batch 4 of the uninterrupted run;
@@ -144,12 +144,13 @@ def first(ds: tf.data.Dataset, n: int) -> list[np.ndarray]:
     return [x.numpy() for x, _ in ds.take(n)]
 
 
-def properties(build) -> dict[str, bool]:
-    run = first(build(0), 5)
+def properties(build, cycle: int) -> dict[str, bool]:
+    """`cycle`: batches before the images come round again (batch `cycle` holds batch 0's images)."""
+    run = first(build(0), max(5, cycle + 1))
     again = first(build(0), 4)
     resumed = first(build(4), 1)[0]
     return {
-        "varies": not np.allclose(run[0], run[1]),
+        "varies": not np.allclose(run[0], run[cycle]),  # the same images, drawn again
         "repeats": all(np.array_equal(a, b) for a, b in zip(run[:4], again)),
         "resumes": bool(np.allclose(run[4], resumed, atol=1e-3)),
     }
@@ -183,8 +184,9 @@ def main() -> None:
     chosen = [n for n in PAIRS if not args.only or n in args.only.split(",")]
     for name in chosen:
         overrides, make_layer, semantics = PAIRS[name]
-        ours_props = properties(partial(ours, name, overrides, images))
-        keras_props = properties(partial(theirs, make_layer, name, images))
+        cycle = images.shape[0] // BATCH
+        ours_props = properties(partial(ours, name, overrides, images), cycle)
+        keras_props = properties(partial(theirs, make_layer, name, images), cycle)
         ours_stream, keras_stream = iter(ours(name, overrides, images)), iter(theirs(make_layer, name, images))
         for _ in range(3):  # warm-up: tracing and XLA compilation
             next(ours_stream), next(keras_stream)

@@ -38,6 +38,7 @@ from omegaconf import DictConfig
 from pipeline.cli import stage_entry
 from pipeline.config import Config, validate
 from pipeline.errors import TrackingError, UserError
+from pipeline.stopping import stop_requested
 
 FIGURES = ("comparison.png", "class_effects.png", "affinity_diversity.png")
 CURVES = ("val_accuracy", "val_loss", "train_loss", "epoch_seconds")  # per-epoch histories the report reads
@@ -178,7 +179,7 @@ class CompareAfterSweep(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         settings = validate(config)
-        if not settings.compare.after_sweep:
+        if not settings.compare.after_sweep or stop_requested.is_set():  # stopped: its rerun will compare
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         run_ids = sweep_run_ids(sweep_dir)
