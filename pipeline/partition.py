@@ -252,16 +252,18 @@ def imbalance_warnings(train_counts: dict[str, int]) -> list[str]:
     ]
 
 
+def read_split_file(split_dir: str | Path, name: str) -> bytes:
+    """One file the split stage wrote (`train.csv`, ..., `classes.json`), or an error saying what to run."""
+    path = Path(split_dir) / name
+    if not path.exists():
+        raise DataError(f"{path} is missing: run the split stage first (python -m pipeline.split or dvc repro).")
+    return path.read_bytes()
+
+
 def read_split_files(split_dir: str | Path) -> dict[str, bytes]:
     """The bytes of the three manifests and classes.json, each read once (a reader parses, hashes and
     digests the same bytes, so a split written meanwhile cannot mix into one record)."""
-    files = {}
-    for name in (*(f"{s}.csv" for s in SPLITS), "classes.json"):
-        path = Path(split_dir) / name
-        if not path.exists():
-            raise DataError(f"{path} is missing: run the split stage first (python -m pipeline.split or dvc repro).")
-        files[name] = path.read_bytes()
-    return files
+    return {name: read_split_file(split_dir, name) for name in (*(f"{s}.csv" for s in SPLITS), "classes.json")}
 
 
 def manifest_hash(split_dir: Path, files: dict[str, bytes] | None = None) -> str:
@@ -280,10 +282,7 @@ def manifest_rows(data: bytes) -> list[dict[str, str]]:
 
 def read_manifest_rows(split_dir: str | Path, split: str) -> list[dict[str, str]]:
     """One split's manifest, read from `split_dir`."""
-    path = Path(split_dir) / f"{split}.csv"
-    if not path.exists():
-        raise DataError(f"{path} is missing: run the split stage first (python -m pipeline.split or dvc repro).")
-    return manifest_rows(path.read_bytes())
+    return manifest_rows(read_split_file(split_dir, f"{split}.csv"))
 
 
 def read_manifest(split_dir: str | Path, split: str) -> tuple[list[str], list[str]]:
@@ -299,7 +298,4 @@ def split_source(split_dir: str | Path) -> str | None:
 
 
 def read_classes(split_dir: str | Path) -> list[str]:
-    path = Path(split_dir) / "classes.json"
-    if not path.exists():
-        raise DataError(f"{path} is missing: run the split stage first (python -m pipeline.split or dvc repro).")
-    return json.loads(path.read_text())
+    return json.loads(read_split_file(split_dir, "classes.json"))

@@ -67,12 +67,10 @@ def require_unchanged_images(split: Split) -> None:
             check_unchanged(images.paths, images.sha256)
 
 
-def unevaluated_model(finished: mlflow.entities.Run, models_dir: Path) -> Path | None:
-    """The folder of the finished run's model.keras when the run has no test metrics (its sweep was
-    stopped between training and test) and the file is still the one it saved: its tag `model_file`
-    (or this job folder, for runs from before the tag), written between the run's start and end."""
-    if "test_accuracy" in finished.data.metrics:
-        return None
+def saved_model_folder(finished: mlflow.entities.Run, models_dir: Path) -> Path | None:
+    """The folder of the finished run's model.keras while the file is still the one it saved: its tag
+    `model_file` (or this job folder, for runs from before the tag), written between the run's start
+    and end. None: gone, or replaced since."""
     model_file = Path(finished.data.tags.get("model_file") or models_dir / "model.keras")
     info = finished.info
     try:

@@ -14,9 +14,15 @@ Returns the best val_accuracy (the objective of Optuna sweeps).
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from pipeline.cli import stage_entry
 from pipeline.config import Config
 from pipeline.store import check_store
+
+if TYPE_CHECKING:  # its type only: the datasets module loads TensorFlow, which `--help` must not wait for
+    from pipeline.datasets import Split
 
 
 def run(config: Config) -> float:
@@ -33,8 +39,8 @@ def run(config: Config) -> float:
         output_dirs,
         record_training,
         require_unchanged_images,
+        saved_model_folder,
         skip_finished,
-        unevaluated_model,
         with_split_source,
     )
 
@@ -53,7 +59,7 @@ def run(config: Config) -> float:
             require_unchanged_images(split)  # that run's record must describe today's files
             best_val = skip_finished(finished, reports_dir, uri)
             if config.train.test_in_sweeps and "test_accuracy" not in finished.data.metrics:
-                evaluate_skipped(config, unevaluated_model(finished, models_dir), reports_dir, split)
+                evaluate_skipped(config, saved_model_folder(finished, models_dir), reports_dir, split)
             return best_val
     work = WorkFolder(work_root, identity)
     with work.opened(config.train.resume, refuse_other=not in_multirun()) as state:
@@ -68,9 +74,9 @@ def run(config: Config) -> float:
     return best_val
 
 
-def evaluate_skipped(config: Config, model_dir, reports_dir, split) -> None:
-    """A skipped run stopped before its test evaluation: evaluate its model (the sweep's verdict is on
-    test accuracy), or say why not and what then."""
+def evaluate_skipped(config: Config, model_dir: Path | None, reports_dir: Path, split: Split) -> None:
+    """A skipped run stopped before its test evaluation (it has no test metrics): evaluate its model
+    (the sweep's verdict is on test accuracy), or say why not and what then."""
     if model_dir is None:
         print(
             "note: that run has no test metrics and its model.keras is gone or was replaced since, so this "
@@ -81,7 +87,7 @@ def evaluate_skipped(config: Config, model_dir, reports_dir, split) -> None:
     evaluate_in_job(config, model_dir, reports_dir, split)
 
 
-def evaluate_in_job(config: Config, models_dir, reports_dir, split) -> None:
+def evaluate_in_job(config: Config, models_dir: Path, reports_dir: Path, split: Split) -> None:
     """The `evaluate` stage on a sweep job's own model and reports folder."""
     from dataclasses import replace
 
