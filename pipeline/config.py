@@ -172,7 +172,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # decoupled weight decay, per unit of learning rate; 0 = none
     label_smoothing: float = 0.0  # of the cross-entropy targets, 0..1
     cache_features: bool = True  # frozen base: the head trains on its features (plain ones computed once)
-    augment_views: int = 3  # frozen base + augmentation: augmented views per image, computed by the first
+    augment_views: int = 3  # a frozen base or bottom + augmentation: augmented views per image, computed by the first
     # epochs and reused by later ones (0: a fresh view every epoch)
     test_in_sweeps: bool = True  # in a multirun, each job evaluates its best model on the test split
 

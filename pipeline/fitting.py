@@ -122,18 +122,19 @@ def prepare_fit(config: Config, strategy, split: Split) -> FitSetup:
 
 def feature_datasets(config: Config, setup: FitSetup, start_epoch: int):
     """(train, val) datasets of the frozen part's outputs for the trainable part: plain ones from the
-    cache, augmented views computed as the epochs need them (`frozen_features`). Views are reused
-    only below a frozen base: a fine-tuned top sees a fresh view every epoch."""
+    cache, augmented views computed as the epochs need them and reused (`frozen_features`): the
+    frozen part is deterministic, so a view's outputs are the same whether the part above it is a
+    head or a fine-tuned top."""
     batch = config.train.batch_size
     cache, network = array_cache(config.paths.cache_dir, config.data.cache), setup.network
     fine_tuned = config.model.fine_tune_from is not None
-    views = 0 if fine_tuned else config.train.augment_views
+    views = config.train.augment_views
     part = "frozen bottom" if fine_tuned else "frozen base"
     if config.augmentation.is_identity:
         how = "its outputs for each image are computed once" + (" (kept in paths.cache_dir)" if cache else "")
     elif views:
         how = (
-            f"each image's augmented features are computed for {views} views (epochs 1-{views}) and reused by later "
+            f"each image's augmented {part} outputs are computed for {views} views (epochs 1-{views}) and reused by later "
             "epochs (train.augment_views; 0: a fresh view every epoch)"
         )
     else:

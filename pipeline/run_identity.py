@@ -38,6 +38,10 @@ def training_identity(config: Config, manifest_sha256: str) -> dict[str, str]:
     identity = {
         k: v for k, v in flat.items() if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in ignored)
     }
+    if config.model.fine_tune_from is not None and not config.augmentation.is_identity:
+        # train.augment_views was not applied above a fine-tuned cut before views were reused there:
+        # such a run trained on a fresh view every epoch, so it is not this configuration
+        identity["train.augment_views.above_fine_tune_cut"] = "reused"
     return {**identity, "data.manifest_sha256": manifest_sha256}
 
 
