@@ -17,9 +17,10 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from pipeline.config import compose
-from pipeline.datasets import ImageSet, build_train_dataset, steps_per_epoch
-from pipeline.partition import scan
+from pipeline.config.compose import compose
+from pipeline.data.manifests import ImageSet
+from pipeline.data.partition import scan
+from pipeline.training.pipelines import build_train_dataset, steps_per_epoch
 
 SIZE, BATCH = (150, 150), 32
 LESSON = dict(

@@ -36,14 +36,15 @@ import numpy as np
 from frozen_runtime import cpu_model
 
 import pipeline  # noqa: F401 - first, so that TensorFlow starts quietly
-from pipeline.array_cache import ArrayCache
 from pipeline.backend import keras, tf
-from pipeline.config import compose
-from pipeline.datasets import ImageSet, build_feature_eval_dataset, build_feature_train_dataset, decoded_images
-from pipeline.frozen_features import AugmentedViews, epoch_order, plain_features
-from pipeline.frozen_runtime import _compiled, frozen_network
-from pipeline.models import build_model, compile_model
+from pipeline.config.compose import compose
+from pipeline.data.cache import DiskCache
+from pipeline.data.manifests import Split
+from pipeline.model.classifier import build_model, compile_model
+from pipeline.model.frozen_runtime import _compiled, frozen_network
 from pipeline.split import run as run_split
+from pipeline.training.frozen_features import AugmentedViews, epoch_order, plain_features
+from pipeline.training.pipelines import build_feature_eval_dataset, build_feature_train_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,14 +61,14 @@ def timed(work, repeats: int) -> float:
 
 def parts(config, repeats: int, scratch: Path) -> dict[str, float]:
     split_dir, size, batch = config.paths.split_dir, tuple(config.data.image_size), config.train.batch_size
-    train, val = ImageSet.read(split_dir, "train"), ImageSet.read(split_dir, "val")
-    cache = ArrayCache(scratch / "parts-cache")
+    train, val = Split.read(split_dir).train, Split.read(split_dir).val
+    cache = DiskCache(scratch / "parts-cache")
     model = build_model(config.model, len(train.classes), size)
     features = model.get_layer("features")
-    seconds = {"decode the training split (once per sweep)": timed(lambda: decoded_images(train, size, None), repeats)}
-    pixels = decoded_images(train, size, cache)
+    seconds = {"decode the training split (once per sweep)": timed(lambda: train.decoded(size, None), repeats)}
+    pixels = train.decoded(size, cache)
     seconds["read the decoded split back (every later run)"] = timed(
-        lambda: decoded_images(train, size, cache), repeats
+        lambda: train.decoded(size, cache), repeats
     )
 
     def convert():
@@ -119,10 +120,10 @@ def parts(config, repeats: int, scratch: Path) -> dict[str, float]:
 
     head = model.get_layer("head")
     compile_model(head, config.model, config.train, views.steps, False)
-    train_features = plain_features(network, train, pixels, batch, cache)
+    train_features = plain_features(network, train, size, lambda: pixels, batch, cache)
     train_ds = build_feature_train_dataset(train_features, train, batch, config.seed)
-    val_pixels = decoded_images(val, size, cache)
-    val_ds = build_feature_eval_dataset(plain_features(network, val, val_pixels, batch, cache), val, batch)
+    val_pixels = val.decoded(size, cache)
+    val_ds = build_feature_eval_dataset(plain_features(network, val, size, lambda: val_pixels, batch, cache), val, batch)
     head.fit(train_ds, epochs=1, steps_per_epoch=views.steps, verbose=0)  # traces the step
     seconds["the head's steps of one epoch"] = timed(
         lambda: head.fit(train_ds, epochs=1, steps_per_epoch=views.steps, verbose=0), repeats

@@ -21,7 +21,7 @@ from pathlib import Path
 from frozen_runtime import cpu_model
 from train_overhead import epoch_seconds
 
-from pipeline.config import compose
+from pipeline.config.compose import compose
 from pipeline.split import run as run_split
 
 

@@ -10,7 +10,7 @@ the table gives the median images/s over the rounds, each candidate's median rat
 within a round, and its largest difference from TensorFlow's features.
 
 Candidates: TensorFlow as the stages ran it (a tf.function, batch 32) and with batch 64; OpenVINO
-f32 with one request at a time and with its requests in flight (what `pipeline.frozen_runtime`
+f32 with one request at a time and with its requests in flight (what `pipeline.model.frozen_runtime`
 does), OpenVINO bf16; ONNX Runtime when `onnxruntime` and `tf2onnx` are installed (Keras exports
 through tf2onnx). The fp32 floor is what the cores reach on a large matrix product divided by the
 base's multiply-adds per image. Last line: frozen_runtime_speedup=<the product's runtime / TensorFlow>.
@@ -30,10 +30,10 @@ from transfer_cpu import matmul_multiply_adds_per_second, multiply_adds
 
 import pipeline  # noqa: F401 - first, so that TensorFlow starts quietly
 from pipeline.backend import tf
-from pipeline.config import compose
-from pipeline.frozen_runtime import FrozenNetwork, OpenVinoNetwork, frozen_network
-from pipeline.images import load_image
-from pipeline.models import build_model
+from pipeline.config.compose import compose
+from pipeline.data.images import load_image
+from pipeline.model.classifier import build_model
+from pipeline.model.frozen_runtime import FrozenNetwork, OpenVinoNetwork, frozen_network
 
 
 def cpu_model() -> str:

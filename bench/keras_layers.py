@@ -32,7 +32,7 @@ import tensorflow as tf
 from frozen_runtime import cpu_model
 
 from pipeline.augmentation import BatchAugmenter, apply_colours, mix_batch
-from pipeline.config import compose
+from pipeline.config.compose import compose
 
 SIZE, BATCH, SEED = (150, 150), 32, 7
 CLASSES = 10

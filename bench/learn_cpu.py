@@ -19,8 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline import devices, evaluate, split, train
-from pipeline.config import compose
+from pipeline import evaluate, split, train
+from pipeline.config.compose import compose
+from pipeline.training import devices
 
 
 def main() -> None:

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import keras
 
-from pipeline import devices
-from pipeline.config import compose
-from pipeline.datasets import Split
-from pipeline.fitting import fit, prepare_fit
+from pipeline.config.compose import compose
+from pipeline.data.manifests import Split
 from pipeline.split import run as run_split
+from pipeline.training import devices
+from pipeline.training.fitting import fit, prepare_fit
 
 
 class TrainStepTimer(keras.callbacks.Callback):

@@ -29,10 +29,10 @@ import tensorflow as tf
 from train_overhead import epoch_seconds
 
 import pipeline  # noqa: F401 - first, so that TensorFlow starts quietly
-from pipeline import devices
-from pipeline.config import compose
-from pipeline.models import build_model
+from pipeline.config.compose import compose
+from pipeline.model.classifier import build_model
 from pipeline.split import run as run_split
+from pipeline.training import devices
 
 
 def multiply_adds(model: keras.Model) -> int:

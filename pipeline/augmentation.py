@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import math
 
-from pipeline.augmentation_config import AugmentationConfig
 from pipeline.backend import tf
+from pipeline.config.augmentation import AugmentationConfig
 
 # RandAugment's operation list (Cubuk et al. 2019, without equalize/sharpness/invert).
 RANDAUGMENT_OPS = (

@@ -13,17 +13,16 @@ MLflow run, without reopening it. The same model's per-class recall on the valid
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.cli import stage_entry
-from pipeline.config import Config
-
-if TYPE_CHECKING:  # types only: the datasets module loads TensorFlow, which `--help` must not wait for
-    from pipeline.datasets import ImageSet, Split
+from pipeline.config.cli import stage_entry
+from pipeline.config.schema import Config
+from pipeline.data.manifests import ImageSet, Split
+from pipeline.files import write_atomically
 
 PREDICTIONS_FILE = "confusion.csv"  # actual,predicted,sha256 per test image; logged to the run for `compare`
 
@@ -57,13 +56,15 @@ def run(config: Config, split: Split | None = None) -> dict:
     """Evaluate the model in paths.models_dir on the test split (`split`: as the caller read it)."""
     # TensorFlow and MLflow load here, not at import: `--help` and a wrong key answer at once
     from pipeline.backend import keras
-    from pipeline.datasets import Split
-    from pipeline.frozen_runtime import SplitClassifier
-    from pipeline.models import frozen_backbone, load_saved_model
+    from pipeline.data.cache import disk_cache
+    from pipeline.model.classifier import frozen_backbone, load_saved_model
+    from pipeline.model.frozen_runtime import SplitClassifier
+    from pipeline.tracking import record
     from pipeline.visuals import confusion_matrix_figure
 
     reports = Path(config.paths.reports_dir)
     split = split or Split.read(config.paths.split_dir)
+    cache = disk_cache(config.paths.cache_dir, config.data.cache)
     classes, test_set = split.classes, split.test
     model = load_saved_model(Path(config.paths.models_dir) / "model.keras")
     image_size = tuple(model.input_shape[1:3])  # the size it was trained at, whatever data.image_size says now
@@ -79,7 +80,7 @@ def run(config: Config, split: Split | None = None) -> dict:
         config.paths.cache_dir,
         convert=frozen_backbone(config.model),
     )
-    probabilities = predict_split(classifier, test_set, image_size, config)
+    probabilities = predict_split(classifier, test_set, image_size, config.train.batch_size, cache)
     actual = np.asarray(test_set.labels)
     predicted = probabilities.argmax(axis=1)
     loss = float(keras.losses.CategoricalCrossentropy()(keras.ops.one_hot(actual, len(classes)), probabilities))
@@ -91,18 +92,32 @@ def run(config: Config, split: Split | None = None) -> dict:
         "test_loss": round(loss, 6),
         "test_images": len(actual),
     }
-    per_class = {"test": report["per_class"], "val_recall": val_recall(classifier, config, split.val, image_size)}
+    val_predicted = predict_split(classifier, split.val, image_size, config.train.batch_size, cache).argmax(1)
+    val = classification_metrics(np.asarray(split.val.labels), val_predicted, classes)["per_class"]
+    per_class = {"test": report["per_class"], "val_recall": {k: c["recall"] for k, c in val.items() if c["support"]}}
+    test_record = {k: v for k, v in metrics.items() if k != "test_images"}
+    test_record |= {f"test_recall.{name}": c["recall"] for name, c in per_class["test"].items() if c["support"]}
+    val_record = {f"val_recall.{name}": recall for name, recall in per_class["val_recall"].items()}
 
+    run_record = json.loads((reports / "run.json").read_text()) if (reports / "run.json").exists() else None
+    recorded = record.require_same_evaluation(run_record, test_record) if run_record else False
     reports.mkdir(parents=True, exist_ok=True)
-    (reports / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (reports / "per_class.json").write_text(json.dumps(per_class, indent=2) + "\n")
-    with open(reports / PREDICTIONS_FILE, "w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["actual", "predicted", "sha256"])  # sha256: the image, for comparisons paired by image
-        images = test_set.sha256 or test_set.paths
-        writer.writerows((classes[a], classes[p], image) for a, p, image in zip(actual, predicted, images))
-    figure = confusion_matrix_figure(actual, predicted, classes, reports / "confusion.png")
-    _log_to_training_run(config, reports, metrics, per_class, figure)
+    write_atomically(reports / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_atomically(reports / "per_class.json", json.dumps(per_class, indent=2) + "\n")
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    writer.writerow(["actual", "predicted", "sha256"])  # sha256: the image, for comparisons paired by image
+    writer.writerows((classes[a], classes[p], h) for a, p, h in zip(actual, predicted, test_set.sha256 or test_set.paths))
+    write_atomically(reports / PREDICTIONS_FILE, rows.getvalue())
+    title = f"{run_record['run_name']}, test split" if run_record and "run_name" in run_record else "test split"
+    figure = confusion_matrix_figure(actual, predicted, classes, reports / "confusion.png", title)
+    if run_record is None:
+        print(f"note: {reports / 'run.json'} is missing, so the test metrics are not logged to MLflow")
+    elif recorded:
+        print(f"MLflow run {run_record['run_id']} records these test results already")
+    else:
+        files = [figure, reports / PREDICTIONS_FILE]
+        record.log_evaluation(run_record, test_record, val_record, split, files)
     print(
         f"test accuracy {metrics['test_accuracy']:.4f}, balanced accuracy {metrics['test_balanced_accuracy']:.4f}, "
         f"macro F1 {metrics['test_macro_f1']:.4f}, loss {loss:.4f} "
@@ -111,63 +126,11 @@ def run(config: Config, split: Split | None = None) -> dict:
     return {**metrics, "per_class": per_class}
 
 
-def predict_split(classifier, images, image_size: tuple[int, int], config: Config) -> np.ndarray:
+def predict_split(classifier, images: ImageSet, image_size: tuple[int, int], batch: int, cache) -> np.ndarray:
     """The classifier's probabilities for every image of a split, decoded as in training (kept in
-    `paths.cache_dir`, each file checked against its manifest sha256)."""
-    from pipeline.array_cache import array_cache
-    from pipeline.datasets import decoded_images
-
-    pixels = decoded_images(images, image_size, array_cache(config.paths.cache_dir, config.data.cache))
-    batch = config.train.batch_size
+    `paths.cache_dir`, each file checked against its manifest sha256 whatever the cache holds)."""
+    pixels = images.decoded(image_size, cache)
     return classifier.probabilities(pixels[i : i + batch].astype(np.float32) for i in range(0, len(pixels), batch))
-
-
-def val_recall(classifier, config: Config, val_set: ImageSet, image_size: tuple[int, int]) -> dict:
-    """Each class's recall on the validation split: where the best epoch's accuracy came from."""
-    classes = val_set.classes
-    predicted = predict_split(classifier, val_set, image_size, config).argmax(1)
-    per_class = classification_metrics(np.asarray(val_set.labels), predicted, classes)["per_class"]
-    return {name: c["recall"] for name, c in per_class.items() if c["support"]}
-
-
-def _log_to_training_run(config: Config, reports: Path, metrics: dict, per_class: dict, figure: Path) -> None:
-    import mlflow
-
-    run_file = reports / "run.json"
-    if not run_file.exists():
-        print(f"note: {run_file} is missing, so the test metrics are not logged to MLflow")
-        return
-    run = json.loads(run_file.read_text())
-    mlflow.set_tracking_uri(run["tracking_uri"])
-    # Logged into the finished run without reopening it: its status and end time stay the training's.
-    run_id, client = run["run_id"], mlflow.MlflowClient()
-    # measured on the test dataset, by the run's LoggedModel: the model's page shows them
-    test_dataset = next(
-        (
-            d
-            for d in client.get_run(run_id).inputs.dataset_inputs
-            if any(t.key == "mlflow.data.context" and t.value == "testing" for t in d.tags)
-        ),
-        None,
-    )
-    recalls = {f"test_recall.{name}": c["recall"] for name, c in per_class["test"].items() if c["support"]}
-    recalls |= {f"val_recall.{name}": recall for name, recall in per_class["val_recall"].items()}
-    mlflow.log_metrics(
-        {**{k: v for k, v in metrics.items() if k != "test_images"}, **recalls},
-        run_id=run_id,
-        model_id=run.get("model_id"),
-        dataset=test_dataset.dataset if test_dataset else None,
-    )
-    # the run's description, at the top of its page in the MLflow UI: the headline at a glance
-    client.set_tag(
-        run_id,
-        "mlflow.note.content",
-        f"**test accuracy {metrics['test_accuracy']:.4f}** (balanced {metrics['test_balanced_accuracy']:.4f}, "
-        f"macro F1 {metrics['test_macro_f1']:.4f}) on {metrics['test_images']} test images",
-    )
-    client.log_artifact(run_id, str(figure))
-    client.log_artifact(run_id, str(reports / PREDICTIONS_FILE))  # per image: compare pairs classes by image
-    client.log_dict(run_id, {**metrics, "per_class": per_class}, "classification_report.json")
 
 
 main = stage_entry(

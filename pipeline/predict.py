@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.console import progress_bar
+from pipeline.data.images import inspect_image, is_ignored, load_image
 from pipeline.errors import ModelError, UserError
-from pipeline.images import inspect_image, is_ignored, load_image
-from pipeline.model_file import check_model_file
-from pipeline.progress_bars import progress_bar
+from pipeline.model.model_file import check_model_file
 
 PREDICT_BATCH = 64  # images decoded and predicted at a time: memory stays bounded on any folder
 
@@ -36,7 +36,7 @@ def load_model_and_classes(source: str, classes_file: Path | None = None):
     local = Path(source)
     if local.suffix == ".keras" or (local.exists() and local.is_file()):
         check_model_file(local)  # before TensorFlow loads: a missing or damaged file is said at once
-        from pipeline.models import load_saved_model
+        from pipeline.model.classifier import load_saved_model
 
         model, folder = load_saved_model(local), local.parent
     else:
@@ -57,8 +57,8 @@ def _load_mlflow_model(uri: str):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from pipeline.config import compose
-    from pipeline.store import tracking_uri
+    from pipeline.config.compose import compose
+    from pipeline.tracking.store import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(compose([]).tracking))
     try:
@@ -93,8 +93,8 @@ def predict_files(model, classes: list[str], files: list[str], top_k: int) -> li
 
     The model's frozen part runs in OpenVINO when this machine has it converted already (a model
     trained here on a frozen base has), else in TensorFlow."""
-    from pipeline.config import ModelConfig, PathsConfig
-    from pipeline.frozen_runtime import SplitClassifier
+    from pipeline.config.schema import ModelConfig, PathsConfig
+    from pipeline.model.frozen_runtime import SplitClassifier
 
     defaults = ModelConfig()
     classifier = SplitClassifier(
@@ -161,6 +161,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pipeline.cli import command
+    from pipeline.config.cli import command
 
     sys.exit(command(main))

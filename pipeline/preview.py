@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.cli import stage_entry
-from pipeline.config import Config
+from pipeline.config.cli import stage_entry
+from pipeline.config.schema import Config
 from pipeline.visuals import augmentation_grid
 
 
@@ -22,7 +22,7 @@ def run(config: Config, rows: int = 6, variants: int = 5) -> Path:
         from pipeline import split
 
         split.run(config)
-    from pipeline.datasets import Split  # loads TensorFlow: here, after the quick checks
+    from pipeline.data.manifests import Split
 
     target = Path(config.paths.reports_dir) / f"augmentation_preview_{config.augmentation.name}.png"
     augmentation_grid(config, Split.read(split_dir).train, target, rows=rows, variants=variants)

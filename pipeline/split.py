@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.cli import stage_entry
-from pipeline.config import Config
-from pipeline.images import validate_images
-from pipeline.partition import SOURCE_FILE, SPLITS, imbalance_warnings, scan, split_dataset, write_split
-from pipeline.sources import resolve_source
+from pipeline.config.cli import stage_entry
+from pipeline.config.schema import Config
+from pipeline.data.images import validate_images
+from pipeline.data.manifests import SOURCE_FILE, SPLITS, source_record, write_split
+from pipeline.data.partition import imbalance_warnings, scan, split_dataset
+from pipeline.data.sources import resolve_source
+from pipeline.errors import ConfigError
 
 
 def run(config: Config) -> dict:
@@ -29,11 +31,12 @@ def run(config: Config) -> dict:
     ):
         stale.unlink(missing_ok=True)
     root = resolve_source(data.source, data.download_dir, data.sha256)
+    refuse_writing_inside(root, Path(config.paths.split_dir))
     print(f"dataset: {root}")
     candidates, ignored = scan(root, data.split.respect_existing)
     checks = validate_images([c.path for c in candidates])
     result = split_dataset(candidates, checks, ignored, list(data.split.fractions), config.seed, data.limit_per_class)
-    report = write_split(result, Path(config.paths.split_dir), report_path, data.source)
+    report = write_split(result, Path(config.paths.split_dir), report_path, source_record(data.source, root))
     counts = ", ".join(f"{s} {n}" for s, n in report["counts"].items())
     print(
         f"split: {counts} images in {len(report['classes'])} classes; skipped {len(report['skipped'])}, "
@@ -44,6 +47,16 @@ def run(config: Config) -> dict:
     for warning in imbalance_warnings(report["per_class"]["train"]) + empty_split_warnings(report["counts"]):
         print(f"warning: {warning}")
     return report
+
+
+def refuse_writing_inside(root: Path, split_dir: Path) -> None:
+    """The manifests must not land among the images they list: the next split would find them as files
+    of a class (or as a class of their own)."""
+    if split_dir.resolve().is_relative_to(root.resolve()):
+        raise ConfigError(
+            f"paths.split_dir={split_dir} is inside data.source ({root}): the manifests would become files of "
+            "the dataset. Choose a paths.split_dir outside it (the default, data/split, is in the project)."
+        )
 
 
 def empty_split_warnings(counts: dict[str, int]) -> list[str]:

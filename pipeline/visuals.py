@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -13,11 +12,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline.config import Config, preset_overrides  # noqa: E402
-from pipeline.images import load_checked_image  # noqa: E402
-
-if TYPE_CHECKING:  # its type only: the datasets module loads TensorFlow
-    from pipeline.datasets import ImageSet
+from pipeline.config.compose import preset_overrides  # noqa: E402
+from pipeline.config.schema import Config  # noqa: E402
+from pipeline.data.images import load_checked_image  # noqa: E402
+from pipeline.data.manifests import ImageSet  # noqa: E402
 
 
 def wrapped(text: str, width: int = 30) -> str:
@@ -70,24 +68,28 @@ def augmentation_grid(config: Config, images: ImageSet, target: Path, rows: int 
     return save(figure, target, dpi=80)
 
 
-def training_curves(history: dict[str, list[float]], target: Path, title: str) -> Path:
-    """Accuracy and loss per epoch, train and validation, side by side."""
-    figure, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
-    epochs = np.arange(1, len(history.get("loss", [])) + 1)
-    for ax, metric in ((acc_ax, "accuracy"), (loss_ax, "loss")):
-        for key, style in ((metric, "-"), (f"val_{metric}", "--")):
-            if key in history:
-                ax.plot(epochs, history[key], style, marker="o", label=key)
+def training_curves(history: list[dict[str, float]], best_epoch: int, target: Path, title: str) -> Path:
+    """Accuracy and loss per epoch, train and validation, side by side; the kept (best) epoch marked."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    epochs = np.arange(1, len(history) + 1)
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        for key, label, style in ((metric, f"train {metric}", "-"), (f"val_{metric}", f"val {metric}", "--")):
+            if history and all(key in row for row in history):
+                ax.plot(epochs, [row[key] for row in history], style, marker="o", markersize=3, label=label)
+        if best_epoch:
+            ax.axvline(best_epoch, color="tab:green", alpha=0.6, label=f"kept: epoch {best_epoch}")
         ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
+        ax.set_ylabel(metric + (" (fraction)" if metric == "accuracy" else " (cross-entropy)"))
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     figure.suptitle(title)
     return save(figure, target)
 
 
-def confusion_matrix_figure(actual: np.ndarray, predicted: np.ndarray, classes: list[str], target: Path) -> Path:
-    """Counts of (actual row, predicted column), annotated."""
+def confusion_matrix_figure(
+    actual: np.ndarray, predicted: np.ndarray, classes: list[str], target: Path, title: str
+) -> Path:
+    """Counts of (actual row, predicted column), annotated, under `title` (the run, the split)."""
     n = len(classes)
     counts = np.zeros((n, n), dtype=int)
     np.add.at(counts, (actual, predicted), 1)
@@ -95,8 +97,9 @@ def confusion_matrix_figure(actual: np.ndarray, predicted: np.ndarray, classes: 
     ax.imshow(counts, cmap="Blues")
     ax.set_xticks(range(n), classes, rotation=45, ha="right")
     ax.set_yticks(range(n), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("actual class")
+    ax.set_title(f"{title}\naccuracy {np.mean(actual == predicted):.1%} on {len(actual)} images", fontsize=10)
     for i in range(n):
         for j in range(n):
             if counts[i, j]:

@@ -207,7 +207,7 @@ def split_done(tmp_path, tiny_dataset):
 def split_tiny(folder: Path, dataset: Path) -> Path:
     """`folder` with `dataset` split into its split/ (the paths of `path_overrides`)."""
     from pipeline import split
-    from pipeline.config import compose
+    from pipeline.config.compose import compose
 
     overrides = [o for o in path_overrides(folder) if not o.startswith("hydra.")]
     split.run(compose([f"data.source={dataset}", *overrides]))

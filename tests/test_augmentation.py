@@ -21,9 +21,10 @@ from pipeline.augmentation import (
     sample_params,
     warp_images,
 )
-from pipeline.config import compose
-from pipeline.datasets import ImageSet, build_eval_dataset, build_train_dataset, steps_per_epoch
-from pipeline.images import load_image
+from pipeline.config.compose import compose
+from pipeline.data.images import load_image
+from pipeline.data.manifests import ImageSet
+from pipeline.training.pipelines import build_eval_dataset, build_train_dataset, steps_per_epoch
 from tests.conftest import ROOT, path_overrides
 
 SIZE = 64
@@ -158,8 +159,9 @@ def test_resume_stream_continues_where_it_stopped(image_set):
 FINGERPRINT = """
 import hashlib, sys
 from pathlib import Path
-from pipeline.config import compose
-from pipeline.datasets import ImageSet, build_train_dataset
+from pipeline.config.compose import compose
+from pipeline.training.pipelines import build_train_dataset
+from pipeline.data.manifests import ImageSet
 paths = sorted(str(p) for p in Path(sys.argv[1]).rglob("*.png"))
 labels = [Path(p).parent.name for p in paths]
 images = ImageSet.from_manifest(paths, labels, sorted(set(labels)))

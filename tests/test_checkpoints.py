@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.checkpoints import EpochCheckpoints, WorkFolder
 from pipeline.errors import ConfigError, UserError
+from pipeline.training.checkpoints import EpochCheckpoints, WorkFolder
 
 IDENTITY = {"seed": "1", "augmentation.name": "none", "train.epochs": "10"}
 
@@ -93,8 +93,8 @@ def test_a_kill_in_mid_write_leaves_the_previous_state(tmp_path):
 
 @pytest.mark.parametrize("schedule", ["constant", "warmup_cosine"])
 def test_a_resume_with_more_epochs_is_recorded_or_refused_by_schedule(tmp_path, schedule):
-    from pipeline.config import compose
-    from pipeline.fitting import refuse_a_changed_schedule
+    from pipeline.config.compose import compose
+    from pipeline.training.fitting import refuse_a_changed_schedule
 
     started = {**IDENTITY, "train.epochs": "12", "train.lr_schedule": schedule}
     folder = WorkFolder(tmp_path, started)

@@ -12,7 +12,7 @@ import time
 import optuna
 import pytest
 
-from pipeline.optuna_storage import study_storage
+from pipeline.tracking.optuna_storage import study_storage
 from tests.conftest import (
     ROOT,
     free_port,

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from pipeline.config import compose
+from pipeline.config.compose import compose
 from pipeline.errors import TrackingError
 from pipeline.study import compare
 from pipeline.study.grouping import group_runs, varied_settings
@@ -375,20 +375,21 @@ def log_tiny_models(uri: str, preset: str, tmp_path) -> None:
     """A real (tiny) Keras model as the LoggedModel of each FINISHED run of `preset`."""
     import keras
 
-    from pipeline import logged_model
+    from pipeline.tracking import logged_model
 
     model = keras.Sequential(
         [keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")]
     )
     classes = tmp_path / "classes.json"
     classes.write_text('["cat", "dog", "fox"]')
+    model.save(tmp_path / "tiny.keras")
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.set_experiment("augmentation")
     client = MlflowClient(uri)
     for run in client.search_runs([experiment.experiment_id], f"tags.augmentation = '{preset}'"):
         if run.info.status == "FINISHED":
             with mlflow.start_run(run_id=run.info.run_id):
-                logged_model.log_keras_model(model, (8, 8), classes, best_epoch=3)
+                logged_model.log_keras_model(tmp_path / "tiny.keras", (8, 8), classes, 3, {"augmentation": preset}, {})
 
 
 @pytest.mark.slow  # end to end: logged models, the registry, predict from models:/...@champion in a process
@@ -462,15 +463,16 @@ def test_a_keep_verdict_registers_the_champion(tmp_path, capsys):
 def test_a_failed_model_upload_leaves_the_logged_model_failed(tmp_path):
     import keras
 
-    from pipeline import logged_model
+    from pipeline.tracking import logged_model
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = mlflow.set_experiment("augmentation")
     model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    model.save(tmp_path / "tiny.keras")
     with mlflow.start_run():
         mlflow.log_metric("val_accuracy", 0.5, step=1)
         with pytest.raises(FileNotFoundError):
-            logged_model.log_keras_model(model, (8, 8), tmp_path / "no-classes.json", best_epoch=1)
+            logged_model.log_keras_model(tmp_path / "tiny.keras", (8, 8), tmp_path / "no-classes.json", 1, {}, {})
     (logged,) = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list")
     assert str(logged.status).endswith("FAILED")
 

@@ -9,8 +9,9 @@ import time
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, compose, preset_overrides, to_dict, validate
-from pipeline.run_identity import training_identity
+from pipeline.config.compose import compose, preset_overrides, to_dict, validate
+from pipeline.errors import ConfigError
+from pipeline.tracking.identity import training_identity
 from tests.conftest import ROOT, path_overrides, run_module
 
 
@@ -100,16 +101,16 @@ def test_the_defaults_yaml_is_generated_from_the_dataclasses(section):
     out: equal to the generator's output, and composing to the dataclass's own values."""
     from omegaconf import OmegaConf
 
-    from pipeline import config_reference
-    from pipeline.config import Config
+    from pipeline.config import reference
+    from pipeline.config.schema import Config
 
     path = ROOT / "conf" / "schema" / f"{section}.yaml"
-    assert path.read_text() == config_reference.schema_yaml(section, config_reference.schema_comments()), (
-        "regenerate with: python -m pipeline.config_reference --write"
+    assert path.read_text() == reference.schema_yaml(section, reference.schema_comments()), (
+        "regenerate with: python -m pipeline.config.reference --write"
     )
     on_disk = OmegaConf.to_container(OmegaConf.load(path))
     expected = OmegaConf.to_container(OmegaConf.structured(getattr(Config(), section)))
-    if section in config_reference.NAMED_BY_PRESET:
+    if section in reference.NAMED_BY_PRESET:
         expected["name"] = "???"  # every preset must name itself
     assert on_disk == expected
 
@@ -142,7 +143,7 @@ def test_a_misspelt_key_is_refused_naming_the_right_one(tmp_path):
 
 
 def test_a_renamed_key_is_refused_saying_its_new_name(tmp_path):
-    from pipeline.cli import load_params
+    from pipeline.config.cli import load_params
 
     old = tmp_path / "params.yaml"  # a params.yaml written before the rename
     old.write_text((ROOT / "params.yaml").read_text().replace("  placement: auto", "  device: model"))
@@ -153,7 +154,7 @@ def test_a_renamed_key_is_refused_saying_its_new_name(tmp_path):
 
 
 def test_params_file_takes_group_overrides(tmp_path):
-    from pipeline.cli import load_params
+    from pipeline.config.cli import load_params
 
     params = tmp_path / "params.yaml"
     params.write_text((ROOT / "params.yaml").read_text())
@@ -227,7 +228,7 @@ def test_ablate_names_an_operation_the_preset_uses():
 
 @pytest.mark.parametrize("key", ["paths.models_dir", "paths.split_dir", "paths.reports_dir", "data.download_dir"])
 def test_an_output_folder_under_a_file_is_refused_naming_the_key(tmp_path, key):
-    from pipeline.cli import check_output_paths
+    from pipeline.config.cli import check_output_paths
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -250,7 +251,7 @@ def test_a_path_error_is_one_line_from_the_command(tmp_path):
 
 
 def test_a_folder_where_the_model_file_goes_is_refused_before_training(tmp_path):
-    from pipeline.cli import check_output_paths
+    from pipeline.config.cli import check_output_paths
 
     (tmp_path / "models" / "model.keras").mkdir(parents=True)
     with pytest.raises(ConfigError, match=r"model.keras is a folder"):
@@ -258,11 +259,11 @@ def test_a_folder_where_the_model_file_goes_is_refused_before_training(tmp_path)
 
 
 def test_the_configuration_reference_is_generated_from_the_schema():
-    from pipeline.config_reference import reference
+    from pipeline.config.reference import reference
 
     written = (ROOT / "docs" / "configuration.md").read_text()
     assert written == reference(), (
-        "docs/configuration.md is stale: python -m pipeline.config_reference > docs/configuration.md"
+        "docs/configuration.md is stale: python -m pipeline.config.reference > docs/configuration.md"
     )
     # every key of the schema, documented: a field added without a comment shows up here
     rows = [line for line in written.splitlines() if line.startswith("| `")]
@@ -299,7 +300,7 @@ def test_sigterm_outside_a_training_stops_in_one_line(tmp_path, capsys):
     exit 143, not silently; SIGINT says Ctrl-C."""
     import signal
 
-    from pipeline.cli import stage_entry
+    from pipeline.config.cli import stage_entry
 
     def slow_stage(config):
         os.kill(os.getpid(), signal.SIGTERM)  # delivered while the stage works
@@ -371,7 +372,7 @@ def test_a_key_written_as_a_flag_gets_its_key_value_form():
 def test_every_target_in_conf_is_one_hydra_1_4_would_instantiate():
     """Hydra 1.4 instantiates only whitelisted targets; cli.TRUSTED_TARGETS must cover every `_target_`
     in conf/ (its patterns: a dotted name, or a prefix ending in `.*`)."""
-    from pipeline.cli import TRUSTED_TARGETS, hydra_main_options
+    from pipeline.config.cli import TRUSTED_TARGETS, hydra_main_options
 
     targets = [
         line.split("_target_:")[1].strip()
@@ -379,7 +380,7 @@ def test_every_target_in_conf_is_one_hydra_1_4_would_instantiate():
         for line in path.read_text().splitlines()
         if "_target_:" in line
     ]
-    assert {"pipeline.sweeps.SweepJobs", "optuna.samplers.TPESampler"} <= set(targets)
+    assert {"pipeline.config.sweeps.SweepJobs", "optuna.samplers.TPESampler"} <= set(targets)
     for target in targets:
         assert any(
             target.startswith(pattern[:-1]) if pattern.endswith(".*") else target == pattern

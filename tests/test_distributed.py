@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.devices import cluster_config
 from pipeline.errors import ConfigError
+from pipeline.training.devices import cluster_config
 from tests.conftest import ROOT, free_port, train_args
 
 pytestmark = pytest.mark.slow

@@ -10,10 +10,10 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import efficientnet_lite
-from pipeline.config import ConfigError, compose
-from pipeline.errors import ModelError
-from pipeline.models import build_model, compile_model, frozen_backbone
+from pipeline.config.compose import compose
+from pipeline.errors import ConfigError, ModelError
+from pipeline.model import efficientnet_lite
+from pipeline.model.classifier import build_model, compile_model, frozen_backbone
 
 SHOE_CLASSES = {502, 514, 630, 770, 774}  # ImageNet: clog, cowboy boot, loafer, running shoe, sandal
 
@@ -73,7 +73,7 @@ def test_a_shape_mismatch_names_the_tensor(tmp_path):
 
 
 def test_imagenet_top5_of_shoe_photos_holds_a_shoe(shared_dataset):
-    from pipeline.images import load_image
+    from pipeline.data.images import load_image
 
     network = efficientnet_lite.efficientnet_lite0((224, 224, 3), include_top=True)
     efficientnet_lite.load_imagenet_weights(network)
@@ -167,7 +167,7 @@ def test_weights_null_and_a_local_weights_file(tmp_path):
 
 
 def test_a_fine_tuned_model_splits_into_a_frozen_bottom_and_a_trainable_top():
-    from pipeline.models import fine_tune_split, fine_tuned_variables
+    from pipeline.model.classifier import fine_tune_split, fine_tuned_variables
 
     config = compose(["experiment=cpu", "model.weights=null", "model.fine_tune_from=block12"])
     model = build_model(config.model, 3, (64, 64))

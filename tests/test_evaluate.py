@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from pipeline import evaluate
-from pipeline.config import compose
-from pipeline.models import build_model
-from pipeline.partition import read_classes
+from pipeline.config.compose import compose
+from pipeline.data.manifests import read_classes
+from pipeline.model.classifier import build_model
 
 
 def test_evaluate_uses_the_size_the_model_was_trained_at(split_done, capsys):

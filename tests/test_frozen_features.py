@@ -16,7 +16,7 @@ IMAGES, BATCH, SIZE = 20, 6, (24, 24)
 def tiny_network():
     """A small frozen 'base': a fixed convolution and pooling (8 features)."""
     from pipeline.backend import keras
-    from pipeline.frozen_runtime import FrozenNetwork
+    from pipeline.model.frozen_runtime import FrozenNetwork
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((*SIZE, 3))
@@ -25,9 +25,9 @@ def tiny_network():
 
 
 def views_of(views: int, augmentation: str = "lesson", seed: int = 3):
-    from pipeline.config import compose
-    from pipeline.datasets import ImageSet
-    from pipeline.frozen_features import AugmentedViews
+    from pipeline.config.compose import compose
+    from pipeline.data.manifests import ImageSet
+    from pipeline.training.frozen_features import AugmentedViews
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (IMAGES, *SIZE, 3), dtype=np.uint8)
@@ -38,7 +38,7 @@ def views_of(views: int, augmentation: str = "lesson", seed: int = 3):
 
 def by_image(stream, epoch: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Epoch `epoch`'s features and labels in image order, and its batches as they came."""
-    from pipeline.frozen_features import epoch_order
+    from pipeline.training.frozen_features import epoch_order
 
     batches = list(stream.epoch(epoch))
     features = np.concatenate([f for f, _ in batches])
@@ -51,7 +51,7 @@ def by_image(stream, epoch: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarra
 def test_a_view_is_the_train_streams_own_draws_through_the_network():
     from pipeline.augmentation import BatchAugmenter
     from pipeline.backend import tf
-    from pipeline.frozen_features import epoch_order
+    from pipeline.training.frozen_features import epoch_order
 
     stream = views_of(views=2)
     first_batch = next(stream.epoch(1))[0]
@@ -108,9 +108,9 @@ def test_the_dataset_feeds_the_stream_to_keras():
 
 
 def test_array_cache_round_trip_eviction_and_a_damaged_entry(tmp_path):
-    from pipeline.array_cache import ArrayCache
+    from pipeline.data.cache import DiskCache
 
-    cache = ArrayCache(tmp_path, limit_bytes=3000)
+    cache = DiskCache(tmp_path, limit_bytes=3000)
     calls = []
 
     def compute(value):
@@ -126,7 +126,7 @@ def test_array_cache_round_trip_eviction_and_a_damaged_entry(tmp_path):
     cache.put("features", {"k": 4}, compute(4.0))  # over 3000 bytes: the least recently used goes
     assert cache.get("features", {"k": 1}) is None and cache.get("features", {"k": 4}) is not None
 
-    damaged = cache.path("features", {"k": 4})
+    damaged, _ = cache.paths("features", {"k": 4}, ".npy")
     damaged.write_bytes(damaged.read_bytes()[:90])  # cut short
     assert cache.get("features", {"k": 4}) is None
     np.testing.assert_array_equal(cache.get_or_compute("features", {"k": 4}, lambda: compute(4.0)), compute(4.0))
@@ -135,11 +135,11 @@ def test_array_cache_round_trip_eviction_and_a_damaged_entry(tmp_path):
 def test_a_cache_that_cannot_be_written_only_costs_time(tmp_path, capsys):
     """A full disk or a cache folder that cannot be made: the array is returned, the run goes on,
     said once; nothing is left behind."""
-    from pipeline.array_cache import ArrayCache
+    from pipeline.data.cache import DiskCache
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    cache = ArrayCache(blocker / "cache")
+    cache = DiskCache(blocker / "cache")
     for value in (1.0, 2.0):
         array = cache.get_or_compute("features", {"k": value}, lambda value=value: np.full((10,), value))
         np.testing.assert_array_equal(array, np.full((10,), value))
@@ -149,24 +149,24 @@ def test_a_cache_that_cannot_be_written_only_costs_time(tmp_path, capsys):
 
 
 def test_decoded_images_are_checked_against_the_manifest_and_kept(split_done):
-    from pipeline.array_cache import ArrayCache
-    from pipeline.datasets import ImageSet, decoded_images
+    from pipeline.data.cache import DiskCache
+    from pipeline.data.images import load_image
+    from pipeline.data.manifests import Split
     from pipeline.errors import DataError
-    from pipeline.images import load_image
 
-    images = ImageSet.read(split_done / "split", "train")
-    cache = ArrayCache(split_done / "cache")
-    pixels = decoded_images(images, (20, 16), cache)
+    images = Split.read(split_done / "split").train
+    cache = DiskCache(split_done / "cache")
+    pixels = images.decoded((20, 16), cache)
     assert pixels.shape == (len(images), 20, 16, 3) and pixels.dtype == np.uint8
     np.testing.assert_array_equal(pixels[3], load_image(images.paths[3], (20, 16)))
-    np.testing.assert_array_equal(decoded_images(images, (20, 16), cache), pixels)  # from the cache
+    np.testing.assert_array_equal(images.decoded((20, 16), cache), pixels)  # from the cache
 
     changed = Path(images.paths[5])
     original = changed.read_bytes()
     make_image(changed, size=(48, 40), seed=999)  # changed after the split
     with pytest.raises(DataError, match=f"{changed} has changed since the split"):
-        decoded_images(images, (22, 16), cache)  # another size: decoded again, so checked again
+        images.decoded((22, 16), cache)  # another size: decoded again, so checked again
     changed.write_bytes(original)
     Path(images.paths[6]).unlink()
     with pytest.raises(DataError, match=f"{images.paths[6]} is listed in the split but cannot be read"):
-        decoded_images(images, (24, 16), None)
+        images.decoded((24, 16), None)

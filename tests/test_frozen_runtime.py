@@ -17,7 +17,7 @@ pytest.importorskip("openvino", reason="OpenVINO is part of the project's depend
 
 def real_or_made_images(tmp_path: Path, count: int = 12) -> np.ndarray:
     """float32 pixels [count, 150, 150, 3]: photos of the shared dataset where it is, else made ones."""
-    from pipeline.images import load_image
+    from pipeline.data.images import load_image
 
     photos = sorted(SHARED_DATASET.glob("test/*/*.jpg"))[:count] if SHARED_DATASET.is_dir() else []
     if len(photos) < count:
@@ -27,10 +27,10 @@ def real_or_made_images(tmp_path: Path, count: int = 12) -> np.ndarray:
 
 @pytest.mark.slow
 def test_openvino_gives_tensorflows_features_on_the_real_weights_and_converts_once(tmp_path):
-    from pipeline import frozen_runtime
-    from pipeline.config import compose
-    from pipeline.frozen_runtime import FrozenNetwork, frozen_network
-    from pipeline.models import build_model
+    from pipeline.config.compose import compose
+    from pipeline.model import frozen_runtime
+    from pipeline.model.classifier import build_model
+    from pipeline.model.frozen_runtime import FrozenNetwork, frozen_network
 
     model = build_model(compose(["experiment=cpu"]).model, 10, (150, 150))  # ImageNet weights from the package
     features = model.get_layer("features")
@@ -63,7 +63,7 @@ def test_openvino_gives_tensorflows_features_on_the_real_weights_and_converts_on
 
 def test_a_changed_network_gets_another_digest():
     from pipeline.backend import keras
-    from pipeline.frozen_runtime import content_digest
+    from pipeline.model.frozen_runtime import content_digest
 
     def network(seed):
         keras.utils.set_random_seed(seed)
@@ -103,8 +103,8 @@ def test_without_openvino_training_runs_in_tensorflow_and_says_so_once(split_don
 @pytest.mark.slow
 def test_fine_tuning_runs_the_frozen_bottom_in_openvino_and_trains_the_top(split_done):
     from pipeline.backend import keras
-    from pipeline.config import compose
-    from pipeline.models import build_model
+    from pipeline.config.compose import compose
+    from pipeline.model.classifier import build_model
     from tests.conftest import run_in_process
 
     tmp_path = split_done

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.images import inspect_image, load_image
+from pipeline.data.images import inspect_image, load_image
 from tests.conftest import SHARED_DATASET
 
 SIZE = (96, 128)  # (height, width) the comparisons are made at

@@ -6,8 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.config import ConfigError, compose
-from pipeline.models import build_model, compile_model, frozen_backbone, learning_rate_schedule
+from pipeline.config.compose import compose
+from pipeline.errors import ConfigError
+from pipeline.model.classifier import build_model, compile_model, frozen_backbone, learning_rate_schedule
 
 
 def test_residual_cnn_is_whole_and_two_parts():
@@ -75,7 +76,7 @@ def test_training_keys_are_validated(override, key):
 
 
 def test_xla_is_off_on_a_cpu_unless_asked():
-    from pipeline import devices
+    from pipeline.training import devices
 
     if devices.gpus():
         pytest.skip("this machine has a GPU, where train.jit_compile=auto compiles with XLA")

@@ -15,40 +15,40 @@ import pytest
 from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
-from pipeline import orphans, tracking
-from pipeline.config import compose
+from pipeline.config.compose import compose
+from pipeline.tracking import runs
 
 
 def test_the_next_run_marks_a_killed_processs_run_killed_and_its_model_failed(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     config = compose([f"tracking.uri={uri}"])
-    tracking.connect(config)
+    runs.connect(config)
     client = MlflowClient(uri)
     experiment_id = client.get_experiment_by_name("augmentation").experiment_id
-    alive = orphans.this_process()  # this very process: alive
-    gone = {**alive, orphans.STARTED: "1.00"}  # same pid, another start: a process that is gone
+    alive = runs.this_process()  # this very process: alive
+    gone = {**alive, runs.STARTED: "1.00"}  # same pid, another start: a process that is gone
     unseen = {  # a gone pid, but not one of this process's space: cannot be checked from here
-        "elsewhere": {**gone, orphans.HOST: "another-host"},
-        "another container": {**gone, orphans.PID_NAMESPACE: "pid:[1]"},
-        "before a reboot": {**gone, orphans.BOOT: "an-earlier-boot"},
-        "an older record": {key: gone[key] for key in (orphans.HOST, orphans.PID, orphans.STARTED)},
+        "elsewhere": {**gone, runs.HOST: "another-host"},
+        "another container": {**gone, runs.PID_NAMESPACE: "pid:[1]"},
+        "before a reboot": {**gone, runs.BOOT: "an-earlier-boot"},
+        "an older record": {key: gone[key] for key in (runs.HOST, runs.PID, runs.STARTED)},
     }
-    as_tag = {name: {orphans.PROCESS_TAG: json.dumps(fields)} for name, fields in unseen.items()}
+    as_tag = {name: {runs.PROCESS_TAG: json.dumps(fields)} for name, fields in unseen.items()}
     as_tag["an older record"] = {f"process.{key}": value for key, value in unseen["an older record"].items()}
     as_tag["gone before the single tag"] = {f"process.{key}": value for key, value in gone.items()}  # still checked
-    runs = {
+    run_ids = {
         name: client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
         for name, tags in (
-            ("alive", orphans.process_tags()),
-            ("gone", {orphans.PROCESS_TAG: json.dumps(gone)}),
+            ("alive", {runs.PROCESS_TAG: json.dumps(runs.this_process())}),
+            ("gone", {runs.PROCESS_TAG: json.dumps(gone)}),
             *as_tag.items(),
         )
     }
-    pending = mlflow.initialize_logged_model(name="model", source_run_id=runs["gone"], experiment_id=experiment_id)
+    pending = mlflow.initialize_logged_model(name="model", source_run_id=run_ids["gone"], experiment_id=experiment_id)
 
-    tracking.connect(config)  # what train and compare do first
+    runs.connect(config)  # what train and compare do first
 
-    status = {name: client.get_run(run_id).info.status for name, run_id in runs.items()}
+    status = {name: client.get_run(run_id).info.status for name, run_id in run_ids.items()}
     assert status == {
         "alive": "RUNNING",
         "gone": "KILLED",
@@ -56,18 +56,18 @@ def test_the_next_run_marks_a_killed_processs_run_killed_and_its_model_failed(tm
         **{name: "RUNNING" for name in unseen},
     }
     assert mlflow.get_logged_model(pending.model_id).status == LoggedModelStatus.FAILED
-    assert f"run {runs['gone']} (gone) was RUNNING, but its process" in capsys.readouterr().out
-    assert "ended without closing it" in client.get_run(runs["gone"]).data.tags["end_reason"]
-    assert socket.gethostname() in client.get_run(runs["gone"]).data.tags["end_reason"]
+    assert f"run {run_ids['gone']} (gone) was RUNNING: ended KILLED, its process" in capsys.readouterr().out
+    assert "ended without closing it" in client.get_run(run_ids["gone"]).data.tags["end_reason"]
+    assert socket.gethostname() in client.get_run(run_ids["gone"]).data.tags["end_reason"]
 
 
 CONTAINED_TRAINING = """
 import pathlib, sys, time
-from pipeline import tracking
-from pipeline.config import compose
+from pipeline.tracking import runs
+from pipeline.config.compose import compose
 uri, started, go = sys.argv[1:]
-tracking.connect(compose([f"tracking.uri={uri}"]))
-with tracking.tracked_run(run_name="in-a-container") as run:
+runs.connect(compose([f"tracking.uri={uri}"]))
+with runs.tracked_run(run_name="in-a-container") as run:
     pathlib.Path(started).write_text(run.info.run_id)
     while not pathlib.Path(go).exists():
         time.sleep(0.1)
@@ -106,10 +106,10 @@ def test_a_live_run_in_another_pid_namespace_is_not_called_dead(tmp_path):
         assert started.exists(), "the contained training did not start its run"
         run_id = started.read_text()
         client = MlflowClient(uri)
-        recorded = orphans.recorded_process(client.get_run(run_id).data.tags)
-        assert recorded[orphans.PID] == "1"  # its pid, valid only in its namespace
+        recorded = runs.recorded_process(client.get_run(run_id).data.tags)
+        assert recorded[runs.PID] == "1"  # its pid, valid only in its namespace
 
-        tracking.connect(compose([f"tracking.uri={uri}"]))  # a training outside starts
+        runs.connect(compose([f"tracking.uri={uri}"]))  # a training outside starts
 
         assert client.get_run(run_id).info.status == "RUNNING"
         go.touch()
@@ -123,11 +123,11 @@ def test_a_live_run_in_another_pid_namespace_is_not_called_dead(tmp_path):
 
 def test_a_run_marked_killed_by_mistake_clears_the_mark_when_it_finishes(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    tracking.connect(compose([f"tracking.uri={uri}"]))
+    runs.connect(compose([f"tracking.uri={uri}"]))
     client = MlflowClient(uri)
-    with tracking.tracked_run(run_name="alive after all") as run:
+    with runs.tracked_run(run_name="alive after all") as run:
         # what another process's orphan check did, which could not see this one
-        client.set_tag(run.info.run_id, "end_reason", f"{orphans.MARKED_REASON} 1 on {socket.gethostname()} ended")
+        client.set_tag(run.info.run_id, "end_reason", f"{runs.MARKED_REASON} 1 on {socket.gethostname()} ended")
         client.set_terminated(run.info.run_id, "KILLED")
     finished = client.get_run(run.info.run_id)
     assert finished.info.status == "FINISHED" and "end_reason" not in finished.data.tags

@@ -8,7 +8,7 @@ import re
 import numpy as np
 
 from pipeline.backend import keras
-from pipeline.epoch_lines import ProgressLines
+from pipeline.training.epoch_lines import ProgressLines
 
 
 def test_a_fit_whose_output_is_a_log_prints_where_it_is_and_when_it_ends():
@@ -43,7 +43,7 @@ def test_a_fit_whose_output_is_a_log_prints_where_it_is_and_when_it_ends():
 
 def test_a_bar_into_a_log_redraws_rarely_and_on_a_terminal_as_usual():
     """tqdm redraws ten times a second; into a file that is thousands of updates on one line."""
-    from pipeline.progress_bars import LOG_INTERVAL_S, progress_bar
+    from pipeline.console import LOG_INTERVAL_S, progress_bar
 
     class Terminal(io.StringIO):
         def isatty(self):

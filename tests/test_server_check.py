@@ -9,7 +9,7 @@ import time
 import pytest
 
 from pipeline.errors import TrackingError
-from pipeline.store import check_server
+from pipeline.tracking.store import check_server
 from tests.conftest import free_port
 
 

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from pipeline import split
-from pipeline.config import compose
+from pipeline.config.compose import compose
+from pipeline.data.sources import safe_extract
 from pipeline.errors import DataError
-from pipeline.sources import safe_extract
 from tests.conftest import make_image, path_overrides
 
 
@@ -307,7 +307,7 @@ def test_training_refuses_a_split_without_validation_images(tmp_path, tiny_datas
 
 
 def test_an_image_edited_in_place_changes_the_data_identity(tmp_path, tiny_dataset):
-    from pipeline.partition import manifest_hash
+    from pipeline.data.manifests import manifest_hash
 
     before = run_split(tmp_path, tiny_dataset)["manifest_sha256"]
     assert before == manifest_hash(tmp_path / "split")

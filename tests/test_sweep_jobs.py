@@ -8,7 +8,7 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.sweeps import FAILED_JOB_FILE, SweepJobs, run_job
+from pipeline.config.sweeps import FAILED_JOB_FILE, SweepJobs, run_job
 from tests.conftest import run_module, sweep_args
 
 

@@ -91,7 +91,7 @@ def test_a_failing_job_does_not_sink_the_sweep_and_reruns_add_runs(split_done):
 def test_a_finished_configuration_is_not_skipped_over_images_changed_since(split_done):
     """The skip of a finished configuration trusts its record, tied to the split's manifest: an
     image edited after the split (and no split since) stops the job, naming the file."""
-    from pipeline.partition import read_manifest
+    from pipeline.data.manifests import read_manifest
 
     tmp_path = split_done
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -310,8 +310,8 @@ def val_accuracy_of(model_path, tmp_path) -> float:
     """The saved model's accuracy on the val split, computed here from the images."""
     import keras
 
-    from pipeline.images import load_image
-    from pipeline.partition import read_classes, read_manifest
+    from pipeline.data.images import load_image
+    from pipeline.data.manifests import read_classes, read_manifest
 
     paths, labels = read_manifest(tmp_path / "split", "val")
     classes = read_classes(tmp_path / "split")
@@ -531,7 +531,7 @@ def test_multirun_gives_one_run_per_job_and_compare_reads_them(split_done):
 
 
 def test_offline_imagenet_weights_fail_fast_with_advice():
-    from pipeline.models import ModelError, resolve_weights
+    from pipeline.model.classifier import ModelError, resolve_weights
 
     start = time.perf_counter()
     try:
@@ -548,10 +548,10 @@ def test_plain_runs_of_a_frozen_backbone_train_the_head_on_cached_features(split
     predicts what base + trained head predicted during training."""
     import keras
 
-    from pipeline.datasets import ImageSet
-    from pipeline.frozen_features import plain_features
-    from pipeline.frozen_runtime import frozen_network
-    from pipeline.images import load_image
+    from pipeline.data.images import load_image
+    from pipeline.data.manifests import Split
+    from pipeline.model.frozen_runtime import frozen_network
+    from pipeline.training.frozen_features import plain_features
 
     tmp_path = split_done
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -563,10 +563,10 @@ def test_plain_runs_of_a_frozen_backbone_train_the_head_on_cached_features(split
     )
 
     model = keras.models.load_model(tmp_path / "models" / "model.keras")
-    val = ImageSet.read(tmp_path / "split", "val")
+    val = Split.read(tmp_path / "split").val
     network = frozen_network(model.get_layer("features"), cache_dir=tmp_path / "cache")  # the training-time path
     pixels = np.stack([load_image(p, (32, 32)) for p in val.paths])
-    from_cache = model.get_layer("head").predict(plain_features(network, val, pixels, 8, None), verbose=0)
+    from_cache = model.get_layer("head").predict(plain_features(network, val, (32, 32), lambda: pixels, 8, None), verbose=0)
     images = pixels.astype(np.float32)
     whole = model.predict(images, verbose=0)
     np.testing.assert_allclose(whole, from_cache, atol=1e-4)

@@ -25,15 +25,15 @@ import mlflow
 import numpy as np
 import yaml
 
-from pipeline.array_cache import ArrayCache
 from pipeline.augmentation import BatchAugmenter
-from pipeline.augmentation_config import AugmentationConfig, read_ablation_label
 from pipeline.backend import tf
-from pipeline.config import ModelConfig, validate
-from pipeline.datasets import ImageSet, decoded_images
-from pipeline.frozen_runtime import SplitClassifier
-from pipeline.partition import read_classes
-from pipeline.progress_bars import progress_bar
+from pipeline.config.augmentation import AugmentationConfig, read_ablation_label
+from pipeline.config.compose import validate
+from pipeline.config.schema import ModelConfig
+from pipeline.console import progress_bar
+from pipeline.data.cache import DiskCache
+from pipeline.data.manifests import Split
+from pipeline.model.frozen_runtime import SplitClassifier
 from pipeline.study.grouping import baseline_for
 from pipeline.study.records import Difference, Group
 
@@ -89,16 +89,14 @@ def measure_affinities(
     batch_size: int,
     model_settings: ModelConfig,
     cache_dir: str,
-    cache: ArrayCache | None,
+    cache: DiskCache | None,
 ) -> list[str]:
     """Fill `affinity` of every difference (a preset whole) and ablation (its operation alone)
     from the baseline group's models; returns notes on what could not be measured."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar here, not one per download
-    split = Path(split_dir)
-    if not (split / "val.csv").is_file():
-        return [f"no affinity: no validation split at {split} (python -m pipeline.split)"]
-    classes = read_classes(split)
-    images = ImageSet.read(split, "val", classes)
+    if not (Path(split_dir) / "val.csv").is_file():
+        return [f"no affinity: no validation split at {split_dir} (python -m pipeline.split)"]
+    images = Split.read(split_dir).val
     notes: list[str] = []
     wanted: list[tuple[Difference, Group, AugmentationConfig]] = []
     for d in differences:
@@ -133,7 +131,7 @@ def measure_affinities(
             continue
         image_size = tuple(model.input_shape[1:3])
         if image_size not in decoded:
-            decoded[image_size] = decoded_images(images, image_size, cache)
+            decoded[image_size] = images.decoded(image_size, cache)
         # converted only when cached: the baselines' frozen base was, by their training on this machine
         classifier = SplitClassifier(
             model, model_settings.frozen_runtime, model_settings.frozen_precision, cache_dir, convert=False

@@ -35,10 +35,12 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from pipeline.cli import stage_entry
-from pipeline.config import Config, validate
+from pipeline.config.cli import stage_entry
+from pipeline.config.compose import validate
+from pipeline.config.schema import Config
 from pipeline.errors import TrackingError, UserError
 from pipeline.stopping import stop_requested
+from pipeline.tracking.store import tracking_uri, ui_hint, use_experiment
 
 FIGURES = ("comparison.png", "class_effects.png", "affinity_diversity.png")
 CURVES = ("val_accuracy", "val_loss", "train_loss", "epoch_seconds")  # per-epoch histories the report reads
@@ -47,7 +49,6 @@ CURVES = ("val_accuracy", "val_loss", "train_loss", "epoch_seconds")  # per-epoc
 def run(config: Config, run_ids: set[str] | None = None, record: bool = True) -> dict:
     """Compare the FINISHED training runs of the experiment (only `run_ids`, when given); `record`:
     also as a comparison run in MLflow (and a champion registered), not just the files."""
-    from pipeline import store, tracking
     from pipeline.study.decisions import correct_for_many
     from pipeline.study.figures import affinity_diversity_figure, class_effects_figure, comparison_figure
     from pipeline.study.grouping import choose_metric, group_runs, group_table
@@ -57,9 +58,10 @@ def run(config: Config, run_ids: set[str] | None = None, record: bool = True) ->
     from pipeline.study.runs import training_runs
     from pipeline.study.sequential import decide_in_rounds
     from pipeline.study.verdicts import ablation_contributions, class_flags, compare_groups
+    from pipeline.tracking.runs import connect
 
     settings = config.compare
-    tracking.connect(config, create_experiment=False)
+    connect(config, create_experiment=False)
     runs, left_out = training_runs(config.tracking.experiment, settings.filter, run_ids, CURVES)
     if not runs:
         raise TrackingError(
@@ -110,7 +112,7 @@ def run(config: Config, run_ids: set[str] | None = None, record: bool = True) ->
                 "verdicts are too sure of themselves"
             )
     if settings.affinity and (differences or ablations):
-        from pipeline.array_cache import array_cache
+        from pipeline.data.cache import disk_cache
         from pipeline.study.affinity import measure_affinities  # TensorFlow and the models load here, only when asked
 
         notes += measure_affinities(
@@ -122,7 +124,7 @@ def run(config: Config, run_ids: set[str] | None = None, record: bool = True) ->
             config.train.batch_size,
             config.model,
             config.paths.cache_dir,
-            array_cache(config.paths.cache_dir, config.data.cache),
+            disk_cache(config.paths.cache_dir, config.data.cache),
         )
     report = {
         "experiment": config.tracking.experiment,
@@ -166,7 +168,7 @@ def run(config: Config, run_ids: set[str] | None = None, record: bool = True) ->
             print(register_winner(config.tracking.model_name, groups, differences, metric))
         experiment_id, run_id = log_comparison_run(config, report, reports)
         print(
-            tracking.ui_hint(store.tracking_uri(config.tracking), experiment_id, run_id)
+            ui_hint(tracking_uri(config.tracking), experiment_id, run_id)
             + "   (this comparison: its verdicts)"
         )
     return report
@@ -213,12 +215,10 @@ def log_comparison_run(config: Config, report: dict, reports: Path) -> tuple[str
     and its figures are the artifacts."""
     import mlflow
 
-    from pipeline import store, tracking
-
     name = time.strftime("comparison-%Y%m%d-%H%M%S")
     experiment = config.tracking.experiment
     compared_id = mlflow.MlflowClient().get_experiment_by_name(experiment).experiment_id
-    target = tracking.use_experiment(comparisons_experiment(experiment), store.tracking_uri(config.tracking))
+    target = use_experiment(comparisons_experiment(experiment), tracking_uri(config.tracking))
     comparisons = report["differences"] + report["ablations"]
     with mlflow.start_run(
         run_name=name,

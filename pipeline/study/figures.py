@@ -10,7 +10,7 @@ import matplotlib.ticker
 import numpy as np
 from matplotlib.transforms import Bbox
 
-from pipeline.augmentation_config import read_ablation_label
+from pipeline.config.augmentation import read_ablation_label
 from pipeline.study.records import Difference, Group, RunSummary
 from pipeline.visuals import plt, save, wrapped
 

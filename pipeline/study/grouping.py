@@ -8,8 +8,8 @@ import math
 
 import numpy as np
 
-from pipeline.run_identity import AUGMENTED_ONLY
 from pipeline.study.records import DATA_VERSION, Group, RunSummary
+from pipeline.tracking.identity import AUGMENTED_ONLY
 
 # Params that differ between the runs of one group by design, or do not change the model.
 NOT_GROUPING = (

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from pipeline.run_identity import AUGMENTED_ONLY  # a plain run's value of these is no setting of its group
+from pipeline.tracking.identity import AUGMENTED_ONLY  # a plain run's value of these is no setting of its group
 
 DATA_VERSION = "data.version"  # the data a run trained on (its manifests' hash): a setting, read from its tag
 

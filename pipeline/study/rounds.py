@@ -24,9 +24,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.augmentation_config import read_ablation_label
-from pipeline.cli import check_group_option, stage_entry
-from pipeline.config import Config
+from pipeline.config.augmentation import read_ablation_label
+from pipeline.config.cli import check_group_option, stage_entry
+from pipeline.config.schema import Config
 from pipeline.errors import ConfigError, UserError
 from pipeline.study.sequential import DEFAULT_ROUNDS, open_comparisons
 
@@ -34,8 +34,8 @@ SET_PER_ROUND = ("seed=", "compare.", "hydra.", "augmentation=", "augmentation.a
 
 
 def run(config: Config) -> dict:
-    from pipeline.store import check_store
     from pipeline.study import compare
+    from pipeline.tracking.store import check_store
 
     settings = config.compare
     rounds = list(settings.rounds or DEFAULT_ROUNDS)

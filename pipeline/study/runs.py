@@ -10,7 +10,7 @@ from mlflow.exceptions import MlflowException
 
 from pipeline.errors import TrackingError
 from pipeline.study.records import DATA_VERSION, RunSummary
-from pipeline.tracking import EPOCH_PREFIX, SPLIT_NAMES
+from pipeline.tracking.record import EPOCH_PREFIX, SPLIT_NAMES
 
 DATA_VERSION_DIGITS = 12  # of the tag data_manifest_sha256, as the setting verdicts.DATA_VERSION
 
@@ -50,7 +50,8 @@ def training_runs(
     finished = [r for r in training if r.info.status == "FINISHED"]
     summaries = []
     for r in finished:
-        histories = {name: epoch_curve(client, r.info.run_id, name) for name in curves}
+        epochs = r.data.metrics.get("epochs_trained")
+        histories = {name: epoch_curve(client, r.info.run_id, name, epochs) for name in curves}
         summaries.append(
             RunSummary(
                 r.info.run_id,
@@ -73,11 +74,16 @@ def training_runs(
 LEGACY_NAMES = {ours: keras for keras, ours in SPLIT_NAMES.items()}  # runs recorded before the `epoch/` history
 
 
-def epoch_curve(client: mlflow.MlflowClient, run_id: str, name: str) -> list[float]:
-    """A run's per-epoch values of `name` (its `epoch/` history; an older run's plain Keras-named one)."""
-    history = client.get_metric_history(run_id, EPOCH_PREFIX + name)
-    if not history:
-        history = [m for m in client.get_metric_history(run_id, LEGACY_NAMES.get(name, name)) if m.step > 0]
+def epoch_curve(client: mlflow.MlflowClient, run_id: str, name: str, epochs: float | None) -> list[float]:
+    """A run's per-epoch values of `name`: steps 1..`epochs` of its plain-named history (the step after
+    them repeats the kept epoch, `tracking.record`); an older run's `epoch/` history; or, older still,
+    its Keras-named one."""
+    if epochs is not None:
+        history = [m for m in client.get_metric_history(run_id, name) if 1 <= m.step <= epochs]
+    else:
+        history = client.get_metric_history(run_id, EPOCH_PREFIX + name)
+        if not history:
+            history = [m for m in client.get_metric_history(run_id, LEGACY_NAMES.get(name, name)) if m.step > 0]
     return [m.value for m in sorted(history, key=lambda m: m.step)]
 
 

@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from pipeline.augmentation_config import read_ablation_label
+from pipeline.config.augmentation import read_ablation_label
 from pipeline.study import seed_statistics
 from pipeline.study.decisions import MIN_SEEDS_FOR_VERDICT, SEEDS_ADVISED, decide, intervals, within_bounds
 from pipeline.study.grouping import baseline_for, mean_std

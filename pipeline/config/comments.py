@@ -1,6 +1,6 @@
 """What each configuration key does: the comment beside its field in the schema's source
-(pipeline/config.py, augmentation_config.py, compare_config.py), read from there so that it is written once.
-`config_reference` writes them into docs/configuration.md and conf/schema/; `--help` prints them."""
+(schema.py, augmentation.py and compare.py of this package), read from there so that it is written once.
+`reference` writes them into docs/configuration.md and conf/schema/; `--help` prints them."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import io
 import tokenize
 from pathlib import Path
 
-from pipeline import augmentation_config, compare_config
-from pipeline import config as schema
+from pipeline.config import augmentation, compare, schema
 
 
 def field_comments(source: str) -> dict[tuple[str, str], str]:
@@ -39,7 +38,7 @@ def field_comments(source: str) -> dict[tuple[str, str], str]:
 
 def schema_comments() -> dict[tuple[str, str], str]:
     comments = {}
-    for module in (schema, augmentation_config, compare_config):  # the schema's files
+    for module in (schema, augmentation, compare):  # the schema's files
         comments |= field_comments(Path(module.__file__).read_text())
     return comments
 

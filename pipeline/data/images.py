@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import PIL
 from PIL import Image, ImageFile, ImageOps
 
+from pipeline.console import progress_bar
+from pipeline.data.cache import DiskCache
 from pipeline.errors import DataError
-from pipeline.progress_bars import progress_bar
 
 SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
 MAX_PIXELS = 250_000_000  # larger images are skipped (decompression-bomb guard), not crashed on
@@ -110,7 +113,12 @@ def load_image(path: str | Path | io.BytesIO, size: tuple[int, int]) -> np.ndarr
 RERUN_SPLIT = (
     "Run the split stage again (python -m pipeline.split, or dvc repro) so that the manifests match the files."
 )
-_unchanged: dict[str, tuple[int, int]] = {}  # path -> (size, mtime ns) when its bytes last matched the manifest
+
+
+def decoder_version() -> str:
+    """What decoded pixels depend on besides the file: this decoding (DECODER_VERSION) and Pillow's, whose
+    decoders and resampling it uses."""
+    return f"{DECODER_VERSION}+pillow-{PIL.__version__}"
 
 
 def _unreadable(path: str | Path, error: OSError) -> DataError:
@@ -123,21 +131,47 @@ def _changed(path: str | Path) -> DataError:
     )
 
 
-def check_unchanged(paths: list[str], sha256s: list[str]) -> None:
+def _file_identity(path: str) -> list[int]:
+    stat = os.stat(path)
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_dev]
+
+
+def check_unchanged(paths: list[str], sha256s: list[str], cache: DiskCache | None = None) -> None:
     """Every file still has the bytes its manifest recorded, or the DataError `load_checked_image`
-    gives. For a job that reads no image (a sweep's skip of a finished configuration): the first
-    check hashes each file, later ones in this process only look at its size and time."""
+    gives. A file is hashed when its size, time, inode or device differ from when it was last found
+    unchanged (`cache`: a record of that kept in the disk cache, so later processes only look at
+    each file's stat; without one, every file is hashed)."""
+    key = {"files_sha256": hashlib.sha256("\n".join(f"{p}\t{h}" for p, h in zip(paths, sha256s)).encode()).hexdigest()}
+    known = (cache.get_record("checked-files", key) if cache else None) or {}
+    now, hashed = {}, 0
     for path, sha256 in zip(paths, sha256s):
         try:
-            stat = Path(path).stat()
-            if _unchanged.get(path) == (stat.st_size, stat.st_mtime_ns):
+            now[path] = _file_identity(path)
+            if known.get(path) == now[path]:
                 continue
             data = Path(path).read_bytes()
         except OSError as error:
             raise _unreadable(path, error) from None
         if hashlib.sha256(data).hexdigest() != sha256:
             raise _changed(path)
-        _unchanged[path] = (stat.st_size, stat.st_mtime_ns)
+        hashed += 1
+    if cache and hashed:
+        cache.put_record("checked-files", key, now)
+
+
+def decode_all(paths: list[str], sha256s: list[str] | None, size: tuple[int, int]) -> np.ndarray:
+    """Every file decoded and resized (`load_checked_image`, each checked against its sha256 when
+    given): uint8 [n, height, width, 3] in order, decoded in threads with a progress bar."""
+    out = np.empty((len(paths), *size, 3), np.uint8)
+    hashes = sha256s or [None] * len(paths)
+
+    def load(i: int) -> None:
+        out[i] = load_checked_image(paths[i], size, hashes[i])
+
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 1)) as pool:
+        for _ in progress_bar(pool.map(load, range(len(paths))), total=len(paths), desc="decode images", unit="img"):
+            pass
+    return out
 
 
 def load_checked_image(path: str | Path, size: tuple[int, int], sha256: str | None) -> np.ndarray:

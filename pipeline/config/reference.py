@@ -1,9 +1,9 @@
-"""Command `config_reference`: the configuration reference and the defaults YAML, written from the schema.
+"""Command `python -m pipeline.config.reference`: the configuration reference and the defaults YAML, written from the schema.
 
-    python -m pipeline.config_reference > docs/configuration.md   # or --write: both, in place
+    python -m pipeline.config.reference > docs/configuration.md   # or --write: both, in place
 
 Every key of `config.Config` with its type, its default and the comment beside its field in
-pipeline/config.py (augmentation_config.py for `augmentation.*`, compare_config.py for `compare.*`), and the options of every config group in conf/. A test keeps
+pipeline/config/schema.py (augmentation.py beside it for `augmentation.*`, compare.py for `compare.*`), and the options of every config group in conf/. A test keeps
 docs/configuration.md equal to this output, so the reference cannot drift from the code.
 
 The defaults are written once, in the dataclasses. Hydra and DVC compose YAML, though: DVC's
@@ -18,13 +18,13 @@ from __future__ import annotations
 import dataclasses
 import textwrap
 
-from pipeline import config as schema
-from pipeline.schema_comments import schema_comments
+from pipeline.config import schema
+from pipeline.config.comments import schema_comments
 
 CONF = schema.PROJECT_ROOT / "conf"
 GROUPS = ("experiment", "augmentation", "model", "hparams_search")
 # The sections whose defaults conf/config.yaml lays from conf/schema/ (presets name themselves).
-SCHEMA_SECTIONS = ("data", "augmentation", "model", "train", "tracking", "compare")
+SCHEMA_SECTIONS = ("data", "augmentation", "model", "train", "tracking", "compare", "paths")
 NAMED_BY_PRESET = ("augmentation", "model")
 
 
@@ -75,7 +75,7 @@ def _yaml_value(value) -> str:
 def schema_yaml(section: str, comments: dict) -> str:
     """conf/schema/<section>.yaml: every key of the section's dataclass with its default and comment."""
     node = type(getattr(schema.Config(), section))
-    module = node.__module__.rpartition(".")[2]
+    module = node.__module__.replace(".", "/")
     where = (
         "conf/config.yaml lays these keys under the chosen preset, so any key can be set on any preset and "
         "a preset file lists only what it changes."
@@ -84,7 +84,7 @@ def schema_yaml(section: str, comments: dict) -> str:
         "with dvc exp run -S, or in conf/experiment/."
     )
     header = (
-        f"Generated from {node.__name__} in pipeline/{module}.py by `python -m pipeline.config_reference "
+        f"Generated from {node.__name__} in {module}.py by `python -m pipeline.config.reference "
         f"--write`: change a default there, not here. {where}"
     )
     lines = ["# " + line for line in textwrap.wrap(header, 96)]
@@ -114,7 +114,7 @@ def default_experiment_keys(name: str = "cpu") -> str:
     """What the default experiment (conf/config.yaml) sets: its group choices and keys, in words."""
     from omegaconf import OmegaConf
 
-    from pipeline.config import flatten
+    from pipeline.config.compose import flatten
 
     raw = OmegaConf.to_container(OmegaConf.load(CONF / "experiment" / f"{name}.yaml"))
     choices = [f"`{next(iter(d)).split('/')[-1]}={v}`" for d in raw.pop("defaults", []) for v in d.values()]
@@ -127,7 +127,7 @@ def reference(comments: dict[tuple[str, str], str] | None = None) -> str:
     lines = [
         "# Configuration",
         "",
-        "Generated from the schema (`pipeline/config.py`, `augmentation_config.py`, `compare_config.py`) by `python -m pipeline.config_reference`;",
+        "Generated from the schema (`pipeline/config/schema.py`, `augmentation.py` and `compare.py` beside it) by `python -m pipeline.config.reference`;",
         "a test keeps it current. Set any key on the command line (`train.epochs=30`), with",
         "`dvc exp run -S train.epochs=30`, or in a `conf/experiment/` file. A misspelt key or a value",
         "out of range is refused before any work starts, naming the key.",
@@ -156,7 +156,7 @@ def reference(comments: dict[tuple[str, str], str] | None = None) -> str:
 def main() -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.config_reference", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.config.reference", description=__doc__.split("\n")[0])
     parser.add_argument("--write", action="store_true", help="write docs/configuration.md and conf/schema/*.yaml")
     if not parser.parse_args().write:
         print(reference(), end="")

@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,22 +26,11 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from pipeline.errors import TrackingError
-
-PROBE_TIMEOUT_S = 5.0  # a /health probe, and one logging attempt while the server is away
-WAIT_NOTE_EVERY_S = 30.0  # how often a wait for the server says it is still waiting
+from pipeline.tracking.store import PROBE_TIMEOUT_S, answers, patiently
 
 
 class ServerGone(TrackingError):
     """The tracking server stayed away longer than tracking.server_patience_s."""
-
-
-def answers(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
-    """True when the tracking server at `uri` answers its /health probe."""
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
-        return True
-    except OSError:
-        return False
 
 
 @contextlib.contextmanager
@@ -96,22 +84,21 @@ class EpochLog:
 
     def finish(self) -> None:
         """Before the run's last records (artifacts, the model): the server must answer. Waits
-        for it, saying so, for what is left of the patience; then logs what was kept."""
+        for it (`store.patiently`), saying so, for what is left of the patience; then logs what was kept."""
         if not self.remote or (not self.waiting and self.away_since is None):
             return
-        next_note = 0.0
-        while not (answers(self.uri) and self._flush()):
+        left_s = self.patience_s - (time.monotonic() - self.away_since)
+
+        def say(waited_s: float) -> None:
             away_s = time.monotonic() - self.away_since
-            if away_s > self.patience_s:
-                self._give_up("training finished, but its model and reports are not recorded yet")
-            if away_s >= next_note:
-                print(
-                    f"note: waiting for the tracking server {self.uri} to record the finished training: away for "
-                    f"{away_s:.0f} s of {self.patience_s:.0f} (tracking.server_patience_s)",
-                    flush=True,
-                )
-                next_note = away_s + WAIT_NOTE_EVERY_S
-            time.sleep(1.0)
+            print(
+                f"note: waiting for the tracking server {self.uri} to record the finished training: away for "
+                f"{away_s:.0f} s of {self.patience_s:.0f} (tracking.server_patience_s)",
+                flush=True,
+            )
+
+        if not patiently(lambda: answers(self.uri) and self._flush(), max(left_s, 0.0), say):
+            self._give_up("training finished, but its model and reports are not recorded yet")
 
     def _flush(self) -> bool:
         """Log every kept epoch in one call; False (and the clock of the outage started) when the
@@ -159,24 +146,17 @@ def unended_runs_dir(cache_dir: str) -> Path:
     return Path(cache_dir).expanduser() / "unended-runs"
 
 
-def end_runs_left_open(uri: str, unended_dir: Path) -> None:
-    """End FAILED, with the reason they were written down with, the runs that a training could
-    not end because this server was away (`EpochLog`); they are resumable all the same."""
-    client = mlflow.MlflowClient()
+def unended_runs(unended_dir: Path, uri: str) -> list[dict]:
+    """The runs of the server at `uri` that a training could not end ({run_id, uri, reason} each);
+    `runs.end_runs_left_open` ends them FAILED."""
+    found = []
     for record in sorted(Path(unended_dir).glob("*.json")):
-        try:
+        with contextlib.suppress(OSError, ValueError):
             left = json.loads(record.read_text())
-        except (OSError, ValueError):
-            continue
-        if left.get("uri") != uri:
-            continue
-        try:
-            run = client.get_run(left["run_id"])
-        except MlflowException:
-            record.unlink(missing_ok=True)  # the run is gone from the store
-            continue
-        if run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, "end_reason", left["reason"])
-            client.set_terminated(run.info.run_id, "FAILED")
-            print(f"note: run {run.info.run_id} ({run.info.run_name}) ended FAILED: {left['reason']}")
-        record.unlink(missing_ok=True)
+            if left.get("uri") == uri and "run_id" in left:
+                found.append(left)
+    return found
+
+
+def forget_unended(unended_dir: Path, run_id: str) -> None:
+    (Path(unended_dir) / f"{run_id}.json").unlink(missing_ok=True)

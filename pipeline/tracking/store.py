@@ -4,6 +4,9 @@ A local store is a sqlite file at the project root (`mlflow.db`, artifacts in `m
 it); a shared one is a tracking server (`tracking.uri=http://...`, credentials from the
 environment only). Every stage checks its store before doing any work, so "server down",
 "too slow" and "wrong credentials" are said at once, each with its fix.
+
+One health probe (`answers`) and one retry policy (`patiently`, tenacity) serve every wait for
+a server here and in `outages`.
 """
 
 from __future__ import annotations
@@ -13,18 +16,22 @@ import contextlib
 import fcntl
 import os
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import tenacity
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from pipeline.config import PROJECT_ROOT, Config, TrackingConfig
+from pipeline.config.schema import PROJECT_ROOT, TrackingConfig
 from pipeline.errors import TrackingError
+
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+PROBE_TIMEOUT_S = 5.0  # one /health probe, and one logging attempt while a server is away
+SLOW_SERVER_PATIENCE_S = 120.0  # as long as MLflow's own client keeps retrying a request
 
 
 def store_root(project: Path = PROJECT_ROOT) -> Path:
@@ -43,47 +50,86 @@ def tracking_uri(tracking: TrackingConfig) -> str:
     return uri or f"sqlite:///{store_root() / 'mlflow.db'}"
 
 
-CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-
-
-def check_store(config: Config, timeout_s: float = 5.0) -> None:
+def check_store(tracking: TrackingConfig, timeout_s: float = PROBE_TIMEOUT_S) -> str:
     """The store answers and lets us in (a server) or can be written (sqlite), said in a second:
-    training calls this before it loads TensorFlow."""
-    uri = tracking_uri(config.tracking)
+    training calls this before it loads TensorFlow. Returns its URI."""
+    uri = tracking_uri(tracking)
     if uri.startswith(("http://", "https://")):
         check_server(uri, timeout_s)
     elif uri.startswith("sqlite:///"):
         check_sqlite_store(Path(uri[len("sqlite:///") :]))
+    return uri
 
 
-SLOW_SERVER_PATIENCE_S = 120.0  # as long as MLflow's own client keeps retrying a request
+def patiently(attempt: Callable[[], bool], patience_s: float, on_wait: Callable[[float], None]) -> bool:
+    """The one retry policy for a server that is away or slow: `attempt()` until it returns True,
+    waiting 1, 2, 4, ... up to 30 s between attempts, for at most `patience_s` seconds; `on_wait(waited
+    seconds)` before each wait. False when the patience ran out."""
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_result(lambda done: not done),
+        wait=tenacity.wait_exponential(multiplier=1, max=30),
+        stop=tenacity.stop_after_delay(patience_s),
+        before_sleep=lambda state: on_wait(state.seconds_since_start or 0.0),
+        retry_error_callback=lambda state: False,
+    )
+    return retrying(attempt)
+
+
+def probe(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> str:
+    """The one health probe of a tracking server: `answers`, `slow` (it accepts the connection but
+    says nothing within `timeout_s`) or `down` (refused, no such host)."""
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+        return "answers"
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        return "slow" if isinstance(reason, TimeoutError) or "timed out" in str(reason) else "down"
+
+
+def answers(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    return probe(uri, timeout_s) == "answers"
 
 
 def check_server(uri: str, timeout_s: float, patience_s: float = SLOW_SERVER_PATIENCE_S) -> None:
     """A tracking server answers, and lets us in: "server down", "too slow" and "wrong or missing
     credentials" each get their own one-line advice. A server that refuses connections is down
     at once; one that accepts but answers slowly (busy, or fifty jobs starting together) is asked
-    again with a doubled timeout, starting at `timeout_s`, for up to `patience_s` seconds."""
+    again (`patiently`), each time waiting twice as long for its answer, for up to `patience_s`."""
     if "@" in urllib.parse.urlsplit(uri).netloc:
         raise TrackingError(
             f"tracking.uri holds credentials ({uri.split('@')[-1]}): a URI is logged and shared. "
             f"Set {CREDENTIALS[0]} and {CREDENTIALS[1]} in the environment instead."
         )
-    try:
-        _patient_open(urllib.request.Request(uri.rstrip("/") + "/health"), uri, timeout_s, patience_s).close()
-    except (urllib.error.URLError, TimeoutError, OSError) as error:
+    state = probe(uri, timeout_s)
+    if state == "down":
         raise TrackingError(
-            f"The MLflow tracking server at {uri} does not answer ({getattr(error, 'reason', error)}). "
+            f"The MLflow tracking server at {uri} does not answer (connection refused). "
             "Start it (mlflow server --host 127.0.0.1 --port 5000), fix tracking.uri / $MLFLOW_TRACKING_URI, "
             f"or leave both unset to record into sqlite:///{store_root() / 'mlflow.db'}."
-        ) from None
+        )
+    if state == "slow":
+        timeouts = (timeout_s * 2**k for k in range(1, 64))
+
+        def say(waited_s: float) -> None:
+            print(f"note: the MLflow tracking server at {uri} is slow to answer ({waited_s:.0f} s so far); asking again")
+
+        if not patiently(lambda: answers(uri, next(timeouts)), patience_s, say):
+            raise TrackingError(
+                f"The MLflow tracking server at {uri} accepts connections but has not answered in "
+                f"{patience_s:.0f} s: it is overloaded or stuck. Try again later, or give it more "
+                "workers (mlflow server --workers N)."
+            )
+    _check_credentials(uri, timeout_s)
+
+
+def _check_credentials(uri: str, timeout_s: float) -> None:
     request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
     user, password = (os.environ.get(name) for name in CREDENTIALS)
     if user:
         token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     try:
-        _patient_open(request, uri, timeout_s, patience_s).close()
+        urllib.request.urlopen(request, timeout=max(timeout_s, 30.0)).close()
     except urllib.error.HTTPError as error:
         if error.code == 401:
             who = f"refuses user '{user}': wrong password or unknown user" if user else "asks for credentials"
@@ -97,41 +143,9 @@ def check_server(uri: str, timeout_s: float, patience_s: float = SLOW_SERVER_PAT
                 f"The MLflow tracking server at {uri} lets user '{user}' in but not read experiments: "
                 "ask its admin for a permission."
             ) from None
-        raise TrackingError(
-            f"The MLflow tracking server at {uri} answers HTTP {error.code} ({error.reason})."
-        ) from None
-    except (urllib.error.URLError, TimeoutError, OSError) as error:
+        raise TrackingError(f"The MLflow tracking server at {uri} answers HTTP {error.code} ({error.reason}).") from None
+    except OSError as error:
         raise TrackingError(f"The MLflow tracking server at {uri} stopped answering ({error}).") from None
-
-
-def _timed_out(error: BaseException) -> bool:
-    reason = getattr(error, "reason", error)
-    return isinstance(reason, TimeoutError) or "timed out" in str(reason)
-
-
-def _patient_open(request: urllib.request.Request, uri: str, timeout_s: float, patience_s: float):
-    """urlopen, asked again with a doubled timeout while the server is slow (not while it is down)."""
-    start, attempt_s = time.monotonic(), timeout_s
-    while True:
-        try:
-            return urllib.request.urlopen(request, timeout=attempt_s)
-        except urllib.error.HTTPError:
-            raise
-        except (urllib.error.URLError, TimeoutError, OSError) as error:
-            waited = time.monotonic() - start
-            if not _timed_out(error):
-                raise  # refused, no such host: down, said at once
-            if waited >= patience_s:
-                raise TrackingError(
-                    f"The MLflow tracking server at {uri} accepts connections but has not answered "
-                    f"in {waited:.0f} s: it is overloaded or stuck. Try again later, or give it more "
-                    "workers (mlflow server --workers N)."
-                ) from None
-            attempt_s = min(2 * attempt_s, max(patience_s - waited, 1.0))
-            print(
-                f"note: the MLflow tracking server at {uri} is slow to answer ({waited:.0f} s so far); "
-                f"asking again, waiting up to {attempt_s:.0f} s"
-            )
 
 
 # Launchers whose jobs run on other machines: they cannot share a sqlite file.
@@ -165,9 +179,7 @@ def check_sqlite_store(store: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise TrackingError(
-            f"The MLflow store {store} cannot be created: {error.strerror or error}. {advice}"
-        ) from None
+        raise TrackingError(f"The MLflow store {store} cannot be created: {error.strerror or error}. {advice}") from None
     if store.exists() and not os.access(store, os.R_OK | os.W_OK):
         raise TrackingError(f"The MLflow store {store} is read-only for this user. {advice}")
     if not os.access(folder, os.W_OK):  # sqlite writes its journal beside the store
@@ -198,3 +210,43 @@ def artifact_location(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///") :]).parent / "mlruns").as_uri()
     return None
+
+
+# The UI's mode for classic training (MLflow 3 opens experiments in its GenAI mode otherwise).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def use_experiment(name: str, uri: str, create: bool = True):
+    """Make `name` the active experiment of the store at `uri`: created if missing (with `create`,
+    its artifacts beside the store) and tagged for the UI's model-training mode."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    with store_lock(uri):  # a new sqlite store: one process creates its tables, the others wait
+        client = mlflow.MlflowClient()
+        found = client.get_experiment_by_name(name)
+        if found is not None and found.tags.get(EXPERIMENT_KIND[0]) is None:
+            client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
+        if found is None:
+            if not create:
+                raise TrackingError(
+                    f"MLflow experiment '{name}' does not exist at {uri}: train first "
+                    "(python -m pipeline.train ...) or set tracking.experiment / tracking.uri."
+                )
+            with contextlib.suppress(MlflowException):  # created meanwhile by another job
+                mlflow.create_experiment(name, artifact_location=artifact_location(uri), tags=dict([EXPERIMENT_KIND]))
+    return mlflow.set_experiment(name)
+
+
+def experiment_link(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The experiment's runs (or one run's page) in the MLflow UI, in its model-training mode."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs{f'/{run_id}' if run_id else ''}?workflowType=machine_learning"
+
+
+def ui_hint(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """One line telling where to look at the runs (or one run): the link, and for a local store the command first."""
+    link = experiment_link(uri, experiment_id, run_id)
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow UI: {link}"
+    return f"MLflow UI: mlflow ui --backend-store-uri {uri}   then open {link}"

@@ -16,16 +16,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.config import (
-    CONF_DIR,
-    LEAF_KEYS,
-    SETTABLE_KEYS,
-    Config,
-    compose_raw,
-    flatten,
-    unknown_key_message,
-    validate,
-)
+from pipeline.config.compose import LEAF_KEYS, SETTABLE_KEYS, compose_raw, flatten, unknown_key_message, validate
+from pipeline.config.schema import CONF_DIR, Config
 from pipeline.errors import ConfigError, UserError
 from pipeline.stopping import RunKilled
 
@@ -247,8 +239,8 @@ def command_help(task: Callable, reads: tuple[str, ...], overrides: list[str], s
     """A command's --help: its module's docstring (what it does, with examples), then every key it
     reads (`reads`: sections or keys) with the value it has now - the defaults, the default
     experiment and the command line's overrides - and what it does."""
-    from pipeline.config import compose, to_dict
-    from pipeline.schema_comments import key_comments
+    from pipeline.config.comments import key_comments
+    from pipeline.config.compose import compose, to_dict
 
     module = sys.modules[task.__module__]
     started_as = getattr(sys.modules["__main__"].__spec__, "name", None)  # `python -m pipeline.compare`
@@ -314,7 +306,7 @@ def stage_entry(task: Callable[[Config], Any], reads: tuple[str, ...] = (), swee
             if in_multirun():  # a failing job is reported when the sweep ends (`sweeps`)
                 from hydra.core.hydra_config import HydraConfig
 
-                from pipeline.sweeps import run_job
+                from pipeline.config.sweeps import run_job
 
                 return run_job(job, HydraConfig.get().runtime.output_dir)
             return _explained(job)  # here: Hydra would print an error escaping its main as a traceback

@@ -15,10 +15,10 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
+from pipeline.console import progress_bar
+from pipeline.data.images import is_ignored
+from pipeline.data.partition import SPLIT_FOLDER_NAMES
 from pipeline.errors import DataError
-from pipeline.images import is_ignored
-from pipeline.partition import SPLIT_FOLDER_NAMES
-from pipeline.progress_bars import progress_bar
 
 
 def resolve_source(source: str, download_dir: str, sha256: str | None = None) -> Path:

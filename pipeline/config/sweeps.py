@@ -56,7 +56,7 @@ def check_every_job(jobs: list[list[str]], config_name: str) -> None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
 
-    from pipeline.config import validate
+    from pipeline.config.compose import validate
 
     hydra = GlobalHydra.instance().hydra
     for number, overrides in enumerate(jobs):

@@ -17,11 +17,11 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from pipeline import efficientnet_lite
 from pipeline.backend import keras
-from pipeline.config import ModelConfig, TrainConfig
+from pipeline.config.schema import ModelConfig, TrainConfig
 from pipeline.errors import ModelError
-from pipeline.model_file import check_model_file
+from pipeline.model import efficientnet_lite
+from pipeline.model.model_file import check_model_file
 
 BACKBONES = {
     "xception": ("Xception", "xception"),

@@ -9,41 +9,46 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+from pathlib import Path
 
 import mlflow
 from mlflow.entities import LoggedModelOutput, Metric
 
 
 def log_keras_model(
-    model,
+    model_path: Path,
     image_size: tuple[int, int],
-    classes_file: str | os.PathLike,
+    classes_file: Path,
     best_epoch: int,
-    describe: dict[str, str] | None = None,
-    params: dict[str, str] | None = None,
+    describe: dict[str, str],
+    params: dict[str, str],
 ) -> str:
-    """Log the model as the run's LoggedModel `model` (READY), with signature, input example
-    and classes.json (the class names in output order, which `pipeline.predict` reads), linked
-    to the run at the best epoch's step, whose metrics become the model's. Returns its model id;
-    `models:/<id>` and `runs:/<run id>/model` both load it.
+    """Log the saved model (reloaded off any distribution strategy: no cluster needed to load it)
+    as the run's LoggedModel `model` (READY), with signature, input example and classes.json (the
+    class names in output order, which `pipeline.predict` reads), linked to the run at the best
+    epoch's step, whose metrics become the model's. Returns its model id; `models:/<id>` and
+    `runs:/<run id>/model` both load it.
 
     `mlflow.keras.log_model(..., input_example=...)` in MLflow 3.17 writes the example before
     creating its folder (mlflow#16183), so the model is saved into a folder made here and
     uploaded with `log_model_artifacts`; a failed upload leaves the LoggedModel FAILED.
-    Its name stays `model` (what `runs:/<run id>/model` resolves); `describe` (augmentation, model,
-    seed) becomes its tags, so the UI's model list says what each one is; `params` (the run's
-    configuration), its parameters.
+    Its name stays `model` (what `runs:/<run id>/model` resolves); its tags say what it is
+    (`describe`: augmentation, model, seed), so the UI's model list tells them apart; its `params`
+    are the run's configuration.
     """
     import tempfile
 
     import numpy as np
     from mlflow.models import infer_signature
 
+    from pipeline.backend import keras
+
+    model = keras.models.load_model(model_path)
     run_id = mlflow.active_run().info.run_id
     example = np.full((1, *image_size, 3), 127.0, np.float32)
     signature = infer_signature(example, model.predict(example, verbose=0))
     logged = mlflow.initialize_logged_model(
-        name="model", source_run_id=run_id, model_type="keras", tags=describe or {}, params=params or {}
+        name="model", source_run_id=run_id, model_type="keras", tags=describe, params=params
     )
     try:
         with tempfile.TemporaryDirectory() as scratch:

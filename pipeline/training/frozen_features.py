@@ -20,35 +20,46 @@ as in `datasets.build_train_dataset`; a resumed run recomputes exactly the views
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
-from pipeline.array_cache import ArrayCache
 from pipeline.augmentation import BatchAugmenter, mix_batch
-from pipeline.augmentation_config import AugmentationConfig
 from pipeline.backend import tf
-from pipeline.datasets import ImageSet, images_key, steps_per_epoch, without_autotune
-from pipeline.frozen_runtime import FrozenNetwork
-from pipeline.progress_bars import progress_bar
+from pipeline.config.augmentation import AugmentationConfig
+from pipeline.console import progress_bar
+from pipeline.data.cache import DiskCache
+from pipeline.data.manifests import ImageSet
+from pipeline.model.frozen_runtime import FrozenNetwork
 from pipeline.stopping import raise_if_stopped
+from pipeline.training.pipelines import steps_per_epoch, without_autotune
+
+
+def features_key(network: FrozenNetwork, images: ImageSet, image_size: tuple[int, int]) -> dict:
+    """What the frozen part's outputs depend on: the decoded pixels' inputs (`ImageSet.decoded_key`),
+    the network's content (weights, layers, compute dtypes, Keras version: `frozen_runtime.content_digest`)
+    and the runtime that ran it, with its version and precision."""
+    return {"images": images.decoded_key(image_size), "network": network.digest, "runtime": network.description}
 
 
 def plain_features(
     network: FrozenNetwork,
     images: ImageSet,
-    pixels: np.ndarray,
+    image_size: tuple[int, int],
+    pixels: Callable[[], np.ndarray],
     batch_size: int,
-    cache: ArrayCache | None,
+    cache: DiskCache | None,
     split: str = "",
 ) -> np.ndarray:
-    """The frozen network's outputs for the decoded `pixels` of `images` (float32 [n, ...], in
-    order), kept in `cache` under the images' content and the network's."""
+    """The frozen network's outputs for `images` (float32 [n, ...], in order), kept in `cache` under
+    `features_key`; `pixels()` gives the decoded images, read only when the outputs are computed."""
 
     def compute() -> np.ndarray:
+        decoded = pixels()
         bar = progress_bar(total=len(images), desc=f"base features{f' ({split})' if split else ''}", unit="img")
         parts = []
         batches = (
-            (pixels[i : i + batch_size], min(batch_size, len(images) - i)) for i in range(0, len(images), batch_size)
+            (decoded[i : i + batch_size], min(batch_size, len(images) - i)) for i in range(0, len(images), batch_size)
         )
         for out, count in network.map(batches):
             parts.append(out)
@@ -59,12 +70,7 @@ def plain_features(
 
     if cache is None or images.sha256 is None:
         return compute()
-    key = {
-        "images": images_key(images, tuple(pixels.shape[1:3])),
-        "network": network.digest,
-        "runtime": network.description,
-    }
-    return cache.get_or_compute("features", key, compute)
+    return cache.get_or_compute("features", features_key(network, images, image_size), compute)
 
 
 def epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
@@ -116,7 +122,7 @@ class AugmentedViews:
         self.network, self.images, self.pixels = network, images, pixels
         self.augmentation, self.batch_size, self.seed, self.views = augmentation, batch_size, seed, views
         self.steps = steps_per_epoch(images, batch_size)
-        self.labels = np.eye(len(images.classes), dtype=np.float32)[np.asarray(images.labels, np.int64)]
+        self.labels = images.one_hot()
         self._augment = _augmenting_function(augmentation, tuple(pixels.shape[1:]), len(images.classes), seed)
         self._features: dict[int, np.ndarray] = {}  # view -> float32 [n, ...] in image order
         self._view_labels: dict[int, np.ndarray] = {}  # view -> [n, classes] (MixUp/CutMix mix them)

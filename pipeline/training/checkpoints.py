@@ -66,7 +66,7 @@ class WorkFolder:
     """The work folder of one training configuration, locked for as long as it is open."""
 
     def __init__(self, models_dir: Path, identity: dict[str, str]):
-        from pipeline.run_identity import digest_of
+        from pipeline.tracking.identity import digest_of
 
         self.identity = identity
         self.started_as: dict[str, str] | None = None  # identity.json of an interrupted state, once opened

@@ -1,36 +1,36 @@
-"""Fitting one model, for the `train` stage (pipeline/train.py tells its story; run_record.py
-records it): the model and its datasets built under the distribution strategy (`FitSetup`), the
-frozen part run ahead in the fastest runtime, and Keras' fit resumed from a checkpoint.
+"""Fitting one model, for the `train` stage (pipeline/train.py tells its story): the model and its
+datasets built under the distribution strategy (`FitSetup`), the frozen part run ahead in the
+fastest runtime, Keras' fit resumed from a checkpoint, and the model saved.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from pipeline import devices
-from pipeline.array_cache import array_cache
 from pipeline.augmentation import augmentation_layer
 from pipeline.backend import keras
-from pipeline.checkpoints import EpochCheckpoints, SavedState, StopOnSignal, WorkFolder
-from pipeline.config import Config, TrainConfig
-from pipeline.datasets import (
-    ImageSet,
-    Split,
+from pipeline.config.schema import Config, TrainConfig
+from pipeline.data.cache import DiskCache, disk_cache
+from pipeline.data.manifests import ImageSet, Split
+from pipeline.errors import ConfigError, DataError
+from pipeline.files import atomic_target
+from pipeline.model.classifier import build_model, compile_model, fine_tune_split, frozen_backbone
+from pipeline.model.frozen_runtime import FrozenNetwork, frozen_network
+from pipeline.training import devices
+from pipeline.training.checkpoints import EpochCheckpoints, SavedState, StopOnSignal, WorkFolder
+from pipeline.training.epoch_lines import ProgressLines
+from pipeline.training.frozen_features import AugmentedViews, plain_features
+from pipeline.training.pipelines import (
     build_eval_dataset,
     build_feature_eval_dataset,
     build_feature_train_dataset,
     build_train_dataset,
-    decoded_images,
     steps_per_epoch,
 )
-from pipeline.epoch_lines import ProgressLines
-from pipeline.errors import ConfigError, DataError
-from pipeline.frozen_features import AugmentedViews, plain_features
-from pipeline.frozen_runtime import FrozenNetwork, frozen_network
-from pipeline.models import build_model, compile_model, fine_tune_split, frozen_backbone
 
 
 @dataclass
@@ -41,11 +41,34 @@ class FitSetup:
     trainer: keras.Model  # what is fitted: `model`, behind the Augment layer when placement is 'model'
     train_set: ImageSet
     val_set: ImageSet
+    image_size: tuple[int, int]
     placement: str
     replicas: int  # of the distribution strategy
-    pixels: dict[str, np.ndarray]  # "train", "val": decoded (`decoded_images`), each file checked as read
+    cache: DiskCache | None
     network: FrozenNetwork | None = None  # the frozen part, when the trainable part trains on its outputs
     node: str | None = None  # this process's task in a multi-worker cluster (worker-0), else None
+    device: str = ""
+    _pixels: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def pixels(self, name: str) -> np.ndarray:
+        """The decoded images of "train" or "val" (`ImageSet.decoded`), read when first needed: a plain
+        run whose frozen features are kept reads no pixels at all."""
+        if name not in self._pixels:
+            self._pixels[name] = getattr(self, f"{name}_set").decoded(self.image_size, self.cache)
+        return self._pixels[name]
+
+    def facts(self) -> dict:
+        """What the run's record adds from this setup: params, tags and the cluster node."""
+        return {
+            "params": {
+                "data.train_images": len(self.train_set),
+                "data.val_images": len(self.val_set),
+                "data.classes": ",".join(self.train_set.classes),
+                "model.frozen_runtime_used": self.network.description if self.network else "none",
+            },
+            "tags": {"augmentation_placement": self.placement, "replicas": str(self.replicas), "device": self.device},
+            "node": self.node,
+        }
 
 
 def split_for_runtime(config: Config, model: keras.Model, placement: str) -> tuple[keras.Model, keras.Model] | None:
@@ -75,19 +98,15 @@ def split_for_runtime(config: Config, model: keras.Model, placement: str) -> tup
 
 
 def prepare_fit(config: Config, strategy, split: Split) -> FitSetup:
-    classes, train_set, val_set = split.classes, split.train, split.val
+    """The model and its trainer, compiled under `strategy`, and the frozen part in its runtime. Every
+    train and val image is checked against the manifest first, whatever the cache holds."""
     image_size = tuple(config.data.image_size)
-
-    # every image read (and checked against the manifest) now, before any record of the run exists
-    cache = array_cache(config.paths.cache_dir, config.data.cache)
-    pixels = {
-        name: decoded_images(images, image_size, cache) for name, images in (("train", train_set), ("val", val_set))
-    }
-
+    cache = disk_cache(config.paths.cache_dir, config.data.cache)
+    split.require_unchanged(cache)
     devices.configure_precision(config.train)
     placement = devices.augmentation_placement(config.augmentation)
     with strategy.scope():
-        model = build_model(config.model, len(classes), image_size)
+        model = build_model(config.model, len(split.classes), image_size)
         parts = split_for_runtime(config, model, placement)
         trainer = parts[1] if parts else model
         if placement == "model" and not config.augmentation.is_identity:
@@ -95,13 +114,8 @@ def prepare_fit(config: Config, strategy, split: Split) -> FitSetup:
                 [keras.Input((*image_size, 3)), augmentation_layer(config.augmentation, config.seed), model],
                 name="augmented_training",
             )
-        compile_model(
-            trainer,
-            config.model,
-            config.train,
-            steps_per_epoch(train_set, config.train.batch_size),
-            devices.jit_setting(config.train),
-        )
+        steps = steps_per_epoch(split.train, config.train.batch_size)
+        compile_model(trainer, config.model, config.train, steps, devices.jit_setting(config.train))
     network = None
     if parts:
         network = frozen_network(
@@ -110,13 +124,15 @@ def prepare_fit(config: Config, strategy, split: Split) -> FitSetup:
     return FitSetup(
         model,
         trainer,
-        train_set,
-        val_set,
+        split.train,
+        split.val,
+        image_size,
         placement,
         devices.replica_count(strategy),
-        pixels,
+        cache,
         network,
         devices.task_name() if devices.is_multi_worker(strategy) else None,
+        devices.describe_device(),
     )
 
 
@@ -126,7 +142,7 @@ def feature_datasets(config: Config, setup: FitSetup, start_epoch: int):
     frozen part is deterministic, so a view's outputs are the same whether the part above it is a
     head or a fine-tuned top."""
     batch = config.train.batch_size
-    cache, network = array_cache(config.paths.cache_dir, config.data.cache), setup.network
+    cache, network = setup.cache, setup.network
     fine_tuned = config.model.fine_tune_from is not None
     views = config.train.augment_views
     part = "frozen bottom" if fine_tuned else "frozen base"
@@ -143,13 +159,16 @@ def feature_datasets(config: Config, setup: FitSetup, start_epoch: int):
         f"{part}{f' (below {config.model.fine_tune_from})' if fine_tuned else ''} in {network.description}: "
         f"{'the top and the head train' if fine_tuned else 'only the head trains'}; {how}"
     )
-    val_features = plain_features(network, setup.val_set, setup.pixels["val"], batch, cache, "val")
+    size = setup.image_size
+    val_features = plain_features(network, setup.val_set, size, lambda: setup.pixels("val"), batch, cache, "val")
     val_ds = build_feature_eval_dataset(val_features, setup.val_set, batch)
     if config.augmentation.is_identity:
-        train_features = plain_features(network, setup.train_set, setup.pixels["train"], batch, cache, "train")
+        train_features = plain_features(
+            network, setup.train_set, size, lambda: setup.pixels("train"), batch, cache, "train"
+        )
         return build_feature_train_dataset(train_features, setup.train_set, batch, config.seed, start_epoch), val_ds
     stream = AugmentedViews(
-        network, setup.train_set, setup.pixels["train"], config.augmentation, batch, config.seed, views
+        network, setup.train_set, setup.pixels("train"), config.augmentation, batch, config.seed, views
     )
     return stream.dataset(start_epoch), val_ds
 
@@ -168,9 +187,9 @@ def fit(config: Config, setup: FitSetup, callbacks: list = (), start_epoch: int 
             config.seed,
             start_epoch=start_epoch,
             augment_images=setup.placement == "data",
-            pixels=setup.pixels["train"],
+            pixels=setup.pixels("train"),
         )
-        val_ds = build_eval_dataset(setup.val_set, image_size, batch, pixels=setup.pixels["val"])
+        val_ds = build_eval_dataset(setup.val_set, image_size, batch, pixels=setup.pixels("val"))
     steps = steps_per_epoch(setup.train_set, batch)
     watched = sys.stdout.isatty()  # a terminal gets Keras' progress bar; a log gets a line every 30 s
     setup.trainer.fit(
@@ -186,12 +205,28 @@ def fit(config: Config, setup: FitSetup, callbacks: list = (), start_epoch: int 
 
 
 def fit_from_state(config: Config, setup: FitSetup, work: WorkFolder, state: SavedState, on_commit=None) -> None:
-    """Fit from where `state` stopped (checkpoint every epoch), then load the best epoch's weights."""
+    """Fit from where `state` stopped (checkpoint every epoch; `on_commit(epoch, metrics)` after
+    each), then load the best epoch's weights."""
     checkpoints = EpochCheckpoints(work, state, config.train.patience, len(setup.train_set), on_commit)
     if not state.patience_exhausted(config.train.patience):
         fit(config, setup, [checkpoints], start_epoch=state.epochs_done)
     if state.best_weights:
         work.load_weights(setup.trainer, state.best_weights)
+
+
+def save_model(setup: FitSetup, models_dir: Path) -> tuple[Path, Path]:
+    """model.keras (the best epoch's weights, the whole model: raw pixels in) and classes.json (its
+    outputs' order, for predict), written atomically; returns their paths."""
+    import json
+
+    from pipeline.files import write_atomically
+
+    models_dir.mkdir(parents=True, exist_ok=True)
+    model_path, classes_path = models_dir / "model.keras", models_dir / "classes.json"
+    with atomic_target(model_path) as scratch:
+        setup.model.save(scratch)
+    write_atomically(classes_path, json.dumps(setup.train_set.classes) + "\n")
+    return model_path, classes_path
 
 
 def refuse_a_changed_schedule(work: WorkFolder, train_config: TrainConfig) -> None:

@@ -30,8 +30,6 @@ import io
 import logging
 import os
 import shutil
-import tempfile
-from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,25 +37,23 @@ from typing import Any
 import numpy as np
 
 from pipeline.backend import keras, tf
+from pipeline.config.schema import DEFAULT_CACHE_DIR
+from pipeline.console import say_once
+from pipeline.data.cache import folder_files, folder_proven, record_folder
+from pipeline.files import atomic_target
 
 NETWORKS_FOLDER = "frozen-networks"
 
-_notes_said: set[str] = set()  # each fallback note is said once per process
 _compiled: dict[tuple[str, str, str], FrozenNetwork] = {}  # (digest, runtime, precision) -> network
 
 
-def say_once(note: str) -> None:
-    if note not in _notes_said:
-        _notes_said.add(note)
-        print(f"note: {note}")
-
-
 def content_digest(model: keras.Model) -> str:
-    """A sha256 of what the network computes: its input shape, layer types and every weight's
-    shape and bytes. Two builds of the same frozen base hash alike; a fine-tuned one does not."""
-    digest = hashlib.sha256(str(tuple(model.input_shape)).encode())
+    """A sha256 of what the network computes: the Keras version that runs and exports it, its input
+    shape, each layer's type and dtype policy (`train.mixed_precision` computes in float16), and every
+    weight's shape and bytes. Two builds of the same frozen base hash alike; a fine-tuned one does not."""
+    digest = hashlib.sha256(f"keras {keras.__version__} {tuple(model.input_shape)}".encode())
     for layer in _all_layers(model):
-        digest.update(type(layer).__name__.encode())
+        digest.update(f"{type(layer).__name__} {layer.dtype_policy.name}".encode())
     for weight in model.weights:
         value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
         digest.update(f"{value.dtype}{value.shape}".encode())
@@ -121,26 +117,26 @@ class OpenVinoNetwork(FrozenNetwork):
         return np.concatenate([out for out, _ in self.map((part, None) for part in parts)])
 
     def map(self, batches: Iterable[tuple[np.ndarray, Any]]) -> Iterator[tuple[np.ndarray, Any]]:
-        # requests of this call's own: two maps at once (a training's prefetch thread and an
-        # evaluation) never share one
-        in_flight: deque = deque()
-        free = deque(self.compiled.create_infer_request() for _ in range(self.requests))
-        for pixels, tag in batches:
-            if not free:
-                yield self._collect(in_flight, free)
-            request = free.popleft()
-            pixels = np.ascontiguousarray(pixels, np.float32)  # kept alive in in_flight until done
-            request.start_async({0: pixels}, share_inputs=True)
-            in_flight.append((request, tag, pixels))
-        while in_flight:
-            yield self._collect(in_flight, free)
+        """(outputs, tag) for each (pixels, tag), in order, `requests` batches in flight (OpenVINO's
+        AsyncInferQueue: a queue of this call's own, so that two maps at once - a training's prefetch
+        thread and an evaluation - never share a request)."""
+        import openvino
 
-    @staticmethod
-    def _collect(in_flight: deque, free: deque) -> tuple[np.ndarray, Any]:
-        request, tag, _ = in_flight.popleft()
-        request.wait()
-        free.append(request)
-        return request.get_output_tensor(0).data.copy(), tag
+        queue = openvino.AsyncInferQueue(self.compiled, self.requests)
+        done: dict[int, np.ndarray] = {}
+        queue.set_callback(lambda request, index: done.__setitem__(index, request.get_output_tensor(0).data.copy()))
+        waiting: dict[int, tuple[Any, np.ndarray]] = {}  # index -> (tag, its input, kept alive until done)
+        emitted = 0
+        for index, (pixels, tag) in enumerate(batches):
+            waiting[index] = (tag, np.ascontiguousarray(pixels, np.float32))
+            queue.start_async({0: waiting[index][1]}, index, share_inputs=True)  # waits for a free request
+            while emitted in done:
+                yield done.pop(emitted), waiting.pop(emitted)[0]
+                emitted += 1
+        queue.wait_all()
+        while emitted in done:
+            yield done.pop(emitted), waiting.pop(emitted)[0]
+            emitted += 1
 
 
 def _openvino_version() -> str:
@@ -153,7 +149,7 @@ def frozen_network(
     model: keras.Model,
     runtime: str = "auto",
     precision: str = "f32",
-    cache_dir: str | Path = "~/.cache/augment-pipeline",
+    cache_dir: str | Path = DEFAULT_CACHE_DIR,
     convert: bool = True,
 ) -> FrozenNetwork:
     """`model` (frozen: pixels in, features out) in the configured runtime.
@@ -176,23 +172,12 @@ def frozen_network(
     digest = content_digest(model)
     key = (digest, "openvino", precision)
     if key not in _compiled:
-        folder = Path(cache_dir).expanduser() / NETWORKS_FOLDER
-        saved = folder / digest[:32]
-        if not (saved / "saved_model.pb").is_file():
-            if not convert:
-                return FrozenNetwork(model, digest)
-            try:
-                _export_saved_model(model, saved)
-            except Exception as error:  # an op the exporter cannot trace: TensorFlow can still run it
-                say_once(
-                    f"the frozen layers could not be exported for OpenVINO ({str(error).splitlines()[0][:160]}): "
-                    "they run in TensorFlow"
-                )
-                return FrozenNetwork(model, digest)
+        saved = exported_network(model, digest, Path(cache_dir).expanduser() / NETWORKS_FOLDER, convert)
+        if saved is None:
+            return FrozenNetwork(model, digest)
         try:
-            _compiled[key] = _compile(saved, folder / "compiled", precision, tuple(model.output_shape[1:]), digest)
-        except RuntimeError as error:  # an op OpenVINO cannot read or compile, or a damaged export
-            shutil.rmtree(saved, ignore_errors=True)  # exported again next time
+            _compiled[key] = _compile(saved, precision, tuple(model.output_shape[1:]), digest)
+        except RuntimeError as error:  # an op OpenVINO cannot read or compile
             say_once(
                 f"OpenVINO cannot run the frozen layers ({str(error).splitlines()[0][:160]}): they run in TensorFlow"
             )
@@ -200,50 +185,80 @@ def frozen_network(
     return _compiled[key]
 
 
+def exported_network(model: keras.Model, digest: str, folder: Path, convert: bool) -> Path | None:
+    """The network's SavedModel export in `folder`, proven to be the files written when it was exported
+    from these weights (`cache.folder_proven`; a damaged one is exported again), or None where it
+    cannot be had (`convert=False` and none kept, or an op the exporter cannot trace)."""
+    saved, card = folder / digest[:32], folder / f"{digest[:32]}.card.json"
+    made_from = {"network": digest, "tensorflow": tf.__version__}
+    if saved.exists() and not folder_proven(saved, card, made_from):
+        print(f"note: the exported network {saved} is not the one written from these weights: exporting it again")
+        shutil.rmtree(saved, ignore_errors=True)
+    if saved.exists():
+        return saved
+    if not convert:
+        return None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_target(saved) as scratch:
+            _export_saved_model(model, scratch)
+        record_folder(saved, card, made_from)
+    except Exception as error:  # an op the exporter cannot trace, or a cache that cannot be written
+        say_once(
+            f"the frozen layers could not be exported for OpenVINO ({str(error).splitlines()[0][:160]}): "
+            "they run in TensorFlow"
+        )
+        return None
+    return saved
+
+
 def _has_gpu() -> bool:
-    from pipeline import devices
+    from pipeline.training import devices
 
     return bool(devices.gpus())
 
 
 def _export_saved_model(model: keras.Model, target: Path) -> None:
-    """Keras' own SavedModel export, written beside `target` and renamed into place (atomic)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    """Keras' own SavedModel export into `target`, quietly."""
+    tf_logger = logging.getLogger("tensorflow")
+    level = tf_logger.level
+    tf_logger.setLevel(logging.WARNING)  # not "Assets written to ..." (INFO) under Hydra's logging
     try:
-        tf_logger = logging.getLogger("tensorflow")
-        level = tf_logger.level
-        tf_logger.setLevel(logging.WARNING)  # not "Assets written to ..." (INFO) under Hydra's logging
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the exported signature
-                model.export(str(scratch / "model"), format="tf_saved_model", verbose=False)
-        finally:
-            tf_logger.setLevel(level)
-        try:
-            os.replace(scratch / "model", target)
-        except OSError:  # another process exported the same network meanwhile: theirs is as good
-            if not (target / "saved_model.pb").is_file():
-                raise
+        with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the exported signature
+            model.export(str(target), format="tf_saved_model", verbose=False)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        tf_logger.setLevel(level)
 
 
-def _compile(
-    saved: Path, compiled_cache: Path, precision: str, output_shape: tuple[int, ...], digest: str
-) -> OpenVinoNetwork:
+def _compile(saved: Path, precision: str, output_shape: tuple[int, ...], digest: str) -> OpenVinoNetwork:
+    """The export compiled by OpenVINO for this CPU. Its compiled form is kept beside the export (one
+    folder per network and precision, OpenVINO's CACHE_DIR) and proven against what was compiled before
+    it is loaded; a damaged one is removed and compiled again. A cache that cannot be written compiles
+    every time."""
     import openvino
 
     core = openvino.Core()
-    compiled_cache.mkdir(parents=True, exist_ok=True)
-    core.set_property({"CACHE_DIR": str(compiled_cache)})
     if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         say_once("model.frozen_precision=bf16: this CPU has no bf16 support, so OpenVINO computes in f32")
         precision = "f32"
+    compiled_dir = saved.parent / "compiled" / f"{saved.name}-{precision}"
+    card = compiled_dir.with_name(compiled_dir.name + ".card.json")
+    made_from = {"export": folder_files(saved), "openvino": openvino.get_version(), "precision": precision}
+    if compiled_dir.exists() and any(compiled_dir.iterdir()) and not folder_proven(compiled_dir, card, made_from):
+        print(f"note: the compiled network in {compiled_dir} is not the one compiled from this export: compiling again")
+        shutil.rmtree(compiled_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        compiled_dir.mkdir(parents=True, exist_ok=True)
+    writable = os.access(compiled_dir, os.W_OK)
+    if writable:
+        core.set_property({"CACHE_DIR": str(compiled_dir)})
     compiled = core.compile_model(
         core.read_model(str(saved)),
         "CPU",
         {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "THROUGHPUT"},
     )
+    if writable and not folder_proven(compiled_dir, card, made_from):
+        record_folder(compiled_dir, card, made_from)
     return OpenVinoNetwork(compiled, precision, output_shape, digest)
 
 

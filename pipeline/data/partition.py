@@ -1,5 +1,5 @@
-"""The split: the dataset's layout read, every image assigned to train, val or test, and the
-manifests written (`data/split/{train,val,test}.csv`: path, label, sha256 of the file).
+"""The split algorithm: the dataset's layout read and every image assigned to train, val or test
+(stratified, seeded; the manifests are written by `manifests.write_split`).
 
 Layouts understood below the dataset root:
 
@@ -14,10 +14,6 @@ or a label conflict.
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import json
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -25,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.images import is_ignored
+from pipeline.data.manifests import SPLITS
 from pipeline.errors import DataError
-from pipeline.images import is_ignored
 
-SPLITS = ("train", "val", "test")
-SOURCE_FILE = "source.json"  # beside the manifests: the data.source they were made from
 SPLIT_FOLDER_NAMES = {
     "train": "train",
     "training": "train",
@@ -204,36 +199,6 @@ def _limit(rows: list[tuple[str, str, str]], per_class: int, seed: int) -> list[
     return sorted(kept)
 
 
-def write_split(result: SplitResult, split_dir: Path, report_path: Path, source: str) -> dict:
-    """Write the manifests, classes.json and the split report; return the report.
-
-    A manifest row is path,label,sha256: the file's content hash makes the manifest - and so
-    `manifest_hash`, each run's data identity and DVC's view of `data/split` - change when an
-    image is edited in place, not only when files are added, removed or relabelled."""
-    split_dir.mkdir(parents=True, exist_ok=True)
-    for split, rows in result.rows.items():
-        with open(split_dir / f"{split}.csv", "w", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(["path", "label", "sha256"])
-            writer.writerows(rows)
-    (split_dir / "classes.json").write_text(json.dumps(result.classes, indent=2) + "\n")
-    (split_dir / SOURCE_FILE).write_text(json.dumps({"source": source}) + "\n")
-    report = {
-        "source": source,
-        "classes": result.classes,
-        "counts": {s: len(rows) for s, rows in result.rows.items()},
-        "per_class": {s: dict(sorted(Counter(row[1] for row in rows).items())) for s, rows in result.rows.items()},
-        "skipped": result.skipped,
-        "ignored": result.ignored,
-        "duplicates": result.duplicates,
-        "conflicts": result.conflicts,
-        "manifest_sha256": manifest_hash(split_dir),
-    }
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    return report
-
-
 SMALL_CLASS_SHARE = 0.1  # a class with fewer train images than this share of the largest class's is flagged
 
 
@@ -250,52 +215,3 @@ def imbalance_warnings(train_counts: dict[str, int]) -> list[str]:
         for name, n in sorted(train_counts.items())
         if n < SMALL_CLASS_SHARE * train_counts[largest]
     ]
-
-
-def read_split_file(split_dir: str | Path, name: str) -> bytes:
-    """One file the split stage wrote (`train.csv`, ..., `classes.json`), or an error saying what to run."""
-    path = Path(split_dir) / name
-    if not path.exists():
-        raise DataError(f"{path} is missing: run the split stage first (python -m pipeline.split or dvc repro).")
-    return path.read_bytes()
-
-
-def read_split_files(split_dir: str | Path) -> dict[str, bytes]:
-    """The bytes of the three manifests and classes.json, each read once (a reader parses, hashes and
-    digests the same bytes, so a split written meanwhile cannot mix into one record)."""
-    return {name: read_split_file(split_dir, name) for name in (*(f"{s}.csv" for s in SPLITS), "classes.json")}
-
-
-def manifest_hash(split_dir: Path, files: dict[str, bytes] | None = None) -> str:
-    """One hash over the three manifests and classes.json: the data version a run used."""
-    digest = hashlib.sha256()
-    for name, data in (files or read_split_files(split_dir)).items():
-        digest.update(name.encode())
-        digest.update(data)
-    return digest.hexdigest()
-
-
-def manifest_rows(data: bytes) -> list[dict[str, str]]:
-    """A manifest's rows: {path, label, sha256} per image (the sha256 of its bytes at split time)."""
-    return list(csv.DictReader(io.StringIO(data.decode())))
-
-
-def read_manifest_rows(split_dir: str | Path, split: str) -> list[dict[str, str]]:
-    """One split's manifest, read from `split_dir`."""
-    return manifest_rows(read_split_file(split_dir, f"{split}.csv"))
-
-
-def read_manifest(split_dir: str | Path, split: str) -> tuple[list[str], list[str]]:
-    """Return (paths, labels) of one split's manifest."""
-    rows = read_manifest_rows(split_dir, split)
-    return [r["path"] for r in rows], [r["label"] for r in rows]
-
-
-def split_source(split_dir: str | Path) -> str | None:
-    """The `data.source` the split in `split_dir` was made from (None for a split older than this record)."""
-    path = Path(split_dir) / SOURCE_FILE
-    return json.loads(path.read_text())["source"] if path.is_file() else None
-
-
-def read_classes(split_dir: str | Path) -> list[str]:
-    return json.loads(read_split_file(split_dir, "classes.json"))

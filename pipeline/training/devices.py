@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 
-from pipeline.augmentation_config import AugmentationConfig
 from pipeline.backend import keras, tf
-from pipeline.config import TrainConfig
+from pipeline.config.augmentation import AugmentationConfig
+from pipeline.config.schema import TrainConfig
 from pipeline.errors import ConfigError
 
 

@@ -21,7 +21,7 @@ from alembic.script import ScriptDirectory
 from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 
-from pipeline.store import store_lock
+from pipeline.tracking.store import store_lock
 
 
 def study_storage(url: str | None) -> RDBStorage | None:
