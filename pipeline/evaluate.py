@@ -107,7 +107,9 @@ def run(config: Config, split: Split | None = None) -> dict:
     rows = io.StringIO()
     writer = csv.writer(rows, lineterminator="\n")
     writer.writerow(["actual", "predicted", "sha256"])  # sha256: the image, for comparisons paired by image
-    writer.writerows((classes[a], classes[p], h) for a, p, h in zip(actual, predicted, test_set.sha256 or test_set.paths))
+    writer.writerows(
+        (classes[a], classes[p], h) for a, p, h in zip(actual, predicted, test_set.sha256 or test_set.paths)
+    )
     write_atomically(reports / PREDICTIONS_FILE, rows.getvalue())
     title = f"{run_record['run_name']}, test split" if run_record and "run_name" in run_record else "test split"
     figure = confusion_matrix_figure(actual, predicted, classes, reports / "confusion.png", title)

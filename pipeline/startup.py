@@ -32,14 +32,15 @@ STARTUP_NOISE = (
 VERBOSE_VARIABLE = "AUGMENT_PIPELINE_VERBOSE"
 
 
-def quiet_tensorflow_start() -> None:
-    """Import TensorFlow and probe its devices with start-up noise filtered out of stderr."""
+def quiet_tensorflow_start() -> list[str]:
+    """Import TensorFlow and probe its devices with start-up noise filtered out of stderr; returns the
+    lines dropped."""
     if os.environ.get(VERBOSE_VARIABLE):
-        return
+        return []
     # MLflow's system-metrics monitor announces itself at INFO on every run (and that it found no GPU).
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     if "tensorflow" in sys.modules:
-        return  # loaded already (a script that imported it first): its start-up lines are out
+        return []  # loaded already (a script that imported it first): its start-up lines are out
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # C++ INFO lines off; warnings and errors stay
     sys.stderr.flush()
     saved = os.dup(2)
@@ -54,9 +55,7 @@ def quiet_tensorflow_start() -> None:
             os.dup2(saved, 2)
             os.close(saved)
         caught.seek(0)
-        kept = [
-            line
-            for line in caught.read().decode(errors="replace").splitlines(keepends=True)
-            if line.strip() and not any(noise in line for noise in STARTUP_NOISE)
-        ]
-    sys.stderr.write("".join(kept))
+        lines = [line for line in caught.read().decode(errors="replace").splitlines(keepends=True) if line.strip()]
+    noise = [line for line in lines if any(known in line for known in STARTUP_NOISE)]
+    sys.stderr.write("".join(line for line in lines if line not in noise))
+    return noise

@@ -14,12 +14,12 @@ Returns the best val_accuracy (the objective of Optuna sweeps).
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
-from pathlib import Path
 
-from pipeline.config.cli import in_multirun, stage_entry
-from pipeline.config.schema import Config, PathsConfig
-from pipeline.data.manifests import Split
+from pipeline.config.cli import in_multirun, job_folders, stage_entry
+from pipeline.config.schema import Config
+from pipeline.data.manifests import SPLITS, Split
 from pipeline.tracking.store import check_store
 
 
@@ -27,33 +27,29 @@ def run(config: Config) -> float:
     check_store(config.tracking)  # a dead or locked server is said at once, before TensorFlow loads
     # TensorFlow, Keras and MLflow load here, not at import: `--help` and a wrong key answer at once
     from pipeline.backend import keras
+    from pipeline.data.cache import disk_cache
     from pipeline.stopping import raise_if_stopped
     from pipeline.tracking import record, runs
     from pipeline.tracking.identity import digest_of, finished_run_with, training_identity
     from pipeline.training import devices
     from pipeline.training.checkpoints import WorkFolder
-    from pipeline.training.fitting import (
-        fit_from_state,
-        prepare_fit,
-        refuse_a_changed_schedule,
-        require_images,
-        save_model,
-    )
+    from pipeline.training.fitting import fit_from_state, prepare_fit, refuse_a_changed_schedule, save_model
     from pipeline.visuals import training_curves
 
     strategy = devices.make_strategy(config.train)  # first: a multi-worker strategy must precede other TF work
     keras.utils.set_random_seed(config.seed)
     split = Split.read(config.paths.split_dir)  # read once: every step of this stage gets it from here
-    require_images(split)  # before anything is recorded
-    config = with_split_source(config, split)
+    split.require_training_images()  # before anything is recorded
+    config = replace(config, data=split.recorded_source(config.data))
     chief = devices.is_chief(strategy)
     uri = runs.connect(config) if chief else None  # a dead server fails here, before any work
-    models_dir, reports_dir, work_root = output_dirs(config.paths, chief)
+    models_dir, reports_dir, work_root = job_folders(config.paths, devices.task_name() if not chief else None)
     identity = training_identity(config, split.version)
     if in_multirun() and not config.train.rerun and not devices.is_multi_worker(strategy):
         finished = finished_run_with(config.tracking.experiment, digest_of(identity))
-        if finished:
-            return skip_finished(config, finished, models_dir, reports_dir, split, uri)
+        if finished:  # its record must describe today's files: the images are checked first
+            split.require_unchanged(disk_cache(config.paths.cache_dir, config.data.cache), SPLITS)
+            return record.skip_finished(finished, models_dir, reports_dir, uri)
     work = WorkFolder(work_root, identity)
     with work.opened(config.train.resume, refuse_other=not in_multirun()) as state:
         refuse_a_changed_schedule(work, config.train)
@@ -72,78 +68,38 @@ def run(config: Config) -> float:
         f"best val_accuracy {state.best_val_accuracy:.4f} at epoch {state.best_epoch} of {state.epochs_done}; "
         f"model {model_path}" + (f", MLflow model models:/{model_id}" if model_id else "")
     )
-    if in_multirun() and config.train.test_in_sweeps:  # the sweep's verdict can then be on test accuracy
-        evaluate_in_job(config, models_dir, reports_dir, split)
     return state.best_val_accuracy or 0.0
 
 
-def with_split_source(config: Config, split: Split) -> Config:
-    """The config with `data.source` set to the folder the split read (links followed): a run records
-    the data it trains on, whatever `data.source` says on this command line."""
-    from pipeline.data.cache import say_once
-
-    folder = split.source.get("folder") or split.source.get("source")
-    if folder is None or folder == config.data.source:
-        return config
-    if config.data.source != split.source.get("source"):
-        say_once(f"{split.folder} was split from {folder}; the runs record that as data.source")
-    return replace(config, data=replace(config.data, source=folder))
-
-
-def output_dirs(paths: PathsConfig, chief: bool = True) -> tuple[Path, Path, Path]:
-    """(models dir, reports dir, work root): the configured ones, or the job folder in a multirun.
-
-    The work root holds the per-configuration checkpoint folders (`WorkFolder`); it stays
-    `paths.models_dir` in a multirun, so that a sweep run again finds its interrupted jobs.
-    The non-chief processes of a multi-worker cluster write their checkpoints into
-    `<models>/workers/<type>-<index>` so that no two processes write the same file.
-    """
-    work_root = models_dir = Path(paths.models_dir)
-    reports_dir = Path(paths.reports_dir)
-    if in_multirun():
-        from hydra.core.hydra_config import HydraConfig
-
-        job_dir = Path(HydraConfig.get().runtime.output_dir)
-        models_dir, reports_dir = job_dir / "models", job_dir / "reports"
-    if not chief:
-        from pipeline.training import devices
-
-        work_root = models_dir = work_root / "workers" / devices.task_name()
-    return models_dir, reports_dir, work_root
-
-
-def skip_finished(config: Config, finished, models_dir: Path, reports_dir: Path, split: Split, uri: str) -> float:
-    """A sweep job whose configuration was trained already: its images must still be the ones that
-    run recorded; the run is named, not redone, and evaluated when it stopped before its test."""
-    from pipeline.data.cache import disk_cache
-    from pipeline.tracking import record
-
-    split.require_unchanged(disk_cache(config.paths.cache_dir, config.data.cache))
-    best_val = record.skip_finished(finished, reports_dir, uri)
-    if config.train.test_in_sweeps and "test_accuracy" not in finished.data.metrics:
-        model_dir = record.saved_model_folder(finished, models_dir)
-        if model_dir is None:
-            print(
-                "note: that run has no test metrics and its model.keras is gone or was replaced since, so this "
-                "sweep's comparison falls back to best_val_accuracy; train.rerun=true trains it again"
-            )
-        else:
-            print(f"that run has no test metrics yet (stopped before its evaluation): evaluating {model_dir}/model.keras")
-            evaluate_in_job(config, model_dir, reports_dir, split)
-    return best_val
-
-
-def evaluate_in_job(config: Config, models_dir: Path, reports_dir: Path, split: Split) -> None:
-    """The `evaluate` stage on a sweep job's own model and reports folder."""
+def sweep_job(config: Config) -> float:
+    """A job of a multirun: `run`, then the `evaluate` stage on the job's model (its own folder, or that
+    of the FINISHED run it skipped when that run stopped before its test), so that the sweep's verdict is
+    on test accuracy (`train.test_in_sweeps=false`: not)."""
+    best_val = run(config)
+    models_dir, reports_dir, _ = job_folders(config.paths)
+    job = json.loads((reports_dir / "run.json").read_text())
+    if not config.train.test_in_sweeps or job.get("tested"):
+        return best_val
+    if job.get("model_dir") is None:
+        print(
+            "note: that run has no test metrics and its model.keras is gone or was replaced since, so this "
+            "sweep's comparison falls back to best_val_accuracy; train.rerun=true trains it again"
+        )
+        return best_val
+    if job.get("skipped"):
+        print(f"that run has no test metrics yet (stopped before its evaluation): evaluating {job['model_dir']}")
     from pipeline import evaluate
 
     evaluate.run(
-        replace(config, paths=replace(config.paths, models_dir=str(models_dir), reports_dir=str(reports_dir))), split
+        replace(config, paths=replace(config.paths, models_dir=job["model_dir"], reports_dir=str(reports_dir)))
     )
+    return best_val
 
 
 main = stage_entry(
-    run, reads=("data", "augmentation", "model", "train", "tracking", "paths", "seed", "compare.after_sweep")
+    run,
+    reads=("data", "augmentation", "model", "train", "tracking", "paths", "seed", "compare.after_sweep"),
+    sweep_job=sweep_job,
 )
 
 if __name__ == "__main__":

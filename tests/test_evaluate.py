@@ -59,10 +59,13 @@ def test_predict_takes_a_folder_in_batches_and_notes_what_is_not_an_image(tmp_pa
         make_image(photos / ("sub" if i % 2 else "") / f"p{i}.png", seed=i, pattern=i % 3)
     (photos / "notes.txt").write_text("not an image")
     (photos / ".DS_Store").write_text("hidden")
+    code = predict.main([str(tmp_path / "model.keras"), str(photos), "--json"])  # one batch
+    unbatched = json.loads(capsys.readouterr().out)
     monkeypatch.setattr(predict, "PREDICT_BATCH", 3)  # 7 images: three batches
     code = predict.main([str(tmp_path / "model.keras"), str(photos), "--json"])
     captured = capsys.readouterr()
     results = json.loads(captured.out)
+    assert results == unbatched  # the same files, classes and probabilities, batch by batch
     assert code == 0 and len(results) == 7 and all(len(r["top"]) == 3 for r in results)
     assert sorted(r["file"].rsplit("/", 1)[-1] for r in results) == [f"p{i}.png" for i in range(7)]
     assert "1 file(s) in the folder(s) are not usable images" in captured.err and "notes.txt" in captured.err

@@ -534,10 +534,8 @@ def test_offline_imagenet_weights_fail_fast_with_advice():
     from pipeline.model.classifier import ModelError, resolve_weights
 
     start = time.perf_counter()
-    try:
+    with pytest.raises(ModelError, match="model.weights=null"):  # these machines reach package registries only
         resolve_weights("imagenet", timeout_s=3)
-    except ModelError as error:
-        assert "model.weights=null" in str(error)
     assert time.perf_counter() - start < 30  # never hangs
     with pytest.raises(ModelError, match="no such file"):
         resolve_weights("/nonexistent/weights.h5")

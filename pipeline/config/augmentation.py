@@ -8,6 +8,7 @@ Presets (`conf/augmentation/*.yaml`) set these keys; `augmentation.ablate=<opera
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -205,7 +206,11 @@ class AugmentationConfig:
         if self.ablate not in NO_ABLATION:
             active = ", ".join(self.active_operations()) or "none"
             if self.ablate not in ABLATABLE:
-                found.append(("ablate", f"must be none or an operation ({', '.join(ABLATABLE)}), got {self.ablate!r}"))
+                close = difflib.get_close_matches(str(self.ablate), self.active_operations() or ABLATABLE, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                found.append(
+                    ("ablate", f"must be none or an operation ({', '.join(ABLATABLE)}), got {self.ablate!r}{hint}")
+                )
             elif self.ablate not in self.active_operations() and read_ablation_label(self.name)[1] != self.ablate:
                 found.append(
                     (

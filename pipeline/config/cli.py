@@ -17,9 +17,27 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config.compose import LEAF_KEYS, SETTABLE_KEYS, compose_raw, flatten, unknown_key_message, validate
-from pipeline.config.schema import CONF_DIR, Config
+from pipeline.config.schema import CONF_DIR, Config, PathsConfig
 from pipeline.errors import ConfigError, UserError
 from pipeline.stopping import RunKilled
+
+
+def job_folders(paths: PathsConfig, worker: str | None = None) -> tuple[Path, Path, Path]:
+    """(models dir, reports dir, work root) of a training: the configured ones, or the job folder in a
+    multirun. The work root holds the per-configuration checkpoint folders (`WorkFolder`); it stays
+    `paths.models_dir` in a multirun, so that a sweep run again finds its interrupted jobs. A `worker`
+    of a multi-worker cluster (not the chief) writes its checkpoints into `<models>/workers/<worker>`,
+    so that no two processes write the same file."""
+    work_root = models_dir = Path(paths.models_dir)
+    reports_dir = Path(paths.reports_dir)
+    if in_multirun():
+        from hydra.core.hydra_config import HydraConfig
+
+        job_dir = Path(HydraConfig.get().runtime.output_dir)
+        models_dir, reports_dir = job_dir / "models", job_dir / "reports"
+    if worker:
+        work_root = models_dir = work_root / "workers" / worker
+    return models_dir, reports_dir, work_root
 
 
 def in_multirun() -> bool:
@@ -279,8 +297,11 @@ def hydra_main_options(version: str) -> dict:
     return {"version_base": "1.3"} if version.startswith("1.3.") else {"execution_whitelist": TRUSTED_TARGETS}
 
 
-def stage_entry(task: Callable[[Config], Any], reads: tuple[str, ...] = (), sweeps: bool = True) -> Callable[[], Any]:
-    """Turn `task(config)` into a command line entry point (`sweeps`: whether its help offers `-m`).
+def stage_entry(
+    task: Callable[[Config], Any], reads: tuple[str, ...] = (), sweeps: bool = True, sweep_job: Callable | None = None
+) -> Callable[[], Any]:
+    """Turn `task(config)` into a command line entry point (`sweeps`: whether its help offers `-m`;
+    `sweep_job(config)`: what a job of a multirun runs instead of `task`).
 
     `--params FILE [key=value ...]` loads an already composed config (DVC's params.yaml);
     otherwise Hydra composes `conf/` with the command line (single run or `-m`).
@@ -302,7 +323,7 @@ def stage_entry(task: Callable[[Config], Any], reads: tuple[str, ...] = (), swee
 
         @hydra.main(config_path=str(CONF_DIR), config_name="config", **hydra_main_options(hydra.__version__))
         def hydra_task(raw: DictConfig) -> Any:
-            job = lambda: task(check_output_paths(validate(raw)))  # noqa: E731
+            job = lambda: (sweep_job if in_multirun() and sweep_job else task)(check_output_paths(validate(raw)))  # noqa: E731
             if in_multirun():  # a failing job is reported when the sweep ends (`sweeps`)
                 from hydra.core.hydra_config import HydraConfig
 

@@ -1,7 +1,7 @@
 """The `compare` section's schema: which runs a comparison reads, against which baseline, on which
 metric, and how sure its verdicts must be (`python -m pipeline.compare`, `pipeline.rounds`).
 
-It lives beside `config.py` rather than in the study wing because every stage's `Config` holds it;
+It lives beside `schema.py` rather than in the study wing because every stage's `Config` holds it;
 the wing's code reads it, no stage acts on it.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+MOST_MARGIN = 10.0  # points: compare.margin above this is a typo, not a question (18 for 1.8)
 COMPARE_METRICS = ("auto", "test_accuracy", "best_val_accuracy", "test_balanced_accuracy", "test_macro_f1")
 
 
@@ -41,8 +42,14 @@ class CompareConfig:
             found.append(("confidence", f"must be in [0.5, 1), got {self.confidence}"))
         if not 0.5 <= self.power < 1:
             found.append(("power", f"must be in [0.5, 1), got {self.power}"))
-        if not 0 <= self.margin <= 100:
-            found.append(("margin", f"must be in [0, 100] points, got {self.margin}"))
+        if not 0 <= self.margin <= MOST_MARGIN:
+            found.append(
+                (
+                    "margin",
+                    f"must be in [0, {MOST_MARGIN:g}] points, got {self.margin:g}: the margin is the largest difference "
+                    "you would call no difference, and a wider one would call large losses equivalent",
+                )
+            )
         if self.rounds is not None:
             rounds = list(self.rounds)
             if not rounds or rounds != sorted(set(rounds)) or rounds[0] < 3:

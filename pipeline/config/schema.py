@@ -56,8 +56,8 @@ class DataConfig:
     image_size: list[int] = field(default_factory=lambda: [150, 150])  # [height, width], pixels
     limit_per_class: Optional[int] = None  # at most this many images per class (quick trials); null: all
     split: SplitConfig = field(default_factory=SplitConfig)
-    cache: str = "auto"  # decoded images and frozen features: auto | file (kept on disk in paths.cache_dir
-    # for the next run) | memory (each run decodes into memory)
+    cache: str = "auto"  # decoded images and frozen features kept in paths.cache_dir for the next run: auto (in
+    # memory, said once, where that folder cannot be written) | file (there, or an error) | memory (never kept)
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
@@ -259,5 +259,3 @@ class Config:
                     )
                 )
         return found
-
-

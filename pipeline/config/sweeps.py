@@ -12,6 +12,7 @@ and the command exits 1. Both are `SweepJobs`, a callback registered in conf/con
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import traceback
@@ -28,15 +29,13 @@ FAILED_JOB_FILE = "job_failed.txt"  # in a job's folder: why it failed (removed 
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
-    """The overrides of each job of this multirun, in Hydra's order; None when the sweeper draws
-    its jobs as it goes (Optuna) or the command line is not one Hydra's basic sweeper can split."""
+    """The overrides of each job of this multirun, in the basic sweeper's order (the product of each
+    key's values, keys in command-line order; a key set twice keeps its first place, its last value); None
+    when the sweeper draws its jobs as it goes (Optuna) or the command line is not one the basic
+    sweeper can split. Hydra's public override parser reads the command line."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    try:  # the basic sweeper's own splitting, so that the jobs checked are the jobs it runs
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # private to hydra-core 1.3
-    except ImportError:  # another Hydra: each job is still checked as it starts
-        return None
     if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
         return None
     sweeper_params = config.hydra.sweeper.get("params") or {}
@@ -44,10 +43,18 @@ def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
     arguments += list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
     try:
         overrides = OverridesParser.create().parse_overrides(arguments)
-        (jobs,) = BasicSweeper.split_arguments(overrides, max_batch_size=None)
     except (HydraException, ValueError):
         return None  # Hydra itself says what is wrong with the command line
-    return jobs
+    values: dict[str, list[str]] = {}
+    for override in overrides:
+        key = override.get_key_element()
+        if override.is_sweep_override() and not override.is_discrete_sweep():
+            return None  # interval(...): only the Optuna sweeper takes it
+        if override.is_sweep_override():
+            values[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            values[key] = [f"{key}={override.get_value_element_as_str()}"]
+    return [list(job) for job in itertools.product(*values.values())]
 
 
 def check_every_job(jobs: list[list[str]], config_name: str) -> None:

@@ -31,11 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.console import say_once
+from pipeline.errors import DataError
 from pipeline.files import atomic_target, write_atomically
 
 CACHE_LIMIT_BYTES = 8 * 1024**3
 FOLDER = "arrays"
 _verified: dict[Path, tuple[int, int, int]] = {}  # content file -> (size, mtime ns, inode) when its digest matched
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -69,9 +72,9 @@ def proven(content: Path, sha256: str, size: int) -> bool:
 class DiskCache:
     """Entries by kind and key under `<cache_dir>/arrays` (see the module doc)."""
 
-    def __init__(self, cache_dir: str | Path, limit_bytes: int = CACHE_LIMIT_BYTES):
+    def __init__(self, cache_dir: str | Path, limit_bytes: int = CACHE_LIMIT_BYTES, required: bool = False):
         self.root = Path(cache_dir).expanduser() / FOLDER
-        self.limit_bytes = limit_bytes
+        self.limit_bytes, self.required = limit_bytes, required
 
     def paths(self, kind: str, key: dict, suffix: str) -> tuple[Path, Path]:
         """(content, card) of the entry `kind` with `key`."""
@@ -116,10 +119,14 @@ class DiskCache:
                 card = {"key": key, "sha256": file_sha256(scratch), "bytes": scratch.stat().st_size}
             write_atomically(card_file, json.dumps(card, indent=1, sort_keys=True) + "\n")
         except OSError as error:
+            advice = "Free space there, choose another paths.cache_dir, or set data.cache=memory."
+            if self.required:
+                raise DataError(
+                    f"data.cache=file, but {self.root} cannot be written ({error.strerror or error}). {advice}"
+                ) from None
             say_once(
                 f"cannot keep decoded images and features in {self.root} ({error.strerror or error}); this run "
-                "keeps them in memory and the next computes them again. Free space there, choose another "
-                "paths.cache_dir, or set data.cache=memory."
+                f"keeps them in memory and the next computes them again. {advice}"
             )
             return None
         _verified[content] = _identity(content)
@@ -181,10 +188,10 @@ class DiskCache:
 
 
 def disk_cache(cache_dir: str | Path, mode: str) -> DiskCache | None:
-    """The cache `data.cache` asks for: on disk in `cache_dir` (`file`, and `auto`, which is the
-    same today and the name to keep when a future default changes), or none (`memory`: each run
-    decodes the images and computes the features into memory)."""
-    return None if mode == "memory" else DiskCache(cache_dir)
+    """The cache `data.cache` asks for: on disk in `cache_dir` (`auto`: when the folder cannot be written,
+    in memory, said once; `file`: an error then), or none (`memory`: each run decodes the images and
+    computes the features into memory)."""
+    return None if mode == "memory" else DiskCache(cache_dir, required=mode == "file")
 
 
 # ------------------------------------------------------------------ folders (exported networks)

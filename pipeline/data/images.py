@@ -159,6 +159,16 @@ def check_unchanged(paths: list[str], sha256s: list[str], cache: DiskCache | Non
         cache.put_record("checked-files", key, now)
 
 
+def check_readable(paths: list[str]) -> None:
+    """Every file is there and can be opened, or the DataError of the first that cannot."""
+    for path in paths:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as error:
+            raise _unreadable(path, error) from None
+
+
 def decode_all(paths: list[str], sha256s: list[str] | None, size: tuple[int, int]) -> np.ndarray:
     """Every file decoded and resized (`load_checked_image`, each checked against its sha256 when
     given): uint8 [n, height, width, 3] in order, decoded in threads with a progress bar."""

@@ -11,6 +11,7 @@ them against it (`Split.require_unchanged`, `ImageSet.decoded`), whatever the ca
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config.schema import DataConfig
+from pipeline.console import say_once
 from pipeline.data import images as image_files
 from pipeline.data.cache import DiskCache
 from pipeline.errors import DataError
@@ -73,9 +76,11 @@ class ImageSet:
 
     def require_unchanged(self, cache: DiskCache | None) -> None:
         """Every file still has the bytes the manifest records, or a DataError naming the first that
-        does not (`images.check_unchanged`)."""
+        does not (`images.check_unchanged`); a hand-made manifest without hashes: every file is there."""
         if self.sha256 is not None:
             image_files.check_unchanged(self.paths, self.sha256, cache)
+        else:
+            image_files.check_readable(self.paths)
 
     def decoded(self, image_size: tuple[int, int], cache: DiskCache | None = None) -> np.ndarray:
         """Every image decoded and resized as training sees it: uint8 [n, height, width, 3], in order,
@@ -110,7 +115,9 @@ class Split:
     test: ImageSet
     version: str
     digests: dict[str, str]
-    source: dict  # source.json: {"source": as given, "folder": the folder read, "link", "link_target": see source_record}
+    source: (
+        dict  # source.json: {"source": as given, "folder": the folder read, "link", "link_target": see source_record}
+    )
 
     @classmethod
     def read(cls, split_dir: str | Path) -> Split:
@@ -134,6 +141,27 @@ class Split:
                 f"data.source={link} led to {target} when {self.folder} was split and leads to "
                 f"{os.path.realpath(link)} now. {image_files.RERUN_SPLIT}"
             )
+
+    def require_training_images(self) -> None:
+        """Training needs train images, and validation images to choose its best epoch and to stop early."""
+        for name, images in (("train", self.train), ("val", self.val)):
+            if not len(images):
+                raise DataError(
+                    f"{self.folder}/{name}.csv lists no images: training needs a {name} split to "
+                    + ("learn from" if name == "train" else "pick its best epoch and stop early")
+                    + ". Give it a share in data.split.fractions (e.g. [0.8,0.1,0.1]), or a "
+                    + "validation/ folder in a pre-split dataset, and run the split stage again."
+                )
+
+    def recorded_source(self, data: DataConfig) -> DataConfig:
+        """`data` with `source` set to the folder the split read (links followed): a run records the data
+        it trains on, whatever `data.source` says on this command line."""
+        folder = self.source.get("folder") or self.source.get("source")
+        if folder is None or folder == data.source:
+            return data
+        if data.source != self.source.get("source"):
+            say_once(f"{self.folder} was split from {folder}; the runs record that as data.source")
+        return dataclasses.replace(data, source=folder)
 
     def require_unchanged(self, cache: DiskCache | None, names: tuple[str, ...] = ("train", "val")) -> None:
         """The images of `names` still have the bytes the split recorded (`ImageSet.require_unchanged`)."""

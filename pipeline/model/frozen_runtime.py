@@ -212,6 +212,13 @@ def exported_network(model: keras.Model, digest: str, folder: Path, convert: boo
     return saved
 
 
+def supports_bf16() -> bool:
+    """True when OpenVINO can compute in bfloat16 on this CPU (AMX or AVX-512 bf16)."""
+    import openvino
+
+    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def _has_gpu() -> bool:
     from pipeline.training import devices
 
@@ -238,7 +245,7 @@ def _compile(saved: Path, precision: str, output_shape: tuple[int, ...], digest:
     import openvino
 
     core = openvino.Core()
-    if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+    if precision == "bf16" and not supports_bf16():
         say_once("model.frozen_precision=bf16: this CPU has no bf16 support, so OpenVINO computes in f32")
         precision = "f32"
     compiled_dir = saved.parent / "compiled" / f"{saved.name}-{precision}"

@@ -167,10 +167,7 @@ def run(config: Config, run_ids: set[str] | None = None, record: bool = True) ->
         if settings.register:
             print(register_winner(config.tracking.model_name, groups, differences, metric))
         experiment_id, run_id = log_comparison_run(config, report, reports)
-        print(
-            ui_hint(tracking_uri(config.tracking), experiment_id, run_id)
-            + "   (this comparison: its verdicts)"
-        )
+        print(ui_hint(tracking_uri(config.tracking), experiment_id, run_id) + "   (this comparison: its verdicts)")
     return report
 
 

@@ -46,18 +46,12 @@ def intervals(d: Difference, confidence: float) -> tuple[float, float, float, fl
     """(t low, t high, bootstrap low, bootstrap high) of a difference at `confidence`, within
     what it can take (`within_bounds`)."""
     if d.per_seed:
-        values = list(d.per_seed.values())
-        found = (
-            *seed_statistics.t_interval(values, confidence),
-            *seed_statistics.bootstrap_interval(values, confidence),
-        )
+        samples = (list(d.per_seed.values()),)
+        t_low, t_high, _ = seed_statistics.paired_t(samples[0], confidence)
     else:
-        a, b = list(d.ours.values()), list(d.theirs.values())
-        found = (
-            *seed_statistics.welch_interval(a, b, confidence),
-            *seed_statistics.bootstrap_interval_unpaired(a, b, confidence),
-        )
-    return within_bounds(*found)
+        samples = (list(d.ours.values()), list(d.theirs.values()))
+        t_low, t_high, _ = seed_statistics.welch_t(*samples, confidence)
+    return within_bounds(t_low, t_high, *seed_statistics.bootstrap_interval(samples, confidence))
 
 
 def within_bounds(*ends: float) -> tuple[float, ...]:
@@ -74,8 +68,10 @@ def decide(
     confidence: float,
     power: float,
     margin: float = 0.0,
+    advice_confidence: float | None = None,
 ) -> None:
-    """Set the verdict of a difference whose statistics are computed.
+    """Set the verdict of a difference whose statistics are computed, and the seeds that would resolve
+    it at `advice_confidence` (default `confidence`; under Holm, its hardest step's level).
 
     keep / drop: enough seeds with some spread, every run converged, the interval at
     `verdict_confidence` (the union of t and bootstrap, widened by a correction for many
@@ -85,6 +81,9 @@ def decide(
     "not converged" replaces keep/drop/inconclusive whenever a run's best epoch fell within its
     last `train.patience` epochs: the difference is then one of budgets, not of augmentations."""
     d.p_adjusted, d.verdict_confidence = p_adjusted, verdict_confidence
+    if not math.isnan(d.spread):
+        d.seeds_needed = seed_statistics.seeds_needed(d.spread, d.mean, advice_confidence or confidence, power)
+        d.seeds_needed_1pt = seed_statistics.seeds_needed(d.spread, 0.01, advice_confidence or confidence, power)
     t_low, t_high, b_low, b_high = intervals(d, verdict_confidence)
     d.low, d.high = min(t_low, b_low), max(t_high, b_high)
     evidence = len(d.per_seed) if d.per_seed else min(len(d.ours), len(d.theirs))
@@ -127,17 +126,13 @@ def correct_for_many(family: list[Difference], confidence: float, power: float, 
     advice then assumes the hardest step's level (1 - alpha/m), so it says how many seeds a
     corrected verdict needs."""
     tested = [d for d in family if d.t_p_value is not None]
-    p_values = [math.nan if d.t_p_value is None else d.t_p_value for d in tested]
-    adjusted = seed_statistics.holm_adjusted(p_values)
-    levels = seed_statistics.holm_levels(p_values, confidence)
+    p_values = [d.t_p_value for d in tested]
+    adjusted, levels = seed_statistics.holm(p_values, confidence)
     size = sum(not math.isnan(p) for p in p_values)
     strictest = 1 - (1 - confidence) / max(size, 1)
     for d, p, level in zip(tested, adjusted, levels):
         d.family_size = size
-        if not math.isnan(d.spread):
-            d.seeds_needed = seed_statistics.seeds_needed(d.spread, d.mean, strictest, power)
-            d.seeds_needed_1pt = seed_statistics.seeds_needed(d.spread, 0.01, strictest, power)
-        decide(d, level, None if math.isnan(p) else p, confidence, power, margin)
+        decide(d, level, None if math.isnan(p) else p, confidence, power, margin, strictest)
 
 
 def seeds_advice(d: Difference, power: float) -> str:

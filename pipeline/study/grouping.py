@@ -9,27 +9,11 @@ import math
 import numpy as np
 
 from pipeline.study.records import DATA_VERSION, Group, RunSummary
-from pipeline.tracking.identity import AUGMENTED_ONLY
+from pipeline.tracking.identity import AUGMENTED_ONLY, NOT_DEFINING, defines_a_run
 
-# Params that differ between the runs of one group by design, or do not change the model.
-NOT_GROUPING = (
-    "seed",
-    "train.resume",
-    "train.rerun",
-    "train.start_epoch",
-    "train.epochs",
-    "tracking.",
-    "paths.",
-    "data.download_dir",
-    "data.cache",
-    "augmentation.name",
-    "model.frozen_runtime",  # where frozen layers ran: f32 runtimes agree within 1e-4
-    "model.frozen_runtime_used",
-)
-
-
-def _is_grouping_key(key: str) -> bool:
-    return not any(key == p or (p.endswith(".") and key.startswith(p)) for p in NOT_GROUPING)
+# What differs between the runs of one group by design, besides what defines no run at all (NOT_DEFINING):
+# the seed, the preset's own name (it is the group's), and the epoch cap of a run resumed with more
+NOT_GROUPING = (*NOT_DEFINING, "seed", "augmentation.name", "train.epochs")
 
 
 def varied_settings(runs: list[RunSummary]) -> list[str]:
@@ -40,7 +24,7 @@ def varied_settings(runs: list[RunSummary]) -> list[str]:
     data version (`DATA_VERSION`) makes groups whenever it varies at all: `none` on
     one version and `lesson` on another would measure the data change, not the augmentation.
     """
-    keys = sorted({k for r in runs for k in r.params if _is_grouping_key(k)})
+    keys = sorted({k for r in runs for k in r.params if defines_a_run(k, NOT_GROUPING)})
     varied = []
     for key in keys:
         applies = [r for r in runs if r.setting(key) is not None]

@@ -19,12 +19,13 @@ are skipped. `python -m pipeline.compare compare.rounds=[...]` later gives the s
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.config.augmentation import read_ablation_label
+from pipeline.config.augmentation import ABLATABLE, read_ablation_label
 from pipeline.config.cli import check_group_option, stage_entry
 from pipeline.config.schema import Config
 from pipeline.errors import ConfigError, UserError
@@ -40,7 +41,7 @@ def run(config: Config) -> dict:
     settings = config.compare
     rounds = list(settings.rounds or DEFAULT_ROUNDS)
     groups = check_groups(list(settings.groups), settings.baseline)
-    check_store(config)
+    check_store(config.tracking)
     folder, overrides = command_folder_and_overrides()
     print(f"rounds of seeds per group: {rounds}; groups: {', '.join(groups)}")
     looking = copy.deepcopy(config)  # each round's look: its files only, no affinity (the final look has them)
@@ -68,7 +69,18 @@ def run(config: Config) -> dict:
 
 
 def check_groups(groups: list[str], baseline: str) -> list[str]:
-    """The groups, each a preset of conf/augmentation/ or `<preset>-no-<operation>`; the baseline among them."""
+    """The groups, each a preset of conf/augmentation/ or `<preset>-no-<operation>`, the baseline among
+    them; a misspelt preset or operation is named with its closest valid spelling."""
+    for group in groups:
+        preset, mark, operation = group.rpartition("-no-")
+        if mark and operation not in ABLATABLE:
+            close = difflib.get_close_matches(operation, ABLATABLE, n=1)
+            hint = f" (did you mean {preset}-no-{close[0]}?)" if close else ""
+            raise ConfigError(
+                f"compare.groups: {group!r} names no operation {operation!r}; a preset's operations are "
+                f"{', '.join(ABLATABLE)}{hint}"
+            )
+        check_group_option("augmentation", preset if mark else group)
     if baseline not in groups:
         raise ConfigError(
             f"compare.groups={groups}: the baseline {baseline!r} (compare.baseline) must be one of them, "
@@ -76,8 +88,6 @@ def check_groups(groups: list[str], baseline: str) -> list[str]:
         )
     if len(groups) < 2:
         raise ConfigError(f"compare.groups={groups}: name at least one group besides the baseline")
-    for group in groups:
-        check_group_option("augmentation", read_ablation_label(group)[0])
     return groups
 
 

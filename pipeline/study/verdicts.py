@@ -64,8 +64,8 @@ def compare_with_baseline(
         result.per_seed = dict(zip(common, differences))
         result.method = f"paired over {len(common)} seeds"
         result.mean, result.spread = mean_std(differences)
-        result.p_value = seed_statistics.sign_flip_p_value(differences)
-        result.t_p_value = seed_statistics.paired_t_p_value(differences)
+        result.p_value = seed_statistics.permutation_p_value((differences,))
+        result.t_p_value = seed_statistics.paired_t(differences, confidence)[2]
         result.probability_of_improvement = seed_statistics.probability_of_improvement(differences)
         result.per_class = class_differences(group, baseline, confidence)
     elif len(ours) >= 2 and len(theirs) >= 2:
@@ -73,9 +73,9 @@ def compare_with_baseline(
         result.method = f"unpaired (Welch) over {len(a)} and {len(b)} runs"
         result.mean = float(np.mean(a) - np.mean(b))
         result.spread = math.sqrt(np.var(a, ddof=1) + np.var(b, ddof=1))  # of one run's difference from another
-        result.p_value = seed_statistics.label_permutation_p_value(a, b)
-        result.t_p_value = seed_statistics.welch_t_p_value(a, b)
-        result.probability_of_improvement = seed_statistics.probability_of_improvement_unpaired(a, b)
+        result.p_value = seed_statistics.permutation_p_value((a, b))
+        result.t_p_value = seed_statistics.welch_t(a, b, confidence)[2]
+        result.probability_of_improvement = seed_statistics.probability_of_improvement(a, b)
     else:  # a single run on one side: a difference, but no interval
         if common:  # on the shared seed: a half-finished sweep must not mix seeds' luck into it
             result.per_seed = {s: ours[s] - theirs[s] for s in common}
@@ -90,8 +90,6 @@ def compare_with_baseline(
         )
         return result
     result.t_low, result.t_high, result.bootstrap_low, result.bootstrap_high = intervals(result, confidence)
-    result.seeds_needed_1pt = seed_statistics.seeds_needed(result.spread, 0.01, confidence, power)
-    result.seeds_needed = seed_statistics.seeds_needed(result.spread, result.mean, confidence, power)
     if decided:
         decide(result, confidence, result.t_p_value, confidence, power, margin)
     return result
@@ -189,14 +187,12 @@ def class_differences(group: Group, baseline: Group, confidence: float) -> dict[
     else:
         found = {name: _t_over_seeds(d) for name, d in per_seed_recall_differences(group, baseline).items()}
         method, counts = "per seed", {}
-    p_values = [seed_statistics.t_p_value(*estimate) for estimate in found.values()]
-    adjusted = seed_statistics.holm_adjusted(p_values)
-    levels = seed_statistics.holm_levels(p_values, confidence)
+    p_values = [seed_statistics.t_from(*estimate, confidence)[2] for estimate in found.values()]
+    adjusted, levels = seed_statistics.holm(p_values, confidence)
     table = {}
     for (name, (mean, error, freedom)), p, level in zip(found.items(), adjusted, levels):
         zero_spread = math.isnan(p)
-        half = 0.0 if zero_spread else seed_statistics.t_quantile(level, freedom) * error
-        low, high = within_bounds(mean - half, mean + half)
+        low, high = within_bounds(*seed_statistics.t_from(mean, 0.0 if zero_spread else error, freedom, level)[:2])
         table[name] = {
             "mean": mean,
             "low": low,

@@ -120,7 +120,11 @@ def split_dataset(split: Split, name: str):
     with warnings.catch_warnings():  # a local folder "can be interpreted in multiple ways": it is a folder
         warnings.simplefilter("ignore", UserWarning)
         return mlflow.data.from_pandas(
-            frame, source=root, targets="label", name=f"{Path(root).name or 'data'}-{name}", digest=split.digests[name][:16]
+            frame,
+            source=root,
+            targets="label",
+            name=f"{Path(root).name or 'data'}-{name}",
+            digest=split.digests[name][:16],
         )
 
 
@@ -164,7 +168,10 @@ class TrainingRecord:
             model_id = logged_model.log_keras_model(
                 model_path, tuple(config.data.image_size), classes_path, best_epoch, describe, flat_params(config)
             )
-        write_run_record(reports_dir, self.run.info, self.uri, model_id, state.best_val_accuracy or 0.0, best_epoch)
+        best_val = state.best_val_accuracy or 0.0
+        write_run_record(
+            reports_dir, self.run.info, self.uri, model_id, best_val, best_epoch, model_dir=str(model_path.parent)
+        )
         return model_id
 
 
@@ -186,7 +193,9 @@ def training_run(config: Config, split: Split, work, state, uri: str, facts: dic
         else:
             state.mlflow_run_id = active.info.run_id
             link = {"data.source_link": split.source["link"]} if "link" in split.source else {}
-            mlflow.log_params({**flat_params(config), **facts["params"], **link, "train.start_epoch": state.epochs_done})
+            mlflow.log_params(
+                {**flat_params(config), **facts["params"], **link, "train.start_epoch": state.epochs_done}
+            )
             mlflow.set_tags({**run_tags(config, split), **facts["tags"]})
             log_data_inputs(split)
             log_config_and_preview(config, split)
@@ -237,16 +246,26 @@ def saved_model_folder(finished: mlflow.entities.Run, models_dir: Path) -> Path 
     return model_file.parent if info.start_time <= saved_ms <= (info.end_time or 0) + 1000 else None
 
 
-def skip_finished(finished: mlflow.entities.Run, reports_dir: Path, uri: str) -> float:
-    """A sweep job whose configuration was trained already: name that run, return its objective.
-    Its run.json points at the earlier run, so the end-of-sweep comparison includes it."""
+def skip_finished(finished: mlflow.entities.Run, models_dir: Path, reports_dir: Path, uri: str) -> float:
+    """A sweep job whose configuration was trained already: name that run, return its objective. Its
+    run.json points at the earlier run (the end-of-sweep comparison includes it), says whether it has
+    test metrics, and where its model is while the file is still its own (`saved_model_folder`)."""
     best_val = finished.data.metrics.get("best_val_accuracy", 0.0)
     print(
         f"skip: this configuration already has the FINISHED MLflow run {finished.info.run_id} "
         f"({finished.info.run_name}, best val_accuracy {best_val:.4f}); train.rerun=true trains it again"
     )
+    model_dir = saved_model_folder(finished, models_dir)
     write_run_record(
-        reports_dir, finished.info, uri, None, best_val, finished.data.metrics.get("best_epoch"), skipped=True
+        reports_dir,
+        finished.info,
+        uri,
+        None,
+        best_val,
+        finished.data.metrics.get("best_epoch"),
+        skipped=True,
+        tested="test_accuracy" in finished.data.metrics,
+        model_dir=str(model_dir) if model_dir else None,
     )
     return best_val
 
@@ -290,7 +309,6 @@ def write_history(history: list[dict[str, float]], target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(target, "\n".join(rows) + "\n")
     return target
-
 
 
 # ------------------------------------------------------------------ the evaluation of a trained run

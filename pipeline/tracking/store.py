@@ -111,7 +111,9 @@ def check_server(uri: str, timeout_s: float, patience_s: float = SLOW_SERVER_PAT
         timeouts = (timeout_s * 2**k for k in range(1, 64))
 
         def say(waited_s: float) -> None:
-            print(f"note: the MLflow tracking server at {uri} is slow to answer ({waited_s:.0f} s so far); asking again")
+            print(
+                f"note: the MLflow tracking server at {uri} is slow to answer ({waited_s:.0f} s so far); asking again"
+            )
 
         if not patiently(lambda: answers(uri, next(timeouts)), patience_s, say):
             raise TrackingError(
@@ -143,7 +145,9 @@ def _check_credentials(uri: str, timeout_s: float) -> None:
                 f"The MLflow tracking server at {uri} lets user '{user}' in but not read experiments: "
                 "ask its admin for a permission."
             ) from None
-        raise TrackingError(f"The MLflow tracking server at {uri} answers HTTP {error.code} ({error.reason}).") from None
+        raise TrackingError(
+            f"The MLflow tracking server at {uri} answers HTTP {error.code} ({error.reason})."
+        ) from None
     except OSError as error:
         raise TrackingError(f"The MLflow tracking server at {uri} stopped answering ({error}).") from None
 
@@ -179,7 +183,9 @@ def check_sqlite_store(store: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise TrackingError(f"The MLflow store {store} cannot be created: {error.strerror or error}. {advice}") from None
+        raise TrackingError(
+            f"The MLflow store {store} cannot be created: {error.strerror or error}. {advice}"
+        ) from None
     if store.exists() and not os.access(store, os.R_OK | os.W_OK):
         raise TrackingError(f"The MLflow store {store} is read-only for this user. {advice}")
     if not os.access(folder, os.W_OK):  # sqlite writes its journal beside the store

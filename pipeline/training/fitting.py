@@ -16,7 +16,7 @@ from pipeline.backend import keras
 from pipeline.config.schema import Config, TrainConfig
 from pipeline.data.cache import DiskCache, disk_cache
 from pipeline.data.manifests import ImageSet, Split
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError
 from pipeline.files import atomic_target
 from pipeline.model.classifier import build_model, compile_model, fine_tune_split, frozen_backbone
 from pipeline.model.frozen_runtime import FrozenNetwork, frozen_network
@@ -240,15 +240,3 @@ def refuse_a_changed_schedule(work: WorkFolder, train_config: TrainConfig) -> No
             f"decay spans train.epochs: resume with train.epochs={started}, or start afresh without "
             "train.resume (its checkpoints stay until then)."
         )
-
-
-def require_images(split: Split) -> None:
-    """FitSetup needs train images, and validation images to choose its best epoch and to stop early."""
-    for name, images in (("train", split.train), ("val", split.val)):
-        if not len(images):
-            raise DataError(
-                f"{split.folder}/{name}.csv lists no images: training needs a {name} split to "
-                + ("learn from" if name == "train" else "pick its best epoch and stop early")
-                + ". Give it a share in data.split.fractions (e.g. [0.8,0.1,0.1]), or a "
-                + "validation/ folder in a pre-split dataset, and run the split stage again."
-            )
