@@ -72,26 +72,22 @@ def test_the_run_records_its_config_metrics_and_datasets(lesson_run):
     assert len(run.data.tags["config_hash"]) == 64
     process = json.loads(run.data.tags["process"])  # for a later orphan check: one tag, out of the UI's way
     assert process["pid"].isdigit() and process["host"] and not any(k.startswith("process.") for k in run.data.tags)
-    history = client.get_metric_history(run.info.run_id, "epoch/val_accuracy")
-    assert [m.step for m in history] == [1, 2]
-    for metric in (
-        "train_loss",
-        "train_accuracy",
-        "val_loss",
-        "learning_rate",
-        "epoch_seconds",
-        "train_images_per_second",
-    ):
-        assert len(client.get_metric_history(run.info.run_id, f"epoch/{metric}")) == 2
-    # the run's table shows the kept epoch's metrics: its plain names hold the best epoch's values
+    # MLflow autolog's convention: every epoch under the plain names, then the kept (best) epoch once more
+    def steps(metric: str) -> list:
+        return client.get_metric_history(run.info.run_id, metric)
+
+    assert run.data.metrics["epochs_trained"] == 2
     best = int(run.data.metrics["best_epoch"])
-    assert run.data.metrics["val_accuracy"] == run.data.metrics["best_val_accuracy"] == history[best - 1].value
-    kept_loss = client.get_metric_history(run.info.run_id, "epoch/train_loss")[best - 1].value
-    assert run.data.metrics["train_loss"] == kept_loss and "accuracy" not in run.data.metrics
-    rates = [m.value for m in client.get_metric_history(run.info.run_id, "epoch/learning_rate")]
-    logs = [m.value for m in client.get_metric_history(run.info.run_id, "epoch/log10_learning_rate")]
-    assert logs == pytest.approx([math.log10(rate) for rate in rates])
-    assert logs[0] == pytest.approx(math.log10(float(run.data.params["model.learning_rate"])))  # -2.7, not "0"
+    for metric in ("val_accuracy", "val_loss", "train_accuracy", "train_loss"):
+        history = steps(metric)
+        assert [m.step for m in history] == [1, 2, 3], metric
+        assert history[-1].value == history[best - 1].value == run.data.metrics[metric], metric  # the table: kept
+    assert run.data.metrics["val_accuracy"] == run.data.metrics["best_val_accuracy"]
+    for metric in ("log10_learning_rate", "epoch_seconds", "train_images_per_second"):
+        assert [m.step for m in steps(metric)] == [1, 2], metric
+    assert "accuracy" not in run.data.metrics and "learning_rate" not in run.data.metrics  # charted as 0: history.csv
+    logs = [m.value for m in steps("log10_learning_rate")]
+    assert logs == pytest.approx([math.log10(float(run.data.params["model.learning_rate"]))] * 2)  # -3, not "0"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "augmentation_preview.png", "history.csv", "training_curves.png"} <= artifacts
     assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics)  # system metrics, psutil
@@ -99,7 +95,7 @@ def test_the_run_records_its_config_metrics_and_datasets(lesson_run):
     # MLflow 3's vocabulary: the experiment is model development, the UI link lands on its runs
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    assert f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" in stdout
+    assert f"#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning" in stdout
     # ... the manifests are the run's datasets, digests from the files themselves
     inputs = {
         next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset for d in run.inputs.dataset_inputs
@@ -201,7 +197,7 @@ def test_evaluate_logs_the_test_metrics_to_the_model_and_every_image_s_predictio
     assert (after.info.status, after.info.end_time) == (trained.status, trained.end_time)
     assert "test_accuracy" in after.data.metrics
     test_accuracy = json.loads((tmp_path / "reports" / "metrics.json").read_text())["test_accuracy"]
-    assert f"test accuracy {test_accuracy:.4f}" in after.data.tags["mlflow.note.content"]  # atop the run's page
+    assert f"test accuracy {test_accuracy:.2%}" in after.data.tags["mlflow.note.content"]  # atop the run's page
     # ... and its prediction of every test image, which compare pairs by image and seed
     from pipeline.study.runs import logged_test_predictions
 
@@ -357,7 +353,7 @@ def test_sigterm_marks_the_run_killed_and_resume_is_the_same_run(split_done):
     client, run = only_run(uri)  # the same MLflow run, continued
     assert run.info.status == "FINISHED" and run.data.tags["resumed_at_epochs"] == str(done)
     assert run.data.params["train.epochs"] == "200" and run.data.tags["resumed_with.train.epochs"] == str(done + 2)
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch/val_accuracy")]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch_seconds")]
     assert steps == list(range(1, done + 3))  # neither repeated nor skipped
     epochs = [int(line.split(",")[0]) for line in (tmp_path / "reports" / "history.csv").read_text().splitlines()[1:]]
     assert epochs == list(range(1, done + 3))  # every epoch, also those before the interruption
@@ -442,7 +438,7 @@ def test_two_trainings_at_once_on_a_new_store_both_finish(split_done):
     assert sorted(r.data.tags["seed"] for r in runs) == ["1", "2"]
     for r in runs:
         assert r.info.status == "FINISHED"
-        assert [m.step for m in client.get_metric_history(r.info.run_id, "epoch/val_accuracy")] == [1, 2, 3]
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "epoch_seconds")] == [1, 2, 3]
 
 
 def test_a_store_that_cannot_be_written_fails_at_once_naming_it(split_done):
@@ -473,7 +469,7 @@ def test_training_against_a_real_mlflow_server(split_done, mlflow_server):
     assert result.returncode == 0, result.stderr[-3000:]
     client, run = only_run(mlflow_server)
     assert run.info.status == "FINISHED" and run.data.tags["augmentation"] == "light"
-    assert len(client.get_metric_history(run.info.run_id, "epoch/val_accuracy")) == 2
+    assert len(client.get_metric_history(run.info.run_id, "epoch_seconds")) == 2
 
 
 def test_dead_tracking_server_is_reported_before_training(split_done):
