@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import mlflow
@@ -748,8 +749,10 @@ def test_the_class_effects_figure_frames_exactly_the_significant_cells():
     assert [t.get_text().replace("\n", " ") for t in ax.get_xticklabels()] == ["lesson vs none", "light vs none"]
     frames = [patch for patch in ax.patches if not patch.get_fill()]
     assert [(frame.get_x(), frame.get_y()) for frame in frames] == [(-0.5, -0.5)]  # lesson x shirt only
-    assert "framed: 1 cell(s)" in ax.get_title()
+    assert "the 1 cell(s) whose Holm-corrected interval excludes 0" in ax.get_title()
     assert {t.get_text() for t in ax.texts} == {"-14.0", "+1.0", "-2.0"}  # light has no shoes cell
+    coloured = ax.images[1].get_array()  # colour only where significant: the rest is grey beneath
+    assert coloured[0, 0] == pytest.approx(-14.0) and coloured.mask.tolist() == [[False, True], [True, True]]
     plt.close(figure)
 
 
@@ -767,8 +770,37 @@ def test_the_affinity_figure_places_each_preset_and_operation_at_its_two_numbers
     assert (left.get_title(), right.get_title()) == ("presets, against the baseline", "operations, in their preset")
     points = [ax.collections[0].get_offsets().tolist() for ax in (left, right)]
     assert points == [[[0.76, 4.4], [0.97, 1.9]], [[0.85, 1.7]]]
-    assert {t.get_text() for t in left.texts} == {"lesson", "light"} and {t.get_text() for t in right.texts} == {
-        "vertical_flip"
-    }
+    assert [ax.collections[1].get_offsets().tolist() for ax in (left, right)] == [[[1.0, 1.0]]] * 2  # the baseline
+    assert {t.get_text() for t in left.texts} == {"lesson", "light", "baseline (1, 1)"}
+    assert {t.get_text() for t in right.texts} == {"vertical_flip", "baseline (1, 1)"}
     assert left.collections[0].get_array().tolist() == pytest.approx([-5.7, -2.4])  # coloured by the difference
     plt.close(figure)
+
+
+def test_the_printed_comparison_fits_100_columns_and_ends_with_one_line_per_verdict():
+    """What a terminal shows: a table no wider than the terminal (COLUMNS=100), the links, and last the
+    verdicts, one line each, in points."""
+    import shutil as files
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="c-", dir="/tmp"))  # a short store path: its command fits the width
+    try:
+        uri = f"sqlite:///{folder}/mlflow.db"
+        log_known_runs(uri)
+        result = run_in_process(
+            "pipeline.compare", f"tracking.uri={uri}", f"paths.reports_dir={folder}/reports", env={"COLUMNS": "100"}
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        report = json.loads((folder / "reports" / "comparison.json").read_text())
+    finally:
+        files.rmtree(folder, ignore_errors=True)
+    lines = result.stdout.rstrip().splitlines()
+    assert max(len(line) for line in lines) <= 100, max(lines, key=len)
+    verdicts = [line for line in lines if " vs none: " in line]
+    assert verdicts and lines[-len(verdicts) :] == verdicts  # the output ends with them
+    (lesson_d,) = [d for d in report["differences"] if d["group"] == "lesson"]
+    interval = f"[{lesson_d['low'] * 100:+.2f}, {lesson_d['high'] * 100:+.2f}]"
+    lesson = next(line for line in verdicts if line.startswith("lesson vs none: "))
+    assert lesson == f"lesson vs none: {lesson_d['verdict'].upper()} +4.00 points {interval}, 3 seeds"
+    assert "points: percentage points of test_accuracy" in result.stdout and "±" in result.stdout
+    assert "mlflow ui --app-name model-training --backend-store-uri" in result.stdout

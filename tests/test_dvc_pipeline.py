@@ -20,9 +20,18 @@ from tests.conftest import ROOT, make_image
 pytestmark = pytest.mark.slow
 
 
-def sh(*args: str, cwd: Path) -> str:
+def readme_command(readme: str, start: str) -> list[str]:
+    """The README's command that starts with `start`, split as the shell splits it (its comment dropped)."""
+    import shlex
+
+    line = next(line for line in readme.splitlines() if line.startswith(start))
+    return shlex.split(line, comments=True)
+
+
+def sh(*args: str, cwd: Path, columns: int | None = None) -> str:
     env = {
         **os.environ,
+        **({"COLUMNS": str(columns)} if columns else {}),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # the venv's dvc
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "DVC_NO_ANALYTICS": "1",
@@ -78,9 +87,20 @@ def test_exp_run_repro_and_what_reruns(project, tiny_dataset, tmp_path):
     again = sh("dvc", "repro", cwd=project)  # split re-reads the images; nothing changed, so nothing else runs
     assert "Running stage 'train'" not in again and "Running stage 'evaluate'" not in again
     assert {p.name: p.read_bytes() for p in (project / "data" / "split").iterdir()} == manifests
-    diff = sh("dvc", "metrics", "diff", cwd=project)  # against the committed baseline, the README's first command's
+    readme = (ROOT / "README.md").read_text()
+    diff = sh(*readme_command(readme, "dvc metrics diff"), cwd=project)  # against the committed baseline
     baseline = json.loads((ROOT / "reports" / "metrics.json").read_text())["test_accuracy"]
     assert "failed to load" not in diff and f"{baseline:.5f}" in diff and "test_accuracy" in diff
+
+    # committed as the README says: the result equals the baseline, and the README's table still shows it
+    sh("git", "add", "params.yaml", "dvc.lock", "reports/metrics.json", "reports/per_class.json", cwd=project)
+    sh("git", "commit", "-qm", "the first experiment", cwd=project)
+    table = sh(*readme_command(readme, "dvc exp show"), cwd=project, columns=120)
+    assert "test_accuracy" in table and "augmentation.name" in table, table  # 120 columns wide, kept
+    rows = list(csv.DictReader(io.StringIO(sh(*readme_command(readme, "dvc exp show"), "--csv", cwd=project))))
+    assert float(rows[0]["test_accuracy"]) == pytest.approx(metrics["test_accuracy"], abs=1e-5)
+    equal = sh(*readme_command(readme, "dvc metrics diff"), cwd=project)
+    assert "test_accuracy" in equal  # unchanged, still said
     shown = sh("dvc", "metrics", "show", cwd=project)
     assert "test_accuracy" in shown and "recall" not in shown  # the headline; per-class figures have their own file
     plots = json.loads(sh("dvc", "plots", "show", "--json", cwd=project))
@@ -99,9 +119,7 @@ def test_exp_run_repro_and_what_reruns(project, tiny_dataset, tmp_path):
     assert {"augmentation.name", "augmentation.rotation_range", "test_accuracy", "test_balanced_accuracy"} <= columns
     assert not [c for c in columns if "recall" in c or "precision" in c]
     assert {r["augmentation.name"] for r in rows if r["test_accuracy"] not in ("", "!")} == {"none", "lesson"}
-    readme = (ROOT / "README.md").read_text()  # the table as the README shows it: no code or output hashes
-    drop = readme[readme.index("dvc exp show --only-changed --drop '") :].split("'")[1]
-    table = sh("dvc", "exp", "show", "--only-changed", "--drop", drop, "--csv", cwd=project)
+    table = sh(*readme_command(readme, "dvc exp show"), "--csv", cwd=project)  # as the README shows it
     columns = next(csv.reader(io.StringIO(table)))
     assert {"augmentation.name", "test_accuracy"} <= set(columns) and not [c for c in columns if "/" in c]
 
@@ -109,7 +127,7 @@ def test_exp_run_repro_and_what_reruns(project, tiny_dataset, tmp_path):
     verdicts = project / "pipeline" / "study" / "verdicts.py"
     verdicts.write_text(verdicts.read_text() + "\n# a reworded verdict\n")
     assert "up to date" in sh("dvc", "status", "train", "evaluate", cwd=project)  # split: always_changed
-    fitting = project / "pipeline" / "fitting.py"  # ... while the fitting code is train's
+    fitting = project / "pipeline" / "training" / "fitting.py"  # ... while the fitting code is train's
     kept = fitting.read_text()
     fitting.write_text(kept + "\n# a change to fitting\n")
     assert "changed deps: modified: pipeline/training/fitting.py" in " ".join(sh("dvc", "status", "train", cwd=project).split())

@@ -41,17 +41,29 @@ def test_a_fit_whose_output_is_a_log_prints_where_it_is_and_when_it_ends():
     assert quiet.getvalue() == ""
 
 
-def test_a_bar_into_a_log_redraws_rarely_and_on_a_terminal_as_usual():
-    """tqdm redraws ten times a second; into a file that is thousands of updates on one line."""
-    from pipeline.console import LOG_INTERVAL_S, progress_bar
+def test_a_bar_into_a_log_writes_whole_lines_and_on_a_terminal_is_tqdm(monkeypatch):
+    """tqdm redraws with `\\r` ten times a second; into a file that leaves fragments: there a long loop
+    writes a whole line now and then, and one when it ends."""
+    from pipeline import console
 
     class Terminal(io.StringIO):
         def isatty(self):
             return True
 
     log, terminal = io.StringIO(), Terminal()
-    with progress_bar(total=3, file=log, desc="validate") as into_log, progress_bar(total=3, file=terminal) as shown:
-        into_log.update(3)
-        shown.update(3)
-    assert into_log.mininterval == LOG_INTERVAL_S and shown.mininterval == 0.1  # tqdm's own default
-    assert "validate: 100%" in log.getvalue() and "3/3" in log.getvalue()  # the final state is written
+    with console.progress_bar(total=3, file=log, desc="validate", unit="img") as into_log:
+        with console.progress_bar(total=3, file=terminal) as shown:
+            into_log.update(3)
+            shown.update(3)
+    assert shown.mininterval == 0.1 and "3/3" in terminal.getvalue()  # tqdm's own bar
+    (line,) = log.getvalue().splitlines()
+    assert line.startswith("validate: 3 img in ") and "\r" not in log.getvalue()
+    monkeypatch.setattr(console, "LOG_INTERVAL_S", 0.0)  # a long loop: a line as it goes
+    log = io.StringIO()
+    for _ in console.progress_bar(range(2), total=2, file=log, desc="decode", unit="img"):
+        pass
+    assert (
+        log.getvalue().splitlines() == [line for line in log.getvalue().splitlines() if line.startswith("decode: ")]
+        and len(log.getvalue().splitlines()) == 3
+    )
+    assert "decode: 1/2 img (50%)" in log.getvalue() and "decode: 2 img in" in log.getvalue()

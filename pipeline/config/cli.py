@@ -6,8 +6,10 @@ against the schema before anything runs, and a user's error printed as one line.
 from __future__ import annotations
 
 import difflib
+import shutil
 import signal
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -254,12 +256,14 @@ def check_output_paths(config: Config) -> Config:
 
 
 def command_help(task: Callable, reads: tuple[str, ...], overrides: list[str], sweeps: bool = True) -> str:
-    """A command's --help: its module's docstring (what it does, with examples), then every key it
-    reads (`reads`: sections or keys) with the value it has now - the defaults, the default
-    experiment and the command line's overrides - and what it does."""
+    """A command's --help, wrapped to the terminal: its module's docstring (what it does, with examples),
+    the config groups and their options (`experiment=cpu`), then every key it reads (`reads`: sections or
+    keys) with the value it has now - the defaults, the default experiment and the command line's
+    overrides - and what it does."""
     from pipeline.config.comments import key_comments
     from pipeline.config.compose import compose, to_dict
 
+    width = max(60, shutil.get_terminal_size((100, 24)).columns)
     module = sys.modules[task.__module__]
     started_as = getattr(sys.modules["__main__"].__spec__, "name", None)  # `python -m pipeline.compare`
     name = started_as or getattr(module.__spec__, "name", None) or task.__module__
@@ -268,21 +272,42 @@ def command_help(task: Callable, reads: tuple[str, ...], overrides: list[str], s
     values = {key: words.get(value, value) for key, value in flatten(to_dict(config)).items()}
     comments = key_comments()
     shown = [key for key in values if any(key == r or key.startswith(r + ".") for r in reads)]
-    width = min(max((len(f"{k}={values[k]}") for k in shown), default=0), 48)
+    column = min(max((len(f"{k}={values[k]}") for k in shown), default=0), 40) + 4
+
+    def entry(head: str, text: str) -> list[str]:
+        """`  head  text`, the text wrapped beside the head (below it when the head is long)."""
+        if not text:
+            return textwrap.wrap(head, width, initial_indent="  ", subsequent_indent="      ")
+        lines = textwrap.wrap(text, width - column, break_long_words=False) or [""]
+        first = f"  {head}".ljust(column)
+        if len(first) > column:  # a long value: the text on the lines below it
+            return [*textwrap.wrap(head, width, initial_indent="  ", subsequent_indent="      ")] + [
+                " " * column + line for line in lines
+            ]
+        return [first + lines[0], *(" " * column + line for line in lines[1:])]
+
+    groups = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("schema", "hydra"))
+    options = {group: ", ".join(sorted(f.stem for f in (CONF_DIR / group).glob("*.yaml"))) for group in groups}
+    flags = ("-m (one job per combination of comma-separated values), " if sweeps else "") + (
+        "--cfg job (print the composed config), --info, --hydra-help."
+    )
     return "\n".join(
         [
-            f"usage: python -m {name} {'[-m] ' if sweeps else ''}[key=value ...]",
+            f"usage: python -m {name} {'[-m] ' if sweeps else ''}[group=option ...] [key=value ...]",
             "",
             (module.__doc__ or "").strip(),
             "",
-            "The keys it reads, as they stand with this command line (set any as key=value; all keys and",
-            "their defaults: docs/configuration.md):",
-            *(f"  {f'{k}={values[k]}':<{width}}  {comments.get(k, '')}".rstrip() for k in shown),
+            "Config groups (group=option picks a file of conf/<group>/; experiment=cpu is the default):",
+            *(line for group in groups for line in entry(f"{group}=", options[group])),
             "",
-            "Hydra's own flags: "
-            + ("-m (one job per combination of comma-separated values), " if sweeps else "")
-            + "--cfg job (print the",
-            "composed config), --info, --hydra-help.",
+            *textwrap.wrap(
+                "The keys it reads, as they stand with this command line (set any as key=value; all keys and "
+                "their defaults: docs/configuration.md):",
+                width,
+            ),
+            *(line for key in shown for line in entry(f"{key}={values[key]}", comments.get(key, ""))),
+            "",
+            *textwrap.wrap("Hydra's own flags: " + flags, width),
         ]
     )
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -84,6 +85,8 @@ class SweepJobs(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         jobs = sweep_jobs(config)
+        progress.clear()
+        progress["jobs"] = len(jobs) if jobs else config.hydra.sweeper.get("n_trials")  # Optuna: its trials
         if not jobs or len(jobs) < 2:
             return  # one job is checked as it starts, as a single run is
         try:
@@ -106,18 +109,37 @@ class SweepJobs(Callback):
         raise SystemExit(1)
 
 
+progress: dict[str, Any] = {}  # this sweep's jobs (`SweepJobs`), and the seconds of those done in this process
+
+
+def job_line() -> str:
+    """`sweep: job 3 of 10 (2 done, 8 left, about 6 min left)`: the next job and, from the jobs done
+    in this process, how long the rest takes."""
+    done, total = progress.setdefault("seconds", []), progress.get("jobs")
+    left = f", {total - len(done)} left" if total else ""
+    eta = ""
+    if done and total:
+        minutes = (total - len(done)) * sum(done) / len(done) / 60
+        eta = f", about {minutes:.0f} min left" if minutes >= 1 else ", under a minute left"
+    return f"sweep: job {len(done) + 1}{f' of {total}' if total else ''} ({len(done)} done{left}{eta})"
+
+
 def run_job(job: Callable[[], Any], job_dir: str | Path) -> Any:
-    """Run one job of a multirun. A failure is printed (a UserError as one line, anything else
-    with its traceback), written to the job's folder for `SweepJobs`, and returned as NaN
-    so that the sweep goes on; an interruption (Ctrl-C, SIGTERM) stops the whole sweep."""
+    """Run one job of a multirun, said in one line (`job_line`). A failure is printed (a UserError as
+    one line, anything else with its traceback), written to the job's folder for `SweepJobs`, and
+    returned as NaN so that the sweep goes on; an interruption (Ctrl-C, SIGTERM) stops the whole sweep."""
     failure = Path(job_dir) / FAILED_JOB_FILE
     failure.unlink(missing_ok=True)
+    print(job_line(), flush=True)
+    start = time.monotonic()
     try:
         return job()
     except UserError as error:
         message = f"error: {error}"
     except Exception:
         message = traceback.format_exc()
+    finally:
+        progress.setdefault("seconds", []).append(time.monotonic() - start)
     print(message, file=sys.stderr)
     failure.parent.mkdir(parents=True, exist_ok=True)
     failure.write_text(message)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from pipeline.config.compose import validate
 from pipeline.config.schema import Config
 from pipeline.errors import TrackingError, UserError
 from pipeline.stopping import stop_requested
-from pipeline.tracking.store import tracking_uri, ui_hint, use_experiment
+from pipeline.tracking.store import experiment_link, tracking_uri, ui_lines, use_experiment
 
 FIGURES = ("comparison.png", "class_effects.png", "affinity_diversity.png")
 CURVES = ("val_accuracy", "val_loss", "train_loss", "epoch_seconds")  # per-epoch histories the report reads
@@ -54,7 +55,7 @@ def run(config: Config, run_ids: set[str] | None = None, record: bool = True) ->
     from pipeline.study.grouping import choose_metric, group_runs, group_table
     from pipeline.study.records import DATA_VERSION
     from pipeline.study.registry import register_winner
-    from pipeline.study.report import json_safe, render_markdown
+    from pipeline.study.report import json_safe, render_markdown, terminal_summary, verdict_lines
     from pipeline.study.runs import training_runs
     from pipeline.study.sequential import decide_in_rounds
     from pipeline.study.verdicts import ablation_contributions, class_flags, compare_groups
@@ -158,17 +159,41 @@ def run(config: Config, run_ids: set[str] | None = None, record: bool = True) ->
     comparison_figure(groups, differences_drawn + ablations_drawn, reports / "comparison.png")
     class_effects_figure(differences_drawn + ablations_drawn, reports / "class_effects.png")
     affinity_diversity_figure(differences_drawn, ablations_drawn, reports / "affinity_diversity.png")
-    print(markdown)
-    print(
-        f"-> {reports / 'comparison.md'}, {reports / 'comparison.json'}, "
-        + ", ".join(str(reports / name) for name in FIGURES)
-    )
+    width = shutil.get_terminal_size((100, 24)).columns
+    print(terminal_summary(report, width))
+    print(f"the whole report: {reports / 'comparison.md'} (figures beside it)")
     if record:
         if settings.register:
             print(register_winner(config.tracking.model_name, groups, differences, metric))
+        import mlflow
+
+        uri = tracking_uri(config.tracking)
+        training_experiment = mlflow.get_experiment_by_name(config.tracking.experiment).experiment_id
+        view = runs_view(training_experiment, report, groups, run_ids)
         experiment_id, run_id = log_comparison_run(config, report, reports)
-        print(ui_hint(tracking_uri(config.tracking), experiment_id, run_id) + "   (this comparison: its verdicts)")
+        links = {"runs": experiment_link(uri, training_experiment, view=view)}
+        print("\n".join(ui_lines(uri, {**links, "comparison": experiment_link(uri, experiment_id, run_id)})))
+    print("\n" + "\n".join(verdict_lines(report, width)))
     return report
+
+
+def runs_view(experiment_id: str, report: dict, groups, run_ids: set[str] | None) -> str:
+    """A saved view of the compared runs in MLflow's runs table: the metric, the best validation
+    accuracy, the preset, the seed and every other setting that varied, as columns; returns its key."""
+    from pipeline.study.grouping import varied_settings
+    from pipeline.study.records import DATA_VERSION
+    from pipeline.tracking.store import save_runs_view
+
+    runs = [r for g in groups for r in g.runs]
+    varied = [k for k in varied_settings(runs) if k != DATA_VERSION and not k.startswith("augmentation.")]
+    columns = [f"metrics.{report['metric']}", "metrics.best_val_accuracy", "tags.augmentation", "params.seed"]
+    columns += [f"params.{key}" for key in varied]
+    ids = sorted(run_ids) if run_ids else []
+    search = f"attributes.run_id IN ({', '.join(repr(i) for i in ids)})" if ids else (report["filter"] or "")
+    slug = "runs-" + hashlib.sha256(search.encode()).hexdigest()[:8]
+    name = f"{report['runs']} runs by {report['metric']}" + (" (a sweep)" if ids else "")
+    save_runs_view(experiment_id, slug, name, list(dict.fromkeys(columns)), search)
+    return slug
 
 
 class CompareAfterSweep(Callback):

@@ -87,10 +87,11 @@ def draw_comparison(groups: list[Group], differences: list[Difference]):
             ax.fill_between(epochs[:last], (mean - std)[:last], (mean + std)[:last], color=colour, alpha=0.15)
             if last < len(epochs):  # after the first run stopped: the runs still going, thin and dotted
                 ax.plot(epochs[last - 1 :], mean[last - 1 :], color=colour, linestyle=":", linewidth=1)
-    for ax, metric in zip(axes[:2], ("val_accuracy", "val_loss")):
+    for ax, metric, unit in zip(axes[:2], ("val_accuracy", "val_loss"), ("fraction", "cross-entropy")):
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
+        ax.set_ylabel(f"{metric.replace('_', ' ')} ({unit})")
+        ax.set_title(f"{metric.replace('val_', 'validation ').replace('_', ' ')} per epoch", fontsize=10)
         ax.grid(alpha=0.3)
     if axes[0].get_legend_handles_labels()[0]:  # runs without recorded curves draw none
         axes[0].legend(fontsize=8)
@@ -103,10 +104,10 @@ def draw_comparison(groups: list[Group], differences: list[Difference]):
             xy=(1.02, row),
             xycoords=("axes fraction", "data"),
             va="center",
-            fontsize=9,
+            fontsize=12,
             fontweight="bold",
             color="white",
-            bbox={"boxstyle": "round,pad=0.25", "facecolor": colour, "edgecolor": "none"},
+            bbox={"boxstyle": "round,pad=0.3", "facecolor": colour, "edgecolor": "none"},
         )
         if d.low is not None:
             forest.plot([d.low * 100, d.high * 100], [row, row], color=colour, linewidth=3, alpha=0.6)
@@ -148,11 +149,11 @@ def draw_comparison(groups: list[Group], differences: list[Difference]):
     names = ", ".join(g.label for g in groups[:6]) + (f" and {len(groups) - 6} more" if len(groups) > 6 else "")
     figure.suptitle(
         wrapped(
-            f"{names}: {sum(len(g.runs) for g in groups)} runs, seeds {','.join(seeds)}. Validation curves (mean, "
-            f"band +-1 std; dotted once a run has stopped) and each difference's verdict on {metric}",
-            150,
+            f"Does it help? {names}: {sum(len(g.runs) for g in groups)} runs, seeds {','.join(seeds)}\n"
+            f"curves: mean over seeds, band +-1 std, dotted once a run has stopped; right: the verdict on {metric}",
+            130,
         ),
-        fontsize=11,
+        fontsize=12,
     )
     return figure
 
@@ -188,13 +189,17 @@ def draw_class_effects(differences: list[Difference]):
         ax.set_axis_off()
         return figure
     limit = max(float(np.nanmax(np.abs(values))) if values.size and not np.all(np.isnan(values)) else 1.0, 1.0)
-    image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+    significant = np.array(
+        [[bool(d.per_class.get(name, {}).get("significant")) for d in shown] for name in classes], dtype=bool
+    )
+    ax.imshow(np.where(np.isnan(values), np.nan, 0.0), cmap="Greys", vmin=-1, vmax=8, aspect="auto")  # light grey
+    image = ax.imshow(np.where(significant, values, np.nan), cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
     for j, d in enumerate(shown):
         for i, name in enumerate(classes):
             c = d.per_class.get(name)
             if c is None:
                 continue
-            dark = abs(c["mean"] * 100) > 0.6 * limit
+            dark = c["significant"] and abs(c["mean"] * 100) > 0.6 * limit
             ax.text(
                 j,
                 i,
@@ -213,11 +218,11 @@ def draw_class_effects(differences: list[Difference]):
     figure.colorbar(image, ax=ax, label="test recall difference (points)")
     framed = sum(c["significant"] for d in shown for c in d.per_class.values())
     ax.set_title(
-        "per-class effect on test recall\n"
+        "Per-class effect on test recall (points)\n"
         + (
-            f"(framed: {framed} cell(s) whose Holm-corrected interval excludes 0)"
+            f"coloured and framed: the {framed} cell(s) whose Holm-corrected interval excludes 0; grey: not significant"
             if framed
-            else "(no cell's Holm-corrected interval excludes 0)"
+            else "grey: no cell's Holm-corrected interval excludes 0 (the numbers are the means)"
         ),
         fontsize=10,
     )
@@ -256,8 +261,10 @@ def draw_affinity_diversity(differences: list[Difference], ablations: list[Diffe
                 s=90,
                 edgecolors="black",
             )
+            ax.scatter([1.0], [1.0], marker="+", s=160, color="black", zorder=0)  # the baseline: its own images
+            ax.annotate("baseline (1, 1)", (1.0, 1.0), textcoords="offset points", xytext=(6, -12), fontsize=8)
             ax.margins(x=0.35, y=0.15)  # room for the labels
-            ax.set_title(title, fontsize=9)
+            ax.set_title(title, fontsize=10)
         else:
             ax.text(
                 0.5,
@@ -273,7 +280,11 @@ def draw_affinity_diversity(differences: list[Difference], ablations: list[Diffe
         ax.grid(alpha=0.3)
     if every:
         figure.colorbar(points, ax=list(axes[0]), label=f"{every[0].metric} difference (points)")
-    figure.suptitle("why an augmentation helps: affinity vs diversity", fontsize=10)
+    figure.suptitle(
+        "Why an augmentation helps or hurts: affinity (how like the data its images stay) and diversity "
+        "(how much harder it makes training), Gontijo-Lopes et al. 2020",
+        fontsize=10,
+    )
     figure.canvas.draw()  # the final axes limits and layout, which label placement measures in
     for ax, (_, shown) in zip(axes[0], panels):
         _label_points(ax, [(d.affinity, d.diversity) for d in shown], [d.group for d in shown])

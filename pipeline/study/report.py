@@ -7,6 +7,7 @@ effects and notes on what limits the evidence. Pure text from the report's dict
 from __future__ import annotations
 
 import math
+import textwrap
 
 from pipeline.study.decisions import CONVERGE_ADVICE, SEEDS_ADVISED
 from pipeline.study.seed_statistics import MOST_SEEDS_ADVISED
@@ -225,3 +226,73 @@ def json_safe(value):
     if isinstance(value, list):
         return [json_safe(v) for v in value]
     return value
+
+
+def terminal_summary(report: dict, width: int = 100) -> str:
+    """What `compare` prints first: one row per group and per ablated operation (its metric in %, the
+    difference from its baseline in points, the interval the verdict reads, the verdict), sized to
+    `width` columns, what they mean, the classes that move against the average and the notes on the
+    evidence. The full table, with every statistic, is comparison.md; `verdict_lines` end the output."""
+    metric = report["metric"]
+    compared = {d["group"]: d for d in report["differences"]}
+    rows = [("group", f"{metric} %", "vs", "points", "interval", "verdict")]
+    for g in report["groups"]:
+        d = compared.get(g["group"])
+        mean = _percent(g[f"{metric}_mean"], g[f"{metric}_std"], g[f"{metric}_n"])
+        rows.append(
+            (
+                g["group"],
+                mean,
+                *(
+                    (d["baseline"], _points(d["mean"]), _interval(d["low"], d["high"]), d["verdict"])
+                    if d
+                    else ("",) * 4
+                ),
+            )
+        )
+    for d in report["ablations"]:
+        rows.append(
+            (
+                f"{d['group']} (in {d['baseline'].split('-no-')[0]})",
+                "",
+                "without it",
+                _points(d["mean"]),
+                _interval(d["low"], d["high"]),
+                d["verdict"],
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
+    widths[0] = max(12, min(widths[0], width - sum(widths[1:]) - 10))  # the names give way first
+    lines = []
+    for row in (rows[0], tuple("-" * w for w in widths), *rows[1:]):
+        lines.append("  ".join(cell[: widths[i]].ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    legend = (
+        f"points: percentage points of {metric} (the group minus its baseline; an operation: its preset with "
+        "it minus without it); [low, high]: the interval the verdict reads, corrected over every comparison "
+        "here; ± is the standard deviation over seeds."
+    )
+    said = [f"warning: {flag}" for flag in report["class_flags"]] + [f"note: {note}" for note in report["notes"]]
+    return "\n".join(
+        [
+            *(line[:width] for line in lines),
+            *textwrap.wrap(legend, width),
+            *(line for text in said for line in textwrap.wrap(text, width, subsequent_indent="  ")),
+        ]
+    )
+
+
+def verdict_lines(report: dict, width: int = 100) -> list[str]:
+    """One line per comparison, what `compare` ends with: `lesson vs none: DROP -5.70 points [-7.04, -4.36],
+    5 seeds` (an operation: `vertical_flip in lesson: ...`); without an interval, why, shortened to `width`."""
+    lines = []
+    for d in report["differences"] + report["ablations"]:
+        operation = d not in report["differences"]
+        what = f"{d['group']} in {d['baseline'].split('-no-')[0]}" if operation else f"{d['group']} vs {d['baseline']}"
+        line = f"{what}: {d['verdict'].upper()} "
+        if d["low"] is not None:
+            seeds = len(d["per_seed"]) if d["per_seed"] else min(d["n_group"], d["n_baseline"])
+            line += f"{_points(d['mean'])} points {_interval(d['low'], d['high'])}, {seeds} seeds"
+        else:
+            line += textwrap.shorten(d["reason"], max(20, width - len(line)), placeholder=" ...")
+        lines.append(line)
+    return lines

@@ -26,6 +26,7 @@ from pathlib import Path
 import mlflow
 import yaml
 
+from pipeline.config.cli import in_multirun
 from pipeline.config.compose import flatten, to_dict
 from pipeline.config.schema import PROJECT_ROOT, Config
 from pipeline.data.manifests import Split
@@ -34,7 +35,7 @@ from pipeline.files import write_atomically
 from pipeline.tracking import logged_model, outages
 from pipeline.tracking.identity import digest_of
 from pipeline.tracking.runs import tracked_run
-from pipeline.tracking.store import ui_hint
+from pipeline.tracking.store import experiment_link, ui_lines
 
 SPLIT_NAMES = {"accuracy": "train_accuracy", "loss": "train_loss"}  # Keras' names for the training split's
 KEPT = ("train_accuracy", "train_loss", "val_accuracy", "val_loss")  # logged again for the kept epoch
@@ -201,7 +202,10 @@ def training_run(config: Config, split: Split, work, state, uri: str, facts: dic
             log_config_and_preview(config, split)
         mlflow.set_tag("config_hash", digest_of(work.identity))  # same hash = same trained model
         yield TrainingRecord(config, active, uri, state)
-    print(ui_hint(uri, active.info.experiment_id, active.info.run_id))
+    if not in_multirun():  # a sweep ends with one link, to its runs (the comparison)
+        print(
+            "\n".join(ui_lines(uri, {"this run": experiment_link(uri, active.info.experiment_id, active.info.run_id)}))
+        )
 
 
 def log_config_and_preview(config: Config, split: Split) -> None:

@@ -244,15 +244,55 @@ def use_experiment(name: str, uri: str, create: bool = True):
     return mlflow.set_experiment(name)
 
 
-def experiment_link(uri: str, experiment_id: str, run_id: str | None = None) -> str:
-    """The experiment's runs (or one run's page) in the MLflow UI, in its model-training mode."""
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}/runs{f'/{run_id}' if run_id else ''}?workflowType=machine_learning"
+SAVED_VIEW_TAG = "mlflow.sharedViewState."  # + a slug: an experiment's saved runs-table view (MLflow 3 UI)
 
 
-def ui_hint(uri: str, experiment_id: str, run_id: str | None = None) -> str:
-    """One line telling where to look at the runs (or one run): the link, and for a local store the command first."""
-    link = experiment_link(uri, experiment_id, run_id)
-    if uri.startswith(("http://", "https://")):
-        return f"MLflow UI: {link}"
-    return f"MLflow UI: mlflow ui --backend-store-uri {uri}   then open {link}"
+def save_runs_view(experiment_id: str, slug: str, name: str, columns: list[str], search_filter: str = "") -> None:
+    """A saved view of the experiment's runs table, as the MLflow UI's "Share" writes one (an experiment tag
+    its views menu lists and `view_link` opens): `columns` shown without a click (`metrics.test_accuracy`,
+    `params.seed`, `tags.augmentation`: the UI's keys, quoted here), sorted by the first, best first;
+    every run the filter selects shown, none hidden."""
+    import json
+    import time
+
+    import mlflow
+
+    def key(column: str) -> str:
+        kind, _, name = column.partition(".")
+        return f"{kind}.`{name}`"
+
+    state = {
+        "searchFilter": search_filter,
+        "orderByKey": key(columns[0]),
+        "orderByAsc": False,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "modelVersionFilter": "All Runs",
+        "datasetsFilter": [],
+        "selectedColumns": [key(column) for column in columns],
+        "runsHiddenMode": "SHOW_ALL",
+    }
+    now = int(time.time() * 1000)
+    envelope = {"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+    mlflow.MlflowClient().set_experiment_tag(experiment_id, SAVED_VIEW_TAG + slug, json.dumps(envelope))
+
+
+def experiment_link(uri: str, experiment_id: str, run_id: str | None = None, view: str | None = None) -> str:
+    """The experiment's runs (one run's page; or a saved view of them) in the MLflow UI, in its
+    model-training mode: a local store's UI is started with `--app-name model-training` (`ui_lines`),
+    whose default that mode is; a server's link says it (`workflowType`)."""
+    remote = uri.startswith(("http://", "https://"))
+    page = f"{uri.rstrip('/') if remote else 'http://127.0.0.1:5000'}/#/experiments/{experiment_id}/runs"
+    query = [*(["workflowType=machine_learning"] if remote else []), *([f"viewStateShareKey={view}"] if view else [])]
+    return f"{page}{f'/{run_id}' if run_id else ''}" + (f"?{'&'.join(query)}" if query else "")
+
+
+def ui_lines(uri: str, links: dict[str, str]) -> list[str]:
+    """Where to look, a line each: for a local store the command that starts its UI (in the model-training
+    view: `pipeline.tracking.ui`), then each link under its label."""
+    start = (
+        []
+        if uri.startswith(("http://", "https://"))
+        else [f"  mlflow ui --app-name model-training --backend-store-uri {uri}"]
+    )
+    return ["MLflow UI:", *start, *(f"  {label}: {link}" for label, link in links.items())]
