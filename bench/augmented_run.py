@@ -67,9 +67,7 @@ def parts(config, repeats: int, scratch: Path) -> dict[str, float]:
     features = model.get_layer("features")
     seconds = {"decode the training split (once per sweep)": timed(lambda: train.decoded(size, None), repeats)}
     pixels = train.decoded(size, cache)
-    seconds["read the decoded split back (every later run)"] = timed(
-        lambda: train.decoded(size, cache), repeats
-    )
+    seconds["read the decoded split back (every later run)"] = timed(lambda: train.decoded(size, cache), repeats)
 
     def convert():
         _compiled.clear()
@@ -123,7 +121,9 @@ def parts(config, repeats: int, scratch: Path) -> dict[str, float]:
     train_features = plain_features(network, train, size, lambda: pixels, batch, cache)
     train_ds = build_feature_train_dataset(train_features, train, batch, config.seed)
     val_pixels = val.decoded(size, cache)
-    val_ds = build_feature_eval_dataset(plain_features(network, val, size, lambda: val_pixels, batch, cache), val, batch)
+    val_ds = build_feature_eval_dataset(
+        plain_features(network, val, size, lambda: val_pixels, batch, cache), val, batch
+    )
     head.fit(train_ds, epochs=1, steps_per_epoch=views.steps, verbose=0)  # traces the step
     seconds["the head's steps of one epoch"] = timed(
         lambda: head.fit(train_ds, epochs=1, steps_per_epoch=views.steps, verbose=0), repeats

@@ -1,7 +1,7 @@
 """Command `predict`: the top-k classes of your own images, from a trained model.
 
     python -m pipeline.predict models/model.keras photo.jpg shirt.png
-    python -m pipeline.predict runs:/<run_id>/model photo.jpg --top-k 5 --json
+    python -m pipeline.predict models:/<model_id> photo.jpg --top-k 5 --json
     python -m pipeline.predict models:/clothing/1 photos/*.webp
     python -m pipeline.predict models/model.keras photos/          # every image below a folder
 
@@ -57,6 +57,8 @@ def _load_mlflow_model(uri: str):
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    import pipeline.backend  # noqa: F401 - TensorFlow starts quietly here, before MLflow's Keras flavour loads it
+
     from pipeline.config.compose import compose
     from pipeline.tracking.store import tracking_uri
 
@@ -67,7 +69,7 @@ def _load_mlflow_model(uri: str):
     except (MlflowException, OSError) as error:
         raise ModelError(
             f"cannot load the model {uri!r} ({getattr(error, 'message', error)}). Give a .keras file or "
-            f"an MLflow model URI (runs:/<run_id>/model) from the store {mlflow.get_tracking_uri()}; "
+            f"an MLflow model URI (models:/<model_id>, runs:/<run_id>/<run name>) from the store {mlflow.get_tracking_uri()}; "
             "set $MLFLOW_TRACKING_URI for another store."
         ) from None
 
@@ -93,12 +95,12 @@ def predict_files(model, classes: list[str], files: list[str], top_k: int) -> li
 
     The model's frozen part runs in OpenVINO when this machine has it converted already (a model
     trained here on a frozen base has), else in TensorFlow."""
-    from pipeline.config.schema import ModelConfig, PathsConfig
+    from pipeline.config.schema import DEFAULT_CACHE_DIR, ModelConfig
     from pipeline.model.frozen_runtime import SplitClassifier
 
     defaults = ModelConfig()
     classifier = SplitClassifier(
-        model, defaults.frozen_runtime, defaults.frozen_precision, PathsConfig().cache_dir, convert=False
+        model, defaults.frozen_runtime, defaults.frozen_precision, DEFAULT_CACHE_DIR, convert=False
     )
     height, width = model.input_shape[1:3]
     results = [{"file": name} for name in files]
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("model", help="models/model.keras or an MLflow model URI (runs:/<run_id>/model)")
+    parser.add_argument("model", help="models/model.keras or an MLflow model URI (models:/<model_id>)")
     parser.add_argument("images", nargs="+", help="image files, or folders (every image below them)")
     parser.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
     parser.add_argument(

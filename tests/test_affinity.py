@@ -26,7 +26,7 @@ SIZE = 8
 
 
 def write_val_split(split_dir: Path, per_class: int = 30) -> None:
-    """left: the left half bright; right: the right half bright (noise on top)."""
+    """A split whose val images are left (the left half bright) and right (the right half), noise on top."""
     rng = np.random.default_rng(0)
     rows = []
     for label in ("left", "right"):
@@ -38,8 +38,9 @@ def write_val_split(split_dir: Path, per_class: int = 30) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels.astype(np.uint8)).save(path)
             rows.append((str(path), label, hashlib.sha256(path.read_bytes()).hexdigest()))
-    with open(split_dir / "val.csv", "w", newline="") as f:
-        csv.writer(f).writerows([("path", "label", "sha256"), *rows])
+    for name, listed in (("train", []), ("val", rows), ("test", [])):  # affinity reads the val split alone
+        with open(split_dir / f"{name}.csv", "w", newline="") as f:
+            csv.writer(f).writerows([("path", "label", "sha256"), *listed])
     (split_dir / "classes.json").write_text(json.dumps(["left", "right"]))
 
 
@@ -80,7 +81,7 @@ def log_runs(uri: str, tmp_path: Path) -> None:
                 for step, loss in enumerate((0.9, 0.5 + 0.1 * (label != "none")), start=1):
                     mlflow.log_metric("loss", loss, step=step)
                 if label == "none":
-                    logged_model.log_keras_model(tmp_path / "half.keras", (SIZE, SIZE), classes, 1, {}, {})
+                    logged_model.log_keras_model(tmp_path / "half.keras", (SIZE, SIZE), classes, 1, "half", {}, {})
 
 
 @pytest.mark.slow

@@ -390,7 +390,9 @@ def log_tiny_models(uri: str, preset: str, tmp_path) -> None:
     for run in client.search_runs([experiment.experiment_id], f"tags.augmentation = '{preset}'"):
         if run.info.status == "FINISHED":
             with mlflow.start_run(run_id=run.info.run_id):
-                logged_model.log_keras_model(tmp_path / "tiny.keras", (8, 8), classes, 3, {"augmentation": preset}, {})
+                logged_model.log_keras_model(
+                    tmp_path / "tiny.keras", (8, 8), classes, 3, run.info.run_name, {"augmentation": preset}, {}
+                )
 
 
 @pytest.mark.slow  # end to end: logged models, the registry, predict from models:/...@champion in a process
@@ -473,7 +475,9 @@ def test_a_failed_model_upload_leaves_the_logged_model_failed(tmp_path):
     with mlflow.start_run():
         mlflow.log_metric("val_accuracy", 0.5, step=1)
         with pytest.raises(FileNotFoundError):
-            logged_model.log_keras_model(tmp_path / "tiny.keras", (8, 8), tmp_path / "no-classes.json", 1, {}, {})
+            logged_model.log_keras_model(
+                tmp_path / "tiny.keras", (8, 8), tmp_path / "no-classes.json", 1, "tiny", {}, {}
+            )
     (logged,) = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list")
     assert str(logged.status).endswith("FAILED")
 

@@ -130,7 +130,9 @@ def test_exp_run_repro_and_what_reruns(project, tiny_dataset, tmp_path):
     fitting = project / "pipeline" / "training" / "fitting.py"  # ... while the fitting code is train's
     kept = fitting.read_text()
     fitting.write_text(kept + "\n# a change to fitting\n")
-    assert "changed deps: modified: pipeline/training/fitting.py" in " ".join(sh("dvc", "status", "train", cwd=project).split())
+    assert "changed deps: modified: pipeline/training/fitting.py" in " ".join(
+        sh("dvc", "status", "train", cwd=project).split()
+    )
     fitting.write_text(kept)
 
     # An image edited in place (same name, same label): split's manifests change with it, so the

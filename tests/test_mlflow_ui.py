@@ -7,7 +7,7 @@ import shutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run_module, running_mlflow_server, train_args
+from tests.conftest import make_tiny_dataset, run_module, running_mlflow_server, split_tiny, train_args
 
 pytestmark = pytest.mark.slow
 
@@ -30,60 +30,80 @@ def ui_number(value: float) -> str:
     return f"{round(value, 3):g}"
 
 
-def test_the_first_look_in_the_mlflow_ui(split_done, tmp_path):
-    """The README's loop (none and lesson over 5 seeds, tiny) recorded to a real `mlflow server --app-name
-    model-training`: the runs link the sweep prints shows every run's test accuracy without a click; the
-    experiment opened from MLflow's experiment list and a model opened from its run's page are in the
-    model-training view; the comparison run opens on its verdicts."""
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    browser_path = system_chromium()
+@pytest.fixture(scope="module")
+def readme_loop(tmp_path_factory):
+    """The README's loop, tiny: none and lesson over 5 seeds as one sweep, recorded to a real `mlflow server
+    --app-name model-training`, which stays up for the tests of this module."""
+    tmp_path = tmp_path_factory.mktemp("readme-loop")
+    split_tiny(tmp_path, make_tiny_dataset(tmp_path))
     with running_mlflow_server(tmp_path / "server", "--app-name", "model-training") as server:
-        args = [a for a in train_args(split_done, server, "train.epochs=1") if not a.startswith("hydra.run")]
+        args = [a for a in train_args(tmp_path, server, "train.epochs=1") if not a.startswith("hydra.run")]
         trained = run_module("pipeline.train", "-m", "augmentation=none,lesson", "seed=1,2,3,4,5", *args)
         assert trained.returncode == 0, trained.stderr[-3000:]
-        client = MlflowClient(server)
-        experiment = client.get_experiment_by_name("augmentation")
-        runs = client.search_runs([experiment.experiment_id])
-        assert len(runs) == 10 and all("test_accuracy" in r.data.metrics for r in runs)
-        (runs_link,) = [line.split(": ", 1)[1] for line in trained.stdout.splitlines() if line.startswith("  runs: ")]
-        (comparison_link,) = [
-            line.split(": ", 1)[1] for line in trained.stdout.splitlines() if line.startswith("  comparison: ")
-        ]
-        run = runs[0]
-        (model,) = run.outputs.model_outputs
-        comparisons = client.get_experiment_by_name("augmentation-comparisons").experiment_id
-        (comparison,) = client.search_runs([comparisons])
+        yield server, trained, tmp_path
 
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=browser_path, args=["--no-sandbox", "--disable-dev-shm-usage"]
-            )
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.goto(runs_link, wait_until="load")
-            page.get_by_text("10 matching runs").first.wait_for(timeout=60_000)
-            page.get_by_text("test_accuracy", exact=True).first.wait_for(timeout=60_000)
-            table = page.inner_text("body")
-            page.screenshot(path=str(tmp_path / "mlflow-runs.png"))
 
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})  # another visit: the experiment list
-            page.goto(f"{server}/#/experiments", wait_until="load")
-            page.get_by_text("augmentation-comparisons").first.wait_for(timeout=60_000)  # listed: loaded
-            page.get_by_text("augmentation", exact=True).first.click()
-            page.get_by_text("matching runs").first.wait_for(timeout=60_000)  # the runs table, not traces
-            from_list = page.url
+def test_a_sweep_says_each_note_once_and_a_line_per_job(readme_loop):
+    _, trained, _ = readme_loop
+    said = trained.stdout + trained.stderr
+    jobs = [line for line in trained.stdout.splitlines() if line.startswith("sweep: job ")]
+    assert [line.split(" (")[0] for line in jobs] == [f"sweep: job {k} of 10" for k in range(1, 11)]
+    assert "8 left, about" in jobs[2] or "8 left, under a minute left" in jobs[2]  # the time left, from jobs done
+    assert said.count("was split from") <= 1 and said.count("MLflow UI:") == 1  # once per sweep
+    assert "retracing" not in said and "\r" not in said and "0%|" not in said  # no warnings, no bar fragments
+    assert "cuInit" not in said
 
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})  # a run's page, then its model
-            page.goto(f"{server}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}", wait_until="load")
-            with page.expect_popup() as opened:  # the run's model links open in a new tab
-                page.locator(f'a[href*="{model.model_id}"]:visible').first.click()
-            page = opened.value
-            page.get_by_text(run.info.run_name).first.wait_for(timeout=60_000)  # the model's page: its run
-            model_page, model_text = page.url, page.inner_text("body")
 
-            page.goto(comparison_link, wait_until="load")
-            page.get_by_text("Compared runs:").first.wait_for(timeout=60_000)
-            overview = page.inner_text("body")
-            browser.close()
+def test_the_first_look_in_the_mlflow_ui(readme_loop):
+    """The runs link the sweep prints shows every run's test accuracy without a click; the experiment opened
+    from MLflow's experiment list and a model opened from its run's page are in the model-training view;
+    the comparison run opens on its verdicts."""
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    browser_path = system_chromium()
+    server, trained, tmp_path = readme_loop
+    client = MlflowClient(server)
+    experiment = client.get_experiment_by_name("augmentation")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 10 and all("test_accuracy" in r.data.metrics for r in runs)
+    (runs_link,) = [line.split(": ", 1)[1] for line in trained.stdout.splitlines() if line.startswith("  runs: ")]
+    (comparison_link,) = [
+        line.split(": ", 1)[1] for line in trained.stdout.splitlines() if line.startswith("  comparison: ")
+    ]
+    run = runs[0]
+    (model,) = run.outputs.model_outputs
+    comparisons = client.get_experiment_by_name("augmentation-comparisons").experiment_id
+    (comparison,) = client.search_runs([comparisons])
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=browser_path, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(runs_link, wait_until="load")
+        page.get_by_text("10 matching runs").first.wait_for(timeout=60_000)
+        page.get_by_text("test_accuracy", exact=True).first.wait_for(timeout=60_000)
+        table = page.inner_text("body")
+        page.screenshot(path=str(tmp_path / "mlflow-runs.png"))
+
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})  # another visit: the experiment list
+        page.goto(f"{server}/#/experiments", wait_until="load")
+        page.get_by_text("augmentation-comparisons").first.wait_for(timeout=60_000)  # listed: loaded
+        page.get_by_text("augmentation", exact=True).first.click()
+        page.get_by_text("matching runs").first.wait_for(timeout=60_000)  # the runs table, not traces
+        from_list = page.url
+
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})  # a run's page, then its model
+        page.goto(f"{server}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}", wait_until="load")
+        with page.expect_popup() as opened:  # the run's model links open in a new tab
+            page.locator(f'a[href*="{model.model_id}"]:visible').first.click()
+        page = opened.value
+        page.get_by_text(run.info.run_name).first.wait_for(timeout=60_000)  # the model's page: its run
+        model_page, model_text = page.url, page.inner_text("body")
+
+        page.goto(comparison_link, wait_until="load")
+        page.get_by_text("Compared runs:").first.wait_for(timeout=60_000)
+        overview = page.inner_text("body")
+        browser.close()
 
     for r in runs:  # every run and its test accuracy, as the UI prints a metric: 6 digits at most
         assert r.info.run_name in table and f"{r.data.metrics['test_accuracy']:.6g}" in table, r.info.run_name

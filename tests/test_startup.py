@@ -45,5 +45,5 @@ def test_a_missing_model_file_is_said_before_tensorflow_loads(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [  # not even TensorFlow's start-up lines, asked for: it never loaded
         f"error: {missing}: no such model file. Train one first (python -m pipeline.train or dvc repro), "
-        "or pass an MLflow model URI such as runs:/<run_id>/model."
+        "or pass an MLflow model URI such as models:/<model_id> (printed by the training)."
     ]

@@ -72,6 +72,7 @@ def test_the_run_records_its_config_metrics_and_datasets(lesson_run):
     assert len(run.data.tags["config_hash"]) == 64
     process = json.loads(run.data.tags["process"])  # for a later orphan check: one tag, out of the UI's way
     assert process["pid"].isdigit() and process["host"] and not any(k.startswith("process.") for k in run.data.tags)
+
     # MLflow autolog's convention: every epoch under the plain names, then the kept (best) epoch once more
     def steps(metric: str) -> list:
         return client.get_metric_history(run.info.run_id, metric)
@@ -120,13 +121,15 @@ def test_its_model_is_a_logged_model_at_the_best_epoch_that_loads_from_either_ur
         "seed": run.data.params["seed"],
     }
     assert logged.params["augmentation.rotation_range"] == "30.0" and logged.params["train.epochs"] == "2"  # its setup
+    assert logged.name == run.info.run_name  # named after its run, and it says what it is
+    assert logged.tags["mlflow.note.content"].startswith(f"lesson, seed {run.data.params['seed']}, residual_cnn: ")
     best_epoch = int(run.data.metrics["best_epoch"])
     assert [(o.model_id, o.step) for o in run.outputs.model_outputs] == [(logged.model_id, best_epoch)]
     model_metrics = {m.key: m for m in mlflow.get_logged_model(logged.model_id).metrics}
     assert model_metrics["val_accuracy"].value == pytest.approx(run.data.metrics["best_val_accuracy"])
     assert model_metrics["val_accuracy"].step == best_epoch
     assert json.loads((tmp_path / "reports" / "run.json").read_text())["model_id"] == logged.model_id
-    for model_uri in (f"runs:/{run.info.run_id}/model", f"models:/{logged.model_id}"):
+    for model_uri in (f"runs:/{run.info.run_id}/{run.info.run_name}", f"models:/{logged.model_id}"):
         loaded = mlflow.keras.load_model(model_uri)
         probabilities = loaded.predict(np.full((2, 32, 32, 3), 100.0, np.float32), verbose=0)
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
@@ -142,7 +145,8 @@ def test_mlflow_s_own_cli_serves_the_model(lesson_run):
     """`mlflow models predict` answers as the model does."""
     tmp_path, uri, stdout = lesson_run
     client, run = only_run(uri)
-    loaded = mlflow.keras.load_model(f"runs:/{run.info.run_id}/model")
+    (output,) = run.outputs.model_outputs
+    loaded = mlflow.keras.load_model(f"models:/{output.model_id}")
     probabilities = loaded.predict(np.full((2, 32, 32, 3), 100.0, np.float32), verbose=0)
     # ... and MLflow's own CLI serves it
     request = tmp_path / "request.json"
@@ -153,7 +157,7 @@ def test_mlflow_s_own_cli_serves_the_model(lesson_run):
             "models",
             "predict",
             "-m",
-            f"runs:/{run.info.run_id}/model",
+            f"models:/{output.model_id}",
             "--env-manager",
             "local",
             "-i",
@@ -222,7 +226,7 @@ def test_predict_names_the_clothes_and_each_file_it_cannot_read(lesson_run):
     good = make_image(tmp_path / "mine" / "photo.webp", size=(64, 50), seed=7, pattern=1, fmt="WEBP")
     broken = tmp_path / "mine" / "notes.jpg"
     broken.write_text("not an image")
-    for model in (str(tmp_path / "models" / "model.keras"), f"runs:/{run.info.run_id}/model"):
+    for model in (str(tmp_path / "models" / "model.keras"), f"models:/{run.outputs.model_outputs[0].model_id}"):
         result = run_in_process(
             "pipeline.predict",
             model,
@@ -560,7 +564,9 @@ def test_plain_runs_of_a_frozen_backbone_train_the_head_on_cached_features(split
     val = Split.read(tmp_path / "split").val
     network = frozen_network(model.get_layer("features"), cache_dir=tmp_path / "cache")  # the training-time path
     pixels = np.stack([load_image(p, (32, 32)) for p in val.paths])
-    from_cache = model.get_layer("head").predict(plain_features(network, val, (32, 32), lambda: pixels, 8, None), verbose=0)
+    from_cache = model.get_layer("head").predict(
+        plain_features(network, val, (32, 32), lambda: pixels, 8, None), verbose=0
+    )
     images = pixels.astype(np.float32)
     whole = model.predict(images, verbose=0)
     np.testing.assert_allclose(whole, from_cache, atol=1e-4)

@@ -16,7 +16,7 @@ def check_model_file(path: str | Path) -> Path:
     if not path.is_file():
         raise ModelError(
             f"{path}: no such model file. Train one first (python -m pipeline.train or dvc repro), "
-            "or pass an MLflow model URI such as runs:/<run_id>/model."
+            "or pass an MLflow model URI such as models:/<model_id> (printed by the training)."
         )
     if not zipfile.is_zipfile(path):
         raise ModelError(

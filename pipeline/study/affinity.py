@@ -9,7 +9,7 @@ augmentation") found that an augmentation's gain is predicted by two cheap numbe
 - diversity: how much harder the augmentation makes the training data (final training loss
   with it over without it); `verdicts.diversity` reads it from the recorded histories.
 
-Affinity needs no training: the baseline group's logged models (`runs:/<id>/model`) are
+Affinity needs no training: the baseline group's logged models (`models:/<id>`) are
 loaded and run on the validation split, clean and augmented. An operation is measured alone
 (`AugmentationConfig.only`) at its preset's magnitudes, a preset whole; the draws are seeded,
 so a report is reproducible. MixUp and CutMix mix labels too and have no affinity here.
@@ -118,14 +118,15 @@ def measure_affinities(
         return notes
     clean: dict[str, float] = {}  # run id -> clean val accuracy
     under: dict[tuple[str, str], float] = {}
-    models = {r.run_id for _, baseline, _ in wanted for r in baseline.runs}
+    model_ids = {r.run_id: r.model_id for _, baseline, _ in wanted for r in baseline.runs}
+    models = set(model_ids)
     augmentations = {a.name: a for *_, a in wanted}.values()  # each measured once per model
     decoded: dict[tuple[int, int], np.ndarray] = {}  # image size -> val images, decoded once
     labels = np.asarray(images.labels)
     progress = progress_bar(total=len(models) * (1 + len(augmentations)), desc="affinity", unit="pass")
     for run_id in sorted(models):
         try:
-            model = mlflow.keras.load_model(f"runs:/{run_id}/model")
+            model = mlflow.keras.load_model(f"models:/{model_ids[run_id]}")
         except Exception as error:  # a run without a logged model (tracking.log_model=false), or a damaged one
             notes.append(f"no affinity from run {run_id}: its model cannot be loaded ({str(error).splitlines()[0]})")
             continue

@@ -30,7 +30,6 @@ import hashlib
 import json
 import math
 import shutil
-import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -41,7 +40,7 @@ from pipeline.config.compose import validate
 from pipeline.config.schema import Config
 from pipeline.errors import TrackingError, UserError
 from pipeline.stopping import stop_requested
-from pipeline.tracking.store import experiment_link, tracking_uri, ui_lines, use_experiment
+from pipeline.tracking.store import experiment_link, save_runs_view, tracking_uri, ui_lines, use_experiment
 
 FIGURES = ("comparison.png", "class_effects.png", "affinity_diversity.png")
 CURVES = ("val_accuracy", "val_loss", "train_loss", "epoch_seconds")  # per-epoch histories the report reads
@@ -182,7 +181,6 @@ def runs_view(experiment_id: str, report: dict, groups, run_ids: set[str] | None
     accuracy, the preset, the seed and every other setting that varied, as columns; returns its key."""
     from pipeline.study.grouping import varied_settings
     from pipeline.study.records import DATA_VERSION
-    from pipeline.tracking.store import save_runs_view
 
     runs = [r for g in groups for r in g.runs]
     varied = [k for k in varied_settings(runs) if k != DATA_VERSION and not k.startswith("augmentation.")]
@@ -231,19 +229,20 @@ def log_comparison_run(config: Config, report: dict, reports: Path) -> tuple[str
     """The report as a run of its own experiment (`<experiment>-comparisons`, so that it never
     sits among the training runs); returns that experiment's id and the run's.
 
-    What the MLflow UI shows without a click: the description (each verdict in a line, in points,
-    and the compared runs as links), a `verdict.<group>` tag per comparison, and metrics in points
-    (`difference/<group>`, `interval_low/...`, `interval_high/...`, `holm_p/...`); the report
-    and its figures are the artifacts."""
+    What the MLflow UI shows without a click: its name (what it compares), the description (each verdict
+    in a line, in points, and the compared runs as links), a `verdict.<group>` tag per comparison and
+    `verdicts` for the list, metrics in points (`difference/<group>`, `interval_low/...`,
+    `interval_high/...`) and percent (`<metric> %/<group>`, each group's mean) beside `holm_p/...`; the
+    report and its figures are the artifacts."""
     import mlflow
 
-    name = time.strftime("comparison-%Y%m%d-%H%M%S")
     experiment = config.tracking.experiment
     compared_id = mlflow.MlflowClient().get_experiment_by_name(experiment).experiment_id
     target = use_experiment(comparisons_experiment(experiment), tracking_uri(config.tracking))
     comparisons = report["differences"] + report["ablations"]
+    verdicts = ", ".join(f"{d['group']} {d['verdict']}" for d in comparisons)
     with mlflow.start_run(
-        run_name=name,
+        run_name=comparison_name(report),
         description=comparison_description(report, compared_id),
         tags={
             "run_kind": "comparison",
@@ -251,6 +250,7 @@ def log_comparison_run(config: Config, report: dict, reports: Path) -> tuple[str
             "baseline": report["baseline"],
             "compared_experiment": experiment,
             "compared_runs": ",".join(r["run_id"] for r in report["compared_runs"])[:5000],
+            "verdicts": verdicts[:5000],  # the comparisons' list shows them in one column (its saved view)
             **{_metric_key(f"verdict.{d['group']}"): d["verdict"] for d in comparisons},
         },
     ) as run:
@@ -267,9 +267,22 @@ def log_comparison_run(config: Config, report: dict, reports: Path) -> tuple[str
             if d["p_adjusted"] is not None and not math.isnan(d["p_adjusted"]):
                 points["holm_p"] = d["p_adjusted"]
             mlflow.log_metrics({_metric_key(f"{kind}/{d['group']}"): value for kind, value in points.items()})
+        metric = report["metric"]
+        means = {g["group"]: 100 * g[f"{metric}_mean"] for g in report["groups"] if g[f"{metric}_n"]}
+        mlflow.log_metrics({_metric_key(f"{metric} %/{group}"): value for group, value in means.items()})
         for file in ("comparison.md", "comparison.json", *FIGURES):
             mlflow.log_artifact(str(reports / file))
+    save_runs_view(target.experiment_id, "verdicts", "comparisons and their verdicts", ["tags.verdicts", "params.runs"])
     return target.experiment_id, run.info.run_id
+
+
+def comparison_name(report: dict) -> str:
+    """What a comparison run is called: what it compares, e.g. `lesson, light vs none, 5 seeds`."""
+    groups = [d["group"] for d in report["differences"]] + [f"-{d['group']}" for d in report["ablations"]]
+    seeds = sorted({len(g["seeds"].split(",")) for g in report["groups"]})
+    shown = ", ".join(groups[:3]) + (f" and {len(groups) - 3} more" if len(groups) > 3 else "")
+    count = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+    return f"{shown} vs {report['baseline']}, {count} seeds"
 
 
 MODEL_TRAINING = "?workflowType=machine_learning"  # the UI's mode for training runs (else it may open GenAI's)

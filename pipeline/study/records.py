@@ -25,6 +25,7 @@ class RunSummary:
     started_ms: int = 0  # start time, to keep the latest of repeated runs
     augmented: bool = True  # its training images were augmented (tag `augmented`)
     test_predictions: dict[str, tuple[str, str]] = field(default_factory=dict)  # image sha256 -> (actual, predicted)
+    model_id: str | None = None  # its LoggedModel (`models:/<id>`), None when it logged none
 
     def setting(self, key: str) -> str | None:
         """The run's value of a grouping key; None where the key does not apply (`AUGMENTED_ONLY`)."""

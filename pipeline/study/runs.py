@@ -66,6 +66,7 @@ def training_runs(
                 r.info.start_time or 0,
                 augmented=r.data.tags.get("augmented", "true") == "true",
                 test_predictions=logged_test_predictions(client, r.info.run_id),
+                model_id=next((m.model_id for m in (r.outputs.model_outputs if r.outputs else [])), None),
             )
         )
     return summaries, len(training) - len(finished)

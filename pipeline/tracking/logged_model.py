@@ -20,6 +20,7 @@ def log_keras_model(
     image_size: tuple[int, int],
     classes_file: Path,
     best_epoch: int,
+    name: str,
     describe: dict[str, str],
     params: dict[str, str],
 ) -> str:
@@ -27,13 +28,13 @@ def log_keras_model(
     as the run's LoggedModel `model` (READY), with signature, input example and classes.json (the
     class names in output order, which `pipeline.predict` reads), linked to the run at the best
     epoch's step, whose metrics become the model's. Returns its model id; `models:/<id>` and
-    `runs:/<run id>/model` both load it.
+    `runs:/<run id>/<name>` both load it.
 
     `mlflow.keras.log_model(..., input_example=...)` in MLflow 3.17 writes the example before
     creating its folder (mlflow#16183), so the model is saved into a folder made here and
     uploaded with `log_model_artifacts`; a failed upload leaves the LoggedModel FAILED.
-    Its name stays `model` (what `runs:/<run id>/model` resolves); its tags say what it is
-    (`describe`: augmentation, model, seed), so the UI's model list tells them apart; its `params`
+    It is named after its run (`name`), its tags say what it is (`describe`: augmentation, model, seed,
+    and its description, `mlflow.note.content`), so the UI's model list tells them apart; its `params`
     are the run's configuration.
     """
     import tempfile
@@ -48,7 +49,7 @@ def log_keras_model(
     example = np.full((1, *image_size, 3), 127.0, np.float32)
     signature = infer_signature(example, model.predict(example, verbose=0))
     logged = mlflow.initialize_logged_model(
-        name="model", source_run_id=run_id, model_type="keras", tags=describe, params=params
+        name=name, source_run_id=run_id, model_type="keras", tags=describe, params=params
     )
     try:
         with tempfile.TemporaryDirectory() as scratch:

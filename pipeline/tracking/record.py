@@ -39,6 +39,7 @@ from pipeline.tracking.store import experiment_link, ui_lines
 
 SPLIT_NAMES = {"accuracy": "train_accuracy", "loss": "train_loss"}  # Keras' names for the training split's
 KEPT = ("train_accuracy", "train_loss", "val_accuracy", "val_loss")  # logged again for the kept epoch
+NOTE = "mlflow.note.content"  # a run's or a logged model's description: the top of its page in the UI
 EPOCH_PREFIX = "epoch/"  # runs recorded from 2026-11 to 2026-12 kept their per-epoch history here (study.runs reads it)
 
 
@@ -165,9 +166,21 @@ class TrainingRecord:
         )
         model_id = None
         if config.tracking.log_model:
-            describe = {"augmentation": config.augmentation.label, "model": config.model.name, "seed": str(config.seed)}
+            describe = {
+                "augmentation": config.augmentation.label,
+                "model": config.model.name,
+                "seed": str(config.seed),
+                NOTE: f"{config.augmentation.label}, seed {config.seed}, {config.model.name}: the weights of epoch "
+                f"{best_epoch} of {state.epochs_done} (its val accuracy {state.best_val_accuracy:.2%})",
+            }
             model_id = logged_model.log_keras_model(
-                model_path, tuple(config.data.image_size), classes_path, best_epoch, describe, flat_params(config)
+                model_path,
+                tuple(config.data.image_size),
+                classes_path,
+                best_epoch,
+                self.run.info.run_name,
+                describe,
+                flat_params(config),
             )
         best_val = state.best_val_accuracy or 0.0
         write_run_record(
@@ -348,11 +361,13 @@ def log_evaluation(run_record: dict, test: dict[str, float], val: dict[str, floa
     run_id, client, model_id = run_record["run_id"], mlflow.MlflowClient(), run_record.get("model_id")
     for values, name in ((test, "test"), (val, "val")):
         mlflow.log_metrics(values, run_id=run_id, model_id=model_id, dataset=split_dataset(split, name))
-    client.set_tag(
-        run_id,
-        "mlflow.note.content",
+    headline = (
         f"**test accuracy {test['test_accuracy']:.2%}** (balanced {test['test_balanced_accuracy']:.2%}, "
-        f"macro F1 {test['test_macro_f1']:.3f}) on {len(split.test)} test images",
+        f"macro F1 {test['test_macro_f1']:.3f}) on {len(split.test)} test images"
     )
+    client.set_tag(run_id, NOTE, headline)
+    if model_id:  # the model's description says it too, after what it is
+        model = client.get_logged_model(model_id)
+        client.set_logged_model_tags(model_id, {NOTE: f"{model.tags.get(NOTE, model.name)}. {headline}"})
     for path in files:
         client.log_artifact(run_id, str(path))
