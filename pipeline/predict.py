@@ -58,7 +58,6 @@ def _load_mlflow_model(uri: str):
     from mlflow.exceptions import MlflowException
 
     import pipeline.backend  # noqa: F401 - TensorFlow starts quietly here, before MLflow's Keras flavour loads it
-
     from pipeline.config.compose import compose
     from pipeline.tracking.store import tracking_uri
 
