@@ -103,7 +103,7 @@ def predict_files(model, classes: list[str], files: list[str], top_k: int) -> li
     )
     height, width = model.input_shape[1:3]
     results = [{"file": name} for name in files]
-    with progress_bar(total=len(files), desc="predict", unit="img", disable=len(files) <= PREDICT_BATCH) as progress:
+    with progress_bar(total=len(files), desc="predict", unit="files", disable=len(files) <= PREDICT_BATCH) as progress:
         for start in range(0, len(files), PREDICT_BATCH):
             batch, images = [], []
             for result in results[start : start + PREDICT_BATCH]:

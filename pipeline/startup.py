@@ -32,6 +32,16 @@ STARTUP_NOISE = (
 VERBOSE_VARIABLE = "AUGMENT_PIPELINE_VERBOSE"
 
 
+def by_design_retracing(record: logging.LogRecord) -> bool:
+    """False for TensorFlow's "N out of the last M calls ... triggered tf.function retracing" warning.
+
+    A sweep runs its jobs in one process and each job builds its own model, so Keras's step functions and
+    ours (the frozen network's, the augmenter's) are new `tf.function`s from the same Python code. TensorFlow
+    counts traces by code, not by instance, and calls this excessive from the fifth job on. It is by design
+    here: a shape that really changed would trace in one job and be seen in its epoch time."""
+    return "triggered tf.function retracing" not in record.getMessage()
+
+
 def quiet_tensorflow_start() -> list[str]:
     """Import TensorFlow and probe its devices with start-up noise filtered out of stderr; returns the
     lines dropped."""
@@ -39,6 +49,7 @@ def quiet_tensorflow_start() -> list[str]:
         return []
     # MLflow's system-metrics monitor announces itself at INFO on every run (and that it found no GPU).
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    logging.getLogger("tensorflow").addFilter(by_design_retracing)
     if "tensorflow" in sys.modules:
         return []  # loaded already (a script that imported it first): its start-up lines are out
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # C++ INFO lines off; warnings and errors stay

@@ -333,7 +333,7 @@ def test_each_command_s_help_says_what_it_does_and_lists_only_the_keys_it_reads(
     train = run_module("pipeline.train", "--help", "augmentation=lesson")
     assert train.returncode == 0, train.stderr
     lines = train.stdout.splitlines()
-    assert lines[0] == "usage: python -m pipeline.train [-m] [key=value ...]"
+    assert lines[0] == "usage: python -m pipeline.train [-m] [group=option ...] [key=value ...]"
     assert lines[2].startswith("Stage `train`: fit a classifier")
     assert "python -m pipeline.train -m experiment=cpu augmentation=none,lesson" in train.stdout  # examples first
     keys = listed_keys(train.stdout)
@@ -349,7 +349,7 @@ def test_each_command_s_help_says_what_it_does_and_lists_only_the_keys_it_reads(
 
     rounds = run_module("pipeline.rounds", "--help")  # a command that runs sweeps itself offers no -m
     assert (
-        rounds.returncode == 0 and rounds.stdout.splitlines()[0] == "usage: python -m pipeline.rounds [key=value ...]"
+        rounds.returncode == 0 and rounds.stdout.splitlines()[0] == "usage: python -m pipeline.rounds [group=option ...] [key=value ...]"
     )
     assert "  compare.rounds=null " in rounds.stdout and "-m (one job" not in rounds.stdout
 

@@ -69,4 +69,6 @@ def test_predict_takes_a_folder_in_batches_and_notes_what_is_not_an_image(tmp_pa
     assert code == 0 and len(results) == 7 and all(len(r["top"]) == 3 for r in results)
     assert sorted(r["file"].rsplit("/", 1)[-1] for r in results) == [f"p{i}.png" for i in range(7)]
     assert "1 file(s) in the folder(s) are not usable images" in captured.err and "notes.txt" in captured.err
-    assert "predict: 7 img in" in captured.err  # the progress, on stderr (a whole line: not a terminal)
+    assert (
+        "predict: 8 files in" in captured.err
+    )  # the files looked at (7 images and a note), on stderr (a whole line: not a terminal)
