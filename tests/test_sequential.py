@@ -83,6 +83,7 @@ def test_first_seeds_are_the_lowest_seeds_in_numeric_order():
     assert [r.seed for r in first_seeds(group, 10).runs] == [str(s) for s in range(1, 11)]  # 2 before 10
 
 
+@pytest.mark.slow  # 400 whole studies through scipy's tests: 15 s
 def test_with_no_true_difference_false_verdicts_stay_under_five_percent_over_all_rounds():
     """Whole studies with no difference, looked at after 3, 5, 7 and 10 seeds: a keep or drop at any
     look is a false verdict. Spent over the looks they stay at or under 5%; deciding every look at
