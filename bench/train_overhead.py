@@ -43,7 +43,9 @@ class TrainStepTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def epoch_seconds(overrides: list[str], preset: str) -> tuple[float, int]:
+def epoch_seconds(overrides: list[str], preset: str, skip: int = 1) -> tuple[float, int]:
+    """(median seconds of an epoch's training steps past the first `skip` epochs (warm-up, or views
+    being computed), training images)."""
     config = compose([*overrides, f"augmentation={preset}"])
     keras.utils.set_random_seed(config.seed)
     keras.backend.clear_session()
@@ -51,7 +53,7 @@ def epoch_seconds(overrides: list[str], preset: str) -> tuple[float, int]:
     setup = prepare_fit(config, strategy, Split.read(config.paths.split_dir))
     timer = TrainStepTimer()
     fit(config, setup, [timer])
-    measured = timer.seconds[1:]  # epoch 1 is warm-up
+    measured = timer.seconds[skip:]
     return statistics.median(measured), len(setup.train_set)
 
 

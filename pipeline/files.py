@@ -6,11 +6,18 @@ into place, so a crash or `kill -9` at any moment leaves the old file or the new
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex sha256 of a file's bytes, read in chunks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @contextlib.contextmanager

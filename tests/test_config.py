@@ -349,7 +349,8 @@ def test_each_command_s_help_says_what_it_does_and_lists_only_the_keys_it_reads(
 
     rounds = run_module("pipeline.rounds", "--help")  # a command that runs sweeps itself offers no -m
     assert (
-        rounds.returncode == 0 and rounds.stdout.splitlines()[0] == "usage: python -m pipeline.rounds [group=option ...] [key=value ...]"
+        rounds.returncode == 0
+        and rounds.stdout.splitlines()[0] == "usage: python -m pipeline.rounds [group=option ...] [key=value ...]"
     )
     assert "  compare.rounds=null " in rounds.stdout and "-m (one job" not in rounds.stdout
 

@@ -32,19 +32,11 @@ import numpy as np
 
 from pipeline.console import say_once
 from pipeline.errors import DataError
-from pipeline.files import atomic_target, write_atomically
+from pipeline.files import atomic_target, file_sha256, write_atomically
 
 CACHE_LIMIT_BYTES = 8 * 1024**3
 FOLDER = "arrays"
 _verified: dict[Path, tuple[int, int, int]] = {}  # content file -> (size, mtime ns, inode) when its digest matched
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _identity(path: Path) -> tuple[int, int, int]:

@@ -19,6 +19,7 @@ from pipeline.console import progress_bar
 from pipeline.data.images import is_ignored
 from pipeline.data.partition import SPLIT_FOLDER_NAMES
 from pipeline.errors import DataError
+from pipeline.files import file_sha256
 
 
 def resolve_source(source: str, download_dir: str, sha256: str | None = None) -> Path:
@@ -83,14 +84,6 @@ def download(url: str, target: Path, timeout_s: float = 30.0) -> None:
             "data.source=<folder or archive>."
         ) from None
     partial.replace(target)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _archive_kind(path: Path) -> str | None:
