@@ -508,7 +508,7 @@ def test_multirun_gives_one_run_per_job_and_compare_reads_them(split_done):
         {"test_accuracy", "test_balanced_accuracy", "test_recall.cat", "val_recall.cat"} <= set(r.data.metrics)
         for r in runs
     )
-    assert "verdict" in result.stdout and "test_accuracy, difference in points" in result.stdout  # end of sweep
+    assert result.stdout.rstrip().splitlines()[-1].startswith("lesson vs none: ")  # the sweep ends on its verdict
 
     report = run_in_process(
         "pipeline.compare",
@@ -518,11 +518,13 @@ def test_multirun_gives_one_run_per_job_and_compare_reads_them(split_done):
         f"hydra.run.dir={tmp_path}/hydra-compare",
     )
     assert report.returncode == 0, report.stderr[-3000:]
-    assert "| none | 3 | 1,2,3 |" in report.stdout and "| lesson | 3 | 1,2,3 |" in report.stdout
-    assert "paired over 3 seeds" in report.stdout
+    markdown = (tmp_path / "reports" / "comparison.md").read_text()  # the whole report; the terminal: its summary
+    assert "| none | 3 | 1,2,3 |" in markdown and "| lesson | 3 | 1,2,3 |" in markdown
+    assert "paired over 3 seeds" in markdown
     # 2 epochs under a patience of 10: no run can show it converged, so there is no keep or drop
-    assert "**not converged**: raise train.epochs" in report.stdout
-    assert "## Per class: test recall" in report.stdout
+    assert "**not converged**: raise train.epochs" in markdown
+    assert "## Per class: test recall" in markdown
+    assert report.stdout.rstrip().splitlines()[-1].startswith("lesson vs none: NOT CONVERGED")
     result = json.loads((tmp_path / "reports" / "comparison.json").read_text())
     (lesson,) = result["differences"]
     assert 0 < lesson["affinity"] <= 1.5 and lesson["diversity"] > 0 and lesson["cost"] > 0
