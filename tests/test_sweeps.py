@@ -213,8 +213,9 @@ def test_an_ablation_sweep_reports_each_operation(split_done):
     no_rotation = [r for r in runs if r.data.tags["augmentation"] == "lesson-no-rotation"]
     assert {r.data.params["augmentation.rotation_range"] for r in no_rotation} == {"0.0"}
     assert {r.data.params["augmentation.zoom_range"] for r in no_rotation} == {"0.1"}
-    assert "## Which operation helps" in result.stdout
     (report,) = (tmp_path / "multirun").glob("*/comparison/comparison.json")
+    assert "## Which operation helps" in report.with_name("comparison.md").read_text()
+    assert "rotation in lesson: " in result.stdout and "zoom in lesson: " in result.stdout  # a verdict line each
     comparison = json.loads(report.read_text())
     ablations = {a["group"]: a for a in comparison["ablations"]}
     assert set(ablations) == {"rotation", "zoom"}
