@@ -25,6 +25,23 @@ from pipeline.config.compose import compose
 from pipeline.split import run as run_split
 
 
+def fine_tuned_overrides(args: argparse.Namespace, scratch: str) -> list[str]:
+    """A fine-tuned training of `args.epochs` epochs with no early stop, its outputs under `scratch`."""
+    return [
+        "experiment=cpu",
+        "model.fine_tune_from=block12",
+        f"train.epochs={args.epochs}",
+        "train.patience=1000",
+        "tracking.log_model=false",
+        f"data.source={args.data.resolve()}",
+        f"paths.split_dir={scratch}/split",
+        f"paths.cache_dir={scratch}/cache",
+        f"paths.models_dir={scratch}/models",
+        f"paths.reports_dir={scratch}/reports",
+        *args.overrides,
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="dataset folder (data.source)")
@@ -34,19 +51,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
-        overrides = [
-            "experiment=cpu",
-            "model.fine_tune_from=block12",
-            f"train.epochs={args.epochs}",
-            "train.patience=1000",
-            "tracking.log_model=false",
-            f"data.source={args.data.resolve()}",
-            f"paths.split_dir={scratch}/split",
-            f"paths.cache_dir={scratch}/cache",
-            f"paths.models_dir={scratch}/models",
-            f"paths.reports_dir={scratch}/reports",
-            *args.overrides,
-        ]
+        overrides = fine_tuned_overrides(args, scratch)
         run_split(compose(overrides))
         ratios, split, whole = [], [], []
         for _ in range(args.rounds):

@@ -19,6 +19,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from fine_tune_runtime import fine_tuned_overrides
 from frozen_runtime import cpu_model
 from train_overhead import epoch_seconds
 
@@ -36,19 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
-        overrides = [
-            "experiment=cpu",
-            "model.fine_tune_from=block12",
-            f"train.epochs={args.epochs}",
-            "train.patience=1000",
-            "tracking.log_model=false",
-            f"data.source={args.data.resolve()}",
-            f"paths.split_dir={scratch}/split",
-            f"paths.cache_dir={scratch}/cache",
-            f"paths.models_dir={scratch}/models",
-            f"paths.reports_dir={scratch}/reports",
-            *args.overrides,
-        ]
+        overrides = fine_tuned_overrides(args, scratch)
         config = compose(overrides)
         views = config.train.augment_views
         if views and args.epochs <= views + 1:
