@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 from pipeline.config.cli import in_multirun, job_folders, stage_entry
 from pipeline.config.schema import Config
@@ -66,7 +67,8 @@ def run(config: Config) -> float:
             model_id = tracked.finish(model_path, classes_path, reports_dir, curves)
     print(
         f"best val_accuracy {state.best_val_accuracy:.4f} at epoch {state.best_epoch} of {state.epochs_done}; "
-        f"model {model_path}" + (f", MLflow model models:/{model_id}" if model_id else "")
+        f"model {model_path}; MLflow run {tracked.run.info.run_id}"
+        + (f", its model models:/{model_id}" if model_id else "")
     )
     return state.best_val_accuracy or 0.0
 
@@ -87,7 +89,9 @@ def sweep_job(config: Config) -> float:
         )
         return best_val
     if job.get("skipped"):
-        print(f"that run has no test metrics yet (stopped before its evaluation): evaluating {job['model_dir']}")
+        print(
+            f"that run has no test metrics yet (stopped before its evaluation): evaluating {Path(job['model_dir']) / 'model.keras'}"
+        )
     from pipeline import evaluate
 
     evaluate.run(

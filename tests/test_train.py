@@ -96,7 +96,9 @@ def test_the_run_records_its_config_metrics_and_datasets(lesson_run):
     # MLflow 3's vocabulary: the experiment is model development, the UI link lands on its runs
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    assert f"#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning" in stdout
+    # a local store's link opens in the model-training view through the app its command line starts
+    assert f"#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}" in stdout
+    assert "mlflow ui --app-name model-training --backend-store-uri sqlite:///" in stdout
     # ... the manifests are the run's datasets, digests from the files themselves
     inputs = {
         next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset for d in run.inputs.dataset_inputs

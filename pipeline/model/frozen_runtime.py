@@ -220,9 +220,7 @@ def supports_bf16() -> bool:
 
 
 def _has_gpu() -> bool:
-    from pipeline.training import devices
-
-    return bool(devices.gpus())
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def _export_saved_model(model: keras.Model, target: Path) -> None:
