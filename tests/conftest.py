@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +21,24 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATASET = ROOT.parent / "shared" / "datasets" / "clothing-small"
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An MLflow sqlite store with its tables made, once per test process: MLflow's migrations take 1-2 s
+    a store, so a test that only needs a new store copies this file (`store_uri`)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    SqlAlchemyStore(f"sqlite:///{path}", str(path.parent / "mlruns")).engine.dispose()
+    return path
+
+
+@pytest.fixture
+def store_uri(tmp_path, empty_store) -> str:
+    """A new, empty MLflow store at tmp_path/mlflow.db, as its `sqlite:///` URI."""
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path}/mlflow.db"
 
 
 def make_image(path: Path, size=(40, 30), seed=0, mode="RGB", fmt=None, pattern=None) -> Path:

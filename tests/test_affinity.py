@@ -85,8 +85,8 @@ def log_runs(uri: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_affinity_of_each_operation_from_the_baselines_models(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_affinity_of_each_operation_from_the_baselines_models(tmp_path, store_uri):
+    uri = store_uri
     write_val_split(tmp_path / "split")
     log_runs(uri, tmp_path)
     report = compare.run(

@@ -64,8 +64,8 @@ def log_known_runs(uri: str, experiment: str = "augmentation", lr_schedule: str 
     client.set_terminated(crashed.info.run_id, "FAILED")
 
 
-def test_means_intervals_and_verdicts_are_exact(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_means_intervals_and_verdicts_are_exact(tmp_path, store_uri):
+    uri = store_uri
     log_known_runs(uri)
     report = compare.run(compose([f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/reports"]))
 
@@ -198,8 +198,8 @@ def test_means_intervals_and_verdicts_are_exact(tmp_path):
     assert again["runs"] == 16
 
 
-def test_validation_accuracy_is_used_before_evaluate(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_validation_accuracy_is_used_before_evaluate(tmp_path, store_uri):
+    uri = store_uri
     log_known_runs(uri)
     report = compare.run(
         compose(
@@ -258,8 +258,8 @@ def test_paired_interval_needs_the_same_seeds():
     assert unshared.low is None and "no seed in common" in unshared.reason
 
 
-def test_compare_explains_an_empty_or_missing_experiment(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_compare_explains_an_empty_or_missing_experiment(tmp_path, store_uri):
+    uri = store_uri
     settings = [f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/r"]
     with pytest.raises(TrackingError, match="does not exist") as missing:
         compare.run(compose([*settings, "tracking.experiment=nothing-here"]))
@@ -273,10 +273,10 @@ def test_compare_explains_an_empty_or_missing_experiment(tmp_path):
     assert not (tmp_path / "r" / "comparison.md").exists()
 
 
-def test_runs_annealed_to_their_cap_are_told_to_use_a_constant_schedule(tmp_path):
+def test_runs_annealed_to_their_cap_are_told_to_use_a_constant_schedule(tmp_path, store_uri):
     """Under warmup_cosine a still-learning run peaks at the end of whatever cap it gets, so
     "raise train.epochs" would never bring a verdict: the advice names the constant schedule."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = store_uri
     log_known_runs(uri, lr_schedule="warmup_cosine")
     report = compare.run(
         compose([f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/reports", "compare.affinity=false"])
@@ -396,8 +396,8 @@ def log_tiny_models(uri: str, preset: str, tmp_path) -> None:
 
 
 @pytest.mark.slow  # end to end: logged models, the registry, predict from models:/...@champion in a process
-def test_a_keep_verdict_registers_the_champion(tmp_path, capsys):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_a_keep_verdict_registers_the_champion(tmp_path, capsys, store_uri):
+    uri = store_uri
     log_known_runs(uri)
     log_tiny_models(uri, "lesson", tmp_path)
     args = [
@@ -463,12 +463,12 @@ def test_a_keep_verdict_registers_the_champion(tmp_path, capsys):
     assert {name for name, _ in json.loads(predicted.stdout)[0]["top"]} <= {"cat", "dog", "fox"}
 
 
-def test_a_failed_model_upload_leaves_the_logged_model_failed(tmp_path):
+def test_a_failed_model_upload_leaves_the_logged_model_failed(tmp_path, store_uri):
     import keras
 
     from pipeline.tracking import logged_model
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_tracking_uri(store_uri)
     experiment = mlflow.set_experiment("augmentation")
     model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2)])
     model.save(tmp_path / "tiny.keras")
@@ -582,10 +582,10 @@ def test_convergence_is_judged_against_the_cap_and_patience():
     assert RunSummary("r", "none", "1", {}, {}).converged is None
 
 
-def test_runs_on_two_data_versions_are_never_one_verdict(tmp_path):
+def test_runs_on_two_data_versions_are_never_one_verdict(tmp_path, store_uri):
     """none and light on one version of the data, light again after an image changed: the
     second light group has no baseline of its own data, and is not paired with the first's."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = store_uri
     client = MlflowClient(uri)
     experiment_id = client.create_experiment("augmentation")
     old, new = "a" * 64, "b" * 64
@@ -618,8 +618,8 @@ def test_runs_on_two_data_versions_are_never_one_verdict(tmp_path):
     assert varied_settings(plain_old + augmented_new) == ["data.version"]  # though constant within each preset
 
 
-def test_a_baseline_no_run_used_is_an_error_naming_the_presets(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_a_baseline_no_run_used_is_an_error_naming_the_presets(tmp_path, store_uri):
+    uri = store_uri
     log_known_runs(uri)
     result = run_in_process(
         "pipeline.compare", f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/r", "compare.baseline=nosuch"

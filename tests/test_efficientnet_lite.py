@@ -107,6 +107,7 @@ def _weights_by_layer(model: keras.Model) -> dict[str, np.ndarray]:
     }
 
 
+@pytest.mark.slow  # Lite0 built, two Adam steps, saved and loaded again: 7 s
 def test_fine_tuning_moves_only_the_unfrozen_layers_at_their_own_rate(tmp_path):
     config = compose(["experiment=cpu", "model.fine_tune_from=block14", "model.fine_tune_learning_rate=0.00001"])
     assert not frozen_backbone(config.model)
@@ -191,4 +192,4 @@ def test_a_fine_tuned_model_splits_into_a_frozen_bottom_and_a_trainable_top():
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(after), before)
 
     inside = compose(["experiment=cpu", "model.weights=null", "model.fine_tune_from=block12_depthwise"])
-    assert fine_tune_split(build_model(inside.model, 3, (64, 64)), inside.model) is None  # the shortcut crosses too
+    assert fine_tune_split(model, inside.model) is None  # a cut inside a block: its shortcut crosses it

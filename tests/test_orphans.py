@@ -19,8 +19,8 @@ from pipeline.config.compose import compose
 from pipeline.tracking import runs
 
 
-def test_the_next_run_marks_a_killed_processs_run_killed_and_its_model_failed(tmp_path, capsys):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_the_next_run_marks_a_killed_processs_run_killed_and_its_model_failed(tmp_path, capsys, store_uri):
+    uri = store_uri
     config = compose([f"tracking.uri={uri}"])
     runs.connect(config)
     client = MlflowClient(uri)
@@ -121,8 +121,8 @@ def test_a_live_run_in_another_pid_namespace_is_not_called_dead(tmp_path):
     assert finished.info.status == "FINISHED" and "end_reason" not in finished.data.tags
 
 
-def test_a_run_marked_killed_by_mistake_clears_the_mark_when_it_finishes(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_a_run_marked_killed_by_mistake_clears_the_mark_when_it_finishes(tmp_path, store_uri):
+    uri = store_uri
     runs.connect(compose([f"tracking.uri={uri}"]))
     client = MlflowClient(uri)
     with runs.tracked_run(run_name="alive after all") as run:

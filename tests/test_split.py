@@ -273,6 +273,7 @@ def test_archive_entries_cannot_escape(tmp_path, entry):
     assert not (tmp_path / "escape.txt").exists()
 
 
+@pytest.mark.slow  # every one of the 3781 photos of the real dataset validated: 3 s
 def test_shared_clothing_dataset_counts(tmp_path, shared_dataset):
     report = run_split(tmp_path, shared_dataset)
     assert report["counts"] == {"train": 3068, "val": 341, "test": 372}

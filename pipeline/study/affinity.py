@@ -92,10 +92,9 @@ def measure_affinities(
     cache: DiskCache | None,
 ) -> list[str]:
     """Fill `affinity` of every difference (a preset whole) and ablation (its operation alone)
-    from the baseline group's models; returns notes on what could not be measured."""
+    from the baseline group's models (on the validation split at `split_dir`, which must exist); returns
+    notes on what could not be measured."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar here, not one per download
-    if not (Path(split_dir) / "val.csv").is_file():
-        return [f"no affinity: no validation split at {split_dir} (python -m pipeline.split)"]
     images = Split.read(split_dir).val
     notes: list[str] = []
     wanted: list[tuple[Difference, Group, AugmentationConfig]] = []
