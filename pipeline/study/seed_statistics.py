@@ -32,21 +32,31 @@ def paired_t(differences: Sequence[float], confidence: float) -> tuple[float, fl
     set by the number of seeds, so it is the one a correction for many comparisons can use; it agrees
     with the interval. p is NaN when all differences are equal, up to rounding (`NO_SPREAD`)."""
     d = np.asarray(differences, dtype=float)
-    if d.std(ddof=1) == 0:  # an interval of no width
+    spread = float(d.std(ddof=1))
+    if spread == 0:  # an interval of no width
         return float(d.mean()), float(d.mean()), math.nan
+    if spread <= NO_SPREAD:  # rounding: the same interval, without scipy's precision-loss warning
+        low, high, _ = t_from(float(d.mean()), spread / math.sqrt(len(d)), len(d) - 1, confidence)
+        return low, high, math.nan
     test = stats.ttest_1samp(d, 0.0)
     interval = test.confidence_interval(confidence)
-    p = float(test.pvalue) if d.std(ddof=1) > NO_SPREAD else math.nan
-    return float(interval.low), float(interval.high), p
+    return float(interval.low), float(interval.high), float(test.pvalue)
 
 
 def welch_t(ours: Sequence[float], theirs: Sequence[float], confidence: float) -> tuple[float, float, float]:
     """(low, high, p) of Welch's t on mean(ours) - mean(theirs) for unpaired runs (>= 2 in each)."""
     a, b = np.asarray(ours, dtype=float), np.asarray(theirs, dtype=float)
+    share_a, share_b = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    spread, mean = math.sqrt(share_a + share_b), float(a.mean() - b.mean())
+    if spread <= NO_SPREAD:  # rounding: the same interval, without scipy's precision-loss warning
+        if spread == 0:
+            return mean, mean, math.nan
+        freedom = spread**4 / (share_a**2 / (len(a) - 1) + share_b**2 / (len(b) - 1))  # Welch-Satterthwaite
+        low, high, _ = t_from(mean, spread, freedom, confidence)
+        return low, high, math.nan
     test = stats.ttest_ind(a, b, equal_var=False)
     interval = test.confidence_interval(confidence)
-    spread = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
-    return float(interval.low), float(interval.high), float(test.pvalue) if spread > NO_SPREAD else math.nan
+    return float(interval.low), float(interval.high), float(test.pvalue)
 
 
 def t_from(mean: float, error: float, freedom: float, confidence: float) -> tuple[float, float, float]:
