@@ -75,14 +75,13 @@ def recorded_durations() -> dict[str, float]:
 
 def pytest_collection_modifyitems(config, items):
     """The longest tests first, by their recorded durations (tests/durations.json; a new test by a
-    guess from its `slow` mark). With `-n auto --dist loadgroup --maxschedchunk 1` (pytest-xdist) each
+    guess from its `slow` mark). With `-n auto --dist load --maxschedchunk 1` (pytest-xdist) each
     worker takes the next test when it is free: the long ones start side by side at once and the
-    short ones fill the gaps at the end, so no long test is left running alone. (A test in an
-    `xdist_group` has `@<group>` after its id there.)"""
+    short ones fill the gaps at the end, so no long test is left running alone."""
     recorded = recorded_durations()
 
     def expected_s(item) -> float:
-        return recorded.get(item.nodeid.split("@")[0], GUESS_S[item.get_closest_marker("slow") is not None])
+        return recorded.get(item.nodeid, GUESS_S[item.get_closest_marker("slow") is not None])
 
     items.sort(key=expected_s, reverse=True)
 
@@ -92,10 +91,9 @@ FAILED: set[str] = set()  # a failure's duration says nothing of the test's: its
 
 
 def pytest_runtest_logreport(report):
-    test = report.nodeid.split("@")[0]  # without an xdist_group's suffix
-    MEASURED_S[test] = MEASURED_S.get(test, 0.0) + report.duration  # setup, call, teardown
+    MEASURED_S[report.nodeid] = MEASURED_S.get(report.nodeid, 0.0) + report.duration  # setup, call, teardown
     if report.failed:
-        FAILED.add(test)
+        FAILED.add(report.nodeid)
 
 
 def pytest_sessionfinish(session):

@@ -9,8 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import make_tiny_dataset, run_module, running_mlflow_server, split_tiny, train_args
 
-# one worker builds the module's sweep for both tests (`--dist loadgroup`), not one each
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("readme_loop")]
+pytestmark = pytest.mark.slow
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
