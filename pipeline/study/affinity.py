@@ -118,12 +118,11 @@ def measure_affinities(
     clean: dict[str, float] = {}  # run id -> clean val accuracy
     under: dict[tuple[str, str], float] = {}
     model_ids = {r.run_id: r.model_id for _, baseline, _ in wanted for r in baseline.runs}
-    models = set(model_ids)
     augmentations = {a.name: a for *_, a in wanted}.values()  # each measured once per model
     decoded: dict[tuple[int, int], np.ndarray] = {}  # image size -> val images, decoded once
     labels = np.asarray(images.labels)
-    progress = progress_bar(total=len(models) * (1 + len(augmentations)), desc="affinity", unit="pass")
-    for run_id in sorted(models):
+    progress = progress_bar(total=len(model_ids) * (1 + len(augmentations)), desc="affinity", unit="pass")
+    for run_id in sorted(model_ids):
         try:
             model = mlflow.keras.load_model(f"models:/{model_ids[run_id]}")
         except Exception as error:  # a run without a logged model (tracking.log_model=false), or a damaged one

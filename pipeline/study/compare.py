@@ -111,9 +111,10 @@ def run(config: Config, run_ids: set[str] | None = None, record: bool = True) ->
                 "the verdicts (python -m pipeline.rounds), compare with that study's compare.rounds, or these "
                 "verdicts are too sure of themselves"
             )
-    if settings.affinity and (differences or ablations) and not (Path(config.paths.split_dir) / "val.csv").is_file():
+    measure_affinity = settings.affinity and bool(differences or ablations)
+    if measure_affinity and not (Path(config.paths.split_dir) / "val.csv").is_file():
         notes.append(f"no affinity: no validation split at {config.paths.split_dir} (python -m pipeline.split)")
-    elif settings.affinity and (differences or ablations):
+    elif measure_affinity:
         from pipeline.data.cache import disk_cache
         from pipeline.study.affinity import measure_affinities  # TensorFlow and the models load here, only when asked
 

@@ -26,7 +26,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from pipeline.errors import TrackingError
-from pipeline.tracking.store import PROBE_TIMEOUT_S, answers, patiently
+from pipeline.tracking.store import PROBE_TIMEOUT_S, answers, is_server, patiently
 
 
 class ServerGone(TrackingError):
@@ -60,7 +60,7 @@ class EpochLog:
 
     def __init__(self, run_id: str, uri: str, patience_s: float, unended_dir: Path):
         self.run_id, self.uri, self.patience_s, self.unended_dir = run_id, uri, patience_s, Path(unended_dir)
-        self.remote = uri.startswith(("http://", "https://"))
+        self.remote = is_server(uri)
         self.waiting: list[tuple[int, int, dict[str, float]]] = []  # (epoch, its time in ms, metrics)
         self.away_since: float | None = None
 

@@ -50,11 +50,16 @@ def tracking_uri(tracking: TrackingConfig) -> str:
     return uri or f"sqlite:///{store_root() / 'mlflow.db'}"
 
 
+def is_server(uri: str) -> bool:
+    """A tracking server (http or https), not a local store (a sqlite file)."""
+    return uri.startswith(("http://", "https://"))
+
+
 def check_store(tracking: TrackingConfig, timeout_s: float = PROBE_TIMEOUT_S) -> str:
     """The store answers and lets us in (a server) or can be written (sqlite), said in a second:
     training calls this before it loads TensorFlow. Returns its URI."""
     uri = tracking_uri(tracking)
-    if uri.startswith(("http://", "https://")):
+    if is_server(uri):
         check_server(uri, timeout_s)
     elif uri.startswith("sqlite:///"):
         check_sqlite_store(Path(uri[len("sqlite:///") :]))
@@ -166,7 +171,7 @@ class StoreReachableFromJobs(Callback):
         if not any(name in launcher for name in REMOTE_LAUNCHERS):
             return
         uri = config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
-        if not uri.startswith(("http://", "https://")):
+        if not is_server(uri):
             print(
                 f"error: the jobs of hydra/launcher={launcher.rsplit('.', 1)[-1]} run on other machines and cannot "
                 f"write this machine's store ({uri or 'the default sqlite file'}). Start a tracking server "
@@ -281,7 +286,7 @@ def experiment_link(uri: str, experiment_id: str, run_id: str | None = None, vie
     """The experiment's runs (one run's page; or a saved view of them) in the MLflow UI, in its
     model-training mode: a local store's UI is started with `--app-name model-training` (`ui_lines`),
     whose default that mode is; a server's link says it (`workflowType`)."""
-    remote = uri.startswith(("http://", "https://"))
+    remote = is_server(uri)
     page = f"{uri.rstrip('/') if remote else 'http://127.0.0.1:5000'}/#/experiments/{experiment_id}/runs"
     query = [*(["workflowType=machine_learning"] if remote else []), *([f"viewStateShareKey={view}"] if view else [])]
     return f"{page}{f'/{run_id}' if run_id else ''}" + (f"?{'&'.join(query)}" if query else "")
@@ -290,9 +295,5 @@ def experiment_link(uri: str, experiment_id: str, run_id: str | None = None, vie
 def ui_lines(uri: str, links: dict[str, str]) -> list[str]:
     """Where to look, a line each: for a local store the command that starts its UI (in the model-training
     view: `pipeline.tracking.ui`), then each link under its label."""
-    start = (
-        []
-        if uri.startswith(("http://", "https://"))
-        else [f"  mlflow ui --app-name model-training --backend-store-uri {uri}"]
-    )
+    start = [] if is_server(uri) else [f"  mlflow ui --app-name model-training --backend-store-uri {uri}"]
     return ["MLflow UI:", *start, *(f"  {label}: {link}" for label, link in links.items())]
