@@ -25,26 +25,23 @@ def system_chromium() -> str:
     )
 
 
-def ui_number(value: float) -> str:
-    """How the MLflow UI prints a metric: rounded to 3 decimals, no trailing zeros."""
-    return f"{round(value, 3):g}"
-
-
-@pytest.fixture(scope="module")
-def readme_loop(tmp_path_factory):
+def test_the_readme_loop_says_each_note_once_and_its_links_open_the_first_look(tmp_path):
     """The README's loop, tiny: none and lesson over 5 seeds as one sweep, recorded to a real `mlflow server
-    --app-name model-training`, which stays up for the tests of this module."""
-    tmp_path = tmp_path_factory.mktemp("readme-loop")
+    --app-name model-training`. The sweep says each note once and a line per job. In the MLflow UI, the runs
+    link it prints shows every run's test accuracy without a click; the experiment opened from MLflow's
+    experiment list and a model opened from its run's page are in the model-training view; the comparison
+    run opens on its verdicts. (One test: the sweep is the slow part, and a module fixture is built once
+    per xdist worker.)"""
     split_tiny(tmp_path, make_tiny_dataset(tmp_path))
     with running_mlflow_server(tmp_path / "server", "--app-name", "model-training") as server:
         args = [a for a in train_args(tmp_path, server, "train.epochs=1") if not a.startswith("hydra.run")]
         trained = run_module("pipeline.train", "-m", "augmentation=none,lesson", "seed=1,2,3,4,5", *args)
         assert trained.returncode == 0, trained.stderr[-3000:]
-        yield server, trained, tmp_path
+        sweep_says_each_note_once(trained)
+        first_look_in_the_ui(server, trained, tmp_path)
 
 
-def test_a_sweep_says_each_note_once_and_a_line_per_job(readme_loop):
-    _, trained, _ = readme_loop
+def sweep_says_each_note_once(trained) -> None:
     said = trained.stdout + trained.stderr
     jobs = [line for line in trained.stdout.splitlines() if line.startswith("sweep: job ")]
     assert [line.split(" (")[0] for line in jobs] == [f"sweep: job {k} of 10" for k in range(1, 11)]
@@ -54,13 +51,9 @@ def test_a_sweep_says_each_note_once_and_a_line_per_job(readme_loop):
     assert "cuInit" not in said
 
 
-def test_the_first_look_in_the_mlflow_ui(readme_loop):
-    """The runs link the sweep prints shows every run's test accuracy without a click; the experiment opened
-    from MLflow's experiment list and a model opened from its run's page are in the model-training view;
-    the comparison run opens on its verdicts."""
+def first_look_in_the_ui(server: str, trained, tmp_path) -> None:
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     browser_path = system_chromium()
-    server, trained, tmp_path = readme_loop
     client = MlflowClient(server)
     experiment = client.get_experiment_by_name("augmentation")
     runs = client.search_runs([experiment.experiment_id])
