@@ -89,6 +89,7 @@ def _new_pid_namespace() -> list[str]:
     pytest.skip("cannot start a process in a new PID namespace here (unshare)")
 
 
+@pytest.mark.slow  # a training process in a container of its own
 def test_a_live_run_in_another_pid_namespace_is_not_called_dead(tmp_path):
     """A training in a container of this host (pid 1 there, the same host name) is still running
     when a training outside it starts: it stays RUNNING, and finishes FINISHED with no end_reason."""

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from pipeline.startup import STARTUP_NOISE, VERBOSE_VARIABLE
 from tests.conftest import ROOT, run_module
 
@@ -20,6 +22,7 @@ runpy.run_module("pipeline.predict", run_name="__main__")
 """
 
 
+@pytest.mark.slow  # a fresh process that starts TensorFlow
 def test_commands_print_no_tensorflow_start_up_noise(tmp_path):
     """One TensorFlow start: the command's stderr is its one line, and the start did drop noise."""
     not_a_model = tmp_path / "not-a-model.keras"  # a zip archive, so TensorFlow loads before it is refused
