@@ -3,7 +3,7 @@
     python -m pipeline.evaluate
 
 Writes <paths.reports_dir>/metrics.json (the headline, named as in MLflow: test_accuracy,
-test_balanced_accuracy, test_macro_f1, test_loss; DVC metrics), per_class.json (each class's precision, recall and F1, and its val recall) and
+test_balanced_accuracy, test_macro_f1, test_loss, and tta_test_* with evaluate.tta; DVC metrics), per_class.json (each class's precision, recall and F1, and its val recall) and
 confusion.csv (actual,predicted,sha256 per test image, also logged: compare pairs by image), and logs test_* metrics (accuracy, balanced accuracy, macro F1, loss,
 and each class's recall as test_recall.<class>) and a confusion-matrix PNG to the training's
 MLflow run, without reopening it. The same model's per-class recall on the validation split
@@ -23,6 +23,7 @@ from pipeline.config.cli import stage_entry
 from pipeline.config.schema import Config
 from pipeline.data.manifests import ImageSet, Split
 from pipeline.files import write_atomically
+from pipeline.tta import averaged_probabilities, describe
 
 PREDICTIONS_FILE = "confusion.csv"  # actual,predicted,sha256 per test image; logged to the run for `compare`
 
@@ -55,7 +56,6 @@ def classification_metrics(actual: np.ndarray, predicted: np.ndarray, classes: l
 def run(config: Config, split: Split | None = None) -> dict:
     """Evaluate the model in paths.models_dir on the test split (`split`: as the caller read it)."""
     # TensorFlow and MLflow load here, not at import: `--help` and a wrong key answer at once
-    from pipeline.backend import keras
     from pipeline.data.cache import disk_cache
     from pipeline.model.classifier import frozen_backbone, load_saved_model
     from pipeline.model.frozen_runtime import SplitClassifier
@@ -83,24 +83,22 @@ def run(config: Config, split: Split | None = None) -> dict:
     probabilities = predict_split(classifier, test_set, image_size, config.train.batch_size, cache)
     actual = np.asarray(test_set.labels)
     predicted = probabilities.argmax(axis=1)
-    loss = float(keras.losses.CategoricalCrossentropy()(keras.ops.one_hot(actual, len(classes)), probabilities))
     report = classification_metrics(actual, predicted, classes)
-    metrics = {  # named as in MLflow; test_accuracy first: the first metric column of `dvc exp show`
-        "test_accuracy": report["accuracy"],
-        "test_balanced_accuracy": report["balanced_accuracy"],
-        "test_macro_f1": report["macro_f1"],
-        "test_loss": round(loss, 6),
-        "test_images": len(actual),
-    }
+    test_record = headline_metrics(actual, probabilities, classes, "test_")  # what the run records
+    tta = describe(config.evaluate)
+    if tta:  # the same images, each averaged with its views (pipeline/tta.py)
+        pixels = test_set.decoded(image_size, cache)
+        averaged = averaged_probabilities(classifier, pixels, config.evaluate, config.train.batch_size)
+        test_record |= headline_metrics(actual, averaged, classes, "tta_test_")
+    # metrics.json: the headline, named as in MLflow; test_accuracy first: the first metric column of `dvc exp show`
+    metrics = {k: v for k, v in test_record.items() if "recall." not in k} | {"test_images": len(actual)}
     val_predicted = predict_split(classifier, split.val, image_size, config.train.batch_size, cache).argmax(1)
     val = classification_metrics(np.asarray(split.val.labels), val_predicted, classes)["per_class"]
     per_class = {"test": report["per_class"], "val_recall": {k: c["recall"] for k, c in val.items() if c["support"]}}
-    test_record = {k: v for k, v in metrics.items() if k != "test_images"}
-    test_record |= {f"test_recall.{name}": c["recall"] for name, c in per_class["test"].items() if c["support"]}
     val_record = {f"val_recall.{name}": recall for name, recall in per_class["val_recall"].items()}
 
     run_record = json.loads((reports / "run.json").read_text()) if (reports / "run.json").exists() else None
-    recorded = record.require_same_evaluation(run_record, test_record) if run_record else False
+    recorded = record.require_same_evaluation(run_record, test_record, tta) if run_record else False
     reports.mkdir(parents=True, exist_ok=True)
     write_atomically(reports / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_atomically(reports / "per_class.json", json.dumps(per_class, indent=2) + "\n")
@@ -119,13 +117,36 @@ def run(config: Config, split: Split | None = None) -> dict:
         print(f"MLflow run {run_record['run_id']} records these test results already")
     else:
         files = [figure, reports / PREDICTIONS_FILE]
-        record.log_evaluation(run_record, test_record, val_record, split, files)
+        record.log_evaluation(run_record, test_record, val_record, split, files, {"evaluate.tta": tta} if tta else {})
     print(
         f"test accuracy {metrics['test_accuracy']:.4f}, balanced accuracy {metrics['test_balanced_accuracy']:.4f}, "
-        f"macro F1 {metrics['test_macro_f1']:.4f}, loss {loss:.4f} "
+        f"macro F1 {metrics['test_macro_f1']:.4f}, loss {metrics['test_loss']:.4f} "
         f"on {len(actual)} images -> {reports / 'metrics.json'}"
     )
+    if tta:
+        print(
+            f"with test-time augmentation ({tta}): accuracy {metrics['tta_test_accuracy']:.4f} "
+            f"({metrics['tta_test_accuracy'] - metrics['test_accuracy']:+.4f}), balanced accuracy "
+            f"{metrics['tta_test_balanced_accuracy']:.4f}, macro F1 {metrics['tta_test_macro_f1']:.4f}"
+        )
     return {**metrics, "per_class": per_class}
+
+
+def headline_metrics(actual: np.ndarray, probabilities: np.ndarray, classes: list[str], prefix: str) -> dict:
+    """Accuracy, balanced accuracy, macro F1, the cross-entropy loss and each present class's recall, named
+    `<prefix>accuracy` ... `<prefix>recall.<class>`."""
+    from pipeline.backend import keras
+
+    one_hot = keras.ops.one_hot(actual, len(classes))
+    loss = float(keras.losses.CategoricalCrossentropy()(one_hot, probabilities))
+    report = classification_metrics(actual, probabilities.argmax(axis=1), classes)
+    return {
+        f"{prefix}accuracy": report["accuracy"],
+        f"{prefix}balanced_accuracy": report["balanced_accuracy"],
+        f"{prefix}macro_f1": report["macro_f1"],
+        f"{prefix}loss": round(loss, 6),
+        **{f"{prefix}recall.{name}": c["recall"] for name, c in report["per_class"].items() if c["support"]},
+    }
 
 
 def predict_split(classifier, images: ImageSet, image_size: tuple[int, int], batch: int, cache) -> np.ndarray:
@@ -138,6 +159,7 @@ def predict_split(classifier, images: ImageSet, image_size: tuple[int, int], bat
 main = stage_entry(
     run,
     reads=(
+        "evaluate",
         "data.image_size",
         "data.cache",
         "model.frozen_runtime",

@@ -22,6 +22,7 @@ from pipeline.config.cli import in_multirun, job_folders, stage_entry
 from pipeline.config.schema import Config
 from pipeline.data.manifests import SPLITS, Split
 from pipeline.tracking.store import check_store
+from pipeline.tta import describe
 
 
 def run(config: Config) -> float:
@@ -50,7 +51,7 @@ def run(config: Config) -> float:
         finished = finished_run_with(config.tracking.experiment, digest_of(identity))
         if finished:  # its record must describe today's files: the images are checked first
             split.require_unchanged(disk_cache(config.paths.cache_dir, config.data.cache), SPLITS)
-            return record.skip_finished(finished, models_dir, reports_dir, uri)
+            return record.skip_finished(finished, models_dir, reports_dir, uri, describe(config.evaluate))
     work = WorkFolder(work_root, identity)
     with work.opened(config.train.resume, refuse_other=not in_multirun()) as state:
         refuse_a_changed_schedule(work, config.train)
@@ -89,9 +90,8 @@ def sweep_job(config: Config) -> float:
         )
         return best_val
     if job.get("skipped"):
-        print(
-            f"that run has no test metrics yet (stopped before its evaluation): evaluating {Path(job['model_dir']) / 'model.keras'}"
-        )
+        missing = f"evaluate.tta={config.evaluate.tta} results" if job.get("test_metrics") else "test metrics"
+        print(f"that run has no {missing} yet: evaluating {Path(job['model_dir']) / 'model.keras'}")
     from pipeline import evaluate
 
     evaluate.run(
@@ -102,7 +102,7 @@ def sweep_job(config: Config) -> float:
 
 main = stage_entry(
     run,
-    reads=("data", "augmentation", "model", "train", "tracking", "paths", "seed", "compare.after_sweep"),
+    reads=("data", "augmentation", "model", "train", "evaluate", "tracking", "paths", "seed", "compare.after_sweep"),
     sweep_job=sweep_job,
 )
 

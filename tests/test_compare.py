@@ -808,3 +808,47 @@ def test_the_printed_comparison_fits_100_columns_and_ends_with_one_line_per_verd
     assert lesson == f"lesson vs none: {lesson_d['verdict'].upper()} +4.00 points {interval}, 3 seeds"
     assert "points: percentage points of test_accuracy" in result.stdout and "±" in result.stdout
     assert "mlflow ui --app-name model-training --backend-store-uri" in result.stdout
+
+
+def test_test_time_augmentation_gets_its_own_paired_verdict_corrected_with_the_others(tmp_path, store_uri):
+    """Runs evaluated with evaluate.tta: each group's TTA result minus its plain one, paired by seed within
+    the same runs, in the report, the terminal, the figures' family and the comparison run; Holm over
+    every comparison. A group evaluated with two kinds of TTA gets no TTA verdict."""
+    uri = store_uri
+    gains = {"none": {"1": 0.02, "2": 0.03, "3": 0.01}, "lesson": {"1": 0.0, "2": -0.01, "3": 0.01}}
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("augmentation")
+    for preset, seeds in KNOWN.items():
+        if preset not in ("none", "lesson", "mixup"):
+            continue
+        for seed, (val, test) in seeds.items():
+            rid = client.create_run(experiment_id, tags={"augmentation": preset, "seed": seed}).info.run_id
+            client.log_param(rid, "seed", seed)
+            client.log_param(rid, "train.epochs", "4")
+            for name, value in (("best_val_accuracy", val), ("test_accuracy", test), ("best_epoch", 2)):
+                client.log_metric(rid, name, value)
+            if preset in gains:
+                client.log_metric(rid, "tta_test_accuracy", test + gains[preset][seed])
+                client.set_tag(rid, "evaluate.tta", "flip")
+            elif seed != "3":  # mixup: two runs with one TTA, one with none
+                client.log_metric(rid, "tta_test_accuracy", test)
+                client.set_tag(rid, "evaluate.tta", "lesson x4 seed 0")
+            client.set_terminated(rid, "FINISHED")
+
+    printed = run_in_process("pipeline.compare", f"tracking.uri={uri}", f"paths.reports_dir={tmp_path}/reports")
+    assert printed.returncode == 0, printed.stderr[-3000:]
+    report = json.loads((tmp_path / "reports" / "comparison.json").read_text())
+    arms = {d["group"]: d for d in report["tta"]}
+    assert set(arms) == {"none+tta(flip)", "lesson+tta(flip)"}  # not mixup: its runs differ in TTA
+    none = arms["none+tta(flip)"]
+    assert none["baseline"] == "none" and none["method"] == "paired over 3 seeds"
+    assert none["per_seed"] == pytest.approx(gains["none"]) and none["mean"] == pytest.approx(0.02)
+    expected = stats.ttest_1samp(list(gains["none"].values()), 0).confidence_interval(0.95)
+    assert (none["t_low"], none["t_high"]) == pytest.approx((expected.low, expected.high))
+    assert {d["family_size"] for d in report["differences"] + report["tta"]} == {4}  # lesson, mixup and the 2 arms
+    markdown = (tmp_path / "reports" / "comparison.md").read_text()
+    assert "## Test-time augmentation" in markdown and "| none+tta(flip) |" in markdown
+    assert f"none+tta(flip) vs none: {none['verdict'].upper()} +2.00 points" in printed.stdout
+    (comparison,) = client.search_runs([client.get_experiment_by_name("augmentation-comparisons").experiment_id])
+    assert comparison.data.tags["verdict.none_tta_flip_"] == none["verdict"]
+    assert comparison.data.metrics["difference/none_tta_flip_"] == pytest.approx(2.0)

@@ -72,3 +72,44 @@ def test_predict_takes_a_folder_in_batches_and_notes_what_is_not_an_image(tmp_pa
     assert (
         "predict: 8 files in" in captured.err
     )  # the files looked at (7 images and a note), on stderr (a whole line: not a terminal)
+
+
+def test_test_time_augmentation_averages_each_image_with_its_views(split_done, capsys):
+    """evaluate.tta=flip: the metrics of the mean of the model's probabilities on each test image and its
+    mirror, computed here from the model itself; evaluate.tta=<preset>: views drawn alike in any run
+    (a fixed seed), unlike the plain image, and a mean over tta_views + 1 outputs."""
+    from pipeline.model.frozen_runtime import SplitClassifier
+    from pipeline.tta import averaged_probabilities
+
+    tmp_path = split_done
+    overrides = [f"paths.{d}_dir={tmp_path}/{d}" for d in ("split", "reports", "models")] + ["data.image_size=[32,32]"]
+    config = compose(["model=residual_cnn", *overrides, "evaluate.tta=flip"])
+    classes = read_classes(tmp_path / "split")
+    model = build_model(config.model, len(classes), (32, 32))
+    (tmp_path / "models").mkdir()
+    model.save(tmp_path / "models" / "model.keras")
+
+    metrics = evaluate.run(config)
+    assert "with test-time augmentation (flip): accuracy" in capsys.readouterr().out
+    tested = images_tested(tmp_path)
+    pixels = tested.decoded((32, 32))
+    plain, mirrored = (model.predict(x.astype(np.float32), verbose=0) for x in (pixels, pixels[:, :, ::-1]))
+    averaged = (plain + mirrored) / 2
+    expected = evaluate.headline_metrics(np.asarray(tested.labels), averaged, classes, "tta_test_")
+    assert metrics["tta_test_accuracy"] == expected["tta_test_accuracy"]
+    assert metrics["tta_test_loss"] == pytest.approx(expected["tta_test_loss"], abs=1e-5)
+    headline = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    assert {"tta_test_accuracy", "tta_test_macro_f1"} <= set(headline) and not any("recall." in k for k in headline)
+
+    lesson = compose([*overrides, "evaluate.tta=lesson", "evaluate.tta_views=3"]).evaluate
+    classifier = SplitClassifier(model, "tensorflow", "f32", tmp_path / "cache", convert=False)
+    first, again = (averaged_probabilities(classifier, pixels, lesson, 2) for _ in range(2))
+    np.testing.assert_allclose(first, again, atol=1e-6)  # the same views: a fixed seed
+    assert not np.allclose(first, plain, atol=1e-4)  # the views are not the image
+    np.testing.assert_allclose(first.sum(axis=1), 1.0, atol=1e-5)  # still probabilities
+
+
+def images_tested(tmp_path):
+    from pipeline.data.manifests import Split
+
+    return Split.read(tmp_path / "split").test

@@ -226,3 +226,27 @@ def test_an_ablation_sweep_reports_each_operation(split_done):
     assert ablations["zoom"]["per_seed"] == pytest.approx(
         {s: by_seed[("lesson", s)] - by_seed[("lesson-no-zoom", s)] for s in ("1", "2")}
     )
+
+
+def test_test_time_augmentation_in_a_sweep_and_afterwards_without_training_again(split_done):
+    """evaluate.tta=flip on a sweep: every run records its TTA results and the sweep's comparison gives each
+    group a TTA verdict; the same sweep with another TTA trains nothing and evaluates every run with it."""
+    tmp_path = split_done
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = sweep_args(tmp_path, uri, "augmentation=none,lesson", "seed=1,2", "compare.affinity=false")
+    first = run_module("pipeline.train", "-m", *args, "evaluate.tta=flip")
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = training_runs(uri)
+    assert len(runs) == 4 and {r.data.tags["evaluate.tta"] for r in runs} == {"flip"}
+    assert all({"test_accuracy", "tta_test_accuracy", "tta_test_loss"} <= set(r.data.metrics) for r in runs)
+    assert "none+tta(flip) vs none:" in first.stdout and "lesson+tta(flip) vs lesson:" in first.stdout
+
+    again = run_module("pipeline.train", "-m", *args, "evaluate.tta=lesson", "evaluate.tta_views=2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("skip: this configuration already has") == 4  # nothing trained again ...
+    assert again.stdout.count("that run has no evaluate.tta=lesson results yet: evaluating") == 4  # ... evaluated
+    rerun = training_runs(uri)
+    assert len(rerun) == 4 and {r.data.tags["evaluate.tta"] for r in rerun} == {"lesson x2 seed 0"}
+    plain = {r.info.run_id: r.data.metrics["test_accuracy"] for r in runs}
+    assert {r.info.run_id: r.data.metrics["test_accuracy"] for r in rerun} == plain  # the same model, the same test
+    assert "none+tta(lesson x2 seed 0) vs none:" in again.stdout

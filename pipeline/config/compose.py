@@ -106,18 +106,22 @@ def validate(raw: DictConfig | dict) -> Config:
 def preset_overrides(augmentation: AugmentationConfig) -> list[str]:
     """`key=value` for each augmentation key that differs from its preset's file
     (conf/augmentation/<name>.yaml): a title that names the preset must name these too."""
-    preset_file = CONF_DIR / "augmentation" / f"{read_ablation_label(augmentation.name)[0]}.yaml"
-    if not preset_file.exists():
+    name = read_ablation_label(augmentation.name)[0]
+    if not (CONF_DIR / "augmentation" / f"{name}.yaml").exists():
         return []
-    preset: AugmentationConfig = OmegaConf.to_object(
-        OmegaConf.merge(OmegaConf.structured(AugmentationConfig), OmegaConf.load(preset_file))
-    )
-    preset = dataclasses.replace(preset, ablate=augmentation.ablate).with_ablation_applied()
+    preset = dataclasses.replace(preset_config(name), ablate=augmentation.ablate).with_ablation_applied()
     return [
         f"augmentation.{f.name}={_value_text(getattr(augmentation, f.name))}"
         for f in dataclasses.fields(augmentation)
         if f.name not in ("name", "ablate") and getattr(augmentation, f.name) != getattr(preset, f.name)
     ]
+
+
+def preset_config(name: str) -> AugmentationConfig:
+    """A preset of conf/augmentation/ as it stands in its file, without Hydra (which may be composing
+    the command that asks)."""
+    preset_file = CONF_DIR / "augmentation" / f"{name}.yaml"
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AugmentationConfig), OmegaConf.load(preset_file)))
 
 
 def _value_text(value: Any) -> str:

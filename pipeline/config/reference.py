@@ -24,7 +24,7 @@ from pipeline.config.comments import schema_comments
 CONF = schema.PROJECT_ROOT / "conf"
 GROUPS = ("experiment", "augmentation", "model", "hparams_search")
 # The sections whose defaults conf/config.yaml lays from conf/schema/ (presets name themselves).
-SCHEMA_SECTIONS = ("data", "augmentation", "model", "train", "tracking", "compare", "paths")
+SCHEMA_SECTIONS = ("data", "augmentation", "model", "train", "tracking", "evaluate", "compare", "paths")
 NAMED_BY_PRESET = ("augmentation", "model")
 
 

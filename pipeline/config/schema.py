@@ -190,6 +190,24 @@ class TrainConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """`python -m pipeline.evaluate`: how the trained model is tested."""
+
+    tta: str = "none"  # test-time augmentation, logged beside the plain test metrics as tta_test_*: none |
+    # flip (each test image and its mirror) | a preset of conf/augmentation/ (the image and tta_views draws of it)
+    tta_views: int = 4  # augmented views per test image besides the image itself, with tta=<preset>
+    tta_seed: int = 0  # the draws of those views: one seed for every run, so that runs see the same views
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if self.tta not in ("none", "flip") and not (CONF_DIR / "augmentation" / f"{self.tta}.yaml").is_file():
+            found.append(("tta", f"must be none, flip or a preset of conf/augmentation/, got {self.tta!r}"))
+        if not 1 <= self.tta_views <= 64:
+            found.append(("tta_views", f"must be in 1..64, got {self.tta_views}"))
+        return found
+
+
+@dataclass
 class TrackingConfig:
     uri: Optional[str] = None  # MLflow store; null: $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db
     experiment: str = "augmentation"  # the MLflow experiment of the training runs
@@ -232,6 +250,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 42  # the split, the initialisation, the data order and the augmentation draws

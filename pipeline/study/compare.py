@@ -57,7 +57,7 @@ def run(config: Config, run_ids: set[str] | None = None, record: bool = True) ->
     from pipeline.study.report import json_safe, render_markdown, terminal_summary, verdict_lines
     from pipeline.study.runs import training_runs
     from pipeline.study.sequential import decide_in_rounds
-    from pipeline.study.verdicts import ablation_contributions, class_flags, compare_groups
+    from pipeline.study.verdicts import ablation_contributions, class_flags, compare_groups, tta_differences
     from pipeline.tracking.runs import connect
 
     settings = config.compare
@@ -90,6 +90,7 @@ def run(config: Config, run_ids: set[str] | None = None, record: bool = True) ->
         else []
     )
     metric = choose_metric(settings.metric, groups)
+    tta: list = []  # test-time augmentation against plain evaluation, in a fixed study
     if settings.rounds:  # a sequential study: each look at its own share of the false-verdict rate
         differences, ablations = decide_in_rounds(
             groups,
@@ -103,7 +104,8 @@ def run(config: Config, run_ids: set[str] | None = None, record: bool = True) ->
     else:
         differences = compare_groups(groups, settings.baseline, metric, settings.confidence, settings.power)
         ablations = ablation_contributions(groups, metric, settings.confidence, settings.power)
-        correct_for_many(differences + ablations, settings.confidence, settings.power, settings.margin / 100)
+        tta = tta_differences(groups, metric, settings.confidence, settings.power)
+        correct_for_many(differences + ablations + tta, settings.confidence, settings.power, settings.margin / 100)
         seed_counts = sorted({len(g.runs) for g in groups})
         if len(seed_counts) > 1:
             notes.append(
@@ -145,7 +147,8 @@ def run(config: Config, run_ids: set[str] | None = None, record: bool = True) ->
         "groups": group_table(groups),
         "differences": [vars(d) for d in differences],
         "ablations": [vars(d) for d in ablations],
-        "class_flags": [flag for d in differences + ablations for flag in class_flags(d)],
+        "tta": [vars(d) for d in tta],
+        "class_flags": [flag for d in differences + ablations + tta for flag in class_flags(d)],
         "notes": notes,
     }
 
@@ -155,11 +158,11 @@ def run(config: Config, run_ids: set[str] | None = None, record: bool = True) ->
     (reports / "comparison.md").write_text(markdown)
     (reports / "comparison.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
     # a comparison without runs to pair (method "none") has nothing to draw; the report says why
-    differences_drawn, ablations_drawn = (
-        [d for d in found if d.method != "none"] for found in (differences, ablations)
+    differences_drawn, ablations_drawn, tta_drawn = (
+        [d for d in found if d.method != "none"] for found in (differences, ablations, tta)
     )
-    comparison_figure(groups, differences_drawn + ablations_drawn, reports / "comparison.png")
-    class_effects_figure(differences_drawn + ablations_drawn, reports / "class_effects.png")
+    comparison_figure(groups, differences_drawn + ablations_drawn + tta_drawn, reports / "comparison.png")
+    class_effects_figure(differences_drawn + ablations_drawn + tta_drawn, reports / "class_effects.png")
     affinity_diversity_figure(differences_drawn, ablations_drawn, reports / "affinity_diversity.png")
     width = shutil.get_terminal_size((100, 24)).columns
     print(terminal_summary(report, width))
@@ -242,7 +245,7 @@ def log_comparison_run(config: Config, report: dict, reports: Path) -> tuple[str
     experiment = config.tracking.experiment
     compared_id = mlflow.MlflowClient().get_experiment_by_name(experiment).experiment_id
     target = use_experiment(comparisons_experiment(experiment), tracking_uri(config.tracking))
-    comparisons = report["differences"] + report["ablations"]
+    comparisons = report["differences"] + report["ablations"] + report["tta"]
     verdicts = ", ".join(f"{d['group']} {d['verdict']}" for d in comparisons)
     with mlflow.start_run(
         run_name=comparison_name(report),
@@ -281,7 +284,9 @@ def log_comparison_run(config: Config, report: dict, reports: Path) -> tuple[str
 
 def comparison_name(report: dict) -> str:
     """What a comparison run is called: what it compares, e.g. `lesson, light vs none, 5 seeds`."""
-    groups = [d["group"] for d in report["differences"]] + [f"-{d['group']}" for d in report["ablations"]]
+    groups = [d["group"] for d in report["differences"] + report["tta"]] + [
+        f"-{d['group']}" for d in report["ablations"]
+    ]
     seeds = sorted({len(g["seeds"].split(",")) for g in report["groups"]})
     shown = ", ".join(groups[:3]) + (f" and {len(groups) - 3} more" if len(groups) > 3 else "")
     count = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
@@ -301,7 +306,7 @@ def comparison_description(report: dict, compared_experiment_id: str) -> str:
         "the comparisons below.",
         "",
     ]
-    for d in report["differences"] + report["ablations"]:
+    for d in report["differences"] + report["ablations"] + report["tta"]:
         if d["mean"] is None or math.isnan(d["mean"]):
             lines.append(f"- **{d['group']}** vs {d['baseline']}: no comparison; {d['reason']}")
             continue

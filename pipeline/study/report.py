@@ -149,6 +149,14 @@ def render_markdown(report: dict) -> str:
             *[h.format(what="operation") for h in DIFFERENCE_HEADER],
         ]
         lines += _difference_rows(report["ablations"])
+    if report.get("tta"):
+        lines += [
+            "",
+            f"## Test-time augmentation: each group's runs with it minus the same runs without, {report['metric']}",
+            "",
+            *[h.format(what="group with TTA") for h in DIFFERENCE_HEADER],
+        ]
+        lines += _difference_rows(report["tta"])
     lines += [
         "",
         f"Verdicts (keep, drop, equivalent within +-{report['margin']:g} points, inconclusive, not converged): "
@@ -174,14 +182,14 @@ def render_markdown(report: dict) -> str:
         ),
         "",
     ]
-    per_class = class_table(report["differences"] + report["ablations"])
+    per_class = class_table(report["differences"] + report["ablations"] + report.get("tta", []))
     if per_class:
         lines += [
             "## Per class: test recall, difference in points [interval, Holm-corrected over the classes; bold: it excludes 0]",
             "",
             *per_class,
             "",
-            class_method(report["differences"] + report["ablations"]),
+            class_method(report["differences"] + report["ablations"] + report.get("tta", [])),
             "",
         ]
         lines += [f"- {flag}" for flag in report["class_flags"]] or [
@@ -261,6 +269,8 @@ def terminal_summary(report: dict, width: int = 100) -> str:
                 d["verdict"],
             )
         )
+    for d in report.get("tta", []):
+        rows.append((d["group"], "", d["baseline"], _points(d["mean"]), _interval(d["low"], d["high"]), d["verdict"]))
     widths = [max(len(row[i]) for row in rows) for i in range(6)]
     widths[0] = max(12, min(widths[0], width - sum(widths[1:]) - 10))  # the names give way first
     lines = []
@@ -285,8 +295,8 @@ def verdict_lines(report: dict, width: int = 100) -> list[str]:
     """One line per comparison, what `compare` ends with: `lesson vs none: DROP -5.70 points [-7.04, -4.36],
     5 seeds` (an operation: `vertical_flip in lesson: ...`); without an interval, why, shortened to `width`."""
     lines = []
-    for d in report["differences"] + report["ablations"]:
-        operation = d not in report["differences"]
+    for d in report["differences"] + report["ablations"] + report.get("tta", []):
+        operation = d in report["ablations"]
         what = f"{d['group']} in {d['baseline'].split('-no-')[0]}" if operation else f"{d['group']} vs {d['baseline']}"
         line = f"{what}: {d['verdict'].upper()} "
         if d["low"] is not None:

@@ -60,6 +60,7 @@ def training_runs(
                 {
                     **r.data.params,
                     DATA_VERSION: r.data.tags.get("data_manifest_sha256", "unknown")[:DATA_VERSION_DIGITS],
+                    **({"evaluate.tta": r.data.tags["evaluate.tta"]} if "evaluate.tta" in r.data.tags else {}),
                 },
                 dict(r.data.metrics),
                 histories,

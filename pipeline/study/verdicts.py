@@ -21,6 +21,7 @@ All accuracies are fractions in [0, 1]; differences are in fraction units (0.02 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -132,6 +133,30 @@ def compare_groups(
             difference.diversity, difference.cost = diversity(group, baseline), cost(group, baseline)
             differences.append(difference)
     return differences
+
+
+def tta_differences(groups: list[Group], metric: str, confidence: float, power: float = 0.8) -> list[Difference]:
+    """Each group's test-time augmentation (`evaluate.tta`) against its plain evaluation: the same runs,
+    so paired by seed, `tta_<metric>` minus `<metric>`, labelled `<preset>+tta(<its TTA>)`; undecided (as
+    `compare_groups`). Only on a test metric, and only for a group whose every run was evaluated with one
+    and the same TTA (the run's tag `evaluate.tta`, a param here)."""
+    arms = []
+    for group in groups:
+        kinds = {r.params.get("evaluate.tta") for r in group.runs}
+        if not metric.startswith("test_") or len(kinds) != 1 or None in kinds:
+            continue
+        tested = [  # the TTA metrics under the plain names; its per-class figures from its own recalls
+            dataclasses.replace(
+                r,
+                metrics={k: v for k, v in r.metrics.items() if not k.startswith("test_")}
+                | {k.removeprefix("tta_"): v for k, v in r.metrics.items() if k.startswith("tta_test_")},
+                test_predictions={},
+            )
+            for r in group.runs
+        ]
+        arm = Group(f"{group.preset}+tta({kinds.pop()})", group.settings, tested)
+        arms.append(compare_with_baseline(arm, group, metric, confidence, power, decided=False))
+    return arms
 
 
 def ablation_contributions(groups: list[Group], metric: str, confidence: float, power: float = 0.8) -> list[Difference]:

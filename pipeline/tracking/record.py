@@ -44,8 +44,9 @@ EPOCH_PREFIX = "epoch/"  # runs recorded from 2026-11 to 2026-12 kept their per-
 
 
 def flat_params(config: Config) -> dict[str, str]:
-    """The whole training config as dotted keys (`compare.*`, the report's settings, left out)."""
-    return flatten({k: v for k, v in to_dict(config).items() if k != "compare"})
+    """The whole training config as dotted keys (`compare.*` and `evaluate.*`, settings of later stages, left
+    out: the evaluation records its own)."""
+    return flatten({k: v for k, v in to_dict(config).items() if k not in ("compare", "evaluate")})
 
 
 def git_state() -> dict[str, str]:
@@ -263,10 +264,13 @@ def saved_model_folder(finished: mlflow.entities.Run, models_dir: Path) -> Path 
     return model_file.parent if info.start_time <= saved_ms <= (info.end_time or 0) + 1000 else None
 
 
-def skip_finished(finished: mlflow.entities.Run, models_dir: Path, reports_dir: Path, uri: str) -> float:
+def skip_finished(
+    finished: mlflow.entities.Run, models_dir: Path, reports_dir: Path, uri: str, tta: str | None
+) -> float:
     """A sweep job whose configuration was trained already: name that run, return its objective. Its
     run.json points at the earlier run (the end-of-sweep comparison includes it), says whether it has
-    test metrics, and where its model is while the file is still its own (`saved_model_folder`)."""
+    test metrics (`tested`: and those of the test-time augmentation `tta` asks for, if any), and where
+    its model is while the file is still its own (`saved_model_folder`)."""
     best_val = finished.data.metrics.get("best_val_accuracy", 0.0)
     print(
         f"skip: this configuration already has the FINISHED MLflow run {finished.info.run_id} "
@@ -281,7 +285,8 @@ def skip_finished(finished: mlflow.entities.Run, models_dir: Path, reports_dir: 
         best_val,
         finished.data.metrics.get("best_epoch"),
         skipped=True,
-        tested="test_accuracy" in finished.data.metrics,
+        test_metrics="test_accuracy" in finished.data.metrics,
+        tested="test_accuracy" in finished.data.metrics and tta in (None, finished.data.tags.get("evaluate.tta")),
         model_dir=str(model_dir) if model_dir else None,
     )
     return best_val
@@ -331,12 +336,16 @@ def write_history(history: list[dict[str, float]], target: Path) -> Path:
 # ------------------------------------------------------------------ the evaluation of a trained run
 
 
-def require_same_evaluation(run_record: dict, metrics: dict[str, float]) -> bool:
+def require_same_evaluation(run_record: dict, metrics: dict[str, float], tta: str | None) -> bool:
     """A run's recorded results never change silently: a second evaluation of its model that gives
-    other test metrics than the run records is an error naming both figures. Returns True when the
-    run already records these same metrics (nothing to log again)."""
+    other test metrics than the run records is an error naming both figures (the `tta_` ones only
+    when the run records the same test-time augmentation, `tta`; another replaces them). Returns True
+    when the run already records these same metrics (nothing to log again)."""
     mlflow.set_tracking_uri(run_record["tracking_uri"])
-    recorded = mlflow.MlflowClient().get_run(run_record["run_id"]).data.metrics
+    run = mlflow.MlflowClient().get_run(run_record["run_id"]).data
+    recorded = dict(run.metrics)
+    if run.tags.get("evaluate.tta") != tta:
+        recorded = {k: v for k, v in recorded.items() if not k.startswith("tta_")}
     differing = {
         key: (recorded[key], value)
         for key, value in metrics.items()
@@ -352,13 +361,17 @@ def require_same_evaluation(run_record: dict, metrics: dict[str, float]) -> bool
     return all(key in recorded for key in metrics)
 
 
-def log_evaluation(run_record: dict, test: dict[str, float], val: dict[str, float], split: Split, files: list) -> None:
+def log_evaluation(
+    run_record: dict, test: dict[str, float], val: dict[str, float], split: Split, files: list, tags: dict
+) -> None:
     """Log the `test` metrics (and each class's recall) to the finished training run of `run_record`
     without reopening it, measured by its LoggedModel on the test dataset; the validation split's
-    per-class recalls (`val`) on the validation dataset; `files` as the run's artifacts; the headline
-    as its description, at the top of its page in the MLflow UI."""
+    per-class recalls (`val`) on the validation dataset; `files` as the run's artifacts and `tags` (how
+    it was evaluated) as its tags; the headline as its description, at the top of its page in the UI."""
     mlflow.set_tracking_uri(run_record["tracking_uri"])
     run_id, client, model_id = run_record["run_id"], mlflow.MlflowClient(), run_record.get("model_id")
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
     for values, name in ((test, "test"), (val, "val")):
         mlflow.log_metrics(values, run_id=run_id, model_id=model_id, dataset=split_dataset(split, name))
     headline = (
