@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.transforms import Bbox
 
 from pipeline.config.augmentation import read_ablation_label
-from pipeline.study.records import Difference, Group, RunSummary
+from pipeline.study.records import TTA_MARK, Difference, Group, RunSummary
 from pipeline.visuals import plt, save, wrapped
 
 
@@ -40,7 +40,8 @@ def group_styles(groups: list[Group], differences: list[Difference]) -> list[tup
     """(colour, line style, marker) per group: the baseline black, each full preset solid in a colour
     of its own, the preset without one operation (an ablation) dashed with crosses - so that a
     preset and its ablations read as one family and the baseline stands apart."""
-    baselines = {d.baseline for d in differences if not is_ablation(d.baseline)}
+    # a TTA arm's baseline is its own group evaluated plainly: no baseline of the study
+    baselines = {d.baseline for d in differences if not is_ablation(d.baseline) and TTA_MARK not in d.group}
     colours = iter(plt.get_cmap("tab10").colors)
     styles = []
     for group in groups:

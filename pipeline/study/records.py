@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pipeline.tracking.identity import AUGMENTED_ONLY  # a plain run's value of these is no setting of its group
 
 DATA_VERSION = "data.version"  # the data a run trained on (its manifests' hash): a setting, read from its tag
+TTA_MARK = "+tta("  # in the label of a group's test-time augmentation arm: `none+tta(flip)`
 
 
 @dataclass

@@ -30,7 +30,7 @@ from pipeline.config.augmentation import read_ablation_label
 from pipeline.study import seed_statistics
 from pipeline.study.decisions import MIN_SEEDS_FOR_VERDICT, SEEDS_ADVISED, decide, intervals, within_bounds
 from pipeline.study.grouping import baseline_for, mean_std
-from pipeline.study.records import Difference, Group
+from pipeline.study.records import TTA_MARK, Difference, Group
 
 
 def compare_with_baseline(
@@ -154,7 +154,7 @@ def tta_differences(groups: list[Group], metric: str, confidence: float, power: 
             )
             for r in group.runs
         ]
-        arm = Group(f"{group.preset}+tta({kinds.pop()})", group.settings, tested)
+        arm = Group(f"{group.preset}{TTA_MARK}{kinds.pop()})", group.settings, tested)
         arms.append(compare_with_baseline(arm, group, metric, confidence, power, decided=False))
     return arms
 
