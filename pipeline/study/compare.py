@@ -91,6 +91,8 @@ def run(config: Config, run_ids: set[str] | None = None, record: bool = True) ->
     )
     metric = choose_metric(settings.metric, groups)
     tta: list = []  # test-time augmentation against plain evaluation, in a fixed study
+    if settings.rounds and any("evaluate.tta" in r.params for r in runs):
+        notes.append("test-time augmentation gets its verdicts in a fixed study: compare with compare.rounds=null")
     if settings.rounds:  # a sequential study: each look at its own share of the false-verdict rate
         differences, ablations = decide_in_rounds(
             groups,
