@@ -9,7 +9,8 @@ epochs (`--epochs`, patience as long: every run trains exactly that many, so run
 images). The scaled training sets are copies of the training images, each copy with distinct bytes (one
 pixel changed and saved again), so that nothing is served from the cache twice; validation and test stay
 as they are. Every run is `python -m pipeline.train` in a process of its own, timed whole, its peak
-resident memory from the kernel (`wait4`); the frozen base is converted by a warm-up run first. Last
+resident memory from the kernel (`wait4`), the cache of decoded images and features emptied before it
+(what grows with the images is computed by every run; the frozen base is converted by a warm-up run). Last
 lines, per size and preset: `seconds_per_1000_images=<size>:<preset>:<per scale>` (the start-up of a run,
 some 15 s, weighs on the small scales), `seconds_per_1000_added_images=...` (the cost of the images added
 from one scale to the next: constant when the cost grows linearly) and `growth_8x=<time at the largest
@@ -30,6 +31,7 @@ from pathlib import Path
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+ARRAYS = "arrays"  # the cache's decoded images and features (paths.cache_dir); its converted networks stay
 
 
 def scaled_copy(source: Path, target: Path, scale: int) -> int:
@@ -130,13 +132,13 @@ def main() -> None:
                 if size not in warmed:  # warm-up: the frozen base converted for OpenVINO, once per size
                     timed_run(args)
                     warmed.add(size)
-                cache_before = folder_mib(cache) if cache.exists() else 0.0
+                shutil.rmtree(cache / ARRAYS, ignore_errors=True)  # every run decodes and computes its own images
                 seconds, peak = timed_run(args)
-                results[(size, preset, scale)] = (seconds, peak, images, folder_mib(cache) - cache_before)
+                results[(size, preset, scale)] = (seconds, peak, images, folder_mib(cache / ARRAYS))
                 print(
                     f"{size} px {preset:8s} x{scale}: {images} images, {seconds:7.1f} s, "
                     f"{1000 * seconds / images:6.1f} s per 1000 images, peak {peak:6.0f} MiB, "
-                    f"cache +{results[(size, preset, scale)][3]:.0f} MiB",
+                    f"cache {results[(size, preset, scale)][3]:.0f} MiB",
                     flush=True,
                 )
 
