@@ -21,6 +21,7 @@ from pathlib import Path
 from pipeline.config.cli import in_multirun, job_folders, stage_entry
 from pipeline.config.schema import Config
 from pipeline.data.manifests import SPLITS, Split
+from pipeline.data.partition import draw_train_val
 from pipeline.tracking.store import check_store
 from pipeline.tta import describe
 
@@ -42,6 +43,9 @@ def run(config: Config) -> float:
     keras.utils.set_random_seed(config.seed)
     split = Split.read(config.paths.split_dir)  # read once: every step of this stage gets it from here
     split.require_training_images()  # before anything is recorded
+    if config.data.split.train_val_per_seed:
+        split = draw_train_val(split, config.seed)
+        print(f"train/val drawn for seed {config.seed}: {len(split.train)} and {len(split.val)} images (test fixed)")
     config = replace(config, data=split.recorded_source(config.data))
     chief = devices.is_chief(strategy)
     uri = runs.connect(config) if chief else None  # a dead server fails here, before any work

@@ -852,3 +852,24 @@ def test_test_time_augmentation_gets_its_own_paired_verdict_corrected_with_the_o
     (comparison,) = client.search_runs([client.get_experiment_by_name("augmentation-comparisons").experiment_id])
     assert comparison.data.tags["verdict.none_tta_flip_"] == none["verdict"]
     assert comparison.data.metrics["difference/none_tta_flip_"] == pytest.approx(2.0)
+
+
+def test_runs_on_splits_drawn_per_seed_are_grouped_apart_and_paired_only_within_one_split():
+    per_seed = "data.split.train_val_per_seed"
+    fixed = [
+        summary(p, s, **{per_seed: "False", "data.train_val": "fixed"}) for p in ("none",) for s in ("1", "2", "3")
+    ]
+    drawn = [summary("lesson", s, **{per_seed: "True", "data.train_val": f"drawn{s}"}) for s in ("1", "2", "3")]
+    assert varied_settings(fixed + drawn) == [per_seed]  # though constant within each preset
+    lesson, none = sorted(group_runs(fixed + drawn), key=lambda g: g.preset)
+    assert lesson.settings == {per_seed: "True"} and none.settings == {per_seed: "False"}
+
+    # records at odds (one seed's two runs on different train/val sets) are never a pair
+    none_drawn = [summary("none", s, **{per_seed: "True", "data.train_val": f"drawn{s}"}) for s in ("1", "2", "3")]
+    none_drawn[2].params["data.train_val"] = "other"
+    for r, accuracy in zip(drawn + none_drawn, (0.82, 0.84, 0.90, 0.80, 0.81, 0.70)):
+        r.metrics["test_accuracy"] = accuracy
+    lesson, none = sorted(group_runs(drawn + none_drawn), key=lambda g: g.preset)
+    result = compare_with_baseline(lesson, none, "test_accuracy", 0.95)
+    assert result.other_splits == ["3"] and result.per_seed == pytest.approx({"1": 0.02, "2": 0.03})
+    assert result.method == "paired over 2 seeds"

@@ -3,6 +3,7 @@ by later epochs, the same after a resume; decoded images and features kept on di
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +171,29 @@ def test_decoded_images_are_checked_against_the_manifest_and_kept(split_done):
     Path(images.paths[6]).unlink()
     with pytest.raises(DataError, match=f"{images.paths[6]} is listed in the split but cannot be read"):
         images.decoded((24, 16), None)
+
+
+def test_a_split_drawn_per_seed_gets_the_features_kept_for_the_manifests_sets(split_done):
+    from pipeline.data.cache import DiskCache
+    from pipeline.data.manifests import Split
+    from pipeline.data.partition import draw_train_val
+    from pipeline.training.frozen_features import plain_features
+
+    network, cache = tiny_network(), DiskCache(split_done / "cache")
+    split = Split.read(split_done / "split")
+    kept = {
+        name: plain_features(network, images, SIZE, lambda i=images: i.decoded(SIZE, cache), BATCH, cache)
+        for name, images in (("train", split.train), ("val", split.val))
+    }
+    drawn = draw_train_val(split, seed=7).train
+    assert drawn.paths != split.train.paths
+    features = plain_features(
+        network, drawn, SIZE, lambda: pytest.fail("no pixels: the kept features serve"), BATCH, cache
+    )
+    by_path = {
+        p: f for name, images in (("train", split.train), ("val", split.val)) for p, f in zip(images.paths, kept[name])
+    }
+    np.testing.assert_array_equal(features, np.stack([by_path[p] for p in drawn.paths]))
+    unknown_rows = dataclasses.replace(drawn, drawn_from=None)  # the same images, computed from their pixels
+    direct = plain_features(network, unknown_rows, SIZE, lambda: drawn.decoded(SIZE, None), BATCH, None)
+    np.testing.assert_allclose(features, direct, atol=1e-5)

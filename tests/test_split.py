@@ -11,6 +11,7 @@ import zipfile
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -342,3 +343,39 @@ def test_a_class_far_smaller_than_the_others_is_flagged(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "warning: class 'rare' has 2 train image(s) against 48 of 'common'" in out
     assert "class 'common'" not in out
+
+
+def test_a_train_val_split_drawn_per_seed_keeps_test_and_each_class_val_count(tmp_path):
+    from collections import Counter
+
+    from pipeline.data.cache import disk_cache
+    from pipeline.data.images import decode_all
+    from pipeline.data.manifests import Split
+    from pipeline.data.partition import draw_train_val
+
+    source = tmp_path / "src"
+    for c, name in enumerate(["cat", "dog"]):
+        for i in range(20):
+            make_image(source / name / f"{name}_{i:02d}.png", size=(24, 20), seed=100 * c + i, pattern=c)
+    shutil.copy(source / "cat" / "cat_00.png", source / "cat" / "cat_copy.png")  # one content, two files
+    run_split(tmp_path, source, "data.split.fractions=[0.6,0.2,0.2]")
+    split = Split.read(tmp_path / "split")
+    drawn = {seed: draw_train_val(split, seed) for seed in (1, 2)}
+    again = draw_train_val(split, 1)
+    assert again.val.paths == drawn[1].val.paths and again.digests == drawn[1].digests  # a seed: one draw
+    assert set(drawn[1].val.paths) != set(drawn[2].val.paths)
+    for d in drawn.values():
+        assert d.test == split.test and d.version == split.version  # test and the data version untouched
+        assert sorted(d.train.paths + d.val.paths) == sorted(split.train.paths + split.val.paths)
+        assert Counter(d.val.labels) == Counter(split.val.labels)  # stratified: each class's val count kept
+        copies = [p for p in d.train.paths + d.val.paths if Path(p).name in ("cat_00.png", "cat_copy.png")]
+        assert len(copies) == 2 and (set(copies) <= set(d.train.paths) or set(copies) <= set(d.val.paths))
+        assert d.train_val_digest() != split.train_val_digest()
+    assert drawn[1].train_val_digest() != drawn[2].train_val_digest()
+    # a manifest read back has the digest of its file; a drawn set the digest its manifest would have
+    assert split.train.manifest_digest() == hashlib.sha256((tmp_path / "split" / "train.csv").read_bytes()).hexdigest()
+    assert drawn[1].digests["val"] == drawn[1].val.manifest_digest() != split.digests["val"]
+    # its images, decoded through the manifests' kept arrays, are the files themselves
+    cache = disk_cache(str(tmp_path / "cache"), "auto")
+    pixels = drawn[2].train.decoded((20, 24), cache)
+    assert np.array_equal(pixels, decode_all(drawn[2].train.paths, drawn[2].train.sha256, (20, 24)))

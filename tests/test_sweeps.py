@@ -4,6 +4,7 @@ of a sweep - all against one real MLflow store."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.config.sweeps import FAILED_JOB_FILE
 from tests.conftest import ROOT, make_image, run_module, sweep_args, training_runs
 
 pytestmark = pytest.mark.slow
@@ -250,3 +252,68 @@ def test_test_time_augmentation_in_a_sweep_and_afterwards_without_training_again
     plain = {r.info.run_id: r.data.metrics["test_accuracy"] for r in runs}
     assert {r.info.run_id: r.data.metrics["test_accuracy"] for r in rerun} == plain  # the same model, the same test
     assert "none+tta(lesson x2 seed 0) vs none:" in again.stdout
+
+
+def test_a_sweep_on_splits_drawn_per_seed_records_each_and_pairs_within_it(split_done):
+    """data.split.train_val_per_seed: each seed trains on its own train/val draw, recorded on its runs
+    (tag train_val_sha256, the datasets' digests); none and lesson of one seed share it and are paired."""
+    from mlflow.tracking import MlflowClient
+
+    tmp_path = split_done
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    swept = ["augmentation=none,lesson", "seed=1,2", "data.split.train_val_per_seed=true"]
+    result = run_module("pipeline.train", "-m", *swept, *sweep_args(tmp_path, uri))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "train/val drawn for seed 2: 30 and 3 images (test fixed)" in result.stdout
+    runs = finished_runs(uri)
+    assert len(runs) == 4 and {r.data.params["data.split.train_val_per_seed"] for r in runs} == {"True"}
+    draws = {(r.data.tags["augmentation"], r.data.tags["seed"]): r.data.tags["train_val_sha256"] for r in runs}
+    assert draws[("none", "1")] == draws[("lesson", "1")] != draws[("none", "2")] == draws[("lesson", "2")]
+    fixed = hashlib.sha256(
+        b"".join(
+            hashlib.sha256((tmp_path / "split" / f"{n}.csv").read_bytes()).hexdigest().encode()
+            for n in ("train", "val")
+        )
+    ).hexdigest()
+    assert fixed not in draws.values()  # neither seed trained on the split stage's own train/val
+    client = MlflowClient(uri)
+    datasets = {
+        r.data.tags["seed"]: {d.dataset.digest for d in client.get_run(r.info.run_id).inputs.dataset_inputs}
+        for r in runs
+    }
+    assert datasets["1"] != datasets["2"]  # the drawn train and val manifests' digests
+    (report,) = (tmp_path / "multirun").glob("*/comparison/comparison.json")
+    (lesson,) = json.loads(report.read_text())["differences"]
+    assert lesson["method"] == "paired over 2 seeds" and lesson["other_splits"] == []
+
+
+def test_a_failing_optuna_trial_is_recorded_failed_and_the_search_goes_on(split_done):
+    """A trial whose drawn value is refused (a 40-pixel shift of 32-pixel images) fails alone: Optuna's
+    sweeper records it FAILED, the other trials train, and the command names it and exits 1. The
+    space is a file outside conf/, found through hydra.searchpath."""
+    tmp_path = split_done
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    space = tmp_path / "spaces" / "hparams_search" / "shifts.yaml"
+    space.parent.mkdir(parents=True)
+    text = (ROOT / "conf" / "hparams_search" / "augmentation.yaml").read_text()
+    space.write_text(
+        text[: text.index("    params:")] + "    params:\n      augmentation.width_shift_range: choice(0.1, 40.0)\n"
+    )
+    result = run_module(
+        "pipeline.train",
+        "-m",
+        "hparams_search=shifts",
+        f"hydra.searchpath=[file://{tmp_path / 'spaces'}]",
+        "hydra.sweeper.n_trials=4",
+        *sweep_args(tmp_path, uri),
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    failed = list((tmp_path / "multirun").glob(f"*/*/{FAILED_JOB_FILE}"))
+    ran = list((tmp_path / "multirun").glob("*/*/reports/run.json"))  # a value drawn again: its run is found
+    assert failed and ran and len(failed) + len(ran) == 4, result.stderr[-3000:]
+    finished = finished_runs(uri)
+    assert "moves every image out of its 32-pixel width" in failed[0].read_text()
+    assert {r.data.params["augmentation.width_shift_range"] for r in finished} == {"0.1"}
+    assert f"{len(failed)} job(s) of this sweep failed" in result.stderr
+    (results,) = (tmp_path / "multirun").glob("*/optimization_results.yaml")
+    assert yaml.safe_load(results.read_text())["best_params"] == {"augmentation.width_shift_range": 0.1}

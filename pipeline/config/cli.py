@@ -18,8 +18,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pipeline.config import CONF_DIR
 from pipeline.config.compose import LEAF_KEYS, SETTABLE_KEYS, compose_raw, flatten, unknown_key_message, validate
-from pipeline.config.schema import CONF_DIR, Config, PathsConfig
+from pipeline.config.schema import Config, PathsConfig
 from pipeline.errors import ConfigError, UserError
 from pipeline.stopping import RunKilled
 
@@ -183,13 +184,15 @@ HYDRA_FLAGS = {
 
 def check_command_line(args: list[str]) -> None:
     """Check every `key=value` of a Hydra command line before Hydra composes it."""
+    searched = [a.split("=", 1)[1].strip("[]") for a in args if a.startswith("hydra.searchpath=")]
+    config_dirs = [Path(p.strip().removeprefix("file://")) for value in searched for p in value.split(",") if p.strip()]
     for position, arg in enumerate(args):
         if arg.startswith("-") and arg.split("=")[0] not in HYDRA_FLAGS:
             check_flag(arg, args[position + 1] if position + 1 < len(args) else None)
         elif "=" in arg:
             key, value = arg.split("=", 1)
             check_key(key)
-            check_group_options(key.lstrip("+"), value)
+            check_group_options(key.lstrip("+"), value, config_dirs)
 
 
 def check_flag(flag: str, following: str | None) -> None:
@@ -210,19 +213,21 @@ def check_flag(flag: str, following: str | None) -> None:
     )
 
 
-def check_group_options(group: str, value: str) -> None:
-    """`experiment=cpuu` names no file of conf/experiment/: refuse it listing the choices (a sweep's
-    comma-separated options each; Hydra's sweep functions such as glob(...) are left to Hydra)."""
+def check_group_options(group: str, value: str, config_dirs: list[Path] = ()) -> None:
+    """`experiment=cpuu` names no file of conf/experiment/ (nor of `config_dirs`, the command line's
+    hydra.searchpath): refuse it listing the choices (a sweep's comma-separated options each; Hydra's
+    sweep functions such as glob(...) are left to Hydra)."""
     if "." in group or "/" in group or not (CONF_DIR / group).is_dir() or any(c in value for c in "()[]{}$"):
         return
     for option in (o.strip() for o in value.split(",")):
         if option != "null":
-            check_group_option(group, option)
+            check_group_option(group, option, config_dirs)
 
 
-def check_group_option(group: str, option: str) -> None:
-    """A ConfigError when conf/<group>/ has no `option`, listing the choices and the closest one."""
-    options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+def check_group_option(group: str, option: str, config_dirs: list[Path] = ()) -> None:
+    """A ConfigError when conf/<group>/ (or <dir>/<group>/ of `config_dirs`) has no `option`, listing the
+    choices and the closest one."""
+    options = sorted({p.stem for folder in (CONF_DIR, *config_dirs) for p in (folder / group).glob("*.yaml")})
     if option not in options:
         close = difflib.get_close_matches(option, options, n=1)
         hint = f" (did you mean {group}={close[0]}?)" if close else ""

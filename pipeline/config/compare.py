@@ -1,5 +1,6 @@
-"""The `compare` section's schema: which runs a comparison reads, against which baseline, on which
-metric, and how sure its verdicts must be (`python -m pipeline.compare`, `pipeline.rounds`).
+"""The study wing's sections of the schema: `compare` (which runs a comparison reads, against which
+baseline, on which metric, and how sure its verdicts must be: `python -m pipeline.compare`,
+`pipeline.rounds`) and `search` (`python -m pipeline.search`: how many trials, which are confirmed).
 
 It lives beside `schema.py` rather than in the study wing because every stage's `Config` holds it;
 the wing's code reads it, no stage acts on it.
@@ -7,8 +8,12 @@ the wing's code reads it, no stage acts on it.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
+
+from pipeline.config import CONF_DIR
 
 MOST_MARGIN = 10.0  # points: compare.margin above this is a typo, not a question (18 for 1.8)
 COMPARE_METRICS = ("auto", "test_accuracy", "best_val_accuracy", "test_balanced_accuracy", "test_macro_f1")
@@ -56,4 +61,40 @@ class CompareConfig:
                 found.append(
                     ("rounds", f"must be increasing seed counts from 3 up (a verdict needs 3 seeds), got {rounds}")
                 )
+        return found
+
+
+@dataclass
+class SearchConfig:
+    """`python -m pipeline.search`: an Optuna search over augmentation, its best settings confirmed on fresh seeds."""
+
+    space: str = "augmentation"  # the searched keys and ranges (hydra.sweeper.params): an option of
+    # conf/hparams_search/ or a YAML file laid out as those; every key an augmentation.* key
+    trials: int = 30  # Optuna trials, each a run on seed `seed`, scored on its best val_accuracy
+    top_k: int = 3  # the best distinct settings confirmed, each against `none` (Holm-corrected over them)
+    seeds: int = 5  # fresh seeds of the confirmation: seed+1 .. seed+seeds, never used by the search
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if self.trials < 1:
+            found.append(("trials", f"must be at least 1, got {self.trials}"))
+        if not 1 <= self.top_k <= max(self.trials, 1):
+            found.append(("top_k", f"must be in 1..search.trials ({self.trials}), got {self.top_k}"))
+        if self.seeds < 3:
+            found.append(("seeds", f"must be at least 3 (a verdict needs 3 seeds), got {self.seeds}"))
+        spaces = sorted(p.stem for p in (CONF_DIR / "hparams_search").glob("*.yaml"))
+        if self.space.endswith((".yaml", ".yml")) and not Path(self.space).expanduser().is_file():
+            found.append(
+                ("space", f"{self.space} is no file: copy conf/hparams_search/augmentation.yaml there and edit it")
+            )
+        elif not self.space.endswith((".yaml", ".yml")) and self.space not in spaces:
+            close = difflib.get_close_matches(self.space, spaces, n=1)
+            found.append(
+                (
+                    "space",
+                    f"there is no conf/hparams_search/{self.space}.yaml; the options are {', '.join(spaces)}"
+                    + (f" (did you mean {close[0]}?)" if close else "")
+                    + ", or a path to a YAML file laid out as those",
+                )
+            )
         return found

@@ -21,8 +21,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pipeline.config import CONF_DIR
 from pipeline.config.augmentation import AugmentationConfig, read_ablation_label
-from pipeline.config.schema import CONF_DIR, Config
+from pipeline.config.schema import Config
 from pipeline.errors import ConfigError
 
 # ------------------------------------------------------------------ keys and validation

@@ -18,13 +18,12 @@ from __future__ import annotations
 import dataclasses
 import textwrap
 
-from pipeline.config import schema
+from pipeline.config import CONF_DIR, PROJECT_ROOT, schema
 from pipeline.config.comments import schema_comments
 
-CONF = schema.PROJECT_ROOT / "conf"
 GROUPS = ("experiment", "augmentation", "model", "hparams_search")
 # The sections whose defaults conf/config.yaml lays from conf/schema/ (presets name themselves).
-SCHEMA_SECTIONS = ("data", "augmentation", "model", "train", "tracking", "evaluate", "compare", "paths")
+SCHEMA_SECTIONS = ("data", "augmentation", "model", "train", "tracking", "evaluate", "compare", "search", "paths")
 NAMED_BY_PRESET = ("augmentation", "model")
 
 
@@ -107,7 +106,7 @@ def schema_yaml(section: str, comments: dict) -> str:
 
 
 def group_options(group: str) -> str:
-    return ", ".join(f"`{p.stem}`" for p in sorted((CONF / group).glob("*.yaml")))
+    return ", ".join(f"`{p.stem}`" for p in sorted((CONF_DIR / group).glob("*.yaml")))
 
 
 def default_experiment_keys(name: str = "cpu") -> str:
@@ -116,7 +115,7 @@ def default_experiment_keys(name: str = "cpu") -> str:
 
     from pipeline.config.compose import flatten
 
-    raw = OmegaConf.to_container(OmegaConf.load(CONF / "experiment" / f"{name}.yaml"))
+    raw = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "experiment" / f"{name}.yaml"))
     choices = [f"`{next(iter(d)).split('/')[-1]}={v}`" for d in raw.pop("defaults", []) for v in d.values()]
     keys = [f"`{key}={value}`" for key, value in flatten(raw).items()]
     return ", ".join(choices + keys)
@@ -138,7 +137,7 @@ def reference(comments: dict[tuple[str, str], str] | None = None) -> str:
         f"applies: {default_experiment_keys()} over the schema's defaults listed below.",
         "",
     ]
-    lines += [f"- `{group}`: {group_options(group)}" for group in GROUPS if (CONF / group).is_dir()]
+    lines += [f"- `{group}`: {group_options(group)}" for group in GROUPS if (CONF_DIR / group).is_dir()]
     for section in dataclasses.fields(schema.Config):
         value = section.default_factory() if section.default_factory is not dataclasses.MISSING else None
         lines += ["", f"## `{section.name}`", ""]
@@ -162,9 +161,9 @@ def main() -> None:
         print(reference(), end="")
         return
     comments = schema_comments()
-    (schema.PROJECT_ROOT / "docs" / "configuration.md").write_text(reference(comments))
+    (PROJECT_ROOT / "docs" / "configuration.md").write_text(reference(comments))
     for section in SCHEMA_SECTIONS:
-        (CONF / "schema" / f"{section}.yaml").write_text(schema_yaml(section, comments))
+        (CONF_DIR / "schema" / f"{section}.yaml").write_text(schema_yaml(section, comments))
     print(f"wrote docs/configuration.md and conf/schema/{{{','.join(SCHEMA_SECTIONS)}}}.yaml")
 
 

@@ -8,16 +8,14 @@ is written once, here.
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
+from pipeline.config import CONF_DIR
 from pipeline.config.augmentation import AugmentationConfig
-from pipeline.config.compare import CompareConfig
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONF_DIR = PROJECT_ROOT / "conf"
+from pipeline.config.compare import CompareConfig, SearchConfig
 
 MODEL_NAMES = ("xception", "mobilenet_v2", "efficientnet_b0", "efficientnet_lite0", "residual_cnn")
 LR_SCHEDULES = ("constant", "warmup_cosine")
@@ -35,6 +33,9 @@ DEFAULT_CACHE_DIR = "~/.cache/augment-pipeline"  # paths.cache_dir and data.down
 class SplitConfig:
     fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # [train, val, test], stratified, seeded
     respect_existing: bool = True  # keep a source's own train/ validation/ test/ folders as the split
+    train_val_per_seed: bool = False  # each run draws its own train/val split from the manifests' train and
+    # val images with its seed (stratified, each class's val count kept; test stays fixed), so that a
+    # verdict covers other splits of the data; false: the split stage's train and val
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
@@ -200,8 +201,11 @@ class EvaluateConfig:
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
-        if self.tta not in ("none", "flip") and not (CONF_DIR / "augmentation" / f"{self.tta}.yaml").is_file():
-            found.append(("tta", f"must be none, flip or a preset of conf/augmentation/, got {self.tta!r}"))
+        presets = sorted(p.stem for p in (CONF_DIR / "augmentation").glob("*.yaml"))
+        if self.tta not in ("none", "flip", *presets):
+            close = difflib.get_close_matches(self.tta, ["none", "flip", *presets], n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            found.append(("tta", f"must be none, flip or a preset of conf/augmentation/, got {self.tta!r}{hint}"))
         if not 1 <= self.tta_views <= 64:
             found.append(("tta_views", f"must be in 1..64, got {self.tta_views}"))
         return found
@@ -252,6 +256,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 42  # the split, the initialisation, the data order and the augmentation draws
 

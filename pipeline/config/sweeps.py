@@ -5,7 +5,8 @@ A sweep of `augmentation.rotation_range=10,-5 seed=1,2,3` would otherwise train 
 jobs, fail on the fourth and end without the comparison of the runs it did finish. Here the
 sweep is refused in one line before anything runs (for Hydra's basic sweeper, whose jobs are
 known in advance; Optuna draws its values as it goes). A job that fails anyway (an image gone, a
-bug) writes why into its folder and hands the sweep a NaN (Optuna records the trial as failed);
+bug) writes why into its folder and hands the sweep no objective (None: Optuna's sweeper records the
+trial FAILED and goes on; a NaN would stop it, its second `tell` refused);
 when the sweep ends, the comparison covers the jobs that finished, then each failed one is named
 and the command exits 1. Both are `SweepJobs`, a callback registered in conf/config.yaml.
 """
@@ -13,7 +14,6 @@ and the command exits 1. Both are `SweepJobs`, a callback registered in conf/con
 from __future__ import annotations
 
 import itertools
-import math
 import sys
 import time
 import traceback
@@ -127,7 +127,8 @@ def job_line() -> str:
 def run_job(job: Callable[[], Any], job_dir: str | Path) -> Any:
     """Run one job of a multirun, said in one line (`job_line`). A failure is printed (a UserError as
     one line, anything else with its traceback), written to the job's folder for `SweepJobs`, and
-    returned as NaN so that the sweep goes on; an interruption (Ctrl-C, SIGTERM) stops the whole sweep."""
+    returned as None (no objective) so that the sweep goes on; an interruption (Ctrl-C, SIGTERM) stops the
+    whole sweep."""
     failure = Path(job_dir) / FAILED_JOB_FILE
     failure.unlink(missing_ok=True)
     print(job_line(), flush=True)
@@ -143,4 +144,4 @@ def run_job(job: Callable[[], Any], job_dir: str | Path) -> Any:
     print(message, file=sys.stderr)
     failure.parent.mkdir(parents=True, exist_ok=True)
     failure.write_text(message)
-    return math.nan
+    return None

@@ -42,6 +42,7 @@ class ImageSet:
     labels: list[int]
     classes: list[str]
     sha256: list[str] | None = None
+    drawn_from: list[tuple[ImageSet, list[int]]] | None = None  # a set drawn per seed: (manifest set, its rows)
 
     @classmethod
     def from_manifest(
@@ -86,6 +87,8 @@ class ImageSet:
         """Every image decoded and resized as training sees it: uint8 [n, height, width, 3], in order,
         kept in `cache` under `decoded_key`, so the runs of a sweep decode the split once. The files
         are checked against the manifest before a kept array is served; decoding checks each file."""
+        if self.drawn_from:  # the rows of the manifests' sets, decoded (and kept) as those sets
+            return np.concatenate([part.decoded(image_size, cache)[rows] for part, rows in self.drawn_from])
         if cache is None or self.sha256 is None:
             return image_files.decode_all(self.paths, self.sha256, image_size)
         found = cache.get("decoded", self.decoded_key(image_size))
@@ -95,6 +98,15 @@ class ImageSet:
         return cache.put(
             "decoded", self.decoded_key(image_size), image_files.decode_all(self.paths, self.sha256, image_size)
         )
+
+    def manifest_digest(self) -> str:
+        """The sha256 of this set written as its manifest (`write_split`'s format): a manifest file's own
+        sha256, and for a set drawn per seed the digest its manifest would have."""
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(["path", "label", "sha256"])
+        writer.writerows(zip(self.paths, (self.classes[i] for i in self.labels), self.sha256 or [""] * len(self)))
+        return hashlib.sha256(text.getvalue().encode()).hexdigest()
 
     def decoded_key(self, image_size: tuple[int, int]) -> dict:
         """What decoded pixels depend on: the files' content, the size, and the decoder (its version
@@ -167,6 +179,11 @@ class Split:
         """The images of `names` still have the bytes the split recorded (`ImageSet.require_unchanged`)."""
         for name in names:
             getattr(self, name).require_unchanged(cache)
+
+    def train_val_digest(self) -> str:
+        """One digest of the train and val sets a run trains and selects on (tag train_val_sha256): the
+        same for every run of a fixed split, one per seed with data.split.train_val_per_seed."""
+        return hashlib.sha256((self.digests["train"] + self.digests["val"]).encode()).hexdigest()
 
     def image_root(self) -> str:
         """The folder that holds every image of the split."""

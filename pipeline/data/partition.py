@@ -1,5 +1,6 @@
 """The split algorithm: the dataset's layout read and every image assigned to train, val or test
-(stratified, seeded; the manifests are written by `manifests.write_split`).
+(stratified, seeded; the manifests are written by `manifests.write_split`); and a run's own train/val
+split drawn from the manifests' train and val images (`draw_train_val`, data.split.train_val_per_seed).
 
 Layouts understood below the dataset root:
 
@@ -14,6 +15,7 @@ or a label conflict.
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.images import is_ignored
-from pipeline.data.manifests import SPLITS
+from pipeline.data.manifests import SPLITS, ImageSet, Split
 from pipeline.errors import DataError
 
 SPLIT_FOLDER_NAMES = {
@@ -197,6 +199,54 @@ def _limit(rows: list[tuple[str, str, str]], per_class: int, seed: int) -> list[
         rng = np.random.default_rng([seed, zlib.crc32(label.encode())])
         kept += [members[i] for i in sorted(rng.permutation(len(members))[:per_class])]
     return sorted(kept)
+
+
+def draw_train_val(split: Split, seed: int) -> Split:
+    """`split` with its train and val sets drawn anew with `seed`: the manifests' train and val images
+    pooled, and each class's val images drawn from its pool, as many as the manifest's val has
+    (stratified); images of one content (one sha256) stay on one side; test is untouched. A drawn set
+    keeps which rows of the manifests' sets it holds (`ImageSet.drawn_from`), so the decoded images and
+    frozen features kept for those sets serve every seed's draw without decoding or computing again."""
+    pool = [(part, row) for part in (split.train, split.val) for row in range(len(part))]
+    by_class: dict[int, dict[str, list[tuple[ImageSet, int]]]] = defaultdict(dict)
+    for part, row in pool:
+        key = part.sha256[row] if part.sha256 else part.paths[row]
+        by_class[part.labels[row]].setdefault(key, []).append((part, row))
+    wanted = Counter(split.val.labels)
+    drawn_val: set[tuple[int, int]] = set()  # (id of the manifest set, row)
+    for label, units in by_class.items():
+        rng = np.random.default_rng([seed, zlib.crc32(split.classes[label].encode()), 1])
+        keys = sorted(units)
+        taken = 0
+        for i in rng.permutation(len(keys)):
+            if taken >= wanted[label]:
+                break
+            drawn_val.update((id(part), row) for part, row in units[keys[i]])
+            taken += len(units[keys[i]])
+    train = _drawn_set([(p, r) for p, r in pool if (id(p), r) not in drawn_val])
+    val = _drawn_set([(p, r) for p, r in pool if (id(p), r) in drawn_val])
+    return dataclasses.replace(
+        split,
+        train=train,
+        val=val,
+        digests={**split.digests, "train": train.manifest_digest(), "val": val.manifest_digest()},
+    )
+
+
+def _drawn_set(members: list[tuple[ImageSet, int]]) -> ImageSet:
+    """The images of `members` (rows of the manifests' sets, in pool order) as one set that knows its rows."""
+    parts: dict[int, tuple[ImageSet, list[int]]] = {}
+    for part, row in members:
+        parts.setdefault(id(part), (part, []))[1].append(row)
+    ordered = [(part, rows) for part, rows in parts.values()]
+    first = members[0][0] if members else None
+    return ImageSet(
+        [part.paths[r] for part, rows in ordered for r in rows],
+        [part.labels[r] for part, rows in ordered for r in rows],
+        list(first.classes) if first else [],
+        [part.sha256[r] for part, rows in ordered for r in rows] if all(p.sha256 for p, _ in ordered) else None,
+        drawn_from=ordered,
+    )
 
 
 SMALL_CLASS_SHARE = 0.1  # a class with fewer train images than this share of the largest class's is flagged

@@ -178,6 +178,7 @@ def run(config: Config, run_ids: set[str] | None = None, record: bool = True) ->
         training_experiment = mlflow.get_experiment_by_name(config.tracking.experiment).experiment_id
         view = runs_view(training_experiment, report, groups, run_ids)
         experiment_id, run_id = log_comparison_run(config, report, reports)
+        report["comparison_run_id"] = run_id
         links = {"runs": experiment_link(uri, training_experiment, view=view)}
         print("\n".join(ui_lines(uri, {**links, "comparison": experiment_link(uri, experiment_id, run_id)})))
     print("\n" + "\n".join(verdict_lines(report, width)))

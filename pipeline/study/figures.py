@@ -312,3 +312,44 @@ def _label_points(ax, points: list[tuple[float, float]], labels: list[str]) -> N
                 break  # a free place, or no free place at all: the last one, overlapping
             text.remove()
         placed.append(box)
+
+
+def search_figure(report: dict, target: Path) -> Path:
+    return save(draw_search(report), target)
+
+
+def draw_search(report: dict):
+    """Left, the search: each trial's best val accuracy by trial number, the candidates marked, `none`
+    on the search seed as a line. Right, the winner's curse: each candidate's search estimate against its
+    confirmed difference on validation (fresh seeds) and on test with its Holm-corrected interval."""
+    figure, (trials_ax, curse_ax) = plt.subplots(1, 2, figsize=(11, 1.9 + 0.45 * max(len(report["candidates"]), 3)))
+    trials = report["trials"]
+    trials_ax.scatter([t["number"] for t in trials], [100 * t["best_val"] for t in trials], s=14, color="0.6")
+    for c in report["candidates"]:
+        trials_ax.scatter([c["trial"]], [100 * c["search_val"]], s=40, color="tab:orange", zorder=3)
+        trials_ax.annotate(
+            c["name"], (c["trial"], 100 * c["search_val"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+        )
+    if not np.isnan(report["none_search_val"]):
+        trials_ax.axhline(100 * report["none_search_val"], color="tab:blue", linestyle="--", label="none")
+        trials_ax.legend(fontsize=8, loc="lower right")
+    trials_ax.set(xlabel="trial", ylabel=f"best val accuracy % (seed {report['search_seed']})")
+    trials_ax.set_title(f"the search: {len(trials)} trials, the top {len(report['candidates'])} in orange", fontsize=10)
+
+    rows = list(range(len(report["candidates"])))[::-1]
+    for row, c in zip(rows, report["candidates"]):
+        curse_ax.scatter([100 * c["estimate"]], [row + 0.2], marker="o", facecolors="none", edgecolors="tab:orange")
+        curse_ax.scatter([100 * c["confirmed_val"]], [row], marker="s", color="tab:orange")
+        if c["low"] is not None:
+            curse_ax.plot([100 * c["low"], 100 * c["high"]], [row - 0.2, row - 0.2], color="black")
+        curse_ax.scatter([100 * c["confirmed_test"]], [row - 0.2], marker="D", color="black", s=18)
+    curse_ax.axvline(0, color="0.5", linewidth=0.8)
+    curse_ax.set_yticks(rows, [f"{c['name']}\n{c['verdict']}" for c in report["candidates"]], fontsize=8)
+    curse_ax.set_ylim(-0.7, len(rows) - 0.3)
+    curse_ax.set_xlabel("points against none")
+    seeds = report["confirmation_seeds"]
+    curse_ax.set_title(
+        f"○ search estimate (1 seed)  ■ confirmed, val  ◆ confirmed, test\n({len(seeds)} fresh seeds; the gap ○-■ is the winner's curse)",
+        fontsize=9,
+    )
+    return figure

@@ -8,12 +8,14 @@ import math
 
 import numpy as np
 
-from pipeline.study.records import DATA_VERSION, Group, RunSummary
+from pipeline.study.records import DATA_VERSION, PER_SEED_SPLIT, TRAIN_VAL, Group, RunSummary
 from pipeline.tracking.identity import AUGMENTED_ONLY, NOT_DEFINING, defines_a_run
 
 # What differs between the runs of one group by design, besides what defines no run at all (NOT_DEFINING):
-# the seed, the preset's own name (it is the group's), and the epoch cap of a run resumed with more
-NOT_GROUPING = (*NOT_DEFINING, "seed", "augmentation.name", "train.epochs")
+# the seed, the preset's own name (it is the group's), the epoch cap of a run resumed with more, and the
+# train/val sets (the same within a seed; drawn anew per seed with PER_SEED_SPLIT, which groups instead)
+NOT_GROUPING = (*NOT_DEFINING, "seed", "augmentation.name", "train.epochs", TRAIN_VAL)
+WHOLE_DATA = (DATA_VERSION, PER_SEED_SPLIT)  # make groups whenever they vary at all
 
 
 def varied_settings(runs: list[RunSummary]) -> list[str]:
@@ -21,8 +23,8 @@ def varied_settings(runs: list[RunSummary]) -> list[str]:
 
     `augmentation.rotation_range` varies between `none` and `lesson` but is fixed within
     each preset, so it adds nothing; `model.name` varying within a preset makes groups. The
-    data version (`DATA_VERSION`) makes groups whenever it varies at all: `none` on
-    one version and `lesson` on another would measure the data change, not the augmentation.
+    data version and a split drawn per seed (`WHOLE_DATA`) make groups whenever they vary at all:
+    `none` on one version (or split) and `lesson` on another would measure the data, not the augmentation.
     """
     keys = sorted({k for r in runs for k in r.params if defines_a_run(k, NOT_GROUPING)})
     varied = []
@@ -33,7 +35,7 @@ def varied_settings(runs: list[RunSummary]) -> list[str]:
         per_preset: dict[str, set] = {}
         for r in applies:
             per_preset.setdefault(r.preset, set()).add(r.setting(key))
-        if key == DATA_VERSION or any(len(values) > 1 for values in per_preset.values()):
+        if key in WHOLE_DATA or any(len(values) > 1 for values in per_preset.values()):
             varied.append(key)
     return varied
 

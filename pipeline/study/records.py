@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pipeline.tracking.identity import AUGMENTED_ONLY  # a plain run's value of these is no setting of its group
 
 DATA_VERSION = "data.version"  # the data a run trained on (its manifests' hash): a setting, read from its tag
+TRAIN_VAL = "data.train_val"  # the train and val sets a run used (its tag train_val_sha256): one per seed at most
+PER_SEED_SPLIT = "data.split.train_val_per_seed"  # runs on a split drawn per seed are never grouped with others
 TTA_MARK = "+tta("  # in the label of a group's test-time augmentation arm: `none+tta(flip)`
 
 
@@ -124,6 +126,7 @@ class Difference:
     not_converged: list[str] = field(default_factory=list)  # runs whose best epoch was within patience of the cap
     annealed: bool = False  # some of those runs annealed their learning rate to the cap (warmup_cosine)
     per_class: dict[str, dict] = field(default_factory=dict)  # class -> ClassDifference fields (paired)
+    other_splits: list[str] = field(default_factory=list)  # seeds left out: the two runs had different train/val
     diversity: float | None = None  # final training loss, group / baseline
     cost: float | None = None  # training time of a run, group / baseline
     affinity: float | None = None  # baseline models' val accuracy under the augmentation / clean

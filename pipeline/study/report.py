@@ -216,6 +216,12 @@ def evidence_notes(report: dict) -> list[str]:
                 f"last train.patience epochs, so they may still have been improving: {advice} for a verdict "
                 "at convergence."
             )
+    for d in report["differences"] + report["ablations"]:
+        if d.get("other_splits"):
+            notes.append(
+                f"{d['group']} vs {d['baseline']}: seed(s) {', '.join(d['other_splits'])} left out, their two runs "
+                "trained on different train/val sets (tag train_val_sha256): pairs stay within one split."
+            )
     few = [g["group"] for g in report["groups"] if g["runs"] < SEEDS_ADVISED]
     if few:
         notes.append(

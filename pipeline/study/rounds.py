@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,7 @@ def run(config: Config) -> dict:
     rounds = list(settings.rounds or DEFAULT_ROUNDS)
     groups = check_groups(list(settings.groups), settings.baseline)
     check_store(config.tracking)
-    folder, overrides = command_folder_and_overrides()
+    folder, overrides, _ = command_folder_and_overrides()
     print(f"rounds of seeds per group: {rounds}; groups: {', '.join(groups)}")
     looking = copy.deepcopy(config)  # each round's look: its files only, no affinity (the final look has them)
     looking.compare.rounds, looking.compare.affinity = rounds, False
@@ -51,7 +52,7 @@ def run(config: Config) -> dict:
         new_seeds = list(range(config.seed + trained_before, config.seed + seeds))
         print(f"\n== round {look} of {len(rounds)}: seeds {new_seeds[0]}-{new_seeds[-1]} of {', '.join(training)} ==")
         for number, sweep in enumerate(group_sweeps(training, new_seeds)):
-            train_sweep(sweep + overrides, folder / f"round-{look}" / str(number), look)
+            train_sweep(sweep + overrides, folder / f"round-{look}" / str(number), f"round {look}")
         looking.paths.reports_dir = str(folder / f"round-{look}" / "comparison")
         still_open = open_comparisons(compare.run(looking, compare.sweep_run_ids(folder), record=False))
         trained_before = seeds
@@ -91,16 +92,18 @@ def check_groups(groups: list[str], baseline: str) -> list[str]:
     return groups
 
 
-def command_folder_and_overrides() -> tuple[Path, list[str]]:
-    """This command's Hydra folder, and its command line's overrides that every run takes."""
+def command_folder_and_overrides(set_here: tuple[str, ...] = SET_PER_ROUND) -> tuple[Path, list[str], list[str]]:
+    """This command's Hydra folder, its command line's overrides that every run takes (all but those
+    starting with one of `set_here`), and its `hydra.sweeper.*` ones (for a search's sweeper)."""
     from hydra.core.hydra_config import HydraConfig
 
     try:
         hydra = HydraConfig.get()
     except ValueError:
-        raise UserError("pipeline.rounds takes key=value settings, not --params") from None
-    overrides = [o for o in hydra.overrides.task if not o.lstrip("+~").startswith(SET_PER_ROUND)]
-    return Path(hydra.runtime.output_dir), overrides
+        raise UserError("this command takes key=value settings, not --params") from None
+    overrides = [o for o in hydra.overrides.task if not o.lstrip("+~").startswith(set_here)]
+    sweeper = [o for o in hydra.overrides.hydra if o.lstrip("+~").startswith("hydra.sweeper.")]
+    return Path(hydra.runtime.output_dir), overrides, sweeper
 
 
 def group_sweeps(groups: list[str], seeds: list[int]) -> list[list[str]]:
@@ -115,16 +118,23 @@ def group_sweeps(groups: list[str], seeds: list[int]) -> list[list[str]]:
     return sweeps
 
 
-def train_sweep(arguments: list[str], sweep_dir: Path, look: int) -> None:
-    """`python -m pipeline.train -m ...` into `sweep_dir`, its output passed through."""
+def train_sweep(arguments: list[str], sweep_dir: Path, what: str) -> None:
+    """`python -m pipeline.train -m ...` into `sweep_dir`, its output passed through. Stopped (Ctrl-C,
+    SIGTERM), this command hands the stop on and waits: the sweep's run ends KILLED at a safe point."""
     command = [sys.executable, "-m", "pipeline.train", "-m", *arguments]
     command += ["compare.after_sweep=false", f"hydra.sweep.dir={sweep_dir}"]
     print("$", " ".join(command), flush=True)
-    done = subprocess.run(command, env=os.environ)
-    if done.returncode:
+    sweep = subprocess.Popen(command, env=os.environ)
+    try:
+        code = sweep.wait()
+    except KeyboardInterrupt:
+        sweep.send_signal(signal.SIGTERM)
+        sweep.wait()
+        raise
+    if code:
         raise UserError(
-            f"round {look}: the sweep failed (exit code {done.returncode}; its jobs' folders under {sweep_dir} "
-            "say why). Fix that and run the same command again: the finished runs are skipped."
+            f"{what}: the sweep failed (exit code {code}; its jobs' folders under {sweep_dir} say why). "
+            "Fix that and run the same command again: the finished runs are skipped."
         )
 
 

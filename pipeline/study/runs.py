@@ -9,7 +9,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from pipeline.errors import TrackingError
-from pipeline.study.records import DATA_VERSION, RunSummary
+from pipeline.study.records import DATA_VERSION, PER_SEED_SPLIT, TRAIN_VAL, RunSummary
 from pipeline.tracking.record import EPOCH_PREFIX, SPLIT_NAMES
 
 DATA_VERSION_DIGITS = 12  # of the tag data_manifest_sha256, as the setting verdicts.DATA_VERSION
@@ -58,8 +58,10 @@ def training_runs(
                 r.data.tags["augmentation"],
                 r.data.tags.get("seed", "?"),
                 {
+                    PER_SEED_SPLIT: "False",  # runs from before the key: the split stage's train/val
                     **r.data.params,
                     DATA_VERSION: r.data.tags.get("data_manifest_sha256", "unknown")[:DATA_VERSION_DIGITS],
+                    TRAIN_VAL: r.data.tags.get("train_val_sha256", "unknown")[:DATA_VERSION_DIGITS],
                     **({"evaluate.tta": r.data.tags["evaluate.tta"]} if "evaluate.tta" in r.data.tags else {}),
                 },
                 dict(r.data.metrics),

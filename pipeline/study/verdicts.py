@@ -30,7 +30,7 @@ from pipeline.config.augmentation import read_ablation_label
 from pipeline.study import seed_statistics
 from pipeline.study.decisions import MIN_SEEDS_FOR_VERDICT, SEEDS_ADVISED, decide, intervals, within_bounds
 from pipeline.study.grouping import baseline_for, mean_std
-from pipeline.study.records import TTA_MARK, Difference, Group
+from pipeline.study.records import TRAIN_VAL, TTA_MARK, Difference, Group
 
 
 def compare_with_baseline(
@@ -47,10 +47,13 @@ def compare_with_baseline(
     `margin` (a fraction) for `equivalent`. decided=False: its statistics only, for a family whose
     verdicts `correct_for_many` decides, each once."""
     ours, theirs = group.values(metric), baseline.values(metric)
+    other_splits = seeds_on_other_splits(group, baseline)  # never a pair of runs on different train/val sets
+    ours, theirs = ({s: v for s, v in side.items() if s not in other_splits} for side in (ours, theirs))
     common = sorted(set(ours) & set(theirs))
     result = Difference(
         group.label, baseline.label, metric, len(ours), len(theirs), "none", math.nan, ours=ours, theirs=theirs
     )
+    result.other_splits = other_splits
     still_improving = [(g, r) for g in (group, baseline) for r in g.still_improving]
     result.not_converged = [
         f"{g.preset} seed {r.seed} (best epoch {r.best_epoch} of {len(r.curves['val_accuracy'])})"
@@ -94,6 +97,13 @@ def compare_with_baseline(
     if decided:
         decide(result, confidence, result.t_p_value, confidence, power, margin)
     return result
+
+
+def seeds_on_other_splits(group: Group, baseline: Group) -> list[str]:
+    """The seeds whose run in `group` and run in `baseline` trained on different train/val sets (tag
+    train_val_sha256): the grouping keeps a split drawn per seed apart, so only records at odds land here."""
+    theirs = {r.seed: r.params.get(TRAIN_VAL) for r in baseline.runs}
+    return sorted(r.seed for r in group.runs if r.seed in theirs and theirs[r.seed] != r.params.get(TRAIN_VAL))
 
 
 def _paired(ours: dict[str, float], theirs: dict[str, float]) -> bool:
@@ -140,10 +150,12 @@ def tta_differences(groups: list[Group], metric: str, confidence: float, power: 
     so paired by seed, `tta_<metric>` minus `<metric>`, labelled `<preset>+tta(<its TTA>)`; undecided (as
     `compare_groups`). Only on a test metric, and only for a group whose every run was evaluated with one
     and the same TTA (the run's tag `evaluate.tta`, a param here)."""
+    if not metric.startswith("test_"):
+        return []
     arms = []
     for group in groups:
         kinds = {r.params.get("evaluate.tta") for r in group.runs}
-        if not metric.startswith("test_") or len(kinds) != 1 or None in kinds:
+        if len(kinds) != 1 or None in kinds:
             continue
         tested = [  # the TTA metrics under the plain names; its per-class figures from its own recalls
             dataclasses.replace(

@@ -21,6 +21,7 @@ NOT_DEFINING = (
     "tracking.",
     "paths.",
     "compare.",
+    "search.",
     "evaluate.",  # how the trained model is evaluated: the evaluation logs it beside its metrics
     "data.download_dir",
     "data.cache",

@@ -26,9 +26,10 @@ from pathlib import Path
 import mlflow
 import yaml
 
+from pipeline.config import PROJECT_ROOT
 from pipeline.config.cli import in_multirun
 from pipeline.config.compose import flatten, to_dict
-from pipeline.config.schema import PROJECT_ROOT, Config
+from pipeline.config.schema import Config
 from pipeline.data.manifests import Split
 from pipeline.errors import DataError
 from pipeline.files import write_atomically
@@ -44,9 +45,9 @@ EPOCH_PREFIX = "epoch/"  # runs recorded from 2026-11 to 2026-12 kept their per-
 
 
 def flat_params(config: Config) -> dict[str, str]:
-    """The whole training config as dotted keys (`compare.*` and `evaluate.*`, settings of later stages, left
-    out: the evaluation records its own)."""
-    return flatten({k: v for k, v in to_dict(config).items() if k not in ("compare", "evaluate")})
+    """The whole training config as dotted keys (`compare.*`, `search.*` and `evaluate.*`, settings of later stages,
+    left out: the evaluation records its own)."""
+    return flatten({k: v for k, v in to_dict(config).items() if k not in ("compare", "search", "evaluate")})
 
 
 def git_state() -> dict[str, str]:
@@ -86,6 +87,7 @@ def run_tags(config: Config, split: Split) -> dict[str, str]:
         "model": config.model.name,
         "seed": str(config.seed),
         "data_manifest_sha256": split.version,
+        "train_val_sha256": split.train_val_digest(),  # one per seed with data.split.train_val_per_seed
         "tensorflow_version": importlib.metadata.version("tensorflow"),
         "keras_version": importlib.metadata.version("keras"),
         "python_version": platform.python_version(),

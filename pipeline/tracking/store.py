@@ -26,7 +26,8 @@ import tenacity
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from pipeline.config.schema import PROJECT_ROOT, TrackingConfig
+from pipeline.config import PROJECT_ROOT
+from pipeline.config.schema import TrackingConfig
 from pipeline.errors import TrackingError
 
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")

@@ -54,6 +54,16 @@ def plain_features(
     """The frozen network's outputs for `images` (float32 [n, ...], in order), kept in `cache` under
     `features_key`; `pixels()` gives the decoded images, read only when the outputs are computed."""
 
+    if images.drawn_from:  # a train/val set drawn per seed: its rows of the manifests' sets' outputs
+        return np.concatenate(
+            [
+                plain_features(
+                    network, part, image_size, lambda p=part: p.decoded(image_size, cache), batch_size, cache, split
+                )[rows]
+                for part, rows in images.drawn_from
+            ]
+        )
+
     def compute() -> np.ndarray:
         decoded = pixels()
         bar = progress_bar(total=len(images), desc=f"base features{f' ({split})' if split else ''}", unit="img")
