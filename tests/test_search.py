@@ -133,6 +133,7 @@ def test_a_search_won_by_a_no_op_is_not_confirmed_and_resumes_after_sigterm(tmp_
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "skip: this configuration already has the FINISHED MLflow run" in done.stdout  # trial 0, not trained again
+    assert "raised" not in done.stderr  # the confirmation's jobs, candidates included, were checked up front
     report = json.loads((tmp_path / "reports" / "search.json").read_text())
     runs = [r for r in training_runs(uri) if r.info.status == "FINISHED"]
     trials = [r for r in runs if r.data.params["augmentation.name"] == "optuna-search"]

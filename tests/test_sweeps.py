@@ -317,3 +317,24 @@ def test_a_failing_optuna_trial_is_recorded_failed_and_the_search_goes_on(split_
     assert f"{len(failed)} job(s) of this sweep failed" in result.stderr
     (results,) = (tmp_path / "multirun").glob("*/optimization_results.yaml")
     assert yaml.safe_load(results.read_text())["best_params"] == {"augmentation.width_shift_range": 0.1}
+
+
+def test_a_preset_found_through_hydra_searchpath_is_checked_before_the_sweep(split_done):
+    """A sweep over a preset kept outside conf/ (hydra.searchpath, as pipeline.search's candidates are):
+    its jobs are composed with that search path up front, so a bad value in it stops the sweep at once."""
+    tmp_path = split_done
+    presets = tmp_path / "mine" / "augmentation"
+    presets.mkdir(parents=True)
+    (presets / "tilted.yaml").write_text("name: tilted\nrotation_range: -5\n")
+    result = run_module(
+        "pipeline.train",
+        "-m",
+        "augmentation=none,tilted",
+        "seed=1,2",
+        f"hydra.searchpath=[file://{tmp_path / 'mine'}]",
+        *sweep_args(tmp_path, f"sqlite:///{tmp_path}/mlflow.db"),
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "job #2 of this sweep (augmentation=tilted seed=1 " in result.stderr
+    assert "augmentation.rotation_range: must be [0, 360], got -5.0 Nothing has run" in result.stderr
+    assert "raised" not in result.stderr and not (tmp_path / "mlflow.db").exists()

@@ -58,9 +58,10 @@ def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
     return [list(job) for job in itertools.product(*values.values())]
 
 
-def check_every_job(jobs: list[list[str]], config_name: str) -> None:
-    """Compose (with the running Hydra, as the sweep will) and validate each job's configuration;
-    a ConfigError naming the first bad job."""
+def check_every_job(jobs: list[list[str]], config_name: str, hydra_overrides: list[str] = ()) -> None:
+    """Compose (with the running Hydra, as the sweep will: the command line's `hydra.*` overrides, such as
+    hydra.searchpath, then the job's) and validate each job's configuration; a ConfigError naming the
+    first bad job."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
 
@@ -69,7 +70,7 @@ def check_every_job(jobs: list[list[str]], config_name: str) -> None:
     hydra = GlobalHydra.instance().hydra
     for number, overrides in enumerate(jobs):
         try:
-            validate(hydra.compose_config(config_name, overrides, run_mode=RunMode.MULTIRUN))
+            validate(hydra.compose_config(config_name, [*hydra_overrides, *overrides], run_mode=RunMode.MULTIRUN))
         except ConfigError as error:
             swept = " ".join(overrides)
             raise ConfigError(
@@ -90,7 +91,8 @@ class SweepJobs(Callback):
         if not jobs or len(jobs) < 2:
             return  # one job is checked as it starts, as a single run is
         try:
-            check_every_job(jobs, kwargs.get("config_name") or "config")
+            hydra_overrides = list(OmegaConf.to_container(config.hydra.overrides.hydra, resolve=False))
+            check_every_job(jobs, kwargs.get("config_name") or "config", hydra_overrides)
         except ConfigError as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(error.exit_code) from None
