@@ -325,10 +325,14 @@ def draw_search(report: dict):
     figure, (trials_ax, curse_ax) = plt.subplots(1, 2, figsize=(11, 1.9 + 0.45 * max(len(report["candidates"]), 3)))
     trials = report["trials"]
     trials_ax.scatter([t["number"] for t in trials], [100 * t["best_val"] for t in trials], s=14, color="0.6")
-    for c in report["candidates"]:
+    for i, c in enumerate(report["candidates"]):  # labels above and below in turn: neighbours stay apart
         trials_ax.scatter([c["trial"]], [100 * c["search_val"]], s=40, color="tab:orange", zorder=3)
         trials_ax.annotate(
-            c["name"], (c["trial"], 100 * c["search_val"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            c["name"],
+            (c["trial"], 100 * c["search_val"]),
+            fontsize=7,
+            xytext=(4, 4 - 13 * (i % 2)),
+            textcoords="offset points",
         )
     if not np.isnan(report["none_search_val"]):
         trials_ax.axhline(100 * report["none_search_val"], color="tab:blue", linestyle="--", label="none")

@@ -242,6 +242,29 @@ def json_safe(value):
     return value
 
 
+def short_label(label: str) -> str:
+    """A group's label for the terminal: each varied setting by the last part of its key, or the last two
+    where one is too short to say what it is (`lesson, data.split.train_val_per_seed=True` -> `lesson,
+    train_val_per_seed=True`; `model.name` stays). The "vs" column names the baseline's preset alone, its
+    settings being the group's."""
+    preset, *settings = label.split(", ")
+    shown = []
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        parts = key.split(".")
+        shown.append(".".join(parts[-1:] if len(parts[-1]) >= 8 else parts[-2:]) + f"={value}")
+    return ", ".join([preset, *shown])
+
+
+def _fitted(cell: str, width: int) -> str:
+    """`cell` in `width` characters: a longer one loses its middle, so that the settings at its end that
+    tell two groups apart stay in sight."""
+    if len(cell) <= width:
+        return cell
+    tail = (width - 1) // 2
+    return cell[: width - 1 - tail] + "…" + cell[len(cell) - tail :]
+
+
 def terminal_summary(report: dict, width: int = 100) -> str:
     """What `compare` prints first: one row per group and per ablated operation (its metric in %, the
     difference from its baseline in points, the interval the verdict reads, the verdict), sized to
@@ -255,10 +278,10 @@ def terminal_summary(report: dict, width: int = 100) -> str:
         mean = _percent(g[f"{metric}_mean"], g[f"{metric}_std"], g[f"{metric}_n"])
         rows.append(
             (
-                g["group"],
+                short_label(g["group"]),
                 mean,
                 *(
-                    (d["baseline"], _points(d["mean"]), _interval(d["low"], d["high"]), d["verdict"])
+                    (d["baseline"].split(", ")[0], _points(d["mean"]), _interval(d["low"], d["high"]), d["verdict"])
                     if d
                     else ("",) * 4
                 ),
@@ -276,12 +299,19 @@ def terminal_summary(report: dict, width: int = 100) -> str:
             )
         )
     for d in report.get("tta", []):
-        rows.append((d["group"], "", d["baseline"], _points(d["mean"]), _interval(d["low"], d["high"]), d["verdict"]))
+        row = (
+            short_label(d["group"]),
+            "",
+            d["baseline"].split(", ")[0],
+            _points(d["mean"]),
+            _interval(d["low"], d["high"]),
+        )
+        rows.append((*row, d["verdict"]))
     widths = [max(len(row[i]) for row in rows) for i in range(6)]
     widths[0] = max(12, min(widths[0], width - sum(widths[1:]) - 10))  # the names give way first
     lines = []
     for row in (rows[0], tuple("-" * w for w in widths), *rows[1:]):
-        lines.append("  ".join(cell[: widths[i]].ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        lines.append("  ".join(_fitted(cell, widths[i]).ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
     legend = (
         f"points: percentage points of {metric} (the group minus its baseline; an operation: its preset with "
         "it minus without it); [low, high]: the interval the verdict reads, corrected over every comparison "

@@ -259,6 +259,12 @@ def _points(value: float | None) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{100 * value:+.2f}"
 
 
+def _shown(value: str) -> str:
+    """A setting as Hydra wrote it (`False`, `0.0688374424391886`, `[0.7,1.3]`), shown short: false, 0.0688."""
+    loaded = yaml.safe_load(value)
+    return f"{loaded:.3g}" if isinstance(loaded, float) else json.dumps(loaded)
+
+
 def markdown(report: dict) -> str:
     """search.md: the winner's curse table, the conclusion, each candidate's settings, and where the time went."""
     seeds = report["confirmation_seeds"]
@@ -285,7 +291,8 @@ def markdown(report: dict) -> str:
     lines += ["", "Differences in points against `none`, paired by seed.", "", *conclusion(report), ""]
     lines += ["## The candidates' settings", ""]
     lines += [
-        f"- `{c['name']}`: " + ", ".join(f"{k} {v}" for k, v in c["settings"].items()) for c in report["candidates"]
+        f"- `{c['name']}`: " + ", ".join(f"{k} {_shown(v)}" for k, v in c["settings"].items())
+        for c in report["candidates"]
     ]
     s = report["seconds"]
     lines += [
