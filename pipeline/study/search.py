@@ -74,9 +74,8 @@ def run(config: Config) -> dict:
     print(f"== the search: {settings.trials} trials of {space_path} on seed {config.seed} ==")
     search = [*space_overrides(space_path, folder), f"hydra.sweeper.n_trials={settings.trials}", f"seed={config.seed}"]
     train_sweep([*search, "train.test_in_sweeps=false", *overrides], folder / "search", "the search")
-    trials = [
-        t for t in finished_jobs(folder / "search") if t.number < settings.trials
-    ]  # not an older, longer search's
+    # this search's trials, not those of an older, longer one run into the same folder
+    trials = [t for t in finished_jobs(folder / "search") if t.number < settings.trials]
     if not trials:
         raise UserError(f"no trial of the search finished (their folders under {folder / 'search'} say why)")
     candidates = top_settings(trials, settings.top_k, space)
@@ -136,9 +135,9 @@ def space_overrides(path: Path, folder: Path) -> list[str]:
     of its own (a name no option of conf/ has: Hydra would take conf/'s first)."""
     if path.parent == CONF_DIR / "hparams_search":
         return [f"hparams_search={path.stem}"]
-    copy = folder / "space" / "hparams_search" / "searched_space.yaml"
-    copy.parent.mkdir(parents=True, exist_ok=True)
-    copy.write_text(path.read_text())
+    option = folder / "space" / "hparams_search" / "searched_space.yaml"
+    option.parent.mkdir(parents=True, exist_ok=True)
+    option.write_text(path.read_text())
     return [f"hydra.searchpath=[file://{folder / 'space'}]", "hparams_search=searched_space"]
 
 
