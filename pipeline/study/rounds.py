@@ -43,7 +43,7 @@ def run(config: Config) -> dict:
     rounds = list(settings.rounds or DEFAULT_ROUNDS)
     groups = check_groups(list(settings.groups), settings.baseline)
     check_store(config.tracking)
-    folder, overrides, _ = command_folder_and_overrides()
+    folder, overrides = command_folder_and_overrides()
     print(f"rounds of seeds per group: {rounds}; groups: {', '.join(groups)}")
     looking = copy.deepcopy(config)  # each round's look: its files only, no affinity (the final look has them)
     looking.compare.rounds, looking.compare.affinity = rounds, False
@@ -92,9 +92,9 @@ def check_groups(groups: list[str], baseline: str) -> list[str]:
     return groups
 
 
-def command_folder_and_overrides(set_here: tuple[str, ...] = SET_PER_ROUND) -> tuple[Path, list[str], list[str]]:
-    """This command's Hydra folder, its command line's overrides that every run takes (all but those
-    starting with one of `set_here`), and its `hydra.sweeper.*` ones (for a search's sweeper)."""
+def command_folder_and_overrides(set_here: tuple[str, ...] = SET_PER_ROUND) -> tuple[Path, list[str]]:
+    """This command's Hydra folder, and its command line's overrides that every run takes (all but those
+    starting with one of `set_here`)."""
     from hydra.core.hydra_config import HydraConfig
 
     try:
@@ -102,8 +102,7 @@ def command_folder_and_overrides(set_here: tuple[str, ...] = SET_PER_ROUND) -> t
     except ValueError:
         raise UserError("this command takes key=value settings, not --params") from None
     overrides = [o for o in hydra.overrides.task if not o.lstrip("+~").startswith(set_here)]
-    sweeper = [o for o in hydra.overrides.hydra if o.lstrip("+~").startswith("hydra.sweeper.")]
-    return Path(hydra.runtime.output_dir), overrides, sweeper
+    return Path(hydra.runtime.output_dir), overrides
 
 
 def group_sweeps(groups: list[str], seeds: list[int]) -> list[list[str]]:

@@ -66,7 +66,7 @@ def run(config: Config) -> dict:
     space_path = space_file(settings.space)
     space = searched_keys(space_path)
     check_store(config.tracking)
-    folder, overrides, _ = command_folder_and_overrides(SET_BY_SEARCH)
+    folder, overrides = command_folder_and_overrides(SET_BY_SEARCH)
     fresh = list(range(config.seed + 1, config.seed + 1 + settings.seeds))
     seconds = {}
 
