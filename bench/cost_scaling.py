@@ -8,13 +8,15 @@ images, at 150 and 224 px, with each run's peak memory and the cache it leaves.
 epochs (`--epochs`, patience as long: every run trains exactly that many, so runs differ only in their
 images). The scaled training sets are copies of the training images, each copy with distinct bytes (one
 pixel changed and saved again), so that nothing is served from the cache twice; validation and test stay
-as they are. Every run is `python -m pipeline.train` in a process of its own, timed whole, its peak
-resident memory from the kernel (`wait4`), the cache of decoded images and features emptied before it
-(what grows with the images is computed by every run; the frozen base is converted by a warm-up run). Last
-lines, per size and preset: `seconds_per_1000_images=<size>:<preset>:<per scale>` (the start-up of a run,
-some 15 s, weighs on the small scales), `seconds_per_1000_added_images=...` (the cost of the images added
-from one scale to the next: constant when the cost grows linearly) and `growth_8x=<time at the largest
-scale / time at 1x / the scale>` with the peak memory's growth.
+as they are. Every run is `python -m pipeline.train` in a process of its own, timed whole, with its peak
+resident memory from the kernel (`wait4`: the cache files mapped in count too) and its peak anonymous
+memory (what no file backs), the cache of decoded images and features emptied before it (what grows
+with the images is computed by every run; the frozen base is converted by a warm-up run). Last lines,
+per size and preset: `seconds_per_1000_images=<size>:<preset>:<per scale>` (the start-up of a run, some
+15 s, weighs on the small scales), `seconds_per_1000_added_images=...` (the cost of the images added from
+one scale to the next: constant when the cost grows linearly), `anonymous_mib_per_1000_added_images=...`
+(0 when the cache, not memory, holds what grows) and `growth_8x=<time at the largest scale / time at 1x /
+the scale>` with the memory's growth.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -56,8 +59,24 @@ def scaled_copy(source: Path, target: Path, scale: int) -> int:
     return count
 
 
-def timed_run(args: list[str]) -> tuple[float, float]:
-    """(seconds, peak resident MiB) of one `python -m pipeline.train` with `args`."""
+def anonymous_mib(pid: int) -> float:
+    """The process's resident memory that no file backs (RssAnon: what the kernel cannot drop to reclaim
+    it), in MiB; 0 once the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
+def timed_run(args: list[str]) -> tuple[float, float, float]:
+    """(seconds, peak resident MiB, peak anonymous MiB) of one `python -m pipeline.train` with `args`.
+
+    The kernel's peak (`wait4`) counts the pages of files mapped in, the cache's entries among them,
+    which the kernel drops again when memory is short; the anonymous peak (sampled every 50 ms) is the
+    memory the run itself holds."""
     started = time.perf_counter()
     child = subprocess.Popen(
         [sys.executable, "-m", "pipeline.train", *args],
@@ -66,11 +85,22 @@ def timed_run(args: list[str]) -> tuple[float, float]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    anonymous_peak, ended = 0.0, threading.Event()
+
+    def sample() -> None:
+        nonlocal anonymous_peak
+        while not ended.wait(0.05):
+            anonymous_peak = max(anonymous_peak, anonymous_mib(child.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     _, status, usage = os.wait4(child.pid, 0)
+    ended.set()
+    sampler.join()
     seconds = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"run failed ({' '.join(args[:4])} ...): {child.stderr.read().decode()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, usage.ru_maxrss / 1024, anonymous_peak
 
 
 def folder_mib(folder: Path) -> float:
@@ -93,7 +123,7 @@ def main() -> None:
     cache = work / "cache"
     print(f"work folder {work}; {os.cpu_count()} CPUs", flush=True)
 
-    results: dict[tuple[int, str, int], tuple[float, float, int, float]] = {}
+    results: dict[tuple[int, str, int], tuple[float, float, float, int, float]] = {}  # s, MiB, MiB, images, MiB
     warmed: set[int] = set()
     for scale in scales:
         data = work / f"data-x{scale}"
@@ -133,38 +163,42 @@ def main() -> None:
                     timed_run(args)
                     warmed.add(size)
                 shutil.rmtree(cache / ARRAYS, ignore_errors=True)  # every run decodes and computes its own images
-                seconds, peak = timed_run(args)
-                results[(size, preset, scale)] = (seconds, peak, images, folder_mib(cache / ARRAYS))
+                seconds, peak, anonymous = timed_run(args)
+                results[(size, preset, scale)] = (seconds, peak, anonymous, images, folder_mib(cache / ARRAYS))
                 print(
                     f"{size} px {preset:8s} x{scale}: {images} images, {seconds:7.1f} s, "
-                    f"{1000 * seconds / images:6.1f} s per 1000 images, peak {peak:6.0f} MiB, "
-                    f"cache {results[(size, preset, scale)][3]:.0f} MiB",
+                    f"{1000 * seconds / images:6.1f} s per 1000 images, peak {peak:6.0f} MiB "
+                    f"({anonymous:.0f} anonymous), cache {results[(size, preset, scale)][4]:.0f} MiB",
                     flush=True,
                 )
 
-    print(
-        f"\n| px | preset | {' | '.join(f'x{s} s (s/1000 img)' for s in scales)} | {' | '.join(f'x{s} peak MiB' for s in scales)} |"
-    )
-    print("|---|---|" + "---|" * (2 * len(scales)))
+    header = " | ".join(f"x{s} s (s/1000 img)" for s in scales)
+    print(f"\n| px | preset | {header} | peak MiB {' / '.join(f'x{s}' for s in scales)} | anonymous |")
+    print("|---|---|" + "---|" * (len(scales) + 2))
     for size in sizes:
         for preset in presets:
             runs = [results[(size, preset, s)] for s in scales]
-            timings = " | ".join(f"{s:.0f} ({1000 * s / n:.1f})" for s, _, n, _ in runs)
-            print(f"| {size} | {preset} | {timings} | {' | '.join(f'{p:.0f}' for _, p, _, _ in runs)} |")
+            timings = " | ".join(f"{s:.0f} ({1000 * s / n:.1f})" for s, _, _, n, _ in runs)
+            peaks = " / ".join(f"{p:.0f}" for _, p, _, _, _ in runs)
+            anonymous = " / ".join(f"{a:.0f}" for _, _, a, _, _ in runs)
+            print(f"| {size} | {preset} | {timings} | {peaks} | {anonymous} |")
     for size in sizes:
         for preset in presets:
-            first, last = results[(size, preset, scales[0])], results[(size, preset, scales[-1])]
-            per_image = [f"{1000 * results[(size, preset, s)][0] / results[(size, preset, s)][2]:.1f}" for s in scales]
-            growth = (last[0] / first[0]) / (last[2] / first[2])
+            runs = [results[(size, preset, s)] for s in scales]
+            first, last = runs[0], runs[-1]
+            per_image = [f"{1000 * r[0] / r[3]:.1f}" for r in runs]
+            growth = (last[0] / first[0]) / (last[3] / first[3])
             marginal = [  # the cost of the images added from one scale to the next: constant when linear
-                f"{1000 * (b[0] - a[0]) / (b[2] - a[2]):.1f}"
-                for a, b in zip(
-                    [results[(size, preset, s)] for s in scales], [results[(size, preset, s)] for s in scales[1:]]
-                )
+                f"{1000 * (b[0] - a[0]) / (b[3] - a[3]):.1f}" for a, b in zip(runs, runs[1:])
             ]
+            added_anonymous = [f"{1000 * (b[2] - a[2]) / (b[3] - a[3]):.0f}" for a, b in zip(runs, runs[1:])]
             print(f"seconds_per_1000_images={size}:{preset}:{','.join(per_image)}")
             print(f"seconds_per_1000_added_images={size}:{preset}:{','.join(marginal)}")
-            print(f"growth_{scales[-1]}x={size}:{preset}:time {growth:.2f},peak_memory {last[1] / first[1]:.2f}")
+            print(f"anonymous_mib_per_1000_added_images={size}:{preset}:{','.join(added_anonymous)}")
+            print(
+                f"growth_{scales[-1]}x={size}:{preset}:time {growth:.2f},peak_memory {last[1] / first[1]:.2f},"
+                f"anonymous_memory {last[2] / first[2]:.2f}"
+            )
 
 
 if __name__ == "__main__":

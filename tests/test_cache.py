@@ -71,6 +71,42 @@ def test_an_entry_removed_by_another_process_is_computed_again(tmp_path):
     np.testing.assert_array_equal(cache.get_or_compute("decoded", {"k": 1}, lambda: np.zeros(3)), np.zeros(3))
 
 
+def test_decoded_images_go_to_the_cache_file_part_by_part(tmp_path):
+    """A split's decoded images are written to their entry as they are decoded (memory holds one part):
+    the entry is the file np.save writes of the whole array, served proven; a file changed since the split
+    stops the decoding with its error and leaves no entry and no scratch file; a cache folder that cannot be
+    written decodes into memory instead."""
+    from pipeline.data import cache as disk
+    from pipeline.data import images
+    from pipeline.data.manifests import Split
+    from pipeline.errors import DataError
+
+    folder = split_tiny(tmp_path, make_tiny_dataset(tmp_path))
+    train = Split.read(folder / "split").train
+    whole = images.decode_all(train.paths, train.sha256, (20, 24))
+    assert [len(p) for p in images.decode_chunks(train.paths, train.sha256, (20, 24), chunk_images=8)] == [8, 8, 8, 6]
+
+    cache = disk.DiskCache(tmp_path / "cache")
+    kept = train.decoded((20, 24), cache)
+    assert isinstance(kept, np.memmap) and np.array_equal(kept, whole)
+    content, _ = cache.paths("decoded", train.decoded_key((20, 24)), ".npy")
+    np.save(tmp_path / "whole.npy", whole)
+    assert content.read_bytes() == (tmp_path / "whole.npy").read_bytes()
+    disk._verified.clear()  # a new process: the entry is proven before it is served
+    assert np.array_equal(cache.get("decoded", train.decoded_key((20, 24))), whole)
+
+    not_a_folder = tmp_path / "a-file"  # a cache folder that cannot be made, even by root
+    not_a_folder.write_text("")
+    in_memory = train.decoded((20, 24), disk.DiskCache(not_a_folder))
+    assert not isinstance(in_memory, np.memmap) and np.array_equal(in_memory, whole)
+
+    entries = sorted(p.name for p in cache.root.iterdir())
+    make_image(Path(train.paths[-1]), size=(48, 40), seed=999, pattern=1)  # changed after the split
+    with pytest.raises(DataError, match="has changed since the split was made"):
+        train.decoded((16, 16), cache)  # a new entry: decoded until the changed file
+    assert sorted(p.name for p in cache.root.iterdir()) == entries  # no part of it kept, no scratch
+
+
 def test_least_recently_used_entries_go_past_the_limit(tmp_path):
     from pipeline.data.cache import DiskCache
 

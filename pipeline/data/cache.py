@@ -25,7 +25,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +144,29 @@ class DiskCache:
             return array
         kept = self.get(kind, key)
         return array if kept is None else kept
+
+    def put_parts(self, kind: str, key: dict, shape: tuple[int, ...], dtype: np.dtype, parts: Iterable[np.ndarray]):
+        """Keep the array of `shape` and `dtype` whose rows come in `parts` (written to the file as they
+        come: memory holds one part, not the array) and return it memory-mapped; None where it could
+        not be kept (the folder cannot be written: the caller computes it in memory)."""
+        dtype = np.dtype(dtype)
+
+        def write(path: Path) -> None:
+            rows = 0
+            with open(path, "wb") as file:
+                header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+                np.lib.format.write_array_header_1_0(file, header)
+                for part in parts:
+                    if part.shape[1:] != shape[1:] or part.dtype != dtype:
+                        raise ValueError(f"a part of {part.dtype} {part.shape} for an array of {dtype} {shape}")
+                    file.write(np.ascontiguousarray(part).data)
+                    rows += len(part)
+            if rows != shape[0]:
+                raise ValueError(f"{rows} rows came for an array of {shape[0]}")
+
+        if self._keep(kind, key, ".npy", write) is None:
+            return None
+        return self.get(kind, key)
 
     def get_or_compute(self, kind: str, key: dict, compute: Callable[[], np.ndarray]) -> np.ndarray:
         found = self.get(kind, key)

@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -169,18 +170,38 @@ def check_readable(paths: list[str]) -> None:
             raise _unreadable(path, error) from None
 
 
-def decode_all(paths: list[str], sha256s: list[str] | None, size: tuple[int, int]) -> np.ndarray:
+DECODE_CHUNK_IMAGES = 256  # images decoded before they are handed on (150 px: 17 MiB)
+
+
+def decode_chunks(
+    paths: list[str], sha256s: list[str] | None, size: tuple[int, int], chunk_images: int = DECODE_CHUNK_IMAGES
+) -> Iterator[np.ndarray]:
     """Every file decoded and resized (`load_checked_image`, each checked against its sha256 when
-    given): uint8 [n, height, width, 3] in order, decoded in threads with a progress bar."""
-    out = np.empty((len(paths), *size, 3), np.uint8)
+    given), in order, as uint8 [<= chunk_images, height, width, 3] parts: a caller that writes each
+    part on (the disk cache) holds one part in memory, however many images there are. Decoded in
+    threads (Pillow releases the GIL), with one progress bar for all the parts."""
     hashes = sha256s or [None] * len(paths)
-
-    def load(i: int) -> None:
-        out[i] = load_checked_image(paths[i], size, hashes[i])
-
+    bar = progress_bar(total=len(paths), desc="decode images", unit="img")
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 1)) as pool:
-        for _ in progress_bar(pool.map(load, range(len(paths))), total=len(paths), desc="decode images", unit="img"):
-            pass
+        for start in range(0, len(paths), chunk_images):
+            part = np.empty((min(chunk_images, len(paths) - start), *size, 3), np.uint8)
+
+            def load(i: int, part=part, start=start) -> None:
+                part[i - start] = load_checked_image(paths[i], size, hashes[i])
+
+            for _ in pool.map(load, range(start, start + len(part))):
+                bar.update(1)
+            yield part
+    bar.close()
+
+
+def decode_all(paths: list[str], sha256s: list[str] | None, size: tuple[int, int]) -> np.ndarray:
+    """Every file decoded and resized (`decode_chunks`) into one uint8 [n, height, width, 3] array."""
+    out = np.empty((len(paths), *size, 3), np.uint8)
+    done = 0
+    for part in decode_chunks(paths, sha256s, size):
+        out[done : done + len(part)] = part
+        done += len(part)
     return out
 
 

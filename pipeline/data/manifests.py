@@ -95,9 +95,14 @@ class ImageSet:
         if found is not None:
             self.require_unchanged(cache)
             return found
-        return cache.put(
-            "decoded", self.decoded_key(image_size), image_files.decode_all(self.paths, self.sha256, image_size)
+        kept = cache.put_parts(  # decoded straight into the cache file: memory holds one part at a time
+            "decoded",
+            self.decoded_key(image_size),
+            (len(self), *image_size, 3),
+            np.uint8,
+            image_files.decode_chunks(self.paths, self.sha256, image_size),
         )
+        return kept if kept is not None else image_files.decode_all(self.paths, self.sha256, image_size)
 
     def manifest_digest(self) -> str:
         """The sha256 of this set written as its manifest (`write_split`'s format): a manifest file's own
