@@ -8,11 +8,12 @@ Presets (`conf/augmentation/*.yaml`) set these keys; `augmentation.ablate=<opera
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from omegaconf import OmegaConf
+
+from pipeline.config import did_you_mean
 
 FILL_MODES = ("nearest", "reflect", "wrap", "constant")
 
@@ -206,8 +207,7 @@ class AugmentationConfig:
         if self.ablate not in NO_ABLATION:
             active = ", ".join(self.active_operations()) or "none"
             if self.ablate not in ABLATABLE:
-                close = difflib.get_close_matches(str(self.ablate), self.active_operations() or ABLATABLE, n=1)
-                hint = f" (did you mean {close[0]}?)" if close else ""
+                hint = did_you_mean(str(self.ablate), self.active_operations() or list(ABLATABLE))
                 found.append(
                     ("ablate", f"must be none or an operation ({', '.join(ABLATABLE)}), got {self.ablate!r}{hint}")
                 )

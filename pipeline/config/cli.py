@@ -18,7 +18,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.config import CONF_DIR
+from pipeline.config import CONF_DIR, did_you_mean, group_options
 from pipeline.config.compose import LEAF_KEYS, SETTABLE_KEYS, compose_raw, flatten, unknown_key_message, validate
 from pipeline.config.schema import Config, PathsConfig
 from pipeline.errors import ConfigError, UserError
@@ -227,10 +227,9 @@ def check_group_options(group: str, value: str, config_dirs: list[Path] = ()) ->
 def check_group_option(group: str, option: str, config_dirs: list[Path] = ()) -> None:
     """A ConfigError when conf/<group>/ (or <dir>/<group>/ of `config_dirs`) has no `option`, listing the
     choices and the closest one."""
-    options = sorted({p.stem for folder in (CONF_DIR, *config_dirs) for p in (folder / group).glob("*.yaml")})
+    options = group_options(group, config_dirs)
     if option not in options:
-        close = difflib.get_close_matches(option, options, n=1)
-        hint = f" (did you mean {group}={close[0]}?)" if close else ""
+        hint = did_you_mean(option, options, f"{group}={{}}")
         raise ConfigError(
             f"{group}={option}: there is no conf/{group}/{option}.yaml; the options are: {', '.join(options)}{hint}"
         )

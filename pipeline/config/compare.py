@@ -8,12 +8,11 @@ the wing's code reads it, no stage acts on it.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from pipeline.config import CONF_DIR
+from pipeline.config import did_you_mean, group_options
 
 MOST_MARGIN = 10.0  # points: compare.margin above this is a typo, not a question (18 for 1.8)
 COMPARE_METRICS = ("auto", "test_accuracy", "best_val_accuracy", "test_balanced_accuracy", "test_macro_f1")
@@ -82,18 +81,17 @@ class SearchConfig:
             found.append(("top_k", f"must be in 1..search.trials ({self.trials}), got {self.top_k}"))
         if self.seeds < 3:
             found.append(("seeds", f"must be at least 3 (a verdict needs 3 seeds), got {self.seeds}"))
-        spaces = sorted(p.stem for p in (CONF_DIR / "hparams_search").glob("*.yaml"))
+        spaces = group_options("hparams_search")
         if self.space.endswith((".yaml", ".yml")) and not Path(self.space).expanduser().is_file():
             found.append(
                 ("space", f"{self.space} is no file: copy conf/hparams_search/augmentation.yaml there and edit it")
             )
         elif not self.space.endswith((".yaml", ".yml")) and self.space not in spaces:
-            close = difflib.get_close_matches(self.space, spaces, n=1)
             found.append(
                 (
                     "space",
                     f"there is no conf/hparams_search/{self.space}.yaml; the options are {', '.join(spaces)}"
-                    + (f" (did you mean {close[0]}?)" if close else "")
+                    + did_you_mean(self.space, spaces)
                     + ", or a path to a YAML file laid out as those",
                 )
             )

@@ -8,12 +8,11 @@ is written once, here.
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from pipeline.config import CONF_DIR
+from pipeline.config import did_you_mean, group_options
 from pipeline.config.augmentation import AugmentationConfig
 from pipeline.config.compare import CompareConfig, SearchConfig
 
@@ -201,10 +200,9 @@ class EvaluateConfig:
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
-        presets = sorted(p.stem for p in (CONF_DIR / "augmentation").glob("*.yaml"))
-        if self.tta not in ("none", "flip", *presets):
-            close = difflib.get_close_matches(self.tta, ["none", "flip", *presets], n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+        choices = ["none", "flip", *group_options("augmentation")]
+        if self.tta not in choices:
+            hint = did_you_mean(self.tta, choices)
             found.append(("tta", f"must be none, flip or a preset of conf/augmentation/, got {self.tta!r}{hint}"))
         if not 1 <= self.tta_views <= 64:
             found.append(("tta_views", f"must be in 1..64, got {self.tta_views}"))

@@ -19,13 +19,13 @@ are skipped. `python -m pipeline.compare compare.rounds=[...]` later gives the s
 from __future__ import annotations
 
 import copy
-import difflib
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.config import did_you_mean
 from pipeline.config.augmentation import ABLATABLE, read_ablation_label
 from pipeline.config.cli import check_group_option, stage_entry
 from pipeline.config.schema import Config
@@ -75,8 +75,7 @@ def check_groups(groups: list[str], baseline: str) -> list[str]:
     for group in groups:
         preset, mark, operation = group.rpartition("-no-")
         if mark and operation not in ABLATABLE:
-            close = difflib.get_close_matches(operation, ABLATABLE, n=1)
-            hint = f" (did you mean {preset}-no-{close[0]}?)" if close else ""
+            hint = did_you_mean(operation, list(ABLATABLE), f"{preset}-no-{{}}")
             raise ConfigError(
                 f"compare.groups: {group!r} names no operation {operation!r}; a preset's operations are "
                 f"{', '.join(ABLATABLE)}{hint}"
