@@ -164,4 +164,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from pipeline.config.cli import command
 
-    sys.exit(command(main))
+    command(lambda: sys.exit(main()))  # the exit code is main's

@@ -50,3 +50,34 @@ def test_a_missing_model_file_is_said_before_tensorflow_loads(tmp_path):
         f"error: {missing}: no such model file. Train one first (python -m pipeline.train or dvc repro), "
         "or pass an MLflow model URI such as models:/<model_id> (printed by the training)."
     ]
+
+
+AS_ITS_OWN_PROCESS = """
+import atexit, runpy, sys
+atexit.register(lambda: print("exit handler ran", flush=True))
+sys.argv = ["pipeline.split", *sys.argv[1:]]
+runpy.run_module("pipeline.split", run_name="__main__", alter_sys=True)  # as `python -m pipeline.split` does
+print("the interpreter went on")  # never: the command's process ended with it
+"""
+
+
+def test_a_command_s_process_ends_with_its_code_its_output_whole_and_its_exit_handlers_run(tmp_path):
+    """A command run as its own process ends right after it (`startup.end_command_process`): with its exit
+    code, every line it printed, and the exit handlers run; run by other code (a test, here, in-process)
+    it returns to that code."""
+    from tests.conftest import make_tiny_dataset, path_overrides, run_in_process
+
+    dataset = make_tiny_dataset(tmp_path)
+    overrides = [o for o in path_overrides(tmp_path) if not o.startswith("hydra.")]
+    for source, code, said in ((dataset, 0, "split: train 30, val 3, test 3"), (tmp_path / "nope", 1, "error: ")):
+        done = subprocess.run(
+            [sys.executable, "-c", AS_ITS_OWN_PROCESS, f"data.source={source}", *overrides],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == code, done.stderr[-2000:]
+        assert said in done.stdout + done.stderr and done.stdout.rstrip().endswith("exit handler ran")
+        assert "the interpreter went on" not in done.stdout
+    in_process = run_in_process("pipeline.split", f"data.source={dataset}", *overrides)
+    assert in_process.returncode == 0 and "split: train 30" in in_process.stdout

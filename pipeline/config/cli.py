@@ -22,6 +22,7 @@ from pipeline.config import CONF_DIR, did_you_mean, group_options
 from pipeline.config.compose import LEAF_KEYS, SETTABLE_KEYS, compose_raw, flatten, unknown_key_message, validate
 from pipeline.config.schema import Config, PathsConfig
 from pipeline.errors import ConfigError, UserError
+from pipeline.startup import end_command_process
 from pipeline.stopping import RunKilled
 
 
@@ -72,12 +73,21 @@ def _stop_on_sigterm(signum, frame) -> None:
 
 def command(job: Callable[[], Any]) -> Any:
     """Run a command's `job` with SIGTERM stopping it in one line (exit 143), as Ctrl-C does
-    (exit 130); the handler does not outlive the command."""
+    (exit 130); the handler does not outlive the command. A process that was started to run the
+    command ends right after it (`startup.end_command_process`)."""
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        return _explained(job)
-    finally:
+        result = _explained(job)
+    except SystemExit as exit:
+        stopped: SystemExit | None = exit
+    else:
+        stopped = None
+    finally:  # a bug's exception goes on from here with its traceback
         signal.signal(signal.SIGTERM, previous)
+    end_command_process(stopped.code if stopped else 0)
+    if stopped:
+        raise stopped
+    return result
 
 
 def read_yaml_file(path: str | Path, what: str = "config file") -> DictConfig:
