@@ -7,19 +7,14 @@ does not stop them. Here file descriptor 2 is caught while TensorFlow loads and 
 GPUs; afterwards the lines that are not known start-up noise are written back to stderr.
 
 Set AUGMENT_PIPELINE_VERBOSE=1 to see everything (debugging a GPU set-up, say).
-
-And a quick end (`end_command_process`): a command run as its own process (`python -m pipeline.<command>`)
-ends once its exit handlers have run, without the interpreter's teardown of TensorFlow's module graph.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import sys
 import tempfile
-import threading
 
 STARTUP_NOISE = (
     "All log messages before absl::InitializeLog()",
@@ -75,25 +70,3 @@ def quiet_tensorflow_start() -> list[str]:
     noise = [line for line in lines if any(known in line for known in STARTUP_NOISE)]
     sys.stderr.write("".join(line for line in lines if line not in noise))
     return noise
-
-
-def end_command_process(code: int | str | None) -> None:
-    """End the process now with `code` (as `sys.exit(code)` would) when it was started to run one of our
-    commands (`python -m pipeline.<command>`) and no other thread of it must be waited for: the exit
-    handlers run (logging, MLflow, temporary folders; they are all an orderly exit does for us) and the
-    output is flushed, then the process ends without unloading its modules, which takes TensorFlow 1.5-3 s
-    (measured on 2 cores). Returns, doing nothing, anywhere else: a command run by other Python code
-    (a test, a notebook, a Hydra launcher's own process) ends as that code decides."""
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    if not (spec and spec.name.startswith("pipeline.")):
-        return
-    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
-    if others:
-        return
-    if isinstance(code, str):
-        print(code, file=sys.stderr)
-        code = 1
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    os._exit(code or 0)

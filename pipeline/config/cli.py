@@ -22,8 +22,7 @@ from pipeline.config import CONF_DIR, did_you_mean, group_options
 from pipeline.config.compose import LEAF_KEYS, SETTABLE_KEYS, compose_raw, flatten, unknown_key_message, validate
 from pipeline.config.schema import Config, PathsConfig
 from pipeline.errors import ConfigError, UserError
-from pipeline.startup import end_command_process
-from pipeline.stopping import RunKilled
+from pipeline.stopping import RunKilled, end_command_process
 
 
 def job_folders(paths: PathsConfig, worker: str | None = None) -> tuple[Path, Path, Path]:
@@ -74,7 +73,7 @@ def _stop_on_sigterm(signum, frame) -> None:
 def command(job: Callable[[], Any]) -> Any:
     """Run a command's `job` with SIGTERM stopping it in one line (exit 143), as Ctrl-C does
     (exit 130); the handler does not outlive the command. A process that was started to run the
-    command ends right after it (`startup.end_command_process`)."""
+    command ends right after it (`stopping.end_command_process`)."""
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         result = _explained(job)
