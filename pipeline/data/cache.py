@@ -145,7 +145,9 @@ class DiskCache:
         kept = self.get(kind, key)
         return array if kept is None else kept
 
-    def put_parts(self, kind: str, key: dict, shape: tuple[int, ...], dtype: np.dtype, parts: Iterable[np.ndarray]):
+    def put_parts(
+        self, kind: str, key: dict, shape: tuple[int, ...], dtype: np.dtype, parts: Iterable[np.ndarray]
+    ) -> np.ndarray | None:
         """Keep the array of `shape` and `dtype` whose rows come in `parts` (written to the file as they
         come: memory holds one part, not the array) and return it memory-mapped; None where it could
         not be kept (the folder cannot be written: the caller computes it in memory)."""

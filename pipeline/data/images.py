@@ -181,8 +181,8 @@ def decode_chunks(
     part on (the disk cache) holds one part in memory, however many images there are. Decoded in
     threads (Pillow releases the GIL), with one progress bar for all the parts."""
     hashes = sha256s or [None] * len(paths)
-    bar = progress_bar(total=len(paths), desc="decode images", unit="img")
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 1)) as pool:
+    workers = min(8, (os.cpu_count() or 1) + 1)
+    with progress_bar(total=len(paths), desc="decode images", unit="img") as bar, ThreadPoolExecutor(workers) as pool:
         for start in range(0, len(paths), chunk_images):
             part = np.empty((min(chunk_images, len(paths) - start), *size, 3), np.uint8)
 
@@ -192,7 +192,6 @@ def decode_chunks(
             for _ in pool.map(load, range(start, start + len(part))):
                 bar.update(1)
             yield part
-    bar.close()
 
 
 def decode_all(paths: list[str], sha256s: list[str] | None, size: tuple[int, int]) -> np.ndarray:
