@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from PIL import Image
 
@@ -103,6 +104,14 @@ def timed_run(args: list[str]) -> tuple[float, float, float]:
     return seconds, usage.ru_maxrss / 1024, anonymous_peak
 
 
+class Run(NamedTuple):
+    seconds: float
+    peak_mib: float  # the kernel's peak resident memory
+    anonymous_mib: float  # the peak of what no file backs
+    images: int
+    cache_mib: float
+
+
 def folder_mib(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
@@ -123,7 +132,7 @@ def main() -> None:
     cache = work / "cache"
     print(f"work folder {work}; {os.cpu_count()} CPUs", flush=True)
 
-    results: dict[tuple[int, str, int], tuple[float, float, float, int, float]] = {}  # s, MiB, MiB, images, MiB
+    results: dict[tuple[int, str, int], Run] = {}  # by (size, preset, scale)
     warmed: set[int] = set()
     for scale in scales:
         data = work / f"data-x{scale}"
@@ -164,11 +173,11 @@ def main() -> None:
                     warmed.add(size)
                 shutil.rmtree(cache / ARRAYS, ignore_errors=True)  # every run decodes and computes its own images
                 seconds, peak, anonymous = timed_run(args)
-                results[(size, preset, scale)] = (seconds, peak, anonymous, images, folder_mib(cache / ARRAYS))
+                run = results[(size, preset, scale)] = Run(seconds, peak, anonymous, images, folder_mib(cache / ARRAYS))
                 print(
                     f"{size} px {preset:8s} x{scale}: {images} images, {seconds:7.1f} s, "
                     f"{1000 * seconds / images:6.1f} s per 1000 images, peak {peak:6.0f} MiB "
-                    f"({anonymous:.0f} anonymous), cache {results[(size, preset, scale)][4]:.0f} MiB",
+                    f"({anonymous:.0f} anonymous), cache {run.cache_mib:.0f} MiB",
                     flush=True,
                 )
 
@@ -178,26 +187,27 @@ def main() -> None:
     for size in sizes:
         for preset in presets:
             runs = [results[(size, preset, s)] for s in scales]
-            timings = " | ".join(f"{s:.0f} ({1000 * s / n:.1f})" for s, _, _, n, _ in runs)
-            peaks = " / ".join(f"{p:.0f}" for _, p, _, _, _ in runs)
-            anonymous = " / ".join(f"{a:.0f}" for _, _, a, _, _ in runs)
+            timings = " | ".join(f"{r.seconds:.0f} ({1000 * r.seconds / r.images:.1f})" for r in runs)
+            peaks = " / ".join(f"{r.peak_mib:.0f}" for r in runs)
+            anonymous = " / ".join(f"{r.anonymous_mib:.0f}" for r in runs)
             print(f"| {size} | {preset} | {timings} | {peaks} | {anonymous} |")
     for size in sizes:
         for preset in presets:
             runs = [results[(size, preset, s)] for s in scales]
             first, last = runs[0], runs[-1]
-            per_image = [f"{1000 * r[0] / r[3]:.1f}" for r in runs]
-            growth = (last[0] / first[0]) / (last[3] / first[3])
-            marginal = [  # the cost of the images added from one scale to the next: constant when linear
-                f"{1000 * (b[0] - a[0]) / (b[3] - a[3]):.1f}" for a, b in zip(runs, runs[1:])
+            per_image = [f"{1000 * r.seconds / r.images:.1f}" for r in runs]
+            growth = (last.seconds / first.seconds) / (last.images / first.images)
+            added = list(zip(runs, runs[1:]))  # the images added from one scale to the next
+            marginal = [f"{1000 * (b.seconds - a.seconds) / (b.images - a.images):.1f}" for a, b in added]
+            added_anonymous = [
+                f"{1000 * (b.anonymous_mib - a.anonymous_mib) / (b.images - a.images):.0f}" for a, b in added
             ]
-            added_anonymous = [f"{1000 * (b[2] - a[2]) / (b[3] - a[3]):.0f}" for a, b in zip(runs, runs[1:])]
             print(f"seconds_per_1000_images={size}:{preset}:{','.join(per_image)}")
             print(f"seconds_per_1000_added_images={size}:{preset}:{','.join(marginal)}")
             print(f"anonymous_mib_per_1000_added_images={size}:{preset}:{','.join(added_anonymous)}")
             print(
-                f"growth_{scales[-1]}x={size}:{preset}:time {growth:.2f},peak_memory {last[1] / first[1]:.2f},"
-                f"anonymous_memory {last[2] / first[2]:.2f}"
+                f"growth_{scales[-1]}x={size}:{preset}:time {growth:.2f},peak_memory "
+                f"{last.peak_mib / first.peak_mib:.2f},anonymous_memory {last.anonymous_mib / first.anonymous_mib:.2f}"
             )
 
 

@@ -25,13 +25,15 @@ import sys
 import time
 from pathlib import Path
 
+from frozen_runtime import cpu_model  # loads Keras: in a child, on the backend its KERAS_BACKEND names
+
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES, BATCH, CLASSES, SIZE = 3068, 32, 10, 150
 
 
 def child(backend: str, cut: str, epochs: int) -> None:
-    """Train the top for `epochs` epochs on this process's backend; print the seconds of each epoch."""
-    os.environ["KERAS_BACKEND"] = backend
+    """Train the top for `epochs` epochs on this process's backend (KERAS_BACKEND, set by the parent);
+    print the seconds of each epoch."""
     import numpy as np
 
     from pipeline.backend import keras
@@ -55,13 +57,6 @@ def child(backend: str, cut: str, epochs: int) -> None:
             print(json.dumps({"epoch_s": time.perf_counter() - self.started}), flush=True)
 
     top.fit(inputs, labels, batch_size=BATCH, epochs=epochs, shuffle=True, verbose=0, callbacks=[EpochTimer()])
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def main() -> None:

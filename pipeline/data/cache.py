@@ -139,18 +139,16 @@ class DiskCache:
 
     def put(self, kind: str, key: dict, array: np.ndarray) -> np.ndarray:
         """Keep `array` under its key and return it (read back memory-mapped when it was kept)."""
-        array = np.ascontiguousarray(array)
-        if self._keep(kind, key, ".npy", lambda path: np.save(path, array, allow_pickle=False)) is None:
-            return array
-        kept = self.get(kind, key)
+        kept = self.put_parts(kind, key, array.shape, array.dtype, [array])
         return array if kept is None else kept
 
     def put_parts(
         self, kind: str, key: dict, shape: tuple[int, ...], dtype: np.dtype, parts: Iterable[np.ndarray]
     ) -> np.ndarray | None:
         """Keep the array of `shape` and `dtype` whose rows come in `parts` (written to the file as they
-        come: memory holds one part, not the array) and return it memory-mapped; None where it could
-        not be kept (the folder cannot be written: the caller computes it in memory)."""
+        come: memory holds one part, not the array; the file is the one `np.save` writes of the whole) and
+        return it memory-mapped; None where it was not kept (the folder cannot be written: the caller
+        computes it in memory) or cannot be read back (removed meanwhile by another process)."""
         dtype = np.dtype(dtype)
 
         def write(path: Path) -> None:
