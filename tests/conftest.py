@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -10,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,22 +26,28 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATASET = ROOT.parent / "shared" / "datasets" / "clothing-small"
 
 
-@pytest.fixture(scope="session")
-def empty_store(tmp_path_factory) -> Path:
+@functools.cache
+def migrated_store() -> Path:
     """An MLflow sqlite store with its tables made, once per test process: MLflow's migrations take 1-2 s
-    a store, so a test that only needs a new store copies this file (`store_uri`)."""
+    a store, so a test (or a test's server) that only needs a new store copies this file."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
-    SqlAlchemyStore(f"sqlite:///{path}", str(path.parent / "mlruns")).engine.dispose()
-    return path
+    folder = Path(tempfile.mkdtemp(prefix="empty-store-"))
+    atexit.register(shutil.rmtree, folder, True)
+    SqlAlchemyStore(f"sqlite:///{folder}/mlflow.db", str(folder / "mlruns")).engine.dispose()
+    return folder / "mlflow.db"
+
+
+def new_store(folder: Path) -> str:
+    """A new, empty MLflow store at folder/mlflow.db (a copy of `migrated_store`), as its `sqlite:///` URI.
+    Tests of a store's first use (made by the command itself, two commands at once) name a new file."""
+    shutil.copyfile(migrated_store(), folder / "mlflow.db")
+    return f"sqlite:///{folder}/mlflow.db"
 
 
 @pytest.fixture
-def store_uri(tmp_path, empty_store) -> str:
-    """A new, empty MLflow store at tmp_path/mlflow.db, as its `sqlite:///` URI."""
-    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
-    return f"sqlite:///{tmp_path}/mlflow.db"
+def store_uri(tmp_path) -> str:
+    return new_store(tmp_path)
 
 
 def make_image(path: Path, size=(40, 30), seed=0, mode="RGB", fmt=None, pattern=None) -> Path:
@@ -55,6 +64,15 @@ def make_image(path: Path, size=(40, 30), seed=0, mode="RGB", fmt=None, pattern=
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format=fmt)
     return path
+
+
+def pytest_configure(config):
+    """Each pytest-xdist worker's TensorFlow (and that of the commands it starts, which inherit the setting)
+    runs an op on its share of the cores: with two workers on two cores and TensorFlow's default of every
+    core for each op, the sweep and rounds tests took 224 s against 196 s (docs/benchmarks.md)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, len(os.sched_getaffinity(0)) // workers)))
 
 
 DURATIONS = Path(__file__).with_name("durations.json")  # seconds per test id, as last recorded
@@ -244,8 +262,13 @@ def running_mlflow_server(
     tmp_path: Path, *options: str, env: dict | None = None, port: int | None = None
 ) -> Iterator[str]:
     """A real `mlflow server [options]` on 127.0.0.1 (on `port`, or a free one) with its store in
-    tmp_path; yields its URI. Started again with the same tmp_path and port, it is the same server."""
+    tmp_path; yields its URI. Started again with the same tmp_path and port, it is the same server.
+    A new store starts from a migrated copy, and MLflow's job runner (GenAI jobs, not used here) stays
+    off: the server answers 2-3 s sooner."""
     port = port or free_port()
+    if not (tmp_path / "server.db").exists():
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(migrated_store(), tmp_path / "server.db")
     server = subprocess.Popen(
         [
             sys.executable,
@@ -264,7 +287,7 @@ def running_mlflow_server(
             "--workers",
             "1",
         ],
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

@@ -16,6 +16,7 @@ from pipeline.tracking.optuna_storage import study_storage
 from tests.conftest import (
     ROOT,
     free_port,
+    new_store,
     run_in_process,
     run_module,
     running_mlflow_server,
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 def test_a_sweep_through_the_submitit_launcher(split_done):
     tmp_path = split_done
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     result = run_module(
         "pipeline.train", "-m", "hydra/launcher=local", "augmentation=none,lesson", *sweep_args(tmp_path, uri)
     )
@@ -47,7 +48,7 @@ def test_a_sweep_through_the_submitit_launcher(split_done):
 
 def test_a_cluster_launcher_refuses_a_sqlite_store(split_done):
     tmp_path = split_done
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     result = run_module("pipeline.train", "-m", "hydra/launcher=slurm", "seed=1,2", *sweep_args(tmp_path, uri))
     assert result.returncode == 2
     assert "run on other machines and cannot write this machine's store" in result.stderr
@@ -59,7 +60,7 @@ def test_two_search_workers_share_one_optuna_study(split_done):
     """Two processes, n_jobs=1 each, one storage and study name: one study holding every trial
     of both, each trial an MLflow run, none lost or duplicated."""
     tmp_path = split_done
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     storage = f"sqlite:///{tmp_path}/optuna.db"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     workers = [

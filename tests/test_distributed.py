@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.errors import ConfigError
 from pipeline.training.devices import cluster_config
-from tests.conftest import ROOT, free_port, train_args
+from tests.conftest import ROOT, free_port, new_store, train_args
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def recorded_runs(uri: str):
 
 def test_mirrored_strategy_over_two_logical_cpus(split_done):
     tmp_path = split_done
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     result = subprocess.run(
         [
             sys.executable,
@@ -63,7 +63,7 @@ def test_mirrored_strategy_over_two_logical_cpus(split_done):
 
 def test_multi_worker_strategy_with_two_local_workers(split_done):
     tmp_path = split_done
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
     workers = []
     for index in range(2):

@@ -165,7 +165,7 @@ def test_queued_experiments_run_and_land_in_the_project_store(project, tiny_data
         status = sh("dvc", "queue", "status", cwd=project)
         if "Queued" not in status and "Running" not in status:
             break
-        time.sleep(5)
+        time.sleep(1)
     assert status.count("Success") == 2, status + sh("dvc", "queue", "logs", status.split()[-1], cwd=project)
 
     rows = list(csv.DictReader(io.StringIO(sh("dvc", "exp", "show", "--csv", cwd=project))))

@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from tests.conftest import SHARED_DATASET, make_image, run_module, train_args
+from tests.conftest import SHARED_DATASET, make_image, new_store, run_module, train_args
 
 pytest.importorskip("openvino", reason="OpenVINO is part of the project's dependencies")
 
@@ -81,7 +81,7 @@ def test_without_openvino_training_runs_in_tensorflow_and_says_so_once(split_don
     blocker = tmp_path / "no-openvino" / "openvino"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text(textwrap.dedent('raise ImportError("No module named openvino (test)")\n'))
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     args = [a if a != "model=residual_cnn" else "model=mobilenet_v2" for a in train_args(tmp_path, uri)]
     result = run_module(
         "pipeline.train",
@@ -108,7 +108,7 @@ def test_fine_tuning_runs_the_frozen_bottom_in_openvino_and_trains_the_top(split
     from tests.conftest import run_in_process
 
     tmp_path = split_done
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     settings = [
         "experiment=cpu",
         "model.weights=null",

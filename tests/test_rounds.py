@@ -9,13 +9,13 @@ import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.study.rounds import check_groups, group_sweeps, groups_to_train
-from tests.conftest import run_module, train_args, training_runs
+from tests.conftest import new_store, run_in_process, run_module, train_args, training_runs
 
 
 @pytest.mark.slow
 def test_rounds_train_the_next_seeds_and_compare_replays_the_verdicts(split_done):
     tmp_path = split_done
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     args = train_args(tmp_path, uri, "train.epochs=1", "compare.groups=[none,lesson]", "compare.rounds=[3,4]")
     args.append("compare.affinity=false")
     done = run_module("pipeline.rounds", *args)
@@ -38,7 +38,7 @@ def test_rounds_train_the_next_seeds_and_compare_replays_the_verdicts(split_done
     again = run_module("pipeline.rounds", *args)  # the same command: every run is skipped, the same verdict
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(training_runs(uri)) == len(runs) and "skip: this configuration already has" in again.stdout
-    replayed = run_module("pipeline.compare", *args, f"paths.reports_dir={tmp_path}/later")
+    replayed = run_in_process("pipeline.compare", *args, f"paths.reports_dir={tmp_path}/later")
     assert replayed.returncode == 0, replayed.stderr[-3000:]
     later = json.loads((tmp_path / "later" / "comparison.json").read_text())
     assert [(d["verdict"], d["low"], d["high"]) for d in later["differences"]] == [

@@ -20,7 +20,7 @@ from PIL import Image
 from pipeline.config.compose import validate
 from pipeline.errors import ConfigError
 from pipeline.study.search import Job, candidate_name, conclusion, preset_text, searched_keys, top_settings
-from tests.conftest import ROOT, split_tiny, train_args, training_runs
+from tests.conftest import ROOT, new_store, split_tiny, train_args, training_runs
 
 FLIPS = ["augmentation.horizontal_flip", "augmentation.vertical_flip"]
 
@@ -111,8 +111,8 @@ def test_a_search_won_by_a_no_op_is_not_confirmed_and_resumes_after_sigterm(tmp_
     text = (ROOT / "conf" / "hparams_search" / "augmentation.yaml").read_text()
     params = "\n".join(f"      {key}: choice(true, false)" for key in FLIPS)
     space.write_text(text[: text.index("    params:")] + f"    params:\n{params}\n")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    args = train_args(tmp_path, uri, "train.epochs=3", f"search.space={space}", "search.trials=5", "search.top_k=2")
+    uri = new_store(tmp_path)
+    args = train_args(tmp_path, uri, "train.epochs=3", f"search.space={space}", "search.trials=5", "search.top_k=1")
     command = [sys.executable, "-m", "pipeline.search", *args, "search.seeds=3", "compare.affinity=false"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 

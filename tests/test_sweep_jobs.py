@@ -11,7 +11,7 @@ from tests.conftest import run_module, sweep_args
 
 
 def test_a_sweep_with_an_invalid_job_is_refused_before_any_job_runs(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"  # a store this sweep must not even create
     args = sweep_args(tmp_path, uri, "augmentation=lesson", "augmentation.rotation_range=10,-5", "seed=1,2")
     result = run_module("pipeline.train", "-m", *args)
     assert result.returncode == 2, result.stderr[-2000:]

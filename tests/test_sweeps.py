@@ -18,15 +18,15 @@ import pytest
 import yaml
 
 from pipeline.config.sweeps import FAILED_JOB_FILE
-from tests.conftest import ROOT, make_image, run_module, sweep_args, training_runs
+from tests.conftest import ROOT, make_image, new_store, run_in_process, run_module, sweep_args, training_runs
 
 pytestmark = pytest.mark.slow
 
 
 def test_optuna_search_over_augmentation(split_done):
     tmp_path = split_done
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = run_module(
+    uri = new_store(tmp_path)
+    result = run_module(  # its own process: Hydra's logging, which prints Optuna's best parameters, is its own
         "pipeline.train", "-m", "hparams_search=augmentation", "hydra.sweeper.n_trials=3", *sweep_args(tmp_path, uri)
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -51,7 +51,7 @@ def test_optuna_search_over_augmentation(split_done):
 
     # The same search again (same sampler seed, same trials): every trial is found FINISHED and
     # its recorded objective returned; nothing is trained twice.
-    again = run_module(
+    again = run_in_process(
         "pipeline.train", "-m", "hparams_search=augmentation", "hydra.sweeper.n_trials=3", *sweep_args(tmp_path, uri)
     )
     assert again.returncode == 0, again.stderr[-3000:]
@@ -63,7 +63,7 @@ def test_optuna_search_over_augmentation(split_done):
 
 def test_a_failing_job_does_not_sink_the_sweep_and_reruns_add_runs(split_done):
     tmp_path = split_done
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     broken = tmp_path / "broken-split"
     broken.mkdir()
     for name in ("train.csv", "test.csv", "classes.json"):
@@ -71,21 +71,21 @@ def test_a_failing_job_does_not_sink_the_sweep_and_reruns_add_runs(split_done):
     (broken / "val.csv").write_text("path,label\n/nonexistent/image.png,cat\n")  # an image gone since the split
 
     args = sweep_args(tmp_path, uri, "augmentation=lesson") + [f"paths.split_dir={broken},{tmp_path}/split"]
-    first = run_module("pipeline.train", "-m", *args)
+    first = run_in_process("pipeline.train", "-m", *args)
     assert first.returncode == 1  # the sweep reports the failure ...
     assert "error: /nonexistent/image.png is listed in the split but cannot be read" in first.stderr
     assert "== comparison of the 1 runs of this sweep" in first.stdout  # ... after comparing the finished job
     assert "1 job(s) of this sweep failed" in first.stderr and "Traceback" not in first.stderr
     assert [r.info.status for r in training_runs(uri)] == ["FINISHED"]  # ... found before its run: no record
 
-    second = run_module("pipeline.train", "-m", *args)  # the same sweep again: the failed job is tried again,
+    second = run_in_process("pipeline.train", "-m", *args)  # the same sweep again: the failed job is tried again,
     assert second.returncode != 0  # the finished one skipped
     assert "skip: this configuration already has the FINISHED MLflow run" in second.stdout
     assert "error: /nonexistent/image.png is listed in the split but cannot be read" in second.stderr
     assert [r.info.status for r in training_runs(uri)] == ["FINISHED"]
     assert len(list((tmp_path / "multirun").glob("*/1/models/model.keras"))) == 1  # trained once
 
-    third = run_module("pipeline.train", "-m", *args, "train.rerun=true")  # ... unless asked to train it again
+    third = run_in_process("pipeline.train", "-m", *args, "train.rerun=true")  # ... unless asked to train it again
     assert third.returncode != 0
     assert [r.info.status for r in training_runs(uri)].count("FINISHED") == 2
 
@@ -96,12 +96,12 @@ def test_a_finished_configuration_is_not_skipped_over_images_changed_since(split
     from pipeline.data.manifests import read_manifest
 
     tmp_path = split_done
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     args = sweep_args(tmp_path, uri, "augmentation=none", "seed=1", "train.test_in_sweeps=false")
-    assert run_module("pipeline.train", "-m", *args).returncode == 0
+    assert run_in_process("pipeline.train", "-m", *args).returncode == 0
     edited = read_manifest(tmp_path / "split", "val")[0][0]
     make_image(Path(edited), size=(40, 40), seed=999, pattern=2)  # other pixels, same name
-    again = run_module("pipeline.train", "-m", *args)
+    again = run_in_process("pipeline.train", "-m", *args)
     assert again.returncode == 1
     assert "skip:" not in again.stdout
     assert f"error: {edited} has changed since the split was made" in again.stderr
@@ -113,9 +113,9 @@ def test_a_skipped_run_stopped_before_its_test_is_evaluated_when_its_model_is_st
     test metrics (made here by removing them from the store); the sweep run again skips the training
     but evaluates that run's model - unless the file was replaced since, which it says."""
     tmp_path = split_done
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     args = sweep_args(tmp_path, uri, "augmentation=none", "seed=1")
-    assert run_module("pipeline.train", "-m", *args).returncode == 0
+    assert run_in_process("pipeline.train", "-m", *args).returncode == 0
     with sqlite3.connect(tmp_path / "mlflow.db") as store:
         for table in ("metrics", "latest_metrics"):
             store.execute(f"DELETE FROM {table} WHERE key LIKE 'test_%'")
@@ -125,13 +125,13 @@ def test_a_skipped_run_stopped_before_its_test_is_evaluated_when_its_model_is_st
     saved = model_file.stat().st_mtime
 
     os.utime(model_file, (saved + 3600, saved + 3600))  # as if another training wrote it since
-    replaced = run_module("pipeline.train", "-m", *args)
+    replaced = run_in_process("pipeline.train", "-m", *args)
     assert replaced.returncode == 0, replaced.stderr[-3000:]
     assert "skip:" in replaced.stdout and "its model.keras is gone or was replaced since" in replaced.stdout
     assert "test_accuracy" not in training_runs(uri)[0].data.metrics
 
     os.utime(model_file, (saved, saved))
-    again = run_module("pipeline.train", "-m", *args)
+    again = run_in_process("pipeline.train", "-m", *args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"evaluating {model_file.parent}/model.keras" in again.stdout
     (evaluated,) = training_runs(uri)
@@ -157,7 +157,7 @@ def test_an_interrupted_sweep_resumes_with_the_same_command(split_done):
     """2 presets x 2 seeds, SIGTERM while the third job trains, the same command again:
     exactly one FINISHED run per configuration, and the sweep ends with the comparison."""
     tmp_path = split_done
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     command = [
         sys.executable,
         "-m",
@@ -200,8 +200,8 @@ def test_an_interrupted_sweep_resumes_with_the_same_command(split_done):
 def test_an_ablation_sweep_reports_each_operation(split_done):
     """augmentation.ablate over the preset's operations: each operation's contribution, paired by seed."""
     tmp_path = split_done
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = run_module(
+    uri = new_store(tmp_path)
+    result = run_in_process(
         "pipeline.train",
         "-m",
         "augmentation=lesson",
@@ -234,16 +234,16 @@ def test_test_time_augmentation_in_a_sweep_and_afterwards_without_training_again
     """evaluate.tta=flip on a sweep: every run records its TTA results and the sweep's comparison gives each
     group a TTA verdict; the same sweep with another TTA trains nothing and evaluates every run with it."""
     tmp_path = split_done
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     args = sweep_args(tmp_path, uri, "augmentation=none,lesson", "seed=1,2", "compare.affinity=false")
-    first = run_module("pipeline.train", "-m", *args, "evaluate.tta=flip")
+    first = run_in_process("pipeline.train", "-m", *args, "evaluate.tta=flip")
     assert first.returncode == 0, first.stderr[-3000:]
     runs = training_runs(uri)
     assert len(runs) == 4 and {r.data.tags["evaluate.tta"] for r in runs} == {"flip"}
     assert all({"test_accuracy", "tta_test_accuracy", "tta_test_loss"} <= set(r.data.metrics) for r in runs)
     assert "none+tta(flip) vs none:" in first.stdout and "lesson+tta(flip) vs lesson:" in first.stdout
 
-    again = run_module("pipeline.train", "-m", *args, "evaluate.tta=lesson", "evaluate.tta_views=2")
+    again = run_in_process("pipeline.train", "-m", *args, "evaluate.tta=lesson", "evaluate.tta_views=2")
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("skip: this configuration already has") == 4  # nothing trained again ...
     assert again.stdout.count("that run has no evaluate.tta=lesson results yet: evaluating") == 4  # ... evaluated
@@ -260,9 +260,9 @@ def test_a_sweep_on_splits_drawn_per_seed_records_each_and_pairs_within_it(split
     from mlflow.tracking import MlflowClient
 
     tmp_path = split_done
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     swept = ["augmentation=none,lesson", "seed=1,2", "data.split.train_val_per_seed=true"]
-    result = run_module("pipeline.train", "-m", *swept, *sweep_args(tmp_path, uri))
+    result = run_in_process("pipeline.train", "-m", *swept, *sweep_args(tmp_path, uri))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "train/val drawn for seed 2: 30 and 3 images (test fixed)" in result.stdout
     runs = finished_runs(uri)
@@ -292,14 +292,14 @@ def test_a_failing_optuna_trial_is_recorded_failed_and_the_search_goes_on(split_
     sweeper records it FAILED, the other trials train, and the command names it and exits 1. The
     space is a file outside conf/, found through hydra.searchpath."""
     tmp_path = split_done
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     space = tmp_path / "spaces" / "hparams_search" / "shifts.yaml"
     space.parent.mkdir(parents=True)
     text = (ROOT / "conf" / "hparams_search" / "augmentation.yaml").read_text()
     space.write_text(
         text[: text.index("    params:")] + "    params:\n      augmentation.width_shift_range: choice(0.1, 40.0)\n"
     )
-    result = run_module(
+    result = run_in_process(
         "pipeline.train",
         "-m",
         "hparams_search=shifts",
@@ -326,7 +326,7 @@ def test_a_preset_found_through_hydra_searchpath_is_checked_before_the_sweep(spl
     presets = tmp_path / "mine" / "augmentation"
     presets.mkdir(parents=True)
     (presets / "tilted.yaml").write_text("name: tilted\nrotation_range: -5\n")
-    result = run_module(
+    result = run_in_process(
         "pipeline.train",
         "-m",
         "augmentation=none,tilted",

@@ -22,6 +22,7 @@ from tests.conftest import (
     free_port,
     make_image,
     make_tiny_dataset,
+    new_store,
     run_in_process,
     run_module,
     split_tiny,
@@ -44,7 +45,7 @@ def lesson_run(tmp_path_factory):
     record, so that one failure does not hide the others (they change nothing the others read)."""
     tmp_path = tmp_path_factory.mktemp("lesson-run")
     split_tiny(tmp_path, make_tiny_dataset(tmp_path))
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     result = run_in_process(
         "pipeline.train", *train_args(tmp_path, uri, "augmentation=lesson", "tracking.system_metrics_interval_s=0.5")
     )
@@ -252,7 +253,7 @@ def test_predict_names_the_clothes_and_each_file_it_cannot_read(lesson_run):
 def test_failure_is_recorded_failed(split_done):
     """An error inside the run (its artifacts cannot be written: a file stands where their folder goes)."""
     tmp_path = split_done
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     (tmp_path / "mlruns").write_text("not a folder")
     result = run_in_process("pipeline.train", *train_args(tmp_path, uri))
     assert result.returncode != 0
@@ -262,7 +263,7 @@ def test_failure_is_recorded_failed(split_done):
 
 def test_an_image_gone_or_changed_since_the_split_stops_before_any_record(split_done):
     tmp_path = split_done
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     rows = (tmp_path / "split" / "val.csv").read_text().splitlines()
     gone = Path(rows[1].split(",")[0])
     gone.rename(gone.with_name("renamed.png"))
@@ -324,7 +325,7 @@ def val_accuracy_of(model_path, tmp_path) -> float:
 
 def test_sigterm_marks_the_run_killed_and_resume_is_the_same_run(split_done):
     tmp_path = split_done
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     long_run = train_args(tmp_path, uri, "train.epochs=200", "train.patience=200", "model.learning_rate=0.003")
     process = start_and_stop_after(long_run, "Epoch 4/")
     assert process.returncode != 0
@@ -373,7 +374,7 @@ def test_one_sigterm_right_after_the_run_starts_stops_it(split_done):
     """The signal lands while the run is being set up (preview, datasets, first steps), not in an
     epoch loop: one SIGTERM still ends the run KILLED and the process soon after."""
     tmp_path = split_done
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     process = subprocess.Popen(
         [
@@ -406,7 +407,7 @@ def test_one_sigterm_right_after_the_run_starts_stops_it(split_done):
 
 def test_a_damaged_checkpoint_is_a_clear_error(split_done):
     tmp_path = split_done
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     process = start_and_stop_after(train_args(tmp_path, uri, "train.epochs=200", "train.patience=200"), "Epoch 3/")
     assert process.returncode != 0
     [folder] = (tmp_path / "models" / "work").iterdir()
@@ -488,13 +489,13 @@ def test_dead_tracking_server_is_reported_before_training(split_done):
 
 def test_multirun_gives_one_run_per_job_and_compare_reads_them(split_done):
     tmp_path = split_done
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     # dropout 0.2 (not the default experiment's 0.5): on the tiny data 0.5 lets every seed reach 100%, and an
     # interval needs some spread between seeds
     args = [
         a for a in train_args(tmp_path, uri, "train.epochs=2", "model.dropout=0.2") if not a.startswith("hydra.run")
     ]
-    result = run_module("pipeline.train", "-m", "augmentation=none,lesson", "seed=1,2,3", *args)
+    result = run_in_process("pipeline.train", "-m", "augmentation=none,lesson", "seed=1,2,3", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("augmentation").experiment_id])
@@ -556,7 +557,7 @@ def test_plain_runs_of_a_frozen_backbone_train_the_head_on_cached_features(split
     from pipeline.training.frozen_features import plain_features
 
     tmp_path = split_done
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     args = [a if a != "model=residual_cnn" else "model=mobilenet_v2" for a in train_args(tmp_path, uri)]
     result = run_in_process("pipeline.train", *args, "model.weights=null", "train.epochs=3")
     assert result.returncode == 0, result.stderr[-3000:]
