@@ -48,7 +48,7 @@ def run(config: Config) -> float:
         print(f"train/val drawn for seed {config.seed}: {len(split.train)} and {len(split.val)} images (test fixed)")
     config = replace(config, data=split.recorded_source(config.data))
     chief = devices.is_chief(strategy)
-    uri = runs.connect(config) if chief else None  # a dead server fails here, before any work
+    uri = runs.connect(config.tracking, config.paths.cache_dir) if chief else None  # a dead server fails here
     models_dir, reports_dir, work_root = job_folders(config.paths, devices.task_name() if not chief else None)
     identity = training_identity(config, split.version)
     if in_multirun() and not config.train.rerun and not devices.is_multi_worker(strategy):

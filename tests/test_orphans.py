@@ -22,7 +22,7 @@ from pipeline.tracking import runs
 def test_the_next_run_marks_a_killed_processs_run_killed_and_its_model_failed(tmp_path, capsys, store_uri):
     uri = store_uri
     config = compose([f"tracking.uri={uri}"])
-    runs.connect(config)
+    runs.connect(config.tracking, config.paths.cache_dir)
     client = MlflowClient(uri)
     experiment_id = client.get_experiment_by_name("augmentation").experiment_id
     alive = runs.this_process()  # this very process: alive
@@ -46,7 +46,7 @@ def test_the_next_run_marks_a_killed_processs_run_killed_and_its_model_failed(tm
     }
     pending = mlflow.initialize_logged_model(name="model", source_run_id=run_ids["gone"], experiment_id=experiment_id)
 
-    runs.connect(config)  # what train and compare do first
+    runs.connect(config.tracking, config.paths.cache_dir)  # what train and compare do first
 
     status = {name: client.get_run(run_id).info.status for name, run_id in run_ids.items()}
     assert status == {
@@ -66,7 +66,8 @@ import pathlib, sys, time
 from pipeline.tracking import runs
 from pipeline.config.compose import compose
 uri, started, go = sys.argv[1:]
-runs.connect(compose([f"tracking.uri={uri}"]))
+config = compose([f"tracking.uri={uri}"])
+runs.connect(config.tracking, config.paths.cache_dir)
 with runs.tracked_run(run_name="in-a-container") as run:
     pathlib.Path(started).write_text(run.info.run_id)
     while not pathlib.Path(go).exists():
@@ -110,7 +111,8 @@ def test_a_live_run_in_another_pid_namespace_is_not_called_dead(tmp_path):
         recorded = runs.recorded_process(client.get_run(run_id).data.tags)
         assert recorded[runs.PID] == "1"  # its pid, valid only in its namespace
 
-        runs.connect(compose([f"tracking.uri={uri}"]))  # a training outside starts
+        config = compose([f"tracking.uri={uri}"])
+        runs.connect(config.tracking, config.paths.cache_dir)  # a training outside starts
 
         assert client.get_run(run_id).info.status == "RUNNING"
         go.touch()
@@ -124,7 +126,8 @@ def test_a_live_run_in_another_pid_namespace_is_not_called_dead(tmp_path):
 
 def test_a_run_marked_killed_by_mistake_clears_the_mark_when_it_finishes(tmp_path, store_uri):
     uri = store_uri
-    runs.connect(compose([f"tracking.uri={uri}"]))
+    config = compose([f"tracking.uri={uri}"])
+    runs.connect(config.tracking, config.paths.cache_dir)
     client = MlflowClient(uri)
     with runs.tracked_run(run_name="alive after all") as run:
         # what another process's orphan check did, which could not see this one

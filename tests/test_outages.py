@@ -91,7 +91,8 @@ def test_a_long_outage_stops_cleanly_and_resume_continues_the_same_run(split_don
         client, run = only_run(uri)
         assert run.info.status == "RUNNING"  # it could not be ended while the server was away ...
         overrides = [o for o in path_overrides(tmp_path) if not o.startswith("hydra.")]
-        runs.connect(compose([f"tracking.uri={uri}", *overrides]))  # ... the next command that reaches it does
+        config = compose([f"tracking.uri={uri}", *overrides])
+        runs.connect(config.tracking, config.paths.cache_dir)  # ... the next command that reaches it does
         stopped = client.get_run(run.info.run_id)
         assert stopped.info.status == "FAILED"
         assert f"the tracking server {uri} did not answer" in stopped.data.tags["end_reason"]

@@ -61,7 +61,7 @@ def run(config: Config, run_ids: set[str] | None = None, record: bool = True) ->
     from pipeline.tracking.runs import connect
 
     settings = config.compare
-    connect(config, create_experiment=False)
+    connect(config.tracking, config.paths.cache_dir, create_experiment=False)
     runs, left_out = training_runs(config.tracking.experiment, settings.filter, run_ids, CURVES)
     if not runs:
         raise TrackingError(

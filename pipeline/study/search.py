@@ -35,7 +35,7 @@ import yaml
 
 from pipeline.config import CONF_DIR
 from pipeline.config.cli import stage_entry
-from pipeline.config.schema import Config
+from pipeline.config.schema import Config, TrackingConfig
 from pipeline.errors import ConfigError, UserError
 from pipeline.study.rounds import command_folder_and_overrides, train_sweep
 
@@ -118,7 +118,7 @@ def run(config: Config) -> dict:
         "seconds": seconds,
         "comparison_run_id": comparison.get("comparison_run_id"),
     }
-    write_report(report, candidates, reports, config)
+    write_report(report, candidates, reports, config.tracking)
     return report
 
 
@@ -324,7 +324,7 @@ def conclusion(report: dict, reports: Path | None = None) -> list[str]:
     ]
 
 
-def write_report(report: dict, candidates: list[Job], reports: Path, config: Config) -> None:
+def write_report(report: dict, candidates: list[Job], reports: Path, tracking: TrackingConfig) -> None:
     """search.md, search.json, search.png and the candidates' presets into `reports`; the same files on the
     comparison run in MLflow, whose description gains the search's table and the trials as links."""
     from pipeline.study.figures import search_figure
@@ -341,12 +341,12 @@ def write_report(report: dict, candidates: list[Job], reports: Path, config: Con
     (reports / "search.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
     search_figure(report, reports / "search.png")
     if report["comparison_run_id"]:
-        record_on_comparison_run(report, reports, config)
+        record_on_comparison_run(report, reports, tracking)
     print("\n" + text.split("\n## The candidates' settings")[0].split("\n", 2)[2].rstrip())
     print(f"the whole report: {reports / 'search.md'} (search.png beside it; the candidates' presets in {presets})")
 
 
-def record_on_comparison_run(report: dict, reports: Path, config: Config) -> None:
+def record_on_comparison_run(report: dict, reports: Path, tracking: TrackingConfig) -> None:
     import mlflow
 
     from pipeline.tracking.store import experiment_link, save_runs_view, tracking_uri
@@ -355,7 +355,7 @@ def record_on_comparison_run(report: dict, reports: Path, config: Config) -> Non
     for name in ("search.md", "search.json", "search.png"):
         client.log_artifact(run_id, str(reports / name))
     client.log_artifacts(run_id, str(reports / "presets"), "presets")
-    trained_in = client.get_experiment_by_name(config.tracking.experiment).experiment_id
+    trained_in = client.get_experiment_by_name(tracking.experiment).experiment_id
     trial_ids = [t["run_id"] for t in report["trials"]]
     columns = ["metrics.best_val_accuracy", *(f"params.{key}" for key in report["searched_keys"])]
     view = f"search-{report['comparison_run_id'][:8]}"
@@ -366,7 +366,7 @@ def record_on_comparison_run(report: dict, reports: Path, config: Config) -> Non
         columns,
         f"attributes.run_id IN ({', '.join(map(repr, trial_ids))})",
     )
-    trials_link = experiment_link(tracking_uri(config.tracking), trained_in, view=view)
+    trials_link = experiment_link(tracking_uri(tracking), trained_in, view=view)
     description = client.get_run(run_id).data.tags.get("mlflow.note.content", "")
     table = markdown(report).split("\n## The candidates' settings")[0]
     client.set_tag(run_id, "mlflow.note.content", f"{table}\n[The search's trials]({trials_link})\n\n{description}")

@@ -31,7 +31,7 @@ import psutil
 from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 
-from pipeline.config.schema import Config
+from pipeline.config.schema import TrackingConfig
 from pipeline.stopping import RunKilled, request_stop, stop_requested
 from pipeline.tracking import outages
 from pipeline.tracking.store import check_store, use_experiment
@@ -42,14 +42,15 @@ HOST, PID, STARTED, BOOT, PID_NAMESPACE = "host", "pid", "started", "boot", "pid
 MARKED_REASON = "its process"
 
 
-def connect(config: Config, create_experiment: bool = True) -> str:
+def connect(tracking: TrackingConfig, cache_dir: str, create_experiment: bool = True) -> str:
     """Point MLflow at the store and make sure it answers, before any training starts; end the
-    runs left open (see the module doc). `create_experiment=False` (readers such as compare)
-    fails on a missing experiment instead. Returns the store's URI."""
-    uri = check_store(config.tracking)
+    runs left open (see the module doc; those a dead server left are noted under `cache_dir`).
+    `create_experiment=False` (readers such as compare) fails on a missing experiment instead.
+    Returns the store's URI."""
+    uri = check_store(tracking)
     mlflow.set_tracking_uri(uri)
-    experiment = use_experiment(config.tracking.experiment, uri, create_experiment)
-    end_runs_left_open(experiment.experiment_id, uri, outages.unended_runs_dir(config.paths.cache_dir))
+    experiment = use_experiment(tracking.experiment, uri, create_experiment)
+    end_runs_left_open(experiment.experiment_id, uri, outages.unended_runs_dir(cache_dir))
     return uri
 
 
