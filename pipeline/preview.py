@@ -25,7 +25,8 @@ def run(config: Config, rows: int = 6, variants: int = 5) -> Path:
     from pipeline.data.manifests import Split
 
     target = Path(config.paths.reports_dir) / f"augmentation_preview_{config.augmentation.name}.png"
-    augmentation_grid(config, Split.read(split_dir).train, target, rows=rows, variants=variants)
+    train = Split.read(split_dir).train
+    augmentation_grid(config.augmentation, config.data.image_size, config.seed, train, target, rows, variants)
     print(target.resolve())
     operations = config.augmentation.active_operations()
     if len(operations) > 1:  # which of them helps? the ablation sweep that answers it

@@ -12,8 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipeline.config.augmentation import AugmentationConfig  # noqa: E402
 from pipeline.config.compose import preset_overrides  # noqa: E402
-from pipeline.config.schema import Config  # noqa: E402
 from pipeline.data.images import load_checked_image  # noqa: E402
 from pipeline.data.manifests import ImageSet  # noqa: E402
 
@@ -32,8 +32,17 @@ def save(figure, target: Path, dpi: int = 90) -> Path:
     return target
 
 
-def augmentation_grid(config: Config, images: ImageSet, target: Path, rows: int = 6, variants: int = 5) -> Path:
-    """Rows of `images` (the train split; one per class where possible): original, then augmented variants."""
+def augmentation_grid(
+    augmentation: AugmentationConfig,
+    image_size: tuple[int, int],
+    seed: int,
+    images: ImageSet,
+    target: Path,
+    rows: int = 6,
+    variants: int = 5,
+) -> Path:
+    """Rows of `images` (the train split; one per class where possible) at `image_size` (height, width in
+    pixels): the original, then `variants` augmented views, drawn from `seed` as a run with that seed draws."""
     from pipeline.augmentation import BatchAugmenter
     from pipeline.backend import tf  # here, so that drawing a comparison never loads TensorFlow
 
@@ -41,14 +50,14 @@ def augmentation_grid(config: Config, images: ImageSet, target: Path, rows: int 
     for label in range(len(images.classes)):
         picked += [i for i, of in enumerate(images.labels) if of == label][:1]
     picked = picked[:rows]
-    size = tuple(config.data.image_size)
+    size = tuple(image_size)
     hashes = images.sha256 or [None] * len(images)
     originals = np.stack([load_checked_image(images.paths[i], size, hashes[i]) for i in picked])
-    augmenter = BatchAugmenter(config.augmentation, size, jit_compile=False)  # a few images: compiling costs more
+    augmenter = BatchAugmenter(augmentation, size, jit_compile=False)  # a few images: compiling costs more
     columns = [originals.astype(np.float32)]
     for v in range(variants):
-        seed = tf.constant([config.seed, 1_000_000 + v], tf.int64)
-        columns.append(augmenter(tf.constant(originals), seed).numpy())
+        view_seed = tf.constant([seed, 1_000_000 + v], tf.int64)
+        columns.append(augmenter(tf.constant(originals), view_seed).numpy())
 
     figure, axes = plt.subplots(
         len(picked), variants + 1, figsize=(1.9 * (variants + 1), 2.0 * len(picked)), squeeze=False
@@ -61,9 +70,9 @@ def augmentation_grid(config: Config, images: ImageSet, target: Path, rows: int 
             if r == 0:
                 ax.set_title("original" if c == 0 else f"augmented {c}", fontsize=9)
         axes[r][0].set_ylabel(label, fontsize=10)
-    setting = " ".join([f"augmentation={config.augmentation.name}", *preset_overrides(config.augmentation)])
+    setting = " ".join([f"augmentation={augmentation.name}", *preset_overrides(augmentation)])
     figure.suptitle(
-        textwrap.fill(f"{setting}  (train split only; seed {config.seed})", width=22 * (variants + 1)), fontsize=11
+        textwrap.fill(f"{setting}  (train split only; seed {seed})", width=22 * (variants + 1)), fontsize=11
     )
     return save(figure, target, dpi=80)
 

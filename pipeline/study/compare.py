@@ -37,7 +37,7 @@ from omegaconf import DictConfig
 
 from pipeline.config.cli import stage_entry
 from pipeline.config.compose import validate
-from pipeline.config.schema import Config
+from pipeline.config.schema import Config, TrackingConfig
 from pipeline.errors import TrackingError, UserError
 from pipeline.stopping import stop_requested
 from pipeline.tracking.store import experiment_link, save_runs_view, tracking_uri, ui_lines, use_experiment
@@ -177,7 +177,7 @@ def run(config: Config, run_ids: set[str] | None = None, record: bool = True) ->
         uri = tracking_uri(config.tracking)
         training_experiment = mlflow.get_experiment_by_name(config.tracking.experiment).experiment_id
         view = runs_view(training_experiment, report, groups, run_ids)
-        experiment_id, run_id = log_comparison_run(config, report, reports)
+        experiment_id, run_id = log_comparison_run(config.tracking, report, reports)
         report["comparison_run_id"] = run_id
         links = {"runs": experiment_link(uri, training_experiment, view=view)}
         print("\n".join(ui_lines(uri, {**links, "comparison": experiment_link(uri, experiment_id, run_id)})))
@@ -234,7 +234,7 @@ def sweep_run_ids(folder: Path) -> set[str]:
     return {json.loads(record.read_text())["run_id"] for record in folder.glob("**/reports/run.json")}
 
 
-def log_comparison_run(config: Config, report: dict, reports: Path) -> tuple[str, str]:
+def log_comparison_run(tracking: TrackingConfig, report: dict, reports: Path) -> tuple[str, str]:
     """The report as a run of its own experiment (`<experiment>-comparisons`, so that it never
     sits among the training runs); returns that experiment's id and the run's.
 
@@ -245,9 +245,9 @@ def log_comparison_run(config: Config, report: dict, reports: Path) -> tuple[str
     report and its figures are the artifacts."""
     import mlflow
 
-    experiment = config.tracking.experiment
+    experiment = tracking.experiment
     compared_id = mlflow.MlflowClient().get_experiment_by_name(experiment).experiment_id
-    target = use_experiment(comparisons_experiment(experiment), tracking_uri(config.tracking))
+    target = use_experiment(comparisons_experiment(experiment), tracking_uri(tracking))
     comparisons = report["differences"] + report["ablations"] + report["tta"]
     verdicts = ", ".join(f"{d['group']} {d['verdict']}" for d in comparisons)
     with mlflow.start_run(

@@ -232,7 +232,15 @@ def log_config_and_preview(config: Config, split: Split) -> None:
         config_file.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
         mlflow.log_artifact(str(config_file))
         if not config.augmentation.is_identity:  # a plain run's "augmented" images are its originals
-            preview = augmentation_grid(config, split.train, Path(scratch) / "augmentation_preview.png", 5, 4)
+            preview = augmentation_grid(
+                config.augmentation,
+                config.data.image_size,
+                config.seed,
+                split.train,
+                Path(scratch) / "augmentation_preview.png",
+                rows=5,
+                variants=4,
+            )
             mlflow.log_artifact(str(preview))
 
 
