@@ -163,7 +163,7 @@ def trained(tmp_path_factory):
     split_tiny(tmp_path, make_tiny_dataset(tmp_path))
     uri = new_store(tmp_path)
     args = train_args(tmp_path, uri, *FROZEN, "train.epochs=3")
-    for stage in ("pipeline.train", "pipeline.evaluate"):  # here: the tests' own processes prove its files
+    for stage in ("pipeline.train", "pipeline.evaluate"):  # in this process: the tests below prove its files in theirs
         done = run_in_process(stage, *args)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return tmp_path, uri, args
