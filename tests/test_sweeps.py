@@ -157,7 +157,7 @@ def test_an_interrupted_sweep_resumes_with_the_same_command(split_done):
     """2 presets x 2 seeds, SIGTERM while the third job trains, the same command again:
     exactly one FINISHED run per configuration, and the sweep ends with the comparison."""
     tmp_path = split_done
-    uri = new_store(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"  # made by the sweep, while this test reads it (run_statuses)
     command = [
         sys.executable,
         "-m",
