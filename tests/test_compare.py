@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import pytest
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
@@ -42,23 +44,34 @@ def log_known_runs(uri: str, experiment: str = "augmentation", lr_schedule: str 
             run = client.create_run(
                 experiment_id, run_name=f"{preset}-{seed}", tags={"augmentation": preset, "seed": seed}
             )
-            rid = run.info.run_id
-            client.log_param(rid, "model.name", "residual_cnn")
-            client.log_param(rid, "seed", seed)
-            client.log_param(rid, "augmentation.rotation_range", "0.0" if preset == "none" else "30.0")
-            client.log_param(rid, "train.epochs", "4")
-            client.log_param(rid, "train.patience", "1")
-            client.log_param(rid, "train.lr_schedule", lr_schedule)
+            params = {
+                "model.name": "residual_cnn",
+                "seed": seed,
+                "augmentation.rotation_range": "0.0" if preset == "none" else "30.0",
+                "train.epochs": "4",
+                "train.patience": "1",
+                "train.lr_schedule": lr_schedule,
+            }
             still_improving = preset == "cutmix"  # its best epoch is its last
+            now_ms = int(time.time() * 1000)
             fractions = (0.5, 0.9, 0.98, 1.0) if still_improving else (0.5, 0.9, 1.0, 0.98)
-            for step, fraction in enumerate(fractions, start=1):
-                client.log_metric(rid, "val_accuracy", val * fraction, step=step)
-                client.log_metric(rid, "val_loss", 2.0 - val * fraction, step=step)
-            client.log_metric(rid, "best_val_accuracy", val)
-            client.log_metric(rid, "test_accuracy", test)
-            client.log_metric(rid, "test_balanced_accuracy", test - 0.05)  # a class that is often missed
-            client.log_metric(rid, "best_epoch", 4 if still_improving else 3)
-            client.set_terminated(rid, "FINISHED")
+            curves = [
+                Metric(key, value, now_ms, step)
+                for step, fraction in enumerate(fractions, start=1)
+                for key, value in (("val_accuracy", val * fraction), ("val_loss", 2.0 - val * fraction))
+            ]
+            finals = {
+                "best_val_accuracy": val,
+                "test_accuracy": test,
+                "test_balanced_accuracy": test - 0.05,  # a class that is often missed
+                "best_epoch": 4 if still_improving else 3,
+            }
+            client.log_batch(
+                run.info.run_id,
+                metrics=curves + [Metric(key, value, now_ms, 0) for key, value in finals.items()],
+                params=[Param(key, value) for key, value in params.items()],
+            )
+            client.set_terminated(run.info.run_id, "FINISHED")
     crashed = client.create_run(experiment_id, tags={"augmentation": "lesson", "seed": "9"})
     client.log_metric(crashed.info.run_id, "test_accuracy", 0.10)
     client.set_terminated(crashed.info.run_id, "FAILED")

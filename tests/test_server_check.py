@@ -48,7 +48,7 @@ def test_a_slow_server_is_asked_again_not_reported_down(slow_server, capsys):
 def test_a_server_that_never_answers_is_reported_slow_after_the_patience(slow_server):
     SlowHandler.delay_s = 3.0
     with pytest.raises(TrackingError, match="accepts connections but has not answered"):
-        check_server(f"http://127.0.0.1:{slow_server.server_port}", timeout_s=0.2, patience_s=0.5)
+        check_server(f"http://127.0.0.1:{slow_server.server_port}", timeout_s=0.2, patience_s=0.3)
 
 
 def test_a_stopped_server_is_reported_down_at_once():

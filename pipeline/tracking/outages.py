@@ -6,20 +6,17 @@ epochs unlogged. Here each epoch's metrics go through `EpochLog`: while the serv
 answer, training goes on, the metrics wait in memory (the work folder keeps every epoch anyway),
 a line says how long the server has been away, and they are logged, at their own steps, once it
 answers. Past `tracking.server_patience_s` the training stops cleanly (`ServerGone`, one line:
-how to resume); the run, which cannot be ended on a server that is away, is written down in
-`<paths.cache_dir>/unended-runs/` and ended FAILED, naming the server, by the next command that
-reaches it (`end_runs_left_open`). `train.resume=true` then continues from the last epoch into
+how to resume); the run, which cannot be ended on a server that is away, is left to the next
+command that reaches it (`runs.tracked_run` writes it down, `runs.end_runs_left_open` ends it). `train.resume=true` then continues from the last epoch into
 that same run. A local sqlite store cannot go away: there, metrics are logged as they come.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import mlflow
 from mlflow.entities import Metric
@@ -30,7 +27,12 @@ from pipeline.tracking.store import PROBE_TIMEOUT_S, answers, is_server, patient
 
 
 class ServerGone(TrackingError):
-    """The tracking server stayed away longer than tracking.server_patience_s."""
+    """The tracking server stayed away longer than tracking.server_patience_s; `reason` is what
+    the run's end_reason will say once a later command ends it."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 @contextlib.contextmanager
@@ -58,8 +60,8 @@ class EpochLog:
     while the server at `uri` is away (see the module doc). `finish()` waits for the server
     before the run's last records, for what is left of `patience_s`."""
 
-    def __init__(self, run_id: str, uri: str, patience_s: float, unended_dir: Path):
-        self.run_id, self.uri, self.patience_s, self.unended_dir = run_id, uri, patience_s, Path(unended_dir)
+    def __init__(self, run_id: str, uri: str, patience_s: float):
+        self.run_id, self.uri, self.patience_s = run_id, uri, patience_s
         self.remote = is_server(uri)
         self.waiting: list[tuple[int, int, dict[str, float]]] = []  # (epoch, its time in ms, metrics)
         self.away_since: float | None = None
@@ -131,32 +133,8 @@ class EpochLog:
             f"the tracking server {self.uri} did not answer for {away_s:.0f} s (tracking.server_patience_s="
             f"{self.patience_s:g}); {what}"
         )
-        self.unended_dir.mkdir(parents=True, exist_ok=True)
-        (self.unended_dir / f"{self.run_id}.json").write_text(
-            json.dumps({"run_id": self.run_id, "uri": self.uri, "reason": reason}) + "\n"
-        )
         raise ServerGone(
             f"{reason}. The work folder keeps every epoch: when the server is back, run the same command with "
-            f"train.resume=true to continue into the same MLflow run ({self.run_id})."
+            f"train.resume=true to continue into the same MLflow run ({self.run_id}).",
+            reason,
         )
-
-
-def unended_runs_dir(cache_dir: str) -> Path:
-    """Where a training writes down the run it could not end (`paths.cache_dir`/unended-runs)."""
-    return Path(cache_dir).expanduser() / "unended-runs"
-
-
-def unended_runs(unended_dir: Path, uri: str) -> list[dict]:
-    """The runs of the server at `uri` that a training could not end ({run_id, uri, reason} each);
-    `runs.end_runs_left_open` ends them FAILED."""
-    found = []
-    for record in sorted(Path(unended_dir).glob("*.json")):
-        with contextlib.suppress(OSError, ValueError):
-            left = json.loads(record.read_text())
-            if left.get("uri") == uri and "run_id" in left:
-                found.append(left)
-    return found
-
-
-def forget_unended(unended_dir: Path, run_id: str) -> None:
-    (Path(unended_dir) / f"{run_id}.json").unlink(missing_ok=True)

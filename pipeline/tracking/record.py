@@ -35,7 +35,7 @@ from pipeline.errors import DataError
 from pipeline.files import write_atomically
 from pipeline.tracking import logged_model, outages
 from pipeline.tracking.identity import digest_of
-from pipeline.tracking.runs import tracked_run
+from pipeline.tracking.runs import tracked_run, unended_runs_dir
 from pipeline.tracking.store import experiment_link, ui_lines
 
 SPLIT_NAMES = {"accuracy": "train_accuracy", "loss": "train_loss"}  # Keras' names for the training split's
@@ -139,12 +139,7 @@ class TrainingRecord:
 
     def __init__(self, config: Config, run: mlflow.ActiveRun, uri: str, state):
         self.config, self.run, self.uri, self.state = config, run, uri, state
-        self.epochs = outages.EpochLog(
-            run.info.run_id,
-            uri,
-            config.tracking.server_patience_s,
-            outages.unended_runs_dir(config.paths.cache_dir),
-        )
+        self.epochs = outages.EpochLog(run.info.run_id, uri, config.tracking.server_patience_s)
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         self.epochs(epoch, named_for_the_record(metrics))
@@ -200,7 +195,8 @@ def training_run(config: Config, split: Split, work, state, uri: str, facts: dic
     are what the fit's setup adds (image counts, runtime, device)."""
     run_name = f"{config.augmentation.label}-seed{config.seed}-{config.model.name}"  # cut from the end in the UI
     interval = config.tracking.system_metrics_interval_s if config.tracking.system_metrics else None
-    with tracked_run(run_name, state.mlflow_run_id, interval, facts.get("node")) as active:
+    unended_dir = unended_runs_dir(config.paths.cache_dir)
+    with tracked_run(run_name, state.mlflow_run_id, interval, facts.get("node"), unended_dir) as active:
         if active.info.run_id == state.mlflow_run_id:
             record_resume(state.epochs_done, state.history)
             # params are immutable: what the resume changed (train.epochs, train.patience) is a tag, and the

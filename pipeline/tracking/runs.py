@@ -12,8 +12,9 @@ a run open, and the next command that connects (`connect`) ends them (`end_runs_
   process is gone is marked KILLED, its PENDING models FAILED. A run it cannot check (another
   machine or container, a record without these fields) is left alone: a live run called dead is
   worse than a dead one left RUNNING. A run that finishes after all clears the mark.
-* **its tracking server was away** when the training had to end it (`outages`): the training
-  wrote the run down under `<paths.cache_dir>/unended-runs/`, and it is ended FAILED naming the server.
+* **its tracking server was away** when the training had to end it (`outages.ServerGone`):
+  `tracked_run` writes the run down under `<paths.cache_dir>/unended-runs/` (`unended_runs_dir`),
+  and it is ended FAILED naming the server.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def connect(tracking: TrackingConfig, cache_dir: str, create_experiment: bool = 
     uri = check_store(tracking)
     mlflow.set_tracking_uri(uri)
     experiment = use_experiment(tracking.experiment, uri, create_experiment)
-    end_runs_left_open(experiment.experiment_id, uri, outages.unended_runs_dir(cache_dir))
+    end_runs_left_open(experiment.experiment_id, uri, unended_runs_dir(cache_dir))
     return uri
 
 
@@ -60,8 +61,10 @@ def tracked_run(
     continue_run_id: str | None = None,
     system_metrics_interval_s: float | None = None,
     node: str | None = None,
+    unended_dir: Path | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run that ends FINISHED, FAILED (exception) or KILLED (SIGINT/SIGTERM).
+    """An MLflow run that ends FINISHED, FAILED (exception) or KILLED (SIGINT/SIGTERM); one that a
+    server gone away cannot end (`outages.ServerGone`) is written down in `unended_dir`.
 
     `continue_run_id` reopens that run (an interrupted training being resumed) when the
     store has it; otherwise a new run starts. With `system_metrics_interval_s`, MLflow samples
@@ -91,7 +94,9 @@ def tracked_run(
     try:
         mlflow.set_tags({PROCESS_TAG: json.dumps(this_process())})  # a later command can tell if it was killed
         yield run
-    except outages.ServerGone:  # nothing can be recorded now: the next command that reaches the server ends it
+    except outages.ServerGone as gone:  # nothing can be recorded now: the next command that reaches the server ends it
+        if unended_dir is not None:
+            write_down_unended(unended_dir, run.info.run_id, mlflow.get_tracking_uri(), gone.reason)
         with outages.one_attempt(), contextlib.suppress(MlflowException):
             mlflow.end_run(status="FAILED")
         raise
@@ -174,13 +179,13 @@ def end_runs_left_open(experiment_id: str, uri: str, unended_dir: Path) -> list[
     the ids of the runs ended, saying so in one line each."""
     client = mlflow.MlflowClient()
     ended = []
-    for left in outages.unended_runs(unended_dir, uri):
+    for left in unended_runs(unended_dir, uri):
         with contextlib.suppress(MlflowException):  # a run gone from the store has nothing to end
             run = client.get_run(left["run_id"])
             if run.info.status == "RUNNING":
                 _end(run, "FAILED", left["reason"])
                 ended.append(run.info.run_id)
-        outages.forget_unended(unended_dir, left["run_id"])
+        (Path(unended_dir) / f"{left['run_id']}.json").unlink(missing_ok=True)
     host, here = socket.gethostname(), process_space()
     for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'"):
         tags = recorded_process(run.data.tags)
@@ -190,6 +195,28 @@ def end_runs_left_open(experiment_id: str, uri: str, unended_dir: Path) -> list[
         _end(run, "KILLED", f"{MARKED_REASON} {tags[PID]} on {host} ended without closing it")
         ended.append(run.info.run_id)
     return ended
+
+
+def unended_runs_dir(cache_dir: str) -> Path:
+    """Where a training writes down the run it could not end (`paths.cache_dir`/unended-runs)."""
+    return Path(cache_dir).expanduser() / "unended-runs"
+
+
+def write_down_unended(unended_dir: Path, run_id: str, uri: str, reason: str) -> None:
+    """One run the server at `uri` was not there to end, for `end_runs_left_open` to end FAILED."""
+    Path(unended_dir).mkdir(parents=True, exist_ok=True)
+    (Path(unended_dir) / f"{run_id}.json").write_text(json.dumps({"run_id": run_id, "uri": uri, "reason": reason}))
+
+
+def unended_runs(unended_dir: Path, uri: str) -> list[dict]:
+    """The runs of the server at `uri` that a training could not end ({run_id, uri, reason} each)."""
+    found = []
+    for record in sorted(Path(unended_dir).glob("*.json")):
+        with contextlib.suppress(OSError, ValueError):
+            left = json.loads(record.read_text())
+            if left.get("uri") == uri and "run_id" in left:
+                found.append(left)
+    return found
 
 
 def _end(run: mlflow.entities.Run, status: str, reason: str) -> None:
