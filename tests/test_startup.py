@@ -70,14 +70,15 @@ def test_a_command_s_process_ends_with_its_code_its_output_whole_and_its_exit_ha
 
     dataset = make_tiny_dataset(tmp_path)
     overrides = [o for o in path_overrides(tmp_path) if not o.startswith("hydra.")]
-    done = subprocess.run(
-        [sys.executable, "-c", AS_ITS_OWN_PROCESS, f"data.source={dataset}", *overrides],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "split: train 30, val 3, test 3" in done.stdout and done.stdout.rstrip().endswith("exit handler ran")
-    assert "the interpreter went on" not in done.stdout
+    for source, code, said in ((dataset, 0, "split: train 30, val 3, test 3"), (tmp_path / "nope", 1, "error: ")):
+        done = subprocess.run(
+            [sys.executable, "-c", AS_ITS_OWN_PROCESS, f"data.source={source}", *overrides],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == code, done.stderr[-2000:]
+        assert said in done.stdout + done.stderr and done.stdout.rstrip().endswith("exit handler ran")
+        assert "the interpreter went on" not in done.stdout
     in_process = run_in_process("pipeline.split", f"data.source={dataset}", *overrides)
     assert in_process.returncode == 0 and "split: train 30" in in_process.stdout
