@@ -23,7 +23,7 @@ from pipeline.config.cli import stage_entry
 from pipeline.config.schema import Config
 from pipeline.data.manifests import ImageSet, Split
 from pipeline.files import write_atomically
-from pipeline.tta import averaged_probabilities, describe
+from pipeline.tta import averaged_probabilities
 
 PREDICTIONS_FILE = "confusion.csv"  # actual,predicted,sha256 per test image; logged to the run for `compare`
 
@@ -85,7 +85,7 @@ def run(config: Config, split: Split | None = None) -> dict:
     predicted = probabilities.argmax(axis=1)
     report = classification_metrics(actual, predicted, classes)
     test_record = headline_metrics(actual, probabilities, classes, "test_")  # what the run records
-    tta = describe(config.evaluate)
+    tta = config.evaluate.tta_record()
     if tta:  # the same images, each averaged with its views (pipeline/tta.py)
         pixels = test_set.decoded(image_size, cache)
         averaged = averaged_probabilities(classifier, pixels, config.evaluate, config.train.batch_size)

@@ -18,12 +18,11 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline.config.cli import in_multirun, job_folders, stage_entry
-from pipeline.config.schema import Config
+from pipeline.config.cli import in_multirun, stage_entry
+from pipeline.config.schema import Config, PathsConfig
 from pipeline.data.manifests import SPLITS, Split
 from pipeline.data.partition import draw_train_val
 from pipeline.tracking.store import check_store
-from pipeline.tta import describe
 
 
 def run(config: Config) -> float:
@@ -55,7 +54,7 @@ def run(config: Config) -> float:
         finished = finished_run_with(config.tracking.experiment, digest_of(identity))
         if finished:  # its record must describe today's files: the images are checked first
             split.require_unchanged(disk_cache(config.paths.cache_dir, config.data.cache), SPLITS)
-            return record.skip_finished(finished, models_dir, reports_dir, uri, describe(config.evaluate))
+            return record.skip_finished(finished, models_dir, reports_dir, uri, config.evaluate.tta_record())
     work = WorkFolder(work_root, identity)
     with work.opened(config.train.resume, refuse_other=not in_multirun()) as state:
         refuse_a_changed_schedule(work, config.train)
@@ -76,6 +75,24 @@ def run(config: Config) -> float:
         + (f", its model models:/{model_id}" if model_id else "")
     )
     return state.best_val_accuracy or 0.0
+
+
+def job_folders(paths: PathsConfig, worker: str | None = None) -> tuple[Path, Path, Path]:
+    """(models dir, reports dir, work root) of a training: the configured ones, or the job folder in a
+    multirun. The work root holds the per-configuration checkpoint folders (`WorkFolder`); it stays
+    `paths.models_dir` in a multirun, so that a sweep run again finds its interrupted jobs. A `worker`
+    of a multi-worker cluster (not the chief) writes its checkpoints into `<models>/workers/<worker>`,
+    so that no two processes write the same file."""
+    work_root = models_dir = Path(paths.models_dir)
+    reports_dir = Path(paths.reports_dir)
+    if in_multirun():
+        from hydra.core.hydra_config import HydraConfig
+
+        job_dir = Path(HydraConfig.get().runtime.output_dir)
+        models_dir, reports_dir = job_dir / "models", job_dir / "reports"
+    if worker:
+        work_root = models_dir = work_root / "workers" / worker
+    return models_dir, reports_dir, work_root
 
 
 def sweep_job(config: Config) -> float:

@@ -18,13 +18,6 @@ from pipeline.config.compose import preset_config
 from pipeline.config.schema import EvaluateConfig
 
 
-def describe(settings: EvaluateConfig) -> str | None:
-    """What a run records of its TTA (tag `evaluate.tta`): `flip`, or `lesson x4 seed 0`; None for none."""
-    if settings.tta in ("none", "flip"):
-        return None if settings.tta == "none" else "flip"
-    return f"{settings.tta} x{settings.tta_views} seed {settings.tta_seed}"
-
-
 def averaged_probabilities(classifier, pixels: np.ndarray, settings: EvaluateConfig, batch: int) -> np.ndarray:
     """The classifier's probabilities (float32 [n, classes]) averaged over each uint8 image of `pixels`
     ([n, height, width, 3]) and its TTA views, `batch` images at a time."""

@@ -20,27 +20,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config import CONF_DIR, did_you_mean, group_options
 from pipeline.config.compose import LEAF_KEYS, SETTABLE_KEYS, compose_raw, flatten, unknown_key_message, validate
-from pipeline.config.schema import Config, PathsConfig
+from pipeline.config.schema import Config
 from pipeline.errors import ConfigError, UserError
 from pipeline.stopping import RunKilled, end_command_process
-
-
-def job_folders(paths: PathsConfig, worker: str | None = None) -> tuple[Path, Path, Path]:
-    """(models dir, reports dir, work root) of a training: the configured ones, or the job folder in a
-    multirun. The work root holds the per-configuration checkpoint folders (`WorkFolder`); it stays
-    `paths.models_dir` in a multirun, so that a sweep run again finds its interrupted jobs. A `worker`
-    of a multi-worker cluster (not the chief) writes its checkpoints into `<models>/workers/<worker>`,
-    so that no two processes write the same file."""
-    work_root = models_dir = Path(paths.models_dir)
-    reports_dir = Path(paths.reports_dir)
-    if in_multirun():
-        from hydra.core.hydra_config import HydraConfig
-
-        job_dir = Path(HydraConfig.get().runtime.output_dir)
-        models_dir, reports_dir = job_dir / "models", job_dir / "reports"
-    if worker:
-        work_root = models_dir = work_root / "workers" / worker
-    return models_dir, reports_dir, work_root
 
 
 def in_multirun() -> bool:

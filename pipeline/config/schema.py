@@ -198,6 +198,12 @@ class EvaluateConfig:
     tta_views: int = 4  # augmented views per test image besides the image itself, with tta=<preset>
     tta_seed: int = 0  # the draws of those views: one seed for every run, so that runs see the same views
 
+    def tta_record(self) -> str | None:
+        """What a run records of its TTA (tag `evaluate.tta`): `flip`, or `lesson x4 seed 0`; None for none."""
+        if self.tta in ("none", "flip"):
+            return None if self.tta == "none" else "flip"
+        return f"{self.tta} x{self.tta_views} seed {self.tta_seed}"
+
     def problems(self) -> list[tuple[str, str]]:
         found = []
         choices = ["none", "flip", *group_options("augmentation")]
