@@ -36,6 +36,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from pipeline.config.cli import stage_entry
+from pipeline.config.compare import CompareConfig
 from pipeline.config.compose import validate
 from pipeline.config.schema import Config, TrackingConfig
 from pipeline.errors import TrackingError, UserError
@@ -49,23 +50,37 @@ CURVES = ("val_accuracy", "val_loss", "train_loss", "epoch_seconds")  # per-epoc
 def run(config: Config, run_ids: set[str] | None = None, record: bool = True) -> dict:
     """Compare the FINISHED training runs of the experiment (only `run_ids`, when given); `record`:
     also as a comparison run in MLflow (and a champion registered), not just the files."""
-    from pipeline.study.decisions import correct_for_many
-    from pipeline.study.figures import affinity_diversity_figure, class_effects_figure, comparison_figure
-    from pipeline.study.grouping import choose_metric, group_runs, group_table
-    from pipeline.study.records import DATA_VERSION
-    from pipeline.study.registry import register_winner
-    from pipeline.study.report import json_safe, render_markdown, terminal_summary, verdict_lines
-    from pipeline.study.runs import training_runs
-    from pipeline.study.sequential import decide_in_rounds
-    from pipeline.study.verdicts import ablation_contributions, class_flags, compare_groups, tta_differences
+    from pipeline.study.grouping import choose_metric
+    from pipeline.study.report import terminal_summary, verdict_lines
     from pipeline.tracking.runs import connect
 
-    settings = config.compare
     connect(config.tracking, config.paths.cache_dir, create_experiment=False)
-    runs, left_out = training_runs(config.tracking.experiment, settings.filter, run_ids, CURVES)
+    groups, left_out = finished_groups(config, run_ids)
+    metric = choose_metric(config.compare.metric, groups)
+    differences, ablations, tta, notes = decided(groups, metric, config.compare)
+    notes += affinity_notes(config, groups, differences, ablations)
+    report = report_of(config, groups, metric, left_out, (differences, ablations, tta), notes)
+    reports = write_report(report, groups, (differences, ablations, tta), Path(config.paths.reports_dir))
+    width = shutil.get_terminal_size((100, 24)).columns
+    print(terminal_summary(report, width))
+    print(f"the whole report: {reports / 'comparison.md'} (figures beside it)")
+    if record:
+        record_report(config, report, groups, differences, run_ids, reports)
+    print("\n" + "\n".join(verdict_lines(report, width)))
+    return report
+
+
+def finished_groups(config: Config, run_ids: set[str] | None) -> tuple[list, int]:
+    """The compared runs in their groups, and how many runs were left out (not FINISHED, or not matching
+    compare.filter); an error saying what to train when there is nothing to compare with the baseline."""
+    from pipeline.study.grouping import group_runs
+    from pipeline.study.runs import training_runs
+
+    settings, experiment = config.compare, config.tracking.experiment
+    runs, left_out = training_runs(experiment, settings.filter, run_ids, CURVES)
     if not runs:
         raise TrackingError(
-            f"No FINISHED training runs in experiment '{config.tracking.experiment}'"
+            f"No FINISHED training runs in experiment '{experiment}'"
             f"{' matching compare.filter' if settings.filter else ''} ({left_out} other runs): "
             "train some first, e.g. python -m pipeline.train -m augmentation=none,lesson "
             "seed=1,2,3,4,5"
@@ -78,62 +93,80 @@ def run(config: Config, run_ids: set[str] | None = None, record: bool = True) ->
             f"{', '.join(presets)}. Set compare.baseline to one of them, or train the baseline first "
             f"(python -m pipeline.train -m augmentation={settings.baseline} seed=...)."
         )
-    versions = sorted({r.params[DATA_VERSION] for r in runs})
-    notes = (
-        [
+    return groups, left_out
+
+
+def decided(groups: list, metric: str, settings: CompareConfig) -> tuple[list, list, list, list[str]]:
+    """(differences with the baseline, ablations, test-time augmentation's differences, notes): in a
+    fixed study Holm-corrected together; in a sequential one (compare.rounds) each look at its own share
+    of the false-verdict rate. The notes say what the reader must know to trust them."""
+    from pipeline.study.decisions import correct_for_many
+    from pipeline.study.records import DATA_VERSION
+    from pipeline.study.sequential import decide_in_rounds
+    from pipeline.study.verdicts import ablation_contributions, compare_groups, tta_differences
+
+    notes = []
+    versions = sorted({r.params[DATA_VERSION] for g in groups for r in g.runs})
+    if len(versions) > 1:
+        notes.append(
             f"these runs trained on {len(versions)} versions of the data ({', '.join(versions)}: "
             f"the tag data_manifest_sha256): each group holds one version and is compared only with the "
             f'{settings.baseline!r} runs of the same version. compare.filter="tags.data_manifest_sha256 LIKE '
             f"'{versions[-1]}%'\" keeps one."
-        ]
-        if len(versions) > 1
-        else []
-    )
-    metric = choose_metric(settings.metric, groups)
-    tta: list = []  # test-time augmentation against plain evaluation, in a fixed study
-    if settings.rounds and any("evaluate.tta" in r.params for r in runs):
-        notes.append("test-time augmentation gets its verdicts in a fixed study: compare with compare.rounds=null")
-    if settings.rounds:  # a sequential study: each look at its own share of the false-verdict rate
-        differences, ablations = decide_in_rounds(
-            groups,
-            settings.baseline,
-            metric,
-            list(settings.rounds),
-            settings.confidence,
-            settings.power,
-            settings.margin / 100,
         )
-    else:
-        differences = compare_groups(groups, settings.baseline, metric, settings.confidence, settings.power)
-        ablations = ablation_contributions(groups, metric, settings.confidence, settings.power)
-        tta = tta_differences(groups, metric, settings.confidence, settings.power)
-        correct_for_many(differences + ablations + tta, settings.confidence, settings.power, settings.margin / 100)
-        seed_counts = sorted({len(g.runs) for g in groups})
-        if len(seed_counts) > 1:
-            notes.append(
-                f"the groups have {seed_counts[0]} to {seed_counts[-1]} seeds: if seeds were added after looking at "
-                "the verdicts (python -m pipeline.rounds), compare with that study's compare.rounds, or these "
-                "verdicts are too sure of themselves"
-            )
-    measure_affinity = settings.affinity and bool(differences or ablations)
-    if measure_affinity and not (Path(config.paths.split_dir) / "val.csv").is_file():
-        notes.append(f"no affinity: no validation split at {config.paths.split_dir} (python -m pipeline.split)")
-    elif measure_affinity:
-        from pipeline.data.cache import disk_cache
-        from pipeline.study.affinity import measure_affinities  # TensorFlow and the models load here, only when asked
+    confidence, power, margin = settings.confidence, settings.power, settings.margin / 100
+    if settings.rounds:
+        if any("evaluate.tta" in r.params for g in groups for r in g.runs):
+            notes.append("test-time augmentation gets its verdicts in a fixed study: compare with compare.rounds=null")
+        rounds = list(settings.rounds)
+        differences, ablations = decide_in_rounds(groups, settings.baseline, metric, rounds, confidence, power, margin)
+        return differences, ablations, [], notes
+    differences = compare_groups(groups, settings.baseline, metric, confidence, power)
+    ablations = ablation_contributions(groups, metric, confidence, power)
+    tta = tta_differences(groups, metric, confidence, power)
+    correct_for_many(differences + ablations + tta, confidence, power, margin)
+    seed_counts = sorted({len(g.runs) for g in groups})
+    if len(seed_counts) > 1:
+        notes.append(
+            f"the groups have {seed_counts[0]} to {seed_counts[-1]} seeds: if seeds were added after looking at "
+            "the verdicts (python -m pipeline.rounds), compare with that study's compare.rounds, or these "
+            "verdicts are too sure of themselves"
+        )
+    return differences, ablations, tta, notes
 
-        notes += measure_affinities(
-            groups,
-            differences,
-            ablations,
-            settings.baseline,
-            config.paths.split_dir,
-            config.train.batch_size,
-            config.model,
-            config.paths.cache_dir,
-            disk_cache(config.paths.cache_dir, config.data.cache),
-        )
-    report = {
+
+def affinity_notes(config: Config, groups: list, differences: list, ablations: list) -> list[str]:
+    """Each comparison's affinity, measured with the baseline's models on the validation split
+    (compare.affinity; pipeline/study/affinity.py) into the differences; notes on what could not be."""
+    if not (config.compare.affinity and (differences or ablations)):
+        return []
+    if not (Path(config.paths.split_dir) / "val.csv").is_file():
+        return [f"no affinity: no validation split at {config.paths.split_dir} (python -m pipeline.split)"]
+    from pipeline.data.cache import disk_cache
+    from pipeline.study.affinity import measure_affinities  # TensorFlow and the models load here, only when asked
+
+    return measure_affinities(
+        groups,
+        differences,
+        ablations,
+        config.compare.baseline,
+        config.paths.split_dir,
+        config.train.batch_size,
+        config.model,
+        config.paths.cache_dir,
+        disk_cache(config.paths.cache_dir, config.data.cache),
+    )
+
+
+def report_of(config: Config, groups: list, metric: str, left_out: int, decided: tuple, notes: list[str]) -> dict:
+    """The report: the settings, the compared runs, the groups' table and every comparison
+    (comparison.json holds it as it is)."""
+    from pipeline.study.grouping import group_table
+    from pipeline.study.verdicts import class_flags
+
+    settings = config.compare
+    differences, ablations, tta = decided
+    return {
         "experiment": config.tracking.experiment,
         "filter": settings.filter,
         "metric": metric,
@@ -154,35 +187,41 @@ def run(config: Config, run_ids: set[str] | None = None, record: bool = True) ->
         "notes": notes,
     }
 
-    reports = Path(config.paths.reports_dir)
+
+def write_report(report: dict, groups: list, decided: tuple, reports: Path) -> Path:
+    """comparison.md, comparison.json and the figures into `reports`; returns that folder."""
+    from pipeline.study.figures import affinity_diversity_figure, class_effects_figure, comparison_figure
+    from pipeline.study.report import json_safe, render_markdown
+
     reports.mkdir(parents=True, exist_ok=True)
-    markdown = render_markdown(report)
-    (reports / "comparison.md").write_text(markdown)
+    (reports / "comparison.md").write_text(render_markdown(report))
     (reports / "comparison.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
     # a comparison without runs to pair (method "none") has nothing to draw; the report says why
-    differences_drawn, ablations_drawn, tta_drawn = (
-        [d for d in found if d.method != "none"] for found in (differences, ablations, tta)
-    )
-    comparison_figure(groups, differences_drawn + ablations_drawn + tta_drawn, reports / "comparison.png")
-    class_effects_figure(differences_drawn + ablations_drawn + tta_drawn, reports / "class_effects.png")
-    affinity_diversity_figure(differences_drawn, ablations_drawn, reports / "affinity_diversity.png")
-    width = shutil.get_terminal_size((100, 24)).columns
-    print(terminal_summary(report, width))
-    print(f"the whole report: {reports / 'comparison.md'} (figures beside it)")
-    if record:
-        if settings.register:
-            print(register_winner(config.tracking.model_name, groups, differences, metric))
-        import mlflow
+    differences, ablations, tta = ([d for d in found if d.method != "none"] for found in decided)
+    comparison_figure(groups, differences + ablations + tta, reports / "comparison.png")
+    class_effects_figure(differences + ablations + tta, reports / "class_effects.png")
+    affinity_diversity_figure(differences, ablations, reports / "affinity_diversity.png")
+    return reports
 
-        uri = tracking_uri(config.tracking)
-        training_experiment = mlflow.get_experiment_by_name(config.tracking.experiment).experiment_id
-        view = runs_view(training_experiment, report, groups, run_ids)
-        experiment_id, run_id = log_comparison_run(config.tracking, report, reports)
-        report["comparison_run_id"] = run_id
-        links = {"runs": experiment_link(uri, training_experiment, view=view)}
-        print("\n".join(ui_lines(uri, {**links, "comparison": experiment_link(uri, experiment_id, run_id)})))
-    print("\n" + "\n".join(verdict_lines(report, width)))
-    return report
+
+def record_report(
+    config: Config, report: dict, groups: list, differences: list, run_ids: set[str] | None, reports: Path
+) -> None:
+    """The comparison as a run of MLflow (`log_comparison_run`), the champion registered (compare.register),
+    and the links that open both: the compared runs in a saved view, and the comparison run."""
+    import mlflow
+
+    from pipeline.study.registry import register_winner
+
+    if config.compare.register:
+        print(register_winner(config.tracking.model_name, groups, differences, report["metric"]))
+    uri = tracking_uri(config.tracking)
+    training_experiment = mlflow.get_experiment_by_name(config.tracking.experiment).experiment_id
+    view = runs_view(training_experiment, report, groups, run_ids)
+    experiment_id, run_id = log_comparison_run(config.tracking, report, reports)
+    report["comparison_run_id"] = run_id
+    links = {"runs": experiment_link(uri, training_experiment, view=view)}
+    print("\n".join(ui_lines(uri, {**links, "comparison": experiment_link(uri, experiment_id, run_id)})))
 
 
 def runs_view(experiment_id: str, report: dict, groups, run_ids: set[str] | None) -> str:
