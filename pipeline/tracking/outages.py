@@ -7,8 +7,9 @@ answer, training goes on, the metrics wait in memory (the work folder keeps ever
 a line says how long the server has been away, and they are logged, at their own steps, once it
 answers. Past `tracking.server_patience_s` the training stops cleanly (`ServerGone`, one line:
 how to resume); the run, which cannot be ended on a server that is away, is left to the next
-command that reaches it (`runs.tracked_run` writes it down, `runs.end_runs_left_open` ends it). `train.resume=true` then continues from the last epoch into
-that same run. A local sqlite store cannot go away: there, metrics are logged as they come.
+command that reaches it (`runs.tracked_run` writes it down, `runs.end_runs_left_open` ends it).
+`train.resume=true` then continues from the last epoch into that same run. A local sqlite store
+cannot go away: there, metrics are logged as they come.
 """
 
 from __future__ import annotations
