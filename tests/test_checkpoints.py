@@ -82,8 +82,8 @@ def test_a_kill_in_mid_write_leaves_the_previous_state(tmp_path):
     state = folder.open(resume=False)
     run_epochs(folder, state, tiny_model(), {1: 0.5, 2: 0.6})
     folder.close(finished=False)
-    (folder.path / ".state.json.tmp-1234").write_text('{"epochs_do')  # a write the kill cut short
-    (folder.path / ".tmp-1234-last-e0003.weights.h5").write_bytes(b"")
+    (folder.path / ".state.tmp-1234-5678.json").write_text('{"epochs_do')  # a write the kill cut short
+    (folder.path / ".last-e0003.tmp-1234-5678.weights.h5").write_bytes(b"")
     state = WorkFolder(tmp_path, IDENTITY).open(resume=True)
     assert state.epochs_done == 2 and state.best_epoch == 2
     assert sorted(p.name for p in folder.path.iterdir()) == sorted(

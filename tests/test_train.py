@@ -411,7 +411,7 @@ def test_a_damaged_checkpoint_is_a_clear_error(split_done):
     process = start_and_stop_after(train_args(tmp_path, uri, "train.epochs=200", "train.patience=200"), "Epoch 3/")
     assert process.returncode != 0
     [folder] = (tmp_path / "models" / "work").iterdir()
-    (folder / ".tmp-999-last-e0099.weights.h5").write_bytes(b"")  # kill -9 in mid-write: never named, ignored
+    (folder / ".last-e0099.tmp-999-1.weights.h5").write_bytes(b"")  # kill -9 in mid-write: never named, ignored
     last = folder / work_state(tmp_path)["last_weights"]
     last.write_bytes(last.read_bytes()[:200])  # a committed file damaged afterwards (disk trouble)
     resumed = run_in_process("pipeline.train", *train_args(tmp_path, uri, "train.epochs=6", "train.resume=true"))

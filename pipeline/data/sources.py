@@ -6,7 +6,6 @@ extracted safely (no links, no paths outside the target).
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tarfile
 import urllib.error
@@ -19,7 +18,7 @@ from pipeline.console import progress_bar
 from pipeline.data.images import is_ignored
 from pipeline.data.partition import SPLIT_FOLDER_NAMES
 from pipeline.errors import DataError
-from pipeline.files import file_sha256
+from pipeline.files import atomic_target, file_sha256
 
 
 def resolve_source(source: str, download_dir: str, sha256: str | None = None) -> Path:
@@ -68,22 +67,22 @@ def _cached_download(url: str, cache: Path, sha256: str | None) -> tuple[Path, s
 def download(url: str, target: Path, timeout_s: float = 30.0) -> None:
     """Download `url` to `target` with a progress bar; a partial file never stays behind."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.name}.part-{os.getpid()}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response, open(partial, "wb") as out:
+        with atomic_target(target) as partial, urllib.request.urlopen(url, timeout=timeout_s) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with progress_bar(total=total, unit="B", unit_scale=True, desc=f"download {target.name}") as bar:
+            with (
+                open(partial, "wb") as out,
+                progress_bar(total=total, unit="B", unit_scale=True, desc=f"download {target.name}") as bar,
+            ):
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
     except (urllib.error.URLError, TimeoutError, OSError) as error:
-        partial.unlink(missing_ok=True)
         raise DataError(
             f"Could not download data.source={url}: {getattr(error, 'reason', error)}. "
             "If this machine is offline, fetch the archive elsewhere and pass a local copy: "
             "data.source=<folder or archive>."
         ) from None
-    partial.replace(target)
 
 
 def _archive_kind(path: Path) -> str | None:
@@ -105,33 +104,21 @@ def _extracted(archive: Path, actual: str, cache: Path, sha256: str | None, down
     target = cache / "extracted" / actual[:24]
     if not (target / ".complete").exists():
         shutil.rmtree(target, ignore_errors=True)  # left over from an older, interrupted layout
-        scratch = target.with_name(f".{target.name}.part-{os.getpid()}")
-        shutil.rmtree(scratch, ignore_errors=True)
-        try:
-            safe_extract(archive, scratch)
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as error:
-            shutil.rmtree(scratch, ignore_errors=True)
-            if downloaded:
-                archive.unlink(missing_ok=True)  # never keep a broken download: the next run fetches it again
-            again = (
-                "It was deleted from the cache; the next run downloads it again."
-                if downloaded
-                else "Replace it with a good copy, or point data.source at the extracted folder."
-            )
-            raise DataError(
-                f"{archive} is not a readable {_archive_kind(archive)} archive ({error}). {again}"
-            ) from None
-        except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise
-        (scratch / ".complete").write_text(f"{archive}\n")
-        try:
-            scratch.rename(target)
-        except OSError:  # another process finished the same extraction first
-            shutil.rmtree(scratch, ignore_errors=True)
-            if not (target / ".complete").exists():
-                shutil.rmtree(target, ignore_errors=True)
-                raise DataError(f"{target} is an incomplete extraction; it was removed, run again.") from None
+        with atomic_target(target) as scratch:  # another process that finished first keeps its extraction
+            try:
+                safe_extract(archive, scratch)
+            except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as error:
+                if downloaded:
+                    archive.unlink(missing_ok=True)  # never keep a broken download: the next run fetches it again
+                again = (
+                    "It was deleted from the cache; the next run downloads it again."
+                    if downloaded
+                    else "Replace it with a good copy, or point data.source at the extracted folder."
+                )
+                raise DataError(
+                    f"{archive} is not a readable {_archive_kind(archive)} archive ({error}). {again}"
+                ) from None
+            (scratch / ".complete").write_text(f"{archive}\n")
     return _dataset_root(target)
 
 

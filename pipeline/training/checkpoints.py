@@ -33,16 +33,10 @@ from pathlib import Path
 
 from pipeline.backend import keras
 from pipeline.errors import ConfigError, UserError
+from pipeline.files import atomic_target, write_atomically
 from pipeline.stopping import raise_if_stopped
 
 RESUMABLE_KEYS = ("train.epochs", "train.patience")  # may differ between an interrupted run and its resume
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` so that readers see the old or the new content, never a part."""
-    scratch = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    scratch.write_text(text)
-    os.replace(scratch, path)
 
 
 @dataclass
@@ -231,9 +225,8 @@ class WorkFolder:
             (self.path / name).unlink(missing_ok=True)
 
     def _save_weights(self, model: keras.Model, name: str) -> None:
-        scratch = self.path / f".tmp-{os.getpid()}-{name}"
-        model.save_weights(str(scratch), overwrite=True)
-        os.replace(scratch, self.path / name)
+        with atomic_target(self.path / name) as scratch:
+            model.save_weights(str(scratch), overwrite=True)
 
     def load_weights(self, model: keras.Model, name: str) -> None:
         path = self.path / name
