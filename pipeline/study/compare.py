@@ -55,28 +55,28 @@ def run(config: Config, run_ids: set[str] | None = None, record: bool = True) ->
     from pipeline.tracking.runs import connect
 
     connect(config.tracking, config.paths.cache_dir, create_experiment=False)
-    groups, left_out = finished_groups(config, run_ids)
+    groups, left_out = finished_groups(config.compare, config.tracking.experiment, run_ids)
     metric = choose_metric(config.compare.metric, groups)
-    differences, ablations, tta, notes = decided(groups, metric, config.compare)
+    comparisons, notes = decided(groups, metric, config.compare)  # (differences, ablations, tta)
+    differences, ablations, _ = comparisons
     notes += affinity_notes(config, groups, differences, ablations)
-    report = report_of(config, groups, metric, left_out, (differences, ablations, tta), notes)
-    reports = write_report(report, groups, (differences, ablations, tta), Path(config.paths.reports_dir))
+    report = report_of(config.compare, config.tracking.experiment, groups, metric, left_out, comparisons, notes)
+    reports = write_report(report, groups, comparisons, Path(config.paths.reports_dir))
     width = shutil.get_terminal_size((100, 24)).columns
     print(terminal_summary(report, width))
     print(f"the whole report: {reports / 'comparison.md'} (figures beside it)")
     if record:
-        record_report(config, report, groups, differences, run_ids, reports)
+        record_report(config.tracking, config.compare.register, report, groups, differences, run_ids, reports)
     print("\n" + "\n".join(verdict_lines(report, width)))
     return report
 
 
-def finished_groups(config: Config, run_ids: set[str] | None) -> tuple[list, int]:
-    """The compared runs in their groups, and how many runs were left out (not FINISHED, or not matching
-    compare.filter); an error saying what to train when there is nothing to compare with the baseline."""
+def finished_groups(settings: CompareConfig, experiment: str, run_ids: set[str] | None) -> tuple[list, int]:
+    """The compared runs of `experiment` in their groups, and how many runs were left out (not FINISHED, or
+    not matching compare.filter); an error saying what to train when there is nothing to compare."""
     from pipeline.study.grouping import group_runs
     from pipeline.study.runs import training_runs
 
-    settings, experiment = config.compare, config.tracking.experiment
     runs, left_out = training_runs(experiment, settings.filter, run_ids, CURVES)
     if not runs:
         raise TrackingError(
@@ -96,8 +96,8 @@ def finished_groups(config: Config, run_ids: set[str] | None) -> tuple[list, int
     return groups, left_out
 
 
-def decided(groups: list, metric: str, settings: CompareConfig) -> tuple[list, list, list, list[str]]:
-    """(differences with the baseline, ablations, test-time augmentation's differences, notes): in a
+def decided(groups: list, metric: str, settings: CompareConfig) -> tuple[tuple[list, list, list], list[str]]:
+    """((differences with the baseline, ablations, test-time augmentation's differences), notes): in a
     fixed study Holm-corrected together; in a sequential one (compare.rounds) each look at its own share
     of the false-verdict rate. The notes say what the reader must know to trust them."""
     from pipeline.study.decisions import correct_for_many
@@ -119,8 +119,7 @@ def decided(groups: list, metric: str, settings: CompareConfig) -> tuple[list, l
         if any("evaluate.tta" in r.params for g in groups for r in g.runs):
             notes.append("test-time augmentation gets its verdicts in a fixed study: compare with compare.rounds=null")
         rounds = list(settings.rounds)
-        differences, ablations = decide_in_rounds(groups, settings.baseline, metric, rounds, confidence, power, margin)
-        return differences, ablations, [], notes
+        return (*decide_in_rounds(groups, settings.baseline, metric, rounds, confidence, power, margin), []), notes
     differences = compare_groups(groups, settings.baseline, metric, confidence, power)
     ablations = ablation_contributions(groups, metric, confidence, power)
     tta = tta_differences(groups, metric, confidence, power)
@@ -132,7 +131,7 @@ def decided(groups: list, metric: str, settings: CompareConfig) -> tuple[list, l
             "the verdicts (python -m pipeline.rounds), compare with that study's compare.rounds, or these "
             "verdicts are too sure of themselves"
         )
-    return differences, ablations, tta, notes
+    return (differences, ablations, tta), notes
 
 
 def affinity_notes(config: Config, groups: list, differences: list, ablations: list) -> list[str]:
@@ -158,16 +157,15 @@ def affinity_notes(config: Config, groups: list, differences: list, ablations: l
     )
 
 
-def report_of(config: Config, groups: list, metric: str, left_out: int, decided: tuple, notes: list[str]) -> dict:
+def report_of(settings: CompareConfig, experiment: str, groups, metric, left_out: int, comparisons, notes) -> dict:
     """The report: the settings, the compared runs, the groups' table and every comparison
     (comparison.json holds it as it is)."""
     from pipeline.study.grouping import group_table
     from pipeline.study.verdicts import class_flags
 
-    settings = config.compare
-    differences, ablations, tta = decided
+    differences, ablations, tta = comparisons
     return {
-        "experiment": config.tracking.experiment,
+        "experiment": experiment,
         "filter": settings.filter,
         "metric": metric,
         "baseline": settings.baseline,
@@ -188,7 +186,7 @@ def report_of(config: Config, groups: list, metric: str, left_out: int, decided:
     }
 
 
-def write_report(report: dict, groups: list, decided: tuple, reports: Path) -> Path:
+def write_report(report: dict, groups: list, comparisons: tuple, reports: Path) -> Path:
     """comparison.md, comparison.json and the figures into `reports`; returns that folder."""
     from pipeline.study.figures import affinity_diversity_figure, class_effects_figure, comparison_figure
     from pipeline.study.report import json_safe, render_markdown
@@ -197,7 +195,7 @@ def write_report(report: dict, groups: list, decided: tuple, reports: Path) -> P
     (reports / "comparison.md").write_text(render_markdown(report))
     (reports / "comparison.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
     # a comparison without runs to pair (method "none") has nothing to draw; the report says why
-    differences, ablations, tta = ([d for d in found if d.method != "none"] for found in decided)
+    differences, ablations, tta = ([d for d in found if d.method != "none"] for found in comparisons)
     comparison_figure(groups, differences + ablations + tta, reports / "comparison.png")
     class_effects_figure(differences + ablations + tta, reports / "class_effects.png")
     affinity_diversity_figure(differences, ablations, reports / "affinity_diversity.png")
@@ -205,7 +203,13 @@ def write_report(report: dict, groups: list, decided: tuple, reports: Path) -> P
 
 
 def record_report(
-    config: Config, report: dict, groups: list, differences: list, run_ids: set[str] | None, reports: Path
+    tracking: TrackingConfig,
+    register: bool,
+    report: dict,
+    groups: list,
+    differences: list,
+    run_ids: set[str] | None,
+    reports: Path,
 ) -> None:
     """The comparison as a run of MLflow (`log_comparison_run`), the champion registered (compare.register),
     and the links that open both: the compared runs in a saved view, and the comparison run."""
@@ -213,12 +217,12 @@ def record_report(
 
     from pipeline.study.registry import register_winner
 
-    if config.compare.register:
-        print(register_winner(config.tracking.model_name, groups, differences, report["metric"]))
-    uri = tracking_uri(config.tracking)
-    training_experiment = mlflow.get_experiment_by_name(config.tracking.experiment).experiment_id
+    if register:
+        print(register_winner(tracking.model_name, groups, differences, report["metric"]))
+    uri = tracking_uri(tracking)
+    training_experiment = mlflow.get_experiment_by_name(tracking.experiment).experiment_id
     view = runs_view(training_experiment, report, groups, run_ids)
-    experiment_id, run_id = log_comparison_run(config.tracking, report, reports)
+    experiment_id, run_id = log_comparison_run(tracking, report, reports)
     report["comparison_run_id"] = run_id
     links = {"runs": experiment_link(uri, training_experiment, view=view)}
     print("\n".join(ui_lines(uri, {**links, "comparison": experiment_link(uri, experiment_id, run_id)})))
