@@ -33,6 +33,7 @@ from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 
 from pipeline.config.schema import TrackingConfig
+from pipeline.files import write_atomically
 from pipeline.stopping import RunKilled, request_stop, stop_requested
 from pipeline.tracking import outages
 from pipeline.tracking.store import check_store, use_experiment
@@ -205,7 +206,7 @@ def unended_runs_dir(cache_dir: str) -> Path:
 def write_down_unended(unended_dir: Path, run_id: str, uri: str, reason: str) -> None:
     """One run the server at `uri` was not there to end, for `end_runs_left_open` to end FAILED."""
     Path(unended_dir).mkdir(parents=True, exist_ok=True)
-    (Path(unended_dir) / f"{run_id}.json").write_text(json.dumps({"run_id": run_id, "uri": uri, "reason": reason}))
+    write_atomically(Path(unended_dir) / f"{run_id}.json", json.dumps({"run_id": run_id, "uri": uri, "reason": reason}))
 
 
 def unended_runs(unended_dir: Path, uri: str) -> list[dict]:
