@@ -9,10 +9,8 @@ import subprocess
 import sys
 import time
 
-import optuna
 import pytest
 
-from pipeline.tracking.optuna_storage import study_storage
 from tests.conftest import (
     ROOT,
     free_port,
@@ -89,6 +87,10 @@ def test_two_search_workers_share_one_optuna_study(split_done):
     for worker in workers:
         out, err = worker.communicate(timeout=600)
         assert worker.returncode == 0, err[-3000:]
+
+    import optuna  # here, not at the top: the fast suite collects this module too
+
+    from pipeline.tracking.optuna_storage import study_storage
 
     trials = optuna.load_study(study_name="shared", storage=study_storage(storage)).trials
     assert len(trials) == 4 and {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}
