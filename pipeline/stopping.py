@@ -52,7 +52,13 @@ def end_command_process(code: int | str | None) -> None:
     if isinstance(code, str):
         print(code, file=sys.stderr)
         code = 1
+    end_process_now(code or 0)
+
+
+def end_process_now(code: int) -> None:
+    """End this process with `code` once its exit handlers have run and its output is flushed, without
+    the interpreter unloading its modules (TensorFlow's take seconds)."""
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    os._exit(code or 0)
+    os._exit(code)

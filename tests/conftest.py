@@ -79,13 +79,11 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     """A pytest-xdist worker ends as soon as it is done: its results are sent (with `workerfinished`, at the
     session's end) and its exit handlers run here, but the interpreter does not unload TensorFlow and the
-    rest, which kept the run waiting about 3 s for its workers (as `stopping.end_command_process` does for
-    our commands)."""
+    rest, which kept the run waiting about 3 s for its workers (the quick end of our commands)."""
     if hasattr(config, "workerinput"):
-        atexit._run_exitfuncs()
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        os._exit(0)
+        from pipeline.stopping import end_process_now
+
+        end_process_now(0)
 
 
 DURATIONS = Path(__file__).with_name("durations.json")  # seconds per test id, as last recorded
